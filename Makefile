@@ -1,0 +1,37 @@
+# deepsight: `make all` runs the whole chain, `make test` the fast tests. Both install first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+WS ?= workspace
+# A local copy of the data set; empty means Keras's CIFAR-10 download (needs the internet).
+DATA ?= $(wildcard ../shared/data/cifar10-jpeg)
+# imagenet needs the internet; none trains from scratch; or a preset folder / run folder.
+WEIGHTS ?= none
+DEEPSIGHT := $(BIN)/deepsight --workspace $(WS)
+
+.PHONY: setup test test-full lint all obtain clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+test: setup
+	$(BIN)/pytest -m "not slow and not browser" -q
+
+test-full: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+obtain: setup
+	$(DEEPSIGHT) obtain $(if $(DATA),--source $(DATA) --name cifar10)
+
+all: obtain
+
+clean:
+	rm -rf $(WS) .pytest_cache .ruff_cache

@@ -1,0 +1,14 @@
+"""Settings of each phase as dataclasses with their defaults: the one source of truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ObtainSettings:
+    source: str | None = None  # None: CIFAR-10 through Keras's download and cache
+    name: str | None = None  # data set name in the workspace; default from the source
+    resize: int | None = None  # resize every image to NxN (needed for mixed sizes)
+    strict: bool = False  # refuse instead of skipping unreadable files
+    force: bool = False  # read again even when the stored copy is up to date
