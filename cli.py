@@ -21,7 +21,10 @@ from deepsight_tf.errors import DeepsightError
 from deepsight_tf.workspace import Workspace, to_jsonable
 
 app = typer.Typer(
-    help="Transfer learning on CIFAR-10 (or any image folder) that puts the model and the data on trial.",
+    help=(
+        "Transfer learning on CIFAR-10 (or any image folder) that puts the model and the data "
+        "on trial."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -69,7 +72,9 @@ def handle_errors(func: F) -> F:
         except DeepsightError as exc:
             if state.debug:
                 raise
-            err_console.print(f"[bold red]error[/] ({exc.kind}): {exc}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error[/] ({exc.kind}): {exc}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if state.debug:
@@ -118,8 +123,12 @@ def obtain(
     resize: Annotated[
         int | None, typer.Option(help="Resize every image to NxN (for mixed sizes).")
     ] = None,
-    strict: Annotated[bool, typer.Option(help="Refuse unreadable files instead of skipping.")] = False,
-    force: Annotated[bool, typer.Option(help="Read again even if the stored copy is current.")] = False,
+    strict: Annotated[
+        bool, typer.Option(help="Refuse unreadable files instead of skipping.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="Read again even if the stored copy is current.")
+    ] = False,
 ) -> None:
     """Get the data set, verify it and store it once in the workspace."""
     from deepsight_tf.obtain import obtain as run_obtain

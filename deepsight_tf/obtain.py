@@ -87,8 +87,10 @@ def obtain(
             if stored is not None:
                 return stored
         started = now_iso()
-        raw = download_cifar10() if settings.source is None else read_source(
-            Path(settings.source), resize=settings.resize, progress=progress
+        raw = (
+            download_cifar10()
+            if settings.source is None
+            else read_source(Path(settings.source), resize=settings.resize, progress=progress)
         )
         if settings.strict and raw.skipped:
             first = raw.skipped[0]
@@ -155,9 +157,15 @@ def check_raw(raw: RawDataset, source: str) -> None:
                 f"{source}: {split} labels span {y.min()}..{y.max()} but there are {k} class "
                 "names; fix the labels or the class_names array"
             )
-    missing = [c for c, n in zip(raw.class_names, np.bincount(raw.y_train, minlength=k), strict=True) if n == 0]
+    missing = [
+        c
+        for c, n in zip(raw.class_names, np.bincount(raw.y_train, minlength=k), strict=True)
+        if n == 0
+    ]
     if missing:
-        raise DataError(f"{source}: classes {missing} have no training images; add images or drop the class")
+        raise DataError(
+            f"{source}: classes {missing} have no training images; add images or drop the class"
+        )
 
 
 def _summary(result: ObtainResult) -> dict:
@@ -175,11 +183,13 @@ def _stored_if_current(
         manifest = workspace.verify(folder, "deepsight obtain")
     except StaleArtifactError:
         return None
-    if manifest.inputs.get("source", {}).get("fingerprint") != source_id or manifest.settings != recorded:
+    if (
+        manifest.inputs.get("source", {}).get("fingerprint") != source_id
+        or manifest.settings != recorded
+    ):
         return None
     summary = dict(manifest.extra["summary"])
     report = read_json(folder / REPORT_FILE)
     summary["skipped"] = [SkippedFile(**s) for s in report.get("skipped", [])]
     summary.update(up_to_date=True, sha256=manifest.outputs[IMAGES_FILE], duration_s=0.0)
     return ObtainResult(**summary)
-

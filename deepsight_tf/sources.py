@@ -1,4 +1,4 @@
-"""Readers for every place a data set can come from: Keras download, archive, batches, folder, npz."""
+"""Readers for each source of a data set: Keras download, archive, batches, folder, npz."""
 
 from __future__ import annotations
 
@@ -97,7 +97,9 @@ def fingerprint(path: Path) -> str:
     return "listing:" + digest.hexdigest()
 
 
-def read_source(path: Path, resize: int | None = None, progress: Progress | None = None) -> RawDataset:
+def read_source(
+    path: Path, resize: int | None = None, progress: Progress | None = None
+) -> RawDataset:
     kind = source_kind(path)
     if kind == "npz":
         data = read_npz(path)
@@ -160,7 +162,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         }
     )
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+    def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
         return super().find_class(module, name)
@@ -184,10 +186,14 @@ def load_pickle(path: Path) -> dict[str, object]:
 
 
 def _find_batches_dir(path: Path) -> Path | None:
-    if (path / "batches.meta").is_file() or ((path / "meta").is_file() and (path / "train").is_file()):
+    if (path / "batches.meta").is_file() or (
+        (path / "meta").is_file() and (path / "train").is_file()
+    ):
         return path
     for child in sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []:
-        if (child / "batches.meta").is_file() or ((child / "meta").is_file() and (child / "train").is_file()):
+        if (child / "batches.meta").is_file() or (
+            (child / "meta").is_file() and (child / "train").is_file()
+        ):
             return child
     return None
 
@@ -206,7 +212,7 @@ def _batch_arrays(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(batch[label_key], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] % 3 != 0:
         raise DataError(f"{path}: 'data' is {data.dtype}{data.shape}, expected uint8 (N, 3*H*W)")
-    side = int(round((data.shape[1] // 3) ** 0.5))
+    side = round((data.shape[1] // 3) ** 0.5)
     if 3 * side * side != data.shape[1] or len(labels) != len(data):
         raise DataError(f"{path}: 'data' rows are not square RGB images matching the labels")
     return data.reshape(-1, 3, side, side).transpose(0, 2, 3, 1), labels
@@ -258,7 +264,9 @@ def read_archive(path: Path) -> RawDataset:
                 "folder or holds special files, so it is not the official one"
             ) from exc
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise DataError(f"{path}: corrupt or truncated archive ({exc}); download it again") from exc
+            raise DataError(
+                f"{path}: corrupt or truncated archive ({exc}); download it again"
+            ) from exc
         batches = _find_batches_dir(Path(tmp))
         if batches is None:
             raise DataError(f"{path}: archive holds no CIFAR batches (batches.meta not found)")
@@ -274,12 +282,16 @@ def read_npz(path: Path) -> RawDataset:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
             if missing:
-                raise DataError(f"{path}: missing arrays {missing}; expected x_train/y_train/x_test/y_test")
+                raise DataError(
+                    f"{path}: missing arrays {missing}; expected x_train/y_train/x_test/y_test"
+                )
             arrays = {k: npz[k] for k in npz.files}
     except DataError:
         raise
     except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: unreadable .npz ({_first_line(exc)}); rewrite it with numpy.savez") from exc
+        raise DataError(
+            f"{path}: unreadable .npz ({_first_line(exc)}); rewrite it with numpy.savez"
+        ) from exc
     conversions: Counter[str] = Counter()
     x_train = _to_uint8_rgb(arrays["x_train"], path, "x_train", conversions)
     x_test = _to_uint8_rgb(arrays["x_test"], path, "x_test", conversions)
@@ -362,7 +374,10 @@ def read_image_folder(
     `resize`) are refused.
     """
     if not (root / "test").is_dir():
-        raise DataError(f"{root}: no test/ folder; an image-folder source needs train/<class>/ and test/<class>/")
+        raise DataError(
+            f"{root}: no test/ folder; an image-folder source needs train/<class>/ "
+            "and test/<class>/"
+        )
     train_classes = [p.name for p in _class_folders(root / "train")]
     test_classes = [p.name for p in _class_folders(root / "test")]
     if not train_classes:
@@ -392,7 +407,9 @@ def read_image_folder(
                 if entry.suffix.lower() in IMAGE_EXTENSIONS:
                     images.append((entry, index[name]))
                 else:
-                    skipped.append(SkippedFile(entry.relative_to(root).as_posix(), "not an image file"))
+                    skipped.append(
+                        SkippedFile(entry.relative_to(root).as_posix(), "not an image file")
+                    )
             if not images:
                 raise DataError(
                     f"{folder}: class folder holds no images; add images or remove the folder"

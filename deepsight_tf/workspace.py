@@ -1,4 +1,4 @@
-"""The workspace folder: where each phase's artifacts live, their manifests, atomic writes, locks."""
+"""The workspace folder: where artifacts live, their manifests, atomic writes and locks."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ RECORDED_PACKAGES = (
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def library_versions() -> dict[str, str]:
@@ -242,7 +242,8 @@ class Workspace:
             path = artifact_dir / name
             if not path.is_file():
                 raise StaleArtifactError(
-                    f"{self._rel(path)} is missing though its manifest lists it; rerun `{phase_hint}`"
+                    f"{self._rel(path)} is missing though its manifest lists it; "
+                    f"rerun `{phase_hint}`"
                 )
             if sha256_file(path) != expected:
                 raise StaleArtifactError(
@@ -264,7 +265,9 @@ class Workspace:
 
     def _rel(self, path: Path) -> str:
         try:
-            return str(path.relative_to(self.root.parent)) if self.root.parent != path else str(path)
+            return (
+                str(path.relative_to(self.root.parent)) if self.root.parent != path else str(path)
+            )
         except ValueError:
             return str(path)
 
