@@ -105,6 +105,24 @@ def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (CUDA probing) kept off the terminal.
+
+    TF_CPP_MIN_LOG_LEVEL does not silence the messages logged before absl is initialised, so
+    stderr is pointed at /dev/null for the import alone; --debug keeps them.
+    """
+    if state.debug or "tensorflow" in sys.modules:
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def emit_json(result: Any) -> None:
     sys.stdout.write(json.dumps(to_jsonable(result), indent=2) + "\n")
 
@@ -132,6 +150,9 @@ def obtain(
 ) -> None:
     """Get the data set, verify it and store it once in the workspace."""
     from deepsight_tf.obtain import obtain as run_obtain
+
+    if source is None:
+        import_tensorflow_quietly()
 
     settings = ObtainSettings(source=source, name=name, resize=resize, strict=strict, force=force)
     with progress_bar() as progress:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import pickle
+import sys
 import tarfile
 import tempfile
 from collections import Counter
@@ -119,12 +121,14 @@ def download_cifar10() -> RawDataset:
     from keras.utils import get_file  # deferred: importing Keras takes seconds
 
     try:
-        folder = get_file(
-            fname=CIFAR10_KERAS_FNAME,
-            origin=CIFAR10_ORIGIN,
-            extract=True,
-            file_hash=CIFAR10_SHA256,
-        )
+        # Keras reports download progress on stdout; keep stdout for results (--json).
+        with contextlib.redirect_stdout(sys.stderr):
+            folder = get_file(
+                fname=CIFAR10_KERAS_FNAME,
+                origin=CIFAR10_ORIGIN,
+                extract=True,
+                file_hash=CIFAR10_SHA256,
+            )
     except Exception as exc:  # Keras wraps URLError/HTTPError in a plain Exception
         raise OfflineError(
             f"could not download CIFAR-10 from {CIFAR10_ORIGIN} ({_first_line(exc)}); "
@@ -158,7 +162,6 @@ class RestrictedUnpickler(pickle.Unpickler):
             ("numpy._core.multiarray", "scalar"),
             ("numpy.core.numeric", "_frombuffer"),
             ("numpy._core.numeric", "_frombuffer"),
-            ("_codecs", "encode"),
         }
     )
 
