@@ -20,3 +20,39 @@ class ExploreSettings:
     hypotheses: str | None = None  # JSON file of hypotheses; None: CIFAR-10 defaults if they fit
     samples_per_class: int = 8  # images per class in the sample grid
     seed: int = 0  # picks the sample grid's images
+
+
+@dataclass
+class TrainSettings:
+    dataset: str | None = None  # None: the only data set in the workspace
+    run_id: str | None = None  # None: <backbone>-<UTC time>
+    backbone: str = "resnet18"
+    weights: str = "none"  # imagenet | none | KerasHub preset folder | .weights.h5 | run folder
+    stem: str | None = None  # cifar | imagenet; None: cifar at <= 32 px from scratch, else imagenet
+    image_size: int = 64  # pixels fed to the network (bicubic upsampling from 32)
+    interpolation: str | None = None  # None: the method scrub's interpolation study selected
+    width_multiplier: float = 1.0  # <1 builds a narrow network (tests, quick runs; weights none)
+    dropout: float = 0.2
+    augment: str = "standard"  # none | light | standard | strong
+    mix: str = "none"  # none | cutmix | mixup
+    mix_alpha: float = 1.0
+    label_smoothing: float = 0.0
+    class_weights: str = "none"  # none | balanced | FILE (per-class recall JSON or metrics.json)
+    focus_pairs: str | None = None  # e.g. "cat:dog,automobile:truck": oversampled classes
+    focus_factor: float = 2.0  # how much more often focus classes are drawn
+    batch_size: int = 128
+    frozen_epochs: int | None = None  # phase 1 (head only); None: 1 with pretrained weights, else 0
+    epochs: int = 4  # phase 2 (stages unfrozen)
+    unfreeze: str | None = None  # "3,4" or "all"; None: "3,4" pretrained, "all" from scratch
+    optimizer: str = "sgd"  # sgd (Nesterov) | adamw
+    lr: float | None = None  # one-cycle peak rate of the head; None: 0.4 scratch, 0.05 pretrained
+    backbone_lr_mult: float | None = None  # backbone rate = lr * this; None: 1 scratch, 0.1 else
+    weight_decay: float = 5e-4
+    pct_start: float = 0.25  # fraction of each phase spent warming up
+    precision: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
+    mva: float = 0.65  # Minimum Viable Accuracy on the test set; below it the exit code is 8
+    seed: int = 42
+    deterministic: bool = False
+    resume: bool = False
+    max_train_images: int | None = None  # subsample the training split (quick runs)
+    find_lr: bool = False  # run the LR range test instead of training

@@ -1,0 +1,681 @@
+"""The train phase: staged transfer learning, OneCycle, differential rates, the MVA gate."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepsight_tf.config import TrainSettings
+from deepsight_tf.dataset import IMAGES_FILE, Dataset, load_dataset
+from deepsight_tf.errors import ConfigError, GateFailedError, PrerequisiteError
+from deepsight_tf.sources import Progress
+from deepsight_tf.workspace import (
+    MANIFEST,
+    Manifest,
+    Workspace,
+    atomic_save_npz,
+    atomic_write_json,
+    atomic_write_text,
+    now_iso,
+    read_json,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
+MODEL_FILE = "model.keras"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.npz"
+STATE_FILE = "checkpoints/state.json"
+BEST_WEIGHTS_FILE = "checkpoints/best.weights.npz"
+MONITOR = "val_macro_f1"
+
+Notify = Callable[[str], None]
+
+
+@dataclass
+class PhasePlan:
+    """One fit call: which layers train, for how many epochs, at which peak rate."""
+
+    index: int
+    name: str
+    epochs: int
+    trainable: str  # "head" or the stages unfrozen, e.g. "3,4" / "all"
+    peak_lr: float
+    backbone_lr_mult: float
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    run_dir: str
+    settings: dict[str, Any]
+    phases: list[PhasePlan]
+    params: dict[str, int]
+    precision: str
+    interpolation: str
+    train_images: int
+    epochs_run: int
+    duration_s: float
+    best_epoch: int | None
+    val: dict[str, Any]
+    test: dict[str, Any]
+    mva: float
+    passed: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: str | None = None
+
+
+# Settings ---------------------------------------------------------------------------------
+def resolve_settings(settings: TrainSettings) -> TrainSettings:
+    """Fill the defaults that depend on other settings; the one place that decides them."""
+    pretrained = settings.weights != "none"
+    resolved = replace(
+        settings,
+        stem=settings.stem
+        or ("cifar" if not pretrained and settings.image_size <= 32 else "imagenet"),
+        frozen_epochs=settings.frozen_epochs
+        if settings.frozen_epochs is not None
+        else int(pretrained),
+        unfreeze=settings.unfreeze or ("3,4" if pretrained else "all"),
+        lr=settings.lr if settings.lr is not None else (0.05 if pretrained else 0.4),
+        backbone_lr_mult=(
+            settings.backbone_lr_mult
+            if settings.backbone_lr_mult is not None
+            else (0.1 if pretrained else 1.0)
+        ),
+    )
+    checks = [
+        (resolved.epochs >= 0, f"--epochs {resolved.epochs} must be >= 0"),
+        (resolved.frozen_epochs >= 0, f"--frozen-epochs {resolved.frozen_epochs} must be >= 0"),
+        (resolved.epochs + resolved.frozen_epochs > 0, "--epochs and --frozen-epochs are both 0"),
+        (resolved.batch_size >= 1, f"--batch-size {resolved.batch_size} must be positive"),
+        (8 <= resolved.image_size <= 512, f"--image-size {resolved.image_size}: use 8..512"),
+        (0 <= resolved.mva <= 1, f"--mva {resolved.mva} must be a fraction in [0, 1]"),
+        (0 < resolved.pct_start < 1, f"--pct-start {resolved.pct_start} must be in (0, 1)"),
+        (0 <= resolved.dropout < 1, f"--dropout {resolved.dropout} must be in [0, 1)"),
+        (resolved.stem in ("cifar", "imagenet"), f"--stem {resolved.stem}: use cifar or imagenet"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return resolved
+
+
+def parse_unfreeze(text: str) -> tuple[int, ...] | str:
+    if text == "all":
+        return "all"
+    try:
+        stages = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        stages = ()
+    if not stages or any(s < 1 for s in stages):
+        raise ConfigError(f"--unfreeze {text!r}: give stage numbers such as 3,4, or all")
+    return stages
+
+
+def plan_phases(settings: TrainSettings) -> list[PhasePlan]:
+    phases = []
+    if settings.frozen_epochs:
+        phases.append(
+            PhasePlan(1, "head (backbone frozen)", settings.frozen_epochs, "head", settings.lr, 0.0)
+        )
+    if settings.epochs:
+        phases.append(
+            PhasePlan(
+                len(phases) + 1,
+                f"fine-tune (stages {settings.unfreeze})",
+                settings.epochs,
+                settings.unfreeze,
+                settings.lr,
+                settings.backbone_lr_mult,
+            )
+        )
+    return phases
+
+
+def default_run_id(settings: TrainSettings) -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{settings.backbone}-{stamp}"
+
+
+# Data -------------------------------------------------------------------------------------
+@dataclass
+class TrainingData:
+    dataset: Dataset
+    train_indices: np.ndarray
+    val_indices: np.ndarray
+    interpolation: str
+    inputs: dict[str, dict[str, Any]]
+
+
+def training_data(settings: TrainSettings, workspace: Workspace) -> TrainingData:
+    """The stored data set and scrub's split (both verified), optionally subsampled."""
+    from deepsight_tf.scrub import load_scrub_report, load_split
+
+    data, data_manifest = load_dataset(workspace, settings.dataset)
+    split = load_split(workspace, data.name)
+    report = load_scrub_report(workspace, data.name)
+    interpolation = settings.interpolation or report["interpolation"]["selected"]
+    train = np.asarray(split.train)
+    if settings.max_train_images is not None and settings.max_train_images < len(train):
+        train = stratified_subset(
+            train, data.y_train[train], settings.max_train_images, settings.seed
+        )
+    scrub_manifest = workspace.read_manifest(workspace.scrub_dir(data.name), "deepsight scrub")
+    inputs = {
+        "data set": {
+            "path": f"data/{data.name}/{IMAGES_FILE}",
+            "sha256": data_manifest.outputs[IMAGES_FILE],
+        },
+        "split": {
+            "path": f"scrub/{data.name}/split.json",
+            "sha256": scrub_manifest.outputs.get("split.json"),
+        },
+    }
+    return TrainingData(data, train, np.asarray(split.val), interpolation, inputs)
+
+
+def stratified_subset(indices: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(indices, train_size=n, stratify=labels, random_state=seed)
+    return np.sort(keep)
+
+
+# Evaluation -------------------------------------------------------------------------------
+def classification_metrics(
+    labels: np.ndarray, probs: np.ndarray, class_names: list[str]
+) -> dict[str, Any]:
+    """Accuracy, macro-F1 and the per-class table, all computed by scikit-learn."""
+    from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+    predicted = probs.argmax(axis=1)
+    ids = list(range(len(class_names)))
+    report = classification_report(
+        labels, predicted, labels=ids, target_names=class_names, output_dict=True, zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "macro_f1": float(
+            f1_score(labels, predicted, labels=ids, average="macro", zero_division=0)
+        ),
+        "n": len(labels),
+        "per_class": {name: {k: float(v) for k, v in report[name].items()} for name in class_names},
+    }
+
+
+def predict_probs(model: Any, dataset: Any) -> np.ndarray:
+    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
+
+
+# Callbacks --------------------------------------------------------------------------------
+def _callbacks_module() -> Any:
+    import keras
+
+    class StepProgress(keras.callbacks.Callback):
+        """Reports every optimizer step to `progress`, and a run-time estimate after a few."""
+
+        ESTIMATE_AFTER = 8  # steps timed after the first (which includes tracing)
+
+        def __init__(
+            self, progress: Progress | None, notify: Notify | None, total: int, done: int
+        ) -> None:
+            super().__init__()
+            self.progress, self.notify, self.total, self.done = progress, notify, total, done
+            self._t0: float | None = None
+            self._timed = 0
+            self.step_s: float | None = None
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            self.done += 1
+            if self._t0 is None:
+                self._t0 = time.perf_counter()
+            else:
+                self._timed += 1
+                if self._timed == self.ESTIMATE_AFTER and self.step_s is None:
+                    self.step_s = (time.perf_counter() - self._t0) / self._timed
+                    if self.notify:
+                        remaining = self.step_s * (self.total - self.done)
+                        self.notify(
+                            f"estimate: {self.step_s * 1000:.0f} ms a step, about "
+                            f"{remaining / 60:.1f} min of training left "
+                            f"({self.total - self.done} steps)"
+                        )
+            if self.progress:
+                self.progress("training", self.done, self.total)
+
+    class HistoryRecorder(keras.callbacks.Callback):
+        """One row per epoch in history.csv (phase, rate, train and validation metrics)."""
+
+        def __init__(
+            self, path: Path, rows: list[dict[str, Any]], phase: PhasePlan, epoch_offset: int
+        ) -> None:
+            super().__init__()
+            self.path, self.rows, self.phase, self.offset = path, rows, phase, epoch_offset
+            self._start = time.perf_counter()
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            lr = self.model.optimizer.learning_rate
+            row = {
+                "epoch": self.offset + epoch + 1,
+                "phase": self.phase.index,
+                "lr_end": float(np.asarray(lr)),
+                "seconds": round(time.perf_counter() - self._start, 2),
+            }
+            row.update({k: float(v) for k, v in sorted(logs.items()) if k != "learning_rate"})
+            self.rows.append(row)
+            write_history(self.path, self.rows)
+
+    class BestWeights(keras.callbacks.Callback):
+        """Keeps the weights of the best epoch by validation macro-F1, on disk atomically."""
+
+        def __init__(
+            self, path: Path, best: float, best_epoch: int | None, epoch_offset: int
+        ) -> None:
+            super().__init__()
+            self.path, self.best, self.best_epoch, self.offset = (
+                path,
+                best,
+                best_epoch,
+                epoch_offset,
+            )
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            value = (logs or {}).get(MONITOR)
+            if value is not None and math.isfinite(value) and value > self.best:
+                self.best, self.best_epoch = float(value), self.offset + epoch + 1
+                weights = self.model.get_weights()
+                atomic_save_npz(self.path, **{f"w{i:04d}": w for i, w in enumerate(weights)})
+
+    class DivergenceGuard(keras.callbacks.Callback):
+        """Stops at the first non-finite loss and remembers its step; the best weights stay."""
+
+        def __init__(self, steps_before: int) -> None:
+            super().__init__()
+            self.steps_before = steps_before
+            self.step: int | None = None
+            self._seen = 0
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            self._seen += 1
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)) and self.step is None:
+                self.step = self.steps_before + self._seen
+                self.model.stop_training = True
+
+    return StepProgress, HistoryRecorder, BestWeights, DivergenceGuard
+
+
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _number(text: str) -> Any:
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def load_weights_npz(model: Any, path: Path) -> None:
+    with np.load(path, allow_pickle=False) as npz:
+        model.set_weights([npz[k] for k in sorted(npz.files)])
+
+
+def save_model_atomically(model: Any, path: Path) -> None:
+    """model.save needs a .keras name, so write `.<name>.tmp.keras` then rename it into place."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# The phase --------------------------------------------------------------------------------
+def train(
+    settings: TrainSettings,
+    workspace: Workspace,
+    progress: Progress | None = None,
+    notify: Notify | None = None,
+) -> TrainResult:
+    """Train a classifier on scrub's split, evaluate it on the test set, apply the MVA gate.
+
+    Everything is written before the gate is applied: a run below the gate keeps its model,
+    metrics and predictions for `interpret`, and raises GateFailedError afterwards.
+    """
+    settings = resolve_settings(settings)
+    unfreeze = parse_unfreeze(settings.unfreeze)
+    data = training_data(settings, workspace)
+    run_id = settings.run_id or default_run_id(settings)
+    run_dir = workspace.run_dir(run_id)
+    with workspace.lock(f"run-{run_id}"):
+        if (run_dir / MANIFEST).is_file() and not settings.resume:
+            raise ConfigError(
+                f"run {run_id} is already complete at {run_dir}; choose another --run-id"
+            )
+        if (run_dir / CONFIG_FILE).is_file() and not settings.resume:
+            raise ConfigError(
+                f"run {run_id} exists at {run_dir} (unfinished); pass --resume to continue it "
+                "or choose another --run-id"
+            )
+        if settings.resume and (run_dir / CONFIG_FILE).is_file():
+            settings = _resumable_settings(run_dir, settings)
+        result = _run(settings, unfreeze, data, workspace, run_id, run_dir, progress, notify)
+    if not result.passed:
+        raise GateFailedError(
+            f"test accuracy {result.test['accuracy']:.2%} is below the MVA gate of "
+            f"{result.mva:.0%} by {result.mva - result.test['accuracy']:.2%} points; "
+            f"the run is kept at {run_dir}"
+        )
+    return result
+
+
+def _resumable_settings(run_dir: Path, settings: TrainSettings) -> TrainSettings:
+    stored = read_json(run_dir / CONFIG_FILE)["settings"]
+    current = asdict(settings)
+    ignore = {"resume", "run_id"}
+    changed = sorted(k for k in current if k not in ignore and stored.get(k) != current[k])
+    if changed:
+        raise ConfigError(
+            f"--resume with different settings ({', '.join(changed)}) than "
+            f"{run_dir / CONFIG_FILE}; rerun with the original flags"
+        )
+    return settings
+
+
+def _run(
+    settings: TrainSettings,
+    unfreeze: tuple[int, ...] | str,
+    data: TrainingData,
+    workspace: Workspace,
+    run_id: str,
+    run_dir: Path,
+    progress: Progress | None,
+    notify: Notify | None,
+) -> TrainResult:
+    import keras
+    import tensorflow as tf
+
+    from deepsight_tf import models
+    from deepsight_tf.metrics import training_metrics
+    from deepsight_tf.optim import apply_precision, make_optimizer, resolve_precision
+    from deepsight_tf.pipeline import (
+        class_weights_from,
+        make_eval_dataset,
+        make_train_dataset,
+        parse_focus_pairs,
+    )
+    from deepsight_tf.schedules import OneCycle
+
+    started, start = now_iso(), time.perf_counter()
+    keras.utils.set_random_seed(settings.seed)
+    if settings.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    precision = resolve_precision(settings.precision)
+    apply_precision(precision)
+    dataset = data.dataset
+    class_weights = class_weights_from(
+        settings.class_weights, dataset.y_train[data.train_indices], dataset.class_names
+    )
+    focus = parse_focus_pairs(settings.focus_pairs, dataset.class_names)
+    spec = models.get_backbone_spec(settings.backbone)
+    model = models.build_classifier(
+        settings.backbone,
+        num_classes=dataset.num_classes,
+        image_size=settings.image_size,
+        weights=settings.weights,
+        stem=settings.stem,
+        dropout=settings.dropout,
+        width_multiplier=settings.width_multiplier,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resumed_from = None
+    state_path = run_dir / STATE_FILE
+    state = read_json(state_path) if settings.resume and state_path.is_file() else {}
+    if state:
+        resumed_from = f"phase {len(state.get('completed_phases', [])) + 1}"
+    atomic_write_json(
+        run_dir / CONFIG_FILE,
+        {
+            "run_id": run_id,
+            "settings": asdict(settings),
+            "precision": precision,
+            "interpolation": data.interpolation,
+            "created": state.get("created", started),
+        },
+    )
+    train_ds = make_train_dataset(
+        dataset.x_train,
+        dataset.y_train,
+        data.train_indices,
+        dataset.num_classes,
+        batch_size=settings.batch_size,
+        image_size=settings.image_size,
+        normalize=spec.normalize,
+        augment=settings.augment,
+        mix=settings.mix,
+        mix_alpha=settings.mix_alpha,
+        label_smoothing=settings.label_smoothing,
+        class_weights=class_weights,
+        focus_pairs=focus or None,
+        focus_factor=settings.focus_factor,
+        interpolation=data.interpolation,
+        seed=settings.seed,
+    )
+    eval_args = {
+        "batch_size": max(settings.batch_size, 256),
+        "image_size": settings.image_size,
+        "normalize": spec.normalize,
+        "interpolation": data.interpolation,
+    }
+    val_ds = make_eval_dataset(
+        dataset.x_train, dataset.y_train, data.val_indices, dataset.num_classes, **eval_args
+    )
+    steps_per_epoch = int(train_ds.cardinality())
+    if steps_per_epoch <= 0:
+        raise ConfigError(
+            f"--batch-size {settings.batch_size} is larger than the {len(data.train_indices)} "
+            "training images; lower it"
+        )
+    phases = plan_phases(settings)
+    total_steps = steps_per_epoch * sum(p.epochs for p in phases)
+    StepProgress, HistoryRecorder, BestWeights, DivergenceGuard = _callbacks_module()
+    history = read_history(run_dir / HISTORY_FILE) if state else []
+    best, best_epoch = state.get("best", -math.inf), state.get("best_epoch")
+    completed = list(state.get("completed_phases", []))
+    epoch_offset = 0
+    for phase in phases:
+        if phase.index in completed:
+            epoch_offset += phase.epochs
+            continue
+        previous_end = run_dir / f"checkpoints/phase{phase.index - 1}.end.weights.npz"
+        if previous_end.is_file():
+            load_weights_npz(model, previous_end)
+        if phase.trainable == "head":
+            models.freeze_backbone(model)
+        else:
+            models.unfreeze_stages(model, unfreeze)
+        schedule = OneCycle(
+            phase.peak_lr, steps_per_epoch * phase.epochs, pct_start=settings.pct_start
+        )
+        optimizer = make_optimizer(
+            settings.optimizer,
+            schedule,
+            backbone_lr_mult=phase.backbone_lr_mult,
+            head_prefixes=models.HEAD_PREFIXES,
+            weight_decay=settings.weight_decay,
+        )
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(),
+            metrics=training_metrics(dataset.num_classes),
+            jit_compile=False,
+        )
+        guard = DivergenceGuard(steps_per_epoch * epoch_offset)
+        best_cb = BestWeights(run_dir / BEST_WEIGHTS_FILE, best, best_epoch, epoch_offset)
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(run_dir / f"checkpoints/phase{phase.index}")),
+            guard,
+            StepProgress(progress, notify, total_steps, steps_per_epoch * epoch_offset),
+            HistoryRecorder(run_dir / HISTORY_FILE, history, phase, epoch_offset),
+            best_cb,
+            keras.callbacks.TensorBoard(
+                str(run_dir / "tensorboard"), write_graph=False, profile_batch=0
+            ),
+        ]
+        if notify:
+            notify(
+                f"phase {phase.index}: {phase.name}, {phase.epochs} epochs of "
+                f"{steps_per_epoch} steps, peak lr {phase.peak_lr:g} "
+                f"(backbone x{phase.backbone_lr_mult:g})"
+            )
+        model.fit(
+            train_ds, validation_data=val_ds, epochs=phase.epochs, callbacks=callbacks, verbose=0
+        )
+        if guard.step is not None:
+            raise ConfigError(
+                f"loss became NaN or infinite at step {guard.step} (phase {phase.index}); training "
+                f"stopped and the best weights so far are kept in {run_dir / BEST_WEIGHTS_FILE}; "
+                "lower --lr"
+            )
+        best, best_epoch = best_cb.best, best_cb.best_epoch
+        atomic_save_npz(
+            run_dir / f"checkpoints/phase{phase.index}.end.weights.npz",
+            **{f"w{i:04d}": w for i, w in enumerate(model.get_weights())},
+        )
+        completed.append(phase.index)
+        epoch_offset += phase.epochs
+        atomic_write_json(
+            state_path,
+            {
+                "completed_phases": completed,
+                "best": best,
+                "best_epoch": best_epoch,
+                "created": started,
+            },
+        )
+    if (run_dir / BEST_WEIGHTS_FILE).is_file():
+        load_weights_npz(model, run_dir / BEST_WEIGHTS_FILE)
+    test_indices = np.arange(len(dataset.y_test))
+    test_ds = make_eval_dataset(
+        dataset.x_test, dataset.y_test, test_indices, dataset.num_classes, **eval_args
+    )
+    val_probs = predict_probs(model, val_ds)
+    test_probs = predict_probs(model, test_ds)
+    val = classification_metrics(dataset.y_train[data.val_indices], val_probs, dataset.class_names)
+    test = classification_metrics(dataset.y_test, test_probs, dataset.class_names)
+    duration = time.perf_counter() - start
+    passed = test["accuracy"] >= settings.mva
+    save_model_atomically(model, run_dir / MODEL_FILE)
+    atomic_save_npz(
+        run_dir / PREDICTIONS_FILE,
+        test_probs=test_probs,
+        test_labels=dataset.y_test,
+        test_indices=test_indices,
+        val_probs=val_probs,
+        val_labels=dataset.y_train[data.val_indices],
+        val_indices=data.val_indices,
+    )
+    result = TrainResult(
+        run_id=run_id,
+        run_dir=str(run_dir),
+        settings=asdict(settings),
+        phases=phases,
+        params=models.describe(model),
+        precision=precision,
+        interpolation=data.interpolation,
+        train_images=len(data.train_indices),
+        epochs_run=epoch_offset,
+        duration_s=round(duration, 1),
+        best_epoch=best_epoch,
+        val=val,
+        test=test,
+        mva=settings.mva,
+        passed=passed,
+        history=history,
+        resumed_from=resumed_from,
+    )
+    atomic_write_json(
+        run_dir / METRICS_FILE,
+        {
+            "run_id": run_id,
+            "dataset": dataset.name,
+            "class_names": dataset.class_names,
+            "val": val,
+            "test": test,
+            "mva": settings.mva,
+            "passed": passed,
+            "best_epoch": best_epoch,
+            "duration_s": result.duration_s,
+        },
+    )
+    workspace.write_manifest(
+        run_dir,
+        Manifest(
+            phase="train",
+            settings=asdict(settings),
+            seed=settings.seed,
+            inputs=data.inputs,
+            outputs={
+                CONFIG_FILE: "",
+                HISTORY_FILE: "",
+                MODEL_FILE: "",
+                METRICS_FILE: "",
+                PREDICTIONS_FILE: "",
+            },
+            started=started,
+            finished=now_iso(),
+            duration_s=result.duration_s,
+            extra={"dataset": dataset.name, "precision": precision},
+        ),
+    )
+    return result
+
+
+def load_run(workspace: Workspace, run_id: str) -> tuple[Path, Manifest]:
+    """A finished run folder, verified against its manifest (for interpret, report, transfer)."""
+    run_dir = workspace.run_dir(run_id)
+    if not run_dir.is_dir():
+        have = (
+            sorted(p.name for p in workspace.runs_dir().glob("*"))
+            if workspace.runs_dir().is_dir()
+            else []
+        )
+        raise PrerequisiteError(
+            f"no run '{run_id}' in {workspace.runs_dir()} (runs: {', '.join(have) or 'none'}); "
+            "run `deepsight train` first"
+        )
+    return run_dir, workspace.verify(run_dir, "deepsight train")
