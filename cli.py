@@ -186,5 +186,113 @@ def render_obtain(result: Any) -> None:
         console.print(f"[yellow]warning[/]: {warning}")
 
 
+@app.command()
+@handle_errors
+def explore(
+    dataset: Annotated[
+        str | None, typer.Option(help="Data set in the workspace. Default: the only one.")
+    ] = None,
+    hypotheses: Annotated[
+        Path | None,
+        typer.Option(
+            help='JSON file with "groups" (name to list of classes), "comparisons" (pairs of '
+            'groups) and "confusable_pairs" (pairs of classes). Default: the CIFAR-10 '
+            "hypotheses when the data set has those classes."
+        ),
+    ] = None,
+    samples_per_class: Annotated[
+        int | None,
+        typer.Option(help="Images per class in the sample grid (1-64). Default: ExploreSettings."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for the sample grid. Default: ExploreSettings.")
+    ] = None,
+) -> None:
+    """Class balance, pixel statistics, sample grids, and the hypotheses interpret will test."""
+    from deepsight_tf.config import ExploreSettings
+    from deepsight_tf.explore import explore as run_explore
+
+    given = {"samples_per_class": samples_per_class, "seed": seed}
+    settings = ExploreSettings(
+        dataset=dataset,
+        hypotheses=str(hypotheses) if hypotheses is not None else None,
+        **{key: value for key, value in given.items() if value is not None},
+    )
+    with progress_bar() as progress:
+        result = run_explore(settings, state.workspace, progress=progress)
+    if state.json:
+        emit_json(result)
+        return
+    render_explore(result)
+
+
+def render_explore(result: Any) -> None:
+    console.print(
+        f"[bold]{result.dataset}[/] explored in {result.duration_s:.1f} s "
+        f"(images.npz sha256 {result.input_sha256[:16]}…)"
+    )
+    balance = Table(title="Class balance", show_footer=True)
+    balance.add_column("class", footer="total")
+    for split in result.balance:
+        balance.add_column(split.split, justify="right", footer=f"{split.total:,}")
+    for cls in result.class_names:
+        balance.add_row(cls, *(f"{split.counts[cls]:,}" for split in result.balance))
+    console.print(balance)
+    for split in result.balance:
+        if split.p_value is None:
+            console.print(f"{split.split}: chi-square test undefined (empty split or one class)")
+            continue
+        console.print(
+            f"{split.split}: chi-square {split.chi2:.2f} (dof {split.dof}), p = {split.p_value:.3g}"
+            f"; largest over smallest class {split.imbalance_ratio or float('inf'):.2f}"
+        )
+    px = result.pixel_stats
+    pixels = Table(title=f"Pixel statistics ({px.split}, {px.n_images:,} images)")
+    for column in ("channel", "mean 0..255", "std 0..255", "mean 0..1", "std 0..1"):
+        pixels.add_column(column, justify="left" if column == "channel" else "right")
+    for i, channel in enumerate("RGB"):
+        pixels.add_row(
+            channel,
+            f"{px.mean[i]:.3f}",
+            f"{px.std[i]:.3f}",
+            f"{px.mean_unit[i]:.4f}",
+            f"{px.std_unit[i]:.4f}",
+        )
+    console.print(pixels)
+    looks = Table(title="Brightness (mean luma) and RMS contrast per class, train, 0..1")
+    for column in ("class", "images", "brightness", "median", "contrast", "median "):
+        looks.add_column(column, justify="left" if column == "class" else "right")
+    for row in result.appearance:
+        b, c = row.brightness, row.contrast
+        looks.add_row(
+            row.class_name,
+            f"{row.n_images:,}",
+            f"{b.mean:.3f} ± {b.std:.3f}",
+            f"{b.median:.3f}",
+            f"{c.mean:.3f} ± {c.std:.3f}",
+            f"{c.median:.3f}",
+        )
+    console.print(looks)
+    console.print(
+        f"brightest class [bold]{result.brightest_class}[/], darkest [bold]{result.darkest_class}"
+        f"[/]; highest contrast [bold]{result.highest_contrast_class}[/], lowest "
+        f"[bold]{result.lowest_contrast_class}[/]"
+    )
+    hyp = result.hypotheses
+    if hyp.registered:
+        console.print(f"[bold]hypotheses[/] registered from {hyp.source}:")
+        for a, b in hyp.comparisons:
+            console.print(
+                f"  compare {a} ({', '.join(hyp.groups[a])}) with {b} ({', '.join(hyp.groups[b])})",
+                highlight=False,
+            )
+        if hyp.confusable_pairs:
+            pairs = ", ".join(f"{a}/{b}" for a, b in hyp.confusable_pairs)
+            console.print(f"  confusable pairs to watch: {pairs}", highlight=False)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning[/]: {warning}", highlight=False)
+    console.print(f"figures in {Path(result.folder) / 'figures'}; report.json beside them")
+
+
 if __name__ == "__main__":
     app()
