@@ -294,5 +294,128 @@ def render_explore(result: Any) -> None:
     console.print(f"figures in {Path(result.folder) / 'figures'}; report.json beside them")
 
 
+@app.command()
+@handle_errors
+def train(
+    backbone: Annotated[str, typer.Option(help="resnet18 or resnet50.")] = "resnet18",
+    weights: Annotated[
+        str,
+        typer.Option(
+            help="imagenet, none, a KerasHub preset folder, a .weights.h5 or a run folder."
+        ),
+    ] = "none",
+    dataset: Annotated[str | None, typer.Option(help="Data set (default: the only one).")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Run name (default: backbone-time).")] = None,
+    image_size: Annotated[int, typer.Option(help="Input size in pixels.")] = 64,
+    stem: Annotated[str | None, typer.Option(help="cifar or imagenet (default by size).")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs with stages unfrozen (phase 2).")] = 4,
+    frozen_epochs: Annotated[
+        int | None, typer.Option(help="Head-only epochs (default 1 pretrained, 0 scratch).")
+    ] = None,
+    unfreeze: Annotated[str | None, typer.Option(help="Stages to unfreeze: 3,4 or all.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
+    lr: Annotated[float | None, typer.Option(help="One-cycle peak rate of the head.")] = None,
+    backbone_lr_mult: Annotated[
+        float | None, typer.Option(help="Backbone rate as a multiple of --lr.")
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="sgd (Nesterov) or adamw.")] = "sgd",
+    weight_decay: Annotated[float, typer.Option(help="Decoupled weight decay.")] = 5e-4,
+    augment: Annotated[str, typer.Option(help="none, light, standard or strong.")] = "standard",
+    mix: Annotated[str, typer.Option(help="none, cutmix or mixup.")] = "none",
+    mix_alpha: Annotated[float, typer.Option(help="Beta(alpha, alpha) for mixing.")] = 1.0,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing epsilon.")] = 0.0,
+    class_weights: Annotated[
+        str, typer.Option(help="none, balanced, or a recall JSON / metrics.json file.")
+    ] = "none",
+    focus_pairs: Annotated[
+        str | None,
+        typer.Option(help="Oversample confusable classes, e.g. cat:dog,automobile:truck."),
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(help="auto, float32, mixed_float16 or mixed_bfloat16.")
+    ] = "auto",
+    mva: Annotated[float, typer.Option(help="Minimum Viable Accuracy on the test set.")] = 0.65,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    deterministic: Annotated[bool, typer.Option(help="Deterministic ops (slower).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    max_train_images: Annotated[
+        int | None, typer.Option(help="Train on a stratified subset (quick runs).")
+    ] = None,
+    width_multiplier: Annotated[
+        float, typer.Option(help="Channel width factor (<1: narrow, from scratch only).")
+    ] = 1.0,
+) -> None:
+    """Transfer learning: frozen head phase, then stages unfrozen with a OneCycle rate."""
+    from deepsight_tf.config import TrainSettings
+
+    import_tensorflow_quietly()
+    from deepsight_tf.training import check_gate
+    from deepsight_tf.training import train as run_train
+
+    settings = TrainSettings(
+        dataset=dataset,
+        run_id=run_id,
+        backbone=backbone,
+        weights=weights,
+        stem=stem,
+        image_size=image_size,
+        width_multiplier=width_multiplier,
+        augment=augment,
+        mix=mix,
+        mix_alpha=mix_alpha,
+        label_smoothing=label_smoothing,
+        class_weights=class_weights,
+        focus_pairs=focus_pairs,
+        batch_size=batch_size,
+        frozen_epochs=frozen_epochs,
+        epochs=epochs,
+        unfreeze=unfreeze,
+        optimizer=optimizer,
+        lr=lr,
+        backbone_lr_mult=backbone_lr_mult,
+        weight_decay=weight_decay,
+        precision=precision,
+        mva=mva,
+        seed=seed,
+        deterministic=deterministic,
+        resume=resume,
+        max_train_images=max_train_images,
+    )
+
+    def notify(message: str) -> None:
+        err_console.print(f"[dim]{message}[/]", highlight=False)
+
+    with progress_bar() as progress:
+        result = run_train(settings, state.workspace, progress=progress, notify=notify)
+    if state.json:
+        emit_json(result)
+    else:
+        render_train(result)
+    check_gate(result)
+
+
+def render_train(result: Any) -> None:
+    test, val = result.test, result.val
+    verdict = "[green]passed[/]" if result.passed else "[red]failed[/]"
+    console.print(
+        f"run [bold]{result.run_id}[/]: {result.epochs_run} epochs on {result.train_images:,} "
+        f"images in {result.duration_s / 60:.1f} min ({result.precision})"
+    )
+    table = Table(title="Held-out results")
+    for column in ("split", "accuracy", "macro-F1", "images"):
+        table.add_column(column, justify="right" if column != "split" else "left")
+    table.add_row("validation", f"{val['accuracy']:.2%}", f"{val['macro_f1']:.4f}", f"{val['n']:,}")
+    table.add_row("test", f"{test['accuracy']:.2%}", f"{test['macro_f1']:.4f}", f"{test['n']:,}")
+    console.print(table)
+    per_class = Table(title="Test recall per class")
+    per_class.add_column("class")
+    per_class.add_column("recall", justify="right")
+    per_class.add_column("F1", justify="right")
+    for name, row in test["per_class"].items():
+        per_class.add_row(name, f"{row['recall']:.2%}", f"{row['f1-score']:.3f}")
+    console.print(per_class)
+    console.print(f"MVA gate {result.mva:.0%}: {verdict}; artifacts in {result.run_dir}")
+
+
 if __name__ == "__main__":
     app()

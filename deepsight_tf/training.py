@@ -373,8 +373,8 @@ def train(
 ) -> TrainResult:
     """Train a classifier on scrub's split, evaluate it on the test set, apply the MVA gate.
 
-    Everything is written before the gate is applied: a run below the gate keeps its model,
-    metrics and predictions for `interpret`, and raises GateFailedError afterwards.
+    The result says whether the MVA gate passed; `check_gate` turns a failure into an error,
+    so a run below the gate still keeps its model, metrics and predictions for `interpret`.
     """
     settings = resolve_settings(settings)
     unfreeze = parse_unfreeze(settings.unfreeze)
@@ -393,14 +393,17 @@ def train(
             )
         if settings.resume and (run_dir / CONFIG_FILE).is_file():
             settings = _resumable_settings(run_dir, settings)
-        result = _run(settings, unfreeze, data, workspace, run_id, run_dir, progress, notify)
+        return _run(settings, unfreeze, data, workspace, run_id, run_dir, progress, notify)
+
+
+def check_gate(result: TrainResult) -> None:
+    """The Minimum Viable Accuracy gate: GateFailedError (exit code 8) below `result.mva`."""
     if not result.passed:
         raise GateFailedError(
             f"test accuracy {result.test['accuracy']:.2%} is below the MVA gate of "
             f"{result.mva:.0%} by {result.mva - result.test['accuracy']:.2%} points; "
-            f"the run is kept at {run_dir}"
+            f"the run is kept at {result.run_dir}"
         )
-    return result
 
 
 def _resumable_settings(run_dir: Path, settings: TrainSettings) -> TrainSettings:
