@@ -95,6 +95,9 @@ def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
         TimeRemainingColumn(),
     )
     tasks: dict[str, int] = {}
+    if not err_console.is_terminal:  # logs and pipes get results, not redraw sequences
+        yield lambda task, done, total: None
+        return
     with Progress(*columns, console=err_console, transient=True) as bar:
 
         def update(task: str, done: int, total: int) -> None:
