@@ -417,7 +417,7 @@ def _check_source(
 
 def _gather(x: np.ndarray, idx: tf.Tensor) -> tf.Tensor:
     images = tf.numpy_function(lambda i: x[i], [idx], tf.uint8, stateful=False)
-    images.set_shape([None, *x.shape[1:]])
+    images.set_shape(idx.shape.concatenate(x.shape[1:]))
     return images
 
 
@@ -487,7 +487,7 @@ def make_train_dataset(
 
     def make_batch(idx: tf.Tensor, batch_seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
         images = tf.numpy_function(gather_and_augment, [idx, batch_seed], tf.uint8, stateful=False)
-        images.set_shape([None, *x.shape[1:]])
+        images.set_shape(idx.shape.concatenate(x.shape[1:]))
         images = preprocess(images, image_size, normalize, interpolation)
         one_hot = tf.one_hot(tf.gather(labels, idx), num_classes, dtype=tf.float32)
         weights = tf.gather(example_weights, idx)
