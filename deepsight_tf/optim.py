@@ -185,13 +185,17 @@ class DifferentialAdamW(_DifferentialLR, keras.optimizers.AdamW):
     def _scaled_update_step(self, gradient: Any, variable: Any, lr: Any) -> None:
         index = self._get_variable_index(variable)
         m, v = self._momentums[index], self._velocities[index]
-        beta_1 = ops.cast(self._momentum_now(self.beta_1), variable.dtype)
-        beta_2 = ops.cast(self.beta_2, variable.dtype)
+        beta_1 = self._momentum_now(self.beta_1)
+        # 1 - beta taken before the cast, as Keras's Adam does, so that uncycled updates
+        # round exactly like Keras's.
+        one_minus_beta_1 = ops.cast(1 - beta_1, variable.dtype)
+        one_minus_beta_2 = ops.cast(1 - self.beta_2, variable.dtype)
         local_step = ops.cast(self.iterations + 1, variable.dtype)
-        alpha = lr * ops.sqrt(1 - ops.power(beta_2, local_step))
-        alpha = alpha / (1 - ops.power(beta_1, local_step))
-        self.assign_add(m, (gradient - m) * (1 - beta_1))
-        self.assign_add(v, (ops.square(gradient) - v) * (1 - beta_2))
+        beta_1_power = ops.power(ops.cast(beta_1, variable.dtype), local_step)
+        beta_2_power = ops.power(ops.cast(self.beta_2, variable.dtype), local_step)
+        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        self.assign_add(m, (gradient - m) * one_minus_beta_1)
+        self.assign_add(v, (ops.square(gradient) - v) * one_minus_beta_2)
         if self.amsgrad:
             v_hat = self._velocity_hats[index]
             self.assign(v_hat, ops.maximum(v_hat, v))
