@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from deepsight_tf.errors import ConfigError
+from deepsight_tf.metrics import training_metrics
 from deepsight_tf.optim import (
     DifferentialAdamW,
     DifferentialSGD,
@@ -286,18 +287,20 @@ def test_mixed_float16_wraps_in_loss_scaling_and_keeps_the_multiplier(tmp_path):
     assert int(loaded.optimizer.iterations.numpy()) == 3
 
 
-def test_differential_sgd_under_xla():
+def test_differential_sgd_and_macro_f1_under_xla():
     model = tiny_classifier()
     x, y = tiny_data()
     model.compile(
         make_optimizer("sgd", OneCycle(0.1, 6), backbone_lr_mult=0.0),
         "categorical_crossentropy",
+        metrics=training_metrics(3),
         jit_compile=True,
     )
     backbone, _ = split(model)
     before = [v.numpy().copy() for v in backbone]
     history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+    assert 0.0 <= history.history["macro_f1"][-1] <= 1.0
     for v, old in zip(backbone, before, strict=True):
         np.testing.assert_array_equal(v.numpy(), old)
 
