@@ -1,0 +1,369 @@
+"""Tests of the backbone registry, weight loading, the flat classifier and its freezing."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import requests
+
+from deepsight_tf import backbones
+from deepsight_tf.backbones import (
+    BACKBONES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneSpec,
+    choose_normalization,
+    get_backbone_spec,
+)
+from deepsight_tf.errors import ConfigError, OfflineError
+from deepsight_tf.models import (
+    backbone_variables,
+    build_classifier,
+    describe,
+    freeze_backbone,
+    head_variables,
+    unfreeze_stages,
+)
+
+NARROW = 1 / 16  # resnet18 at 4..32 filters: ~45k parameters, a fit step in well under a second
+
+# Two-stack specs small enough for KerasHub's ResNetBackbone (whose first stack must be 64 wide).
+TINY_SPECS = {
+    "tiny_basic": dict(
+        block_type="basic_block",
+        stackwise_num_filters=(64, 16),
+        stackwise_num_blocks=(1, 1),
+        stackwise_num_strides=(1, 2),
+    ),
+    "tiny_bottleneck": dict(
+        block_type="bottleneck_block",
+        stackwise_num_filters=(64, 8),
+        stackwise_num_blocks=(1, 1),
+        stackwise_num_strides=(1, 2),
+    ),
+}
+
+
+def images(n: int = 4, size: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
+
+
+def backbone_weights(model: keras.Model) -> dict[str, list[np.ndarray]]:
+    return {
+        layer.name: layer.get_weights()
+        for layer in model.layers
+        if layer.weights and not layer.name.startswith("head_")
+    }
+
+
+def randomise(model: keras.Model, seed: int) -> None:
+    """Random values everywhere, BN moving statistics included, so copies are told apart."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        value = rng.normal(0, 0.1, v.shape)
+        if "moving_variance" in v.path:
+            value = np.abs(value) + 0.5
+        v.assign(value.astype("float32"))
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_SPECS))
+def hub_preset(request, tmp_path_factory):
+    """A randomly initialised KerasHub ResNetBackbone saved as a preset folder (offline)."""
+    name = request.param
+    spec = BackboneSpec(name=name, preset="unused", **TINY_SPECS[name])
+    keras.utils.set_random_seed(1)
+    hub = keras_hub.models.ResNetBackbone(**spec.hub_config())
+    randomise(hub, seed=2)
+    folder = tmp_path_factory.mktemp(name) / "preset"
+    hub.save_to_preset(str(folder))
+    return spec, hub, folder
+
+
+@pytest.fixture
+def tiny_registered(hub_preset, monkeypatch):
+    """The tiny spec registered with its preset folder as its 'ImageNet' preset."""
+    spec, hub, folder = hub_preset
+    spec = BackboneSpec(
+        name=spec.name,
+        preset=str(folder),
+        **TINY_SPECS[spec.name],
+    )
+    monkeypatch.setitem(BACKBONES, spec.name, spec)
+    return spec, hub, folder
+
+
+def test_unknown_backbone_lists_the_choices():
+    with pytest.raises(ConfigError, match="resnet18, resnet50") as err:
+        get_backbone_spec("vgg")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_full_width_backbones_have_the_preset_parameter_count(name):
+    spec = BACKBONES[name]
+    model = build_classifier(name, num_classes=10, image_size=32)
+    info = describe(model)
+    head = 10 * spec.filters()[1][-1] * (4 if spec.block_type == "bottleneck_block" else 1) + 10
+    preset_params = keras_hub.models.ResNetBackbone.presets[spec.preset]["metadata"]["params"]
+    assert info.total_params - head == preset_params
+    assert info.head_trainable_params == head
+    assert info.trainable_params + info.non_trainable_params == model.count_params()
+
+
+def test_preset_folder_loads_through_the_imagenet_loader(tiny_registered, monkeypatch):
+    """The acceptance test: a saved preset comes back, weight for weight, into the flat graph."""
+    spec, hub, folder = tiny_registered
+    loaded_from = []
+    real_loader = backbones.load_preset_backbone
+
+    def spy(preset: str) -> keras.Model:
+        loaded_from.append(preset)
+        return real_loader(preset)
+
+    monkeypatch.setattr(backbones, "load_preset_backbone", spy)
+    by_folder = build_classifier(spec.name, num_classes=3, image_size=32, weights=str(folder))
+    by_imagenet = build_classifier(spec.name, num_classes=3, image_size=32, weights="imagenet")
+    assert loaded_from == [str(folder), str(folder)]
+
+    expected = backbone_weights(hub)
+    for model in (by_folder, by_imagenet):
+        got = backbone_weights(model)
+        assert got.keys() == expected.keys()
+        for name, values in expected.items():
+            for want, have in zip(values, got[name], strict=True):
+                np.testing.assert_array_equal(have, want)
+    # Same layers, same padding: the flat graph computes what KerasHub's backbone computes.
+    x = images()
+    features = keras.Model(by_folder.input, by_folder.get_layer(spec.last_conv_layer).output)
+    np.testing.assert_allclose(features(x), hub(x), rtol=1e-4, atol=1e-4)
+
+
+def test_backbone_weights_file_loads_by_layer(hub_preset, monkeypatch, tmp_path):
+    spec, hub, _ = hub_preset
+    monkeypatch.setitem(BACKBONES, spec.name, spec)
+    path = tmp_path / "backbone.weights.h5"
+    hub.save_weights(str(path))
+    model = build_classifier(spec.name, num_classes=3, image_size=32, weights=str(path))
+    for name, values in backbone_weights(hub).items():
+        for want, have in zip(values, model.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(have, want)
+    with pytest.raises(ConfigError, match=r"does not hold tiny_.* 0 missing, 0 extra\)$"):
+        build_classifier(spec.name, 3, 32, weights=str(path), width_multiplier=0.5)
+    # Keras alone would load a deeper network's file into this one without a word.
+    deeper = keras_hub.models.ResNetBackbone(
+        **{**spec.hub_config(), "stackwise_num_blocks": [2, 1]}
+    )
+    deeper.save_weights(str(path))
+    with pytest.raises(ConfigError, match=r"missing, [1-9]\d* extra\)$"):
+        build_classifier(spec.name, 3, 32, weights=str(path))
+
+
+def test_imagenet_offline_names_the_fix(monkeypatch):
+    asked = []
+
+    def offline(preset: str, **kwargs: object) -> keras.Model:
+        asked.append(preset)
+        # What kagglehub's HTTP client raises when api.kaggle.com cannot be resolved.
+        raise requests.exceptions.ConnectionError(
+            "HTTPSConnectionPool(host='api.kaggle.com', port=443): Max retries exceeded"
+        )
+
+    monkeypatch.setattr(keras_hub.models.ResNetBackbone, "from_preset", offline)
+    with pytest.raises(OfflineError) as err:
+        build_classifier("resnet18", num_classes=10, image_size=32, weights="imagenet")
+    assert asked == ["resnet_18_imagenet"]
+    message = str(err.value)
+    assert "\n" not in message
+    assert "--weights none" in message and "preset folder" in message
+
+
+@pytest.mark.slow
+def test_imagenet_download_fails_offline_for_real():
+    """Without monkeypatching: whatever the network stack raises here becomes OfflineError."""
+    with pytest.raises(OfflineError, match="--weights none"):
+        build_classifier("resnet18", num_classes=10, image_size=32, weights="imagenet")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(weights="imagenet", stem="cifar"), "imagenet stem"),
+        (dict(weights="imagenet", width_multiplier=0.5), "width 1.0"),
+        (dict(weights="/no/such/folder"), "no such file"),
+        (dict(stem="tiny"), "unknown stem"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(width_multiplier=0.0), "width multiplier"),
+    ],
+)
+def test_bad_settings_are_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        build_classifier("resnet18", num_classes=10, image_size=32, **kwargs)
+
+
+def test_weights_folder_that_is_neither_preset_nor_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not imagenet, none"):
+        build_classifier("resnet18", 10, 32, weights=str(tmp_path))
+
+
+def test_transfer_from_a_previous_run_skips_the_head(tmp_path):
+    keras.utils.set_random_seed(3)
+    first = build_classifier("resnet18", 3, 32, stem="cifar", width_multiplier=NARROW)
+    randomise(first, seed=4)
+    run = tmp_path / "run-1"
+    run.mkdir()
+    first.save(run / "model.keras")
+
+    second = build_classifier(
+        "resnet18", 5, 32, weights=str(run), stem="cifar", width_multiplier=NARROW
+    )
+    expected = backbone_weights(first)
+    for name, values in backbone_weights(second).items():
+        for want, have in zip(expected[name], values, strict=True):
+            np.testing.assert_array_equal(have, want)
+    assert second.get_layer("head_predictions").get_weights()[0].shape[1] == 5
+
+    with pytest.raises(ConfigError, match="architecture differs: shapes differ at conv1_conv"):
+        build_classifier("resnet18", 5, 32, weights=str(run), width_multiplier=NARROW)
+    with pytest.raises(ConfigError, match="architecture differs"):
+        build_classifier("resnet50", 5, 32, weights=str(run), stem="cifar", width_multiplier=NARROW)
+
+
+def test_saves_and_loads_in_safe_mode(tmp_path):
+    model = build_classifier("resnet18", 4, 32, stem="cifar", width_multiplier=NARROW)
+    x = images()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize(("stem", "side"), [("cifar", 4), ("imagenet", 1)])
+def test_grad_cam_layer_is_the_last_block_of_a_flat_graph(stem, side):
+    spec = BACKBONES["resnet18"]
+    model = build_classifier("resnet18", 10, 32, stem=stem, width_multiplier=NARROW)
+    layer = model.get_layer(spec.last_conv_layer)
+    # 32 px over a total stride of 8 (CIFAR stem) or 32 (ImageNet stem), 512 * NARROW channels.
+    assert tuple(layer.output.shape) == (None, side, side, 32)
+    # Flat: every backbone layer is a layer of the classifier itself, no nested model.
+    assert not any(isinstance(sub, keras.Model) for sub in model.layers)
+    assert len(spec.stage_layers(model, 4)) > 0 and len(spec.stage_layers(model, 0)) > 0
+
+
+def test_head_is_float32_softmax_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_classifier("resnet18", 7, 32, stem="cifar", width_multiplier=NARROW)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer(backbones.BACKBONES["resnet18"].last_conv_layer).compute_dtype == (
+        "float16"
+    )
+    probabilities = model(images(3), training=False)
+    assert probabilities.dtype == "float32"
+    assert probabilities.shape == (3, 7)
+    np.testing.assert_allclose(np.sum(probabilities, axis=1), 1.0, atol=1e-5)
+
+
+def test_gradcam_reaches_the_last_block():
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+
+    spec = BACKBONES["resnet18"]
+    model = build_classifier("resnet18", 10, 32, stem="cifar", width_multiplier=NARROW)
+    cam = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
+    maps = cam(lambda output: output[:, 3], images(2), penultimate_layer=spec.last_conv_layer)
+    assert maps.shape == (2, 32, 32)
+    assert np.all(np.isfinite(maps))
+    assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6
+    # The caller's model keeps its softmax: ReplaceToLinear worked on a clone.
+    assert model.layers[-1].activation is keras.activations.softmax
+
+
+def test_unfreezing_trains_convs_but_never_bn_statistics():
+    keras.utils.set_random_seed(5)
+    model = build_classifier("resnet18", 3, 32, stem="cifar", width_multiplier=NARROW)
+    spec = BACKBONES["resnet18"]
+    x, y = images(8), np.arange(8) % 3
+    bn_layers = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+
+    def bn_stats() -> list[np.ndarray]:
+        return [w.numpy().copy() for la in bn_layers for w in (la.moving_mean, la.moving_variance)]
+
+    def kernels(stage: int) -> list[np.ndarray]:
+        return [
+            la.kernel.numpy().copy()
+            for la in spec.stage_layers(model, stage)
+            if isinstance(la, keras.layers.Conv2D)
+        ]
+
+    def fit_one_step() -> None:
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+    # From scratch everything trains, and BN statistics do move: the check below can fail.
+    before = bn_stats()
+    fit_one_step()
+    assert any(not np.array_equal(a, b) for a, b in zip(before, bn_stats(), strict=True))
+
+    freeze_backbone(model)
+    head_only = describe(model)
+    assert head_only.backbone_trainable_params == 0
+    assert head_only.trainable_params == head_only.head_trainable_params == 32 * 3 + 3
+
+    unfreeze_stages(model, (4,))
+    assert all(not la.trainable for la in bn_layers)
+    stats, stage4, stage1 = bn_stats(), kernels(4), kernels(1)
+    head = model.get_layer("head_predictions").kernel.numpy().copy()
+    fit_one_step()
+    for a, b in zip(stats, bn_stats(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert all(not np.array_equal(a, b) for a, b in zip(stage4, kernels(4), strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(stage1, kernels(1), strict=True))
+    assert not np.array_equal(head, model.get_layer("head_predictions").kernel.numpy())
+
+
+def test_variable_groups_partition_the_trainable_variables():
+    model = build_classifier("resnet18", 3, 32, stem="cifar", width_multiplier=NARROW)
+    freeze_backbone(model)
+    unfreeze_stages(model, (3, 4))
+    backbone, head = backbone_variables(model), head_variables(model)
+    assert [v.path for v in backbone + head] == [v.path for v in model.trainable_variables]
+    assert [v.path for v in head] == ["head_predictions/kernel", "head_predictions/bias"]
+    assert {v.path.split("_")[0] for v in backbone} == {"stack2", "stack3"}
+    assert not any("_bn/" in v.path for v in backbone)
+
+    unfreeze_stages(model, "all")
+    assert {v.path.split("_")[0] for v in backbone_variables(model)} == {
+        "conv1",
+        "stack0",
+        "stack1",
+        "stack2",
+        "stack3",
+    }
+    with pytest.raises(ConfigError, match="stages 0 \\(stem\\) to 4"):
+        unfreeze_stages(model, (5,))
+
+
+def test_normalisation_is_the_preset_converters_scale_and_offset():
+    spec = BACKBONES["resnet18"]
+    x = images(2)
+    # KerasHub's timm converter: scale = 1 / (255 std), offset = -mean / std.
+    scale = 1.0 / (255.0 * np.array(IMAGENET_STD))
+    offset = -np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(spec.normalize(x), x * scale + offset, rtol=1e-5, atol=1e-5)
+
+    assert choose_normalization("resnet18", "imagenet", [125, 123, 114], [63, 62, 66]) == (
+        spec.normalization
+    )
+    from_data = choose_normalization("resnet18", "none", [125.0, 123.0, 114.0], [63.0, 62.0, 66.0])
+    assert from_data.source == "data"
+    np.testing.assert_allclose(from_data(np.array([[[[125.0, 185.0, 48.0]]]])), [[[[0, 1, -1]]]])
+    with pytest.raises(ValueError, match=r"0\.\.255 pixel units"):
+        choose_normalization("resnet18", "none", [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
