@@ -225,6 +225,31 @@ def test_model_save_and_load_restore_the_optimizer_state(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_one_optimizer_carries_its_state_across_an_unfreeze_when_prebuilt():
+    x, y = tiny_data()
+    model = tiny_classifier()
+    schedule = OneCycle(0.1, total_steps=6)
+    optimizer = make_optimizer("sgd", schedule, backbone_lr_mult=0.5)
+    # Built on every variable that will ever train, before freezing: Keras refuses variables
+    # an optimizer was not built with, and the slot count then stays fixed for checkpoints.
+    optimizer.build(model.trainable_variables)
+    for name in ("stem_dense", "block_dense"):
+        model.get_layer(name).trainable = False
+    model.compile(optimizer, "categorical_crossentropy")
+    stem = model.get_layer("stem_dense").kernel
+    frozen = stem.numpy().copy()
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_array_equal(stem.numpy(), frozen)
+    for name in ("stem_dense", "block_dense"):
+        model.get_layer(name).trainable = True
+    model.compile(optimizer, "categorical_crossentropy")
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert np.abs(stem.numpy() - frozen).max() > 0
+    # One schedule over both stages: the step count went on from 3 to 6.
+    assert int(optimizer.iterations.numpy()) == 6
+    assert float(optimizer.learning_rate) == pytest.approx(float(schedule(6)))
+
+
 class _Interrupt(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 2:

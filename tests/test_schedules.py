@@ -155,6 +155,42 @@ def test_lr_range_test_stops_when_the_loss_diverges():
     assert 1e-3 <= result.suggestion <= 1e4
 
 
+def test_lr_range_test_under_mixed_float16_uses_loss_scaling():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model, dataset = _tiny_problem(seed=2)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.layers[1].compute_dtype == "float16"
+    before = [w.copy() for w in model.get_weights()]
+    seen = []
+
+    def factory(schedule):
+        seen.append(make_optimizer("sgd", schedule, backbone_lr_mult=0.1))
+        return seen[-1]
+
+    result = lr_range_test(
+        model,
+        dataset,
+        keras.losses.CategoricalCrossentropy(),
+        optimizer_factory=factory,
+        min_lr=1e-4,
+        max_lr=1.0,
+        steps=20,
+    )
+    assert np.isfinite(result.losses).all() and len(result.losses) == 20
+    # Loss scaling starts at 2**15 and halves on overflow; a skipped step does not advance
+    # the inner optimizer, so its rate is recorded again: the rates sit on the sweep's grid
+    # at step counts that rise by 0 or 1 and end at the number of applied steps.
+    applied = int(seen[0].iterations.numpy())
+    k = np.log(result.lrs / 1e-4) / np.log(1e4) * 19
+    np.testing.assert_allclose(k, np.round(k), atol=1e-3)
+    assert set(np.diff(np.round(k))) <= {0.0, 1.0}
+    assert 0 < applied <= 20 and np.round(k[-1]) in (applied - 1, applied)
+    for old, new in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
 def test_suggest_lr_picks_the_steepest_fall_or_min_over_ten():
     lrs = np.logspace(-5, 0, 50)
     # Loss falls fastest (per unit of log lr) around lrs[30].
