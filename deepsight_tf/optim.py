@@ -220,6 +220,8 @@ def make_optimizer(
 ) -> DifferentialSGD | DifferentialAdamW:
     """The optimizer for `deepsight train` from its settings (defaults: DESIGN.md's recipe).
 
+    `learning_rate` (a float or a OneCycle) is the head's rate (`--lr`); variables outside
+    layers named with `head_prefixes` get it times `backbone_lr_mult`, weight decay included.
     `name` is "sgd" (Nesterov momentum `momentum`) or "adamw" (`momentum` is beta_1). Under
     a OneCycle rate, momentum/beta_1 follow its cycle unless `cycle_momentum` is False.
     `kwargs` go to the Keras optimizer (clipnorm, beta_2, epsilon, ...).
