@@ -416,7 +416,10 @@ def copy_backbone_weights(source: keras.Model, target: keras.Model, label: str) 
         if items
     ]
     if problems:
-        raise ConfigError(f"--weights {label}: architecture differs: {'; '.join(problems)}")
+        raise ConfigError(
+            f"--weights {label}: architecture differs: {'; '.join(problems)}; "
+            "use the backbone, stem and width the weights were trained with"
+        )
     for layer in target_layers:
         layer.set_weights(source_layers[layer.name].get_weights())
     return len(target_layers)

@@ -185,7 +185,7 @@ def test_imagenet_offline_names_the_fix(monkeypatch):
 
 @pytest.mark.slow
 def test_imagenet_download_fails_offline_for_real():
-    """Without monkeypatching: whatever the network stack raises here becomes OfflineError."""
+    """On a machine without internet, unpatched: what the download really raises is mapped."""
     with pytest.raises(OfflineError, match="--weights none"):
         build_classifier("resnet18", num_classes=10, image_size=32, weights="imagenet")
 
@@ -274,11 +274,12 @@ def test_head_is_float32_softmax_under_mixed_precision():
 def test_gradcam_reaches_the_last_block():
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
 
     spec = BACKBONES["resnet18"]
     model = build_classifier("resnet18", 10, 32, stem="cifar", width_multiplier=NARROW)
     cam = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
-    maps = cam(lambda output: output[:, 3], images(2), penultimate_layer=spec.last_conv_layer)
+    maps = cam(CategoricalScore(3), images(2), penultimate_layer=spec.last_conv_layer)
     assert maps.shape == (2, 32, 32)
     assert np.all(np.isfinite(maps))
     assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6
