@@ -7,7 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from deepsight_tf.augment import AUGMENT_PRESETS, BatchAugmenter, build_augmentation
+from deepsight_tf.augment import (
+    AUGMENT_PRESETS,
+    BatchAugmenter,
+    build_augmentation,
+    reflect_pad,
+    seed_compose,
+)
 from deepsight_tf.errors import ConfigError
 
 SHAPE = (16, 16, 3)
@@ -85,6 +91,22 @@ def test_same_seed_same_batch_other_seed_other_batch() -> None:
     np.testing.assert_array_equal(BatchAugmenter("strong", SHAPE)(batch, 42), first)
     np.testing.assert_array_equal(augmenter(batch, 42), first)
     assert not np.array_equal(augmenter(batch, 43), first)
+
+
+@pytest.mark.parametrize("preset", ["light", "standard", "strong"])
+def test_batch_augmenter_equals_the_per_image_albumentations_pipeline(preset: str) -> None:
+    batch = images(12)
+    reference = build_augmentation(preset, SHAPE)
+    seed_compose(reference, 9)
+    expected = np.stack([reference(image=image)["image"] for image in batch])
+    np.testing.assert_array_equal(BatchAugmenter(preset, SHAPE)(batch, 9), expected)
+
+
+@pytest.mark.parametrize("pad", [1, 2, 5])
+def test_reflect_pad_equals_numpy_reflect(pad: int) -> None:
+    batch = images(3)[:, :, :7]  # not square
+    expected = np.pad(batch, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    np.testing.assert_array_equal(reflect_pad(batch, pad), expected)
 
 
 def test_concurrent_calls_give_the_sequential_results() -> None:
