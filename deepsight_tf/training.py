@@ -217,6 +217,30 @@ def classification_metrics(
     }
 
 
+def input_normalization(settings: TrainSettings, workspace: Workspace, dataset: str) -> Any:
+    """How inputs are normalised: as the weights were trained (ImageNet's statistics, or the
+    source run's own), or from scratch with explore's statistics when explore has run."""
+    from deepsight_tf.backbones import Normalization, choose_normalization, weights_kind
+    from deepsight_tf.explore import load_pixel_stats
+
+    if weights_kind(settings.weights) == "run":
+        config = Path(settings.weights) / CONFIG_FILE
+        try:
+            return Normalization(**read_json(config)["normalization"])
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise PrerequisiteError(
+                f"{config}: no readable normalization ({exc}); give a finished deepsight run"
+            ) from exc
+    mean = std = None
+    if settings.weights == "none":
+        try:
+            stats = load_pixel_stats(workspace, dataset)
+            mean, std = stats.mean, stats.std
+        except PrerequisiteError:
+            log.info("explore has not run; normalising with ImageNet statistics")
+    return choose_normalization(settings.backbone, settings.weights, mean, std)
+
+
 def predict_probs(model: Any, dataset: Any) -> np.ndarray:
     return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
 
@@ -433,6 +457,7 @@ def _run(
     import tensorflow as tf
 
     from deepsight_tf import models
+    from deepsight_tf.backbones import HEAD_PREFIX
     from deepsight_tf.metrics import training_metrics
     from deepsight_tf.optim import apply_precision, make_optimizer, resolve_precision
     from deepsight_tf.pipeline import (
@@ -454,7 +479,7 @@ def _run(
         settings.class_weights, dataset.y_train[data.train_indices], dataset.class_names
     )
     focus = parse_focus_pairs(settings.focus_pairs, dataset.class_names)
-    spec = models.get_backbone_spec(settings.backbone)
+    normalization = input_normalization(settings, workspace, dataset.name)
     model = models.build_classifier(
         settings.backbone,
         num_classes=dataset.num_classes,
@@ -477,6 +502,7 @@ def _run(
             "settings": asdict(settings),
             "precision": precision,
             "interpolation": data.interpolation,
+            "normalization": asdict(normalization),
             "created": state.get("created", started),
         },
     )
@@ -487,7 +513,7 @@ def _run(
         dataset.num_classes,
         batch_size=settings.batch_size,
         image_size=settings.image_size,
-        normalize=spec.normalize,
+        normalize=normalization,
         augment=settings.augment,
         mix=settings.mix,
         mix_alpha=settings.mix_alpha,
@@ -501,7 +527,7 @@ def _run(
     eval_args = {
         "batch_size": max(settings.batch_size, 256),
         "image_size": settings.image_size,
-        "normalize": spec.normalize,
+        "normalize": normalization,
         "interpolation": data.interpolation,
     }
     val_ds = make_eval_dataset(
@@ -529,6 +555,10 @@ def _run(
             load_weights_npz(model, previous_end)
         if phase.trainable == "head":
             models.freeze_backbone(model)
+        elif settings.weights == "none" and unfreeze == "all":
+            # From scratch every layer learns, BatchNorm included (batch statistics); BN is
+            # kept in inference mode only to protect pretrained statistics.
+            model.trainable = True
         else:
             models.unfreeze_stages(model, unfreeze)
         schedule = OneCycle(
@@ -538,7 +568,7 @@ def _run(
             settings.optimizer,
             schedule,
             backbone_lr_mult=phase.backbone_lr_mult,
-            head_prefixes=models.HEAD_PREFIXES,
+            head_prefixes=(HEAD_PREFIX,),
             weight_decay=settings.weight_decay,
         )
         model.compile(
