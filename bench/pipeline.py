@@ -1,7 +1,7 @@
 """Benchmark: the training input pipeline against two baselines, in images per second.
 
 Usage: TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python bench/pipeline.py [--workspace /tmp/ws1]
-       [--images 8192] [--batches 40] [--augment light]
+       [--images 8192] [--batches 40] [--rounds 3] [--augment light]
 
 All three read the first --images training images of the stored data set, shuffle, augment,
 batch, bicubic-resize to --image-size and normalise to [-1, 1]; they differ only in how the
@@ -9,13 +9,15 @@ augmentation runs:
   deepsight   make_train_dataset: Albumentations over a whole batch per numpy_function call
   per-image   the same Albumentations preset, one numpy_function call per image
   native TF   pad + random crop + horizontal flip as TF ops (no Python, no GIL)
-It prints images/s for each and the ratios of deepsight to each baseline.
+It prints images/s for each and the ratios of deepsight to each baseline. The machines are
+shared, so the three run in turn for --rounds rounds and the median of each is compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -92,7 +94,9 @@ def images_per_second(dataset: tf.data.Dataset, batches: int, batch_size: int) -
     start = time.perf_counter()
     for _ in range(batches):
         next(iterator)
-    return batches * batch_size / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    del iterator  # stop its prefetch threads before the next pipeline is timed
+    return batches * batch_size / seconds
 
 
 def main() -> None:
@@ -101,6 +105,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--images", type=int, default=8192, help="first N training images")
     parser.add_argument("--batches", type=int, default=40, help="timed batches per pipeline")
+    parser.add_argument("--rounds", type=int, default=3, help="each pipeline timed this often")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--augment", default="light", help="preset of deepsight and per-image")
@@ -128,10 +133,14 @@ def main() -> None:
         f"cpus: {os.cpu_count()}  images: {len(x)} {x.shape[1]}px -> {args.image_size}px bicubic"
         f"  batches: {args.batches} x {args.batch_size}  augment: {args.augment}"
     )
-    rates = {}
-    for name, dataset in pipelines.items():
-        rates[name] = images_per_second(dataset, args.batches, args.batch_size)
-        print(f"{name:20s}: {rates[name]:8.0f} images/s")
+    rounds: dict[str, list[float]] = {name: [] for name in pipelines}
+    for _ in range(args.rounds):
+        for name, dataset in pipelines.items():
+            rounds[name].append(images_per_second(dataset, args.batches, args.batch_size))
+    rates = {name: statistics.median(r) for name, r in rounds.items()}
+    for name, rate in rates.items():
+        each = " ".join(f"{r:.0f}" for r in rounds[name])
+        print(f"{name:20s}: {rate:8.0f} images/s  (median of {each})")
     ours = rates["deepsight (batch)"]
     print(f"ratio deepsight / per-image: {ours / rates['per-image albument.']:.2f}")
     print(f"ratio deepsight / native TF: {ours / rates['native TF ops']:.2f}")
