@@ -456,6 +456,8 @@ def make_train_dataset(
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be positive")
     indices = _check_source(x, y, indices, num_classes, "training images")
+    # One eager call on a blank image: a bad interpolation or a broken normalize fails here,
+    # with a readable traceback, rather than inside tf.data's first batch.
     preprocess(tf.zeros([1, *x.shape[1:]], tf.uint8), image_size, normalize, interpolation)
     if class_weights is not None:
         class_weights = np.asarray(class_weights, dtype=np.float32)
@@ -530,7 +532,9 @@ def make_eval_dataset(
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be positive")
     indices = _check_source(x, y, indices, num_classes, "evaluation images")
-    preprocess(tf.zeros([1, *x.shape[1:]], tf.uint8), image_size, normalize, interpolation)
+    preprocess(
+        tf.zeros([1, *x.shape[1:]], tf.uint8), image_size, normalize, interpolation
+    )  # fail early
     labels = tf.constant(np.asarray(y, dtype=np.int32))
 
     def make_batch(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
