@@ -532,9 +532,8 @@ def make_eval_dataset(
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be positive")
     indices = _check_source(x, y, indices, num_classes, "evaluation images")
-    preprocess(
-        tf.zeros([1, *x.shape[1:]], tf.uint8), image_size, normalize, interpolation
-    )  # fail early
+    # Fail here, not in tf.data's first batch (see make_train_dataset).
+    preprocess(tf.zeros([1, *x.shape[1:]], tf.uint8), image_size, normalize, interpolation)
     labels = tf.constant(np.asarray(y, dtype=np.int32))
 
     def make_batch(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
