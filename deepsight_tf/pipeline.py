@@ -279,6 +279,7 @@ def find_recall_table(document: Any, class_names: Sequence[str]) -> dict[str, fl
     {class_name: {"recall": r, ...}} (sklearn's classification_report(output_dict=True)), a
     mapping {class_name: r} under a key containing "recall", or a list of rows
     [{"class": name, "recall": r}, ...]. Tables must name every class; extra keys are ignored.
+    Under keys starting with "val" it looks before others, under "test" only after all others.
     """
     names = set(class_names)
     queue: list[tuple[str, Any]] = [("recall", document)]
@@ -288,10 +289,17 @@ def find_recall_table(document: Any, class_names: Sequence[str]) -> dict[str, fl
         if table is not None:
             return table
         if isinstance(node, dict):
-            queue.extend((str(k), v) for k, v in node.items())
+            queue.extend(sorted(((str(k), v) for k, v in node.items()), key=_split_rank))
         elif isinstance(node, list):
             queue.extend((key, v) for v in node)
     return None
+
+
+def _split_rank(item: tuple[str, Any]) -> int:
+    # A run's metrics.json holds "val" and "test" tables. Weights tuned on test recall would
+    # leak the test set into training, so validation goes first and test last.
+    key = item[0].lower()
+    return 0 if key.startswith("val") else 2 if key.startswith("test") else 1
 
 
 def class_weights_from(

@@ -275,6 +275,17 @@ def recall_weights(recalls: list[float], y: np.ndarray) -> np.ndarray:
         lambda r: {
             "per_class": [{"class": c, "recall": v} for c, v in zip(CLASSES, r, strict=True)]
         },
+        # training.py's metrics.json: the validation table is used, never the test one
+        lambda r: {
+            "class_names": CLASSES,
+            "test": {"per_class": {c: {"recall": 0.9, "support": 5} for c in CLASSES}},
+            "val": {
+                "accuracy": 0.5,
+                "per_class": {
+                    c: {"recall": v, "support": 5} for c, v in zip(CLASSES, r, strict=True)
+                },
+            },
+        },
     ],
 )
 def test_recall_file_weights(tmp_path: Path, layout) -> None:
