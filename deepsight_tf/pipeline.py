@@ -83,6 +83,7 @@ def smooth_labels(one_hot: tf.Tensor, smoothing: float) -> tf.Tensor:
 
 
 def check_label_smoothing(smoothing: float) -> None:
+    """Raise ConfigError naming --label-smoothing unless 0 <= smoothing < 1."""
     if not 0.0 <= smoothing < 1.0:
         raise ConfigError(f"--label-smoothing {smoothing} must be in [0, 1); 0.1 is usual")
 
@@ -194,6 +195,7 @@ def mix_batch(
 
 
 def check_mix(mode: str, alpha: float) -> None:
+    """Raise ConfigError naming --mix or --mix-alpha for an unknown mode or alpha <= 0."""
     if mode not in MIX_MODES:
         raise ConfigError(f"--mix {mode!r} is not a mode; use one of {', '.join(MIX_MODES)}")
     if mode != "none" and not alpha > 0.0:
