@@ -596,7 +596,12 @@ def _run(
                 f"(backbone x{phase.backbone_lr_mult:g})"
             )
         model.fit(
-            train_ds, validation_data=val_ds, epochs=phase.epochs, callbacks=callbacks, verbose=0
+            train_ds,
+            validation_data=val_ds,
+            epochs=phase.epochs,
+            callbacks=callbacks,
+            verbose=0,
+            shuffle=False,  # the pipeline shuffles, seeded per epoch
         )
         if guard.step is not None:
             raise ConfigError(
