@@ -347,6 +347,9 @@ def train(
     width_multiplier: Annotated[
         float, typer.Option(help="Channel width factor (<1: narrow, from scratch only).")
     ] = 1.0,
+    find_lr: Annotated[
+        bool, typer.Option("--find-lr", help="Run the LR range test and suggest a rate.")
+    ] = False,
 ) -> None:
     """Transfer learning: frozen head phase, then stages unfrozen with a OneCycle rate."""
     from deepsight_tf.config import TrainSettings
@@ -388,6 +391,19 @@ def train(
     def notify(message: str) -> None:
         err_console.print(f"[dim]{message}[/]", highlight=False)
 
+    if find_lr:
+        from deepsight_tf.training import find_lr as run_find_lr
+
+        report = run_find_lr(settings, state.workspace)
+        if state.json:
+            emit_json(report)
+        else:
+            console.print(
+                f"LR range test ({report.phase}, {report.steps} steps): suggested --lr "
+                f"[bold]{report.suggestion:.3g}[/] ({report.method}); lowest loss at "
+                f"{report.min_loss_lr:.3g}. Curve: {report.figure}"
+            )
+        return
     with progress_bar() as progress:
         result = run_train(settings, state.workspace, progress=progress, notify=notify)
     if state.json:

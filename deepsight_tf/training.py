@@ -443,32 +443,26 @@ def _resumable_settings(run_dir: Path, settings: TrainSettings) -> TrainSettings
     return settings
 
 
-def _run(
-    settings: TrainSettings,
-    unfreeze: tuple[int, ...] | str,
-    data: TrainingData,
-    workspace: Workspace,
-    run_id: str,
-    run_dir: Path,
-    progress: Progress | None,
-    notify: Notify | None,
-) -> TrainResult:
+@dataclass
+class Prepared:
+    """What both training and the LR range test need: the model and its input pipelines."""
+
+    model: Any
+    normalization: Any
+    precision: str
+    train_ds: Any
+    eval_args: dict[str, Any]
+    steps_per_epoch: int
+
+
+def _prepare(settings: TrainSettings, data: TrainingData, workspace: Workspace) -> Prepared:
     import keras
     import tensorflow as tf
 
     from deepsight_tf import models
-    from deepsight_tf.backbones import HEAD_PREFIX
-    from deepsight_tf.metrics import training_metrics
-    from deepsight_tf.optim import apply_precision, make_optimizer, resolve_precision
-    from deepsight_tf.pipeline import (
-        class_weights_from,
-        make_eval_dataset,
-        make_train_dataset,
-        parse_focus_pairs,
-    )
-    from deepsight_tf.schedules import OneCycle
+    from deepsight_tf.optim import apply_precision, resolve_precision
+    from deepsight_tf.pipeline import class_weights_from, make_train_dataset, parse_focus_pairs
 
-    started, start = now_iso(), time.perf_counter()
     keras.utils.set_random_seed(settings.seed)
     if settings.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -489,23 +483,6 @@ def _run(
         dropout=settings.dropout,
         width_multiplier=settings.width_multiplier,
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resumed_from = None
-    state_path = run_dir / STATE_FILE
-    state = read_json(state_path) if settings.resume and state_path.is_file() else {}
-    if state:
-        resumed_from = f"phase {len(state.get('completed_phases', [])) + 1}"
-    atomic_write_json(
-        run_dir / CONFIG_FILE,
-        {
-            "run_id": run_id,
-            "settings": asdict(settings),
-            "precision": precision,
-            "interpolation": data.interpolation,
-            "normalization": asdict(normalization),
-            "created": state.get("created", started),
-        },
-    )
     train_ds = make_train_dataset(
         dataset.x_train,
         dataset.y_train,
@@ -524,21 +501,92 @@ def _run(
         interpolation=data.interpolation,
         seed=settings.seed,
     )
-    eval_args = {
-        "batch_size": max(settings.batch_size, 256),
-        "image_size": settings.image_size,
-        "normalize": normalization,
-        "interpolation": data.interpolation,
-    }
-    val_ds = make_eval_dataset(
-        dataset.x_train, dataset.y_train, data.val_indices, dataset.num_classes, **eval_args
-    )
     steps_per_epoch = int(train_ds.cardinality())
     if steps_per_epoch <= 0:
         raise ConfigError(
             f"--batch-size {settings.batch_size} is larger than the {len(data.train_indices)} "
             "training images; lower it"
         )
+    eval_args = {
+        "batch_size": max(settings.batch_size, 256),
+        "image_size": settings.image_size,
+        "normalize": normalization,
+        "interpolation": data.interpolation,
+    }
+    return Prepared(model, normalization, precision, train_ds, eval_args, steps_per_epoch)
+
+
+def set_trainable(
+    model: Any, phase: PhasePlan, settings: TrainSettings, unfreeze: tuple[int, ...] | str
+) -> None:
+    """Freeze for the head phase; unfreeze the chosen stages (BN frozen) for fine-tuning."""
+    from deepsight_tf import models
+
+    if phase.trainable == "head":
+        models.freeze_backbone(model)
+    elif settings.weights == "none" and unfreeze == "all":
+        # From scratch every layer learns, BatchNorm included (batch statistics); BN is
+        # kept in inference mode only to protect pretrained statistics.
+        model.trainable = True
+    else:
+        models.unfreeze_stages(model, unfreeze)
+
+
+def phase_optimizer(settings: TrainSettings, phase: PhasePlan, learning_rate: Any) -> Any:
+    from deepsight_tf.backbones import HEAD_PREFIX
+    from deepsight_tf.optim import make_optimizer
+
+    return make_optimizer(
+        settings.optimizer,
+        learning_rate,
+        backbone_lr_mult=phase.backbone_lr_mult,
+        head_prefixes=(HEAD_PREFIX,),
+        weight_decay=settings.weight_decay,
+    )
+
+
+def _run(
+    settings: TrainSettings,
+    unfreeze: tuple[int, ...] | str,
+    data: TrainingData,
+    workspace: Workspace,
+    run_id: str,
+    run_dir: Path,
+    progress: Progress | None,
+    notify: Notify | None,
+) -> TrainResult:
+    import keras
+
+    from deepsight_tf import models
+    from deepsight_tf.metrics import training_metrics
+    from deepsight_tf.pipeline import make_eval_dataset
+    from deepsight_tf.schedules import OneCycle
+
+    started, start = now_iso(), time.perf_counter()
+    dataset = data.dataset
+    prepared = _prepare(settings, data, workspace)
+    model, train_ds, eval_args = prepared.model, prepared.train_ds, prepared.eval_args
+    steps_per_epoch, precision = prepared.steps_per_epoch, prepared.precision
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resumed_from = None
+    state_path = run_dir / STATE_FILE
+    state = read_json(state_path) if settings.resume and state_path.is_file() else {}
+    if state:
+        resumed_from = f"phase {len(state.get('completed_phases', [])) + 1}"
+    atomic_write_json(
+        run_dir / CONFIG_FILE,
+        {
+            "run_id": run_id,
+            "settings": asdict(settings),
+            "precision": precision,
+            "interpolation": data.interpolation,
+            "normalization": asdict(prepared.normalization),
+            "created": state.get("created", started),
+        },
+    )
+    val_ds = make_eval_dataset(
+        dataset.x_train, dataset.y_train, data.val_indices, dataset.num_classes, **eval_args
+    )
     phases = plan_phases(settings)
     total_steps = steps_per_epoch * sum(p.epochs for p in phases)
     StepProgress, HistoryRecorder, BestWeights, DivergenceGuard = _callbacks_module()
@@ -553,24 +601,11 @@ def _run(
         previous_end = run_dir / f"checkpoints/phase{phase.index - 1}.end.weights.npz"
         if previous_end.is_file():
             load_weights_npz(model, previous_end)
-        if phase.trainable == "head":
-            models.freeze_backbone(model)
-        elif settings.weights == "none" and unfreeze == "all":
-            # From scratch every layer learns, BatchNorm included (batch statistics); BN is
-            # kept in inference mode only to protect pretrained statistics.
-            model.trainable = True
-        else:
-            models.unfreeze_stages(model, unfreeze)
+        set_trainable(model, phase, settings, unfreeze)
         schedule = OneCycle(
             phase.peak_lr, steps_per_epoch * phase.epochs, pct_start=settings.pct_start
         )
-        optimizer = make_optimizer(
-            settings.optimizer,
-            schedule,
-            backbone_lr_mult=phase.backbone_lr_mult,
-            head_prefixes=(HEAD_PREFIX,),
-            weight_decay=settings.weight_decay,
-        )
+        optimizer = phase_optimizer(settings, phase, schedule)
         model.compile(
             optimizer=optimizer,
             loss=keras.losses.CategoricalCrossentropy(),
@@ -717,3 +752,55 @@ def load_run(workspace: Workspace, run_id: str) -> tuple[Path, Manifest]:
             "run `deepsight train` first"
         )
     return run_dir, workspace.verify(run_dir, "deepsight train")
+
+
+@dataclass
+class LRFinderReport:
+    run_dir: str
+    phase: str
+    suggestion: float
+    method: str
+    min_loss_lr: float
+    steps: int
+    stopped_early: bool
+    figure: str
+
+
+def find_lr(settings: TrainSettings, workspace: Workspace, steps: int = 100) -> LRFinderReport:
+    """fastai's LR range test on the first training phase; writes lr_finder.json and a figure."""
+    import keras
+
+    from deepsight_tf.plots import save_figure
+    from deepsight_tf.plots.training import plot_lr_finder
+    from deepsight_tf.schedules import lr_range_test
+
+    settings = resolve_settings(settings)
+    unfreeze = parse_unfreeze(settings.unfreeze)
+    data = training_data(settings, workspace)
+    run_id = settings.run_id or f"lr-finder-{default_run_id(settings)}"
+    run_dir = workspace.run_dir(run_id)
+    with workspace.lock(f"run-{run_id}"):
+        prepared = _prepare(settings, data, workspace)
+        phase = plan_phases(settings)[0]
+        set_trainable(prepared.model, phase, settings, unfreeze)
+        result = lr_range_test(
+            prepared.model,
+            prepared.train_ds,
+            keras.losses.CategoricalCrossentropy(),
+            optimizer_factory=lambda schedule: phase_optimizer(settings, phase, schedule),
+            steps=steps,
+        )
+        figure = save_figure(plot_lr_finder(result), run_dir / "lr_finder.png")
+        atomic_write_json(
+            run_dir / "lr_finder.json", {"settings": asdict(settings), **result.to_dict()}
+        )
+    return LRFinderReport(
+        run_dir=str(run_dir),
+        phase=phase.name,
+        suggestion=result.suggestion,
+        method=result.method,
+        min_loss_lr=result.min_loss_lr,
+        steps=len(result.lrs),
+        stopped_early=result.stopped_early,
+        figure=str(figure),
+    )
