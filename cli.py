@@ -120,7 +120,9 @@ def import_tensorflow_quietly() -> None:
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
+            import tensorflow as tf
+
+            tf.get_logger().setLevel("ERROR")  # retracing notices and the like
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -19,6 +19,7 @@ import numpy as np
 from deepsight_tf.config import TrainSettings
 from deepsight_tf.dataset import IMAGES_FILE, Dataset, load_dataset
 from deepsight_tf.errors import ConfigError, GateFailedError, PrerequisiteError
+from deepsight_tf.feature_cache import cached_head, can_cache_features
 from deepsight_tf.sources import Progress
 from deepsight_tf.workspace import (
     MANIFEST,
@@ -311,21 +312,23 @@ def _callbacks_module() -> Any:
         """Keeps the weights of the best epoch by validation macro-F1, on disk atomically."""
 
         def __init__(
-            self, path: Path, best: float, best_epoch: int | None, epoch_offset: int
+            self,
+            path: Path,
+            classifier: Any,
+            best: float,
+            best_epoch: int | None,
+            epoch_offset: int,
         ) -> None:
             super().__init__()
-            self.path, self.best, self.best_epoch, self.offset = (
-                path,
-                best,
-                best_epoch,
-                epoch_offset,
-            )
+            self.path, self.classifier = path, classifier
+            self.best, self.best_epoch, self.offset = best, best_epoch, epoch_offset
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             value = (logs or {}).get(MONITOR)
             if value is not None and math.isfinite(value) and value > self.best:
                 self.best, self.best_epoch = float(value), self.offset + epoch + 1
-                weights = self.model.get_weights()
+                # The classifier's weights, also when a cached-feature head is being fit.
+                weights = self.classifier.get_weights()
                 atomic_save_npz(self.path, **{f"w{i:04d}": w for i, w in enumerate(weights)})
 
     class DivergenceGuard(keras.callbacks.Callback):
@@ -453,6 +456,7 @@ class Prepared:
     train_ds: Any
     eval_args: dict[str, Any]
     steps_per_epoch: int
+    class_weights: np.ndarray | None
 
 
 def _prepare(settings: TrainSettings, data: TrainingData, workspace: Workspace) -> Prepared:
@@ -513,7 +517,9 @@ def _prepare(settings: TrainSettings, data: TrainingData, workspace: Workspace) 
         "normalize": normalization,
         "interpolation": data.interpolation,
     }
-    return Prepared(model, normalization, precision, train_ds, eval_args, steps_per_epoch)
+    return Prepared(
+        model, normalization, precision, train_ds, eval_args, steps_per_epoch, class_weights
+    )
 
 
 def set_trainable(
@@ -606,14 +612,32 @@ def _run(
             phase.peak_lr, steps_per_epoch * phase.epochs, pct_start=settings.pct_start
         )
         optimizer = phase_optimizer(settings, phase, schedule)
-        model.compile(
+        fit_model, fit_train, fit_val = model, train_ds, val_ds
+        if phase.trainable == "head" and can_cache_features(settings):
+            cached = cached_head(
+                model,
+                dataset.x_train,
+                dataset.y_train,
+                data.train_indices,
+                data.val_indices,
+                dataset.num_classes,
+                eval_args,
+                settings.batch_size,
+                settings.seed,
+                prepared.class_weights,
+                settings.label_smoothing,
+            )
+            fit_model, fit_train, fit_val = cached.head, cached.train_ds, cached.val_ds
+            if notify:
+                notify("phase 1 uses cached backbone features (no pixel augmentation)")
+        fit_model.compile(
             optimizer=optimizer,
             loss=keras.losses.CategoricalCrossentropy(),
             metrics=training_metrics(dataset.num_classes),
             jit_compile=False,
         )
         guard = DivergenceGuard(steps_per_epoch * epoch_offset)
-        best_cb = BestWeights(run_dir / BEST_WEIGHTS_FILE, best, best_epoch, epoch_offset)
+        best_cb = BestWeights(run_dir / BEST_WEIGHTS_FILE, model, best, best_epoch, epoch_offset)
         callbacks = [
             keras.callbacks.BackupAndRestore(str(run_dir / f"checkpoints/phase{phase.index}")),
             guard,
@@ -630,9 +654,9 @@ def _run(
                 f"{steps_per_epoch} steps, peak lr {phase.peak_lr:g} "
                 f"(backbone x{phase.backbone_lr_mult:g})"
             )
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
+        fit_model.fit(
+            fit_train,
+            validation_data=fit_val,
             epochs=phase.epochs,
             callbacks=callbacks,
             verbose=0,
