@@ -334,7 +334,7 @@ def train(
     ] = "none",
     focus_pairs: Annotated[
         str | None,
-        typer.Option(help="Oversample confusable classes, e.g. cat:dog,automobile:truck."),
+        typer.Option(help="Oversample confusable classes: cat:dog,automobile:truck or @FILE."),
     ] = None,
     precision: Annotated[
         str, typer.Option(help="auto, float32, mixed_float16 or mixed_bfloat16.")

@@ -98,6 +98,13 @@ def resolve_settings(settings: TrainSettings) -> TrainSettings:
             else (0.1 if pretrained else 1.0)
         ),
     )
+    if resolved.focus_pairs and resolved.focus_pairs.startswith("@"):
+        # interpret writes the most-confused pairs to a file: --focus-pairs @hard_pairs.txt
+        path = Path(resolved.focus_pairs[1:])
+        try:
+            resolved = replace(resolved, focus_pairs=path.read_text().strip())
+        except OSError as exc:
+            raise ConfigError(f"--focus-pairs {resolved.focus_pairs}: cannot read {path}") from exc
     checks = [
         (resolved.epochs >= 0, f"--epochs {resolved.epochs} must be >= 0"),
         (resolved.frozen_epochs >= 0, f"--frozen-epochs {resolved.frozen_epochs} must be >= 0"),
