@@ -56,3 +56,21 @@ class TrainSettings:
     resume: bool = False
     max_train_images: int | None = None  # subsample the training split (quick runs)
     find_lr: bool = False  # run the LR range test instead of training
+
+
+@dataclass
+class ScrubSettings:
+    dataset: str | None = None  # None: the only data set in the workspace
+    val_size: float = 0.1  # fraction of the training split held out for validation (stratified)
+    seed: int = 42  # validation split and interpolation sample
+    drop_leaks: bool = False  # drop training images that duplicate a test image
+    image_size: int = 64  # training size that the interpolation study upsamples to
+    interp_sample: int = 512  # images measured in the interpolation study
+    # Near duplicates (see deepsight_tf/duplicates.py): the same photo when both orientations of
+    # band-pass structure correlate at r >= 0.8 after alignment, i.e. distance 1 - r <= 0.2.
+    # Planted copies (shifts up to 3 px, crops up to 4 px, colour, JPEG down to quality 30)
+    # stay below 0.19; random pairs of CIFAR-10 images stay above 0.39.
+    near_threshold: float = 0.2
+    # Candidates verified per image: 5 finds 97% of the test images with a train twin that 10
+    # finds on CIFAR-10, at half the cost (verification is most of the run time).
+    neighbours: int = 5
