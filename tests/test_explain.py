@@ -239,7 +239,27 @@ def test_default_cascade_is_the_head_then_the_last_stage_top_down():
     assert explain.default_randomisation(model) == ("head", "stack3_block1", "stack3_block0")
 
 
-def test_sanity_check_on_a_trained_model():
+@pytest.fixture(scope="module")
+def blob() -> tuple[keras.Model, np.ndarray, np.ndarray, np.ndarray]:
+    model = trained_blob_model()
+    return (model, *blob_images(32, seed=7))
+
+
+def test_faster_score_cam_of_an_image_does_not_depend_on_its_batch(blob):
+    """Faster-Score-CAM keeps 4 of block2's 16 channels, chosen per image, not per batch."""
+    model, x, labels, masks = blob
+    alone = explain.compute_cams(
+        model, x[:1], labels[:1], layer_name="block2_conv", method="scorecam", score_cam_max_n=4
+    )
+    together = explain.compute_cams(
+        model, x[:6], labels[:6], layer_name="block2_conv", method="scorecam", score_cam_max_n=4
+    )
+    np.testing.assert_allclose(together[0], alone[0], atol=1e-6)
+    hottest = together.reshape(6, -1).argmax(axis=1)
+    assert masks[:6].reshape(6, -1)[np.arange(6), hottest].mean() >= 5 / 6
+
+
+def test_sanity_check_on_a_trained_model(blob):
     """Grad-CAM of a trained blob-colour classifier, randomised head, then block2, then block1.
 
     Asserted: the trained maps find the blob; once the convolutions are randomised the maps
@@ -247,8 +267,7 @@ def test_sanity_check_on_a_trained_model():
     head alone is flagged: every block2 channel fires on the one blob, so any re-weighting of
     the channels (a random head) still points at it: what Adebayo et al.'s test is for.
     """
-    model = trained_blob_model()
-    x, labels, masks = blob_images(32, seed=7)
+    model, x, labels, masks = blob
     assert (model.predict(x, verbose=0).argmax(axis=1) == labels).mean() >= 0.9
     before = [w.copy() for w in model.get_weights()]
 
