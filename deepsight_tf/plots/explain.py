@@ -142,7 +142,7 @@ def plot_context_reliance(result: ContextReliance, energy: CentreEnergy | None =
     positions = np.arange(len(names))
     panels = 2 if energy is not None else 1
     fig, axes = plt.subplots(
-        panels, 1, figsize=(max(7.0, 0.8 * len(names) + 2), 3.6 * panels), squeeze=False
+        panels, 1, figsize=(max(9.0, 0.8 * len(names) + 4), 3.6 * panels), squeeze=False
     )
     ax = axes[0, 0]
     width = 0.27
@@ -197,8 +197,10 @@ def plot_sanity_check(result: SanityCheckResult, images: np.ndarray | None = Non
     """Spearman of the maps to the trained model's per cascade step, and example maps."""
     steps = len(result.groups)
     examples = len(result.original_maps)
-    fig = plt.figure(figsize=(max(7.0, 1.6 * (steps + 2)), 3.2 + 1.6 * examples))
-    grid = fig.add_gridspec(1 + examples, steps + 2, height_ratios=[2.0] + [1.0] * examples)
+    fig = plt.figure(figsize=(max(7.0, 1.6 * (steps + 2)), 3.4 + 1.8 * examples))
+    grid = fig.add_gridspec(
+        1 + examples, steps + 2, height_ratios=[2.0] + [1.0] * examples, hspace=0.45
+    )
     ax = fig.add_subplot(grid[0, :])
     labels = [f"+ {g}" for g in result.groups]
     for step in range(steps):
