@@ -1,0 +1,196 @@
+"""predict: agreement with training's test predictions, any image size, errors, Grad-CAM, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_run import CLASS_NAMES, IMAGE_SIZE, NORMALIZATION, TinyRun, make_tiny_run
+from typer.testing import CliRunner
+
+from cli import app
+from deepsight_tf.errors import DataError, PrerequisiteError, StaleArtifactError
+from deepsight_tf.pipeline import preprocess
+from deepsight_tf.predict import (
+    collect_images,
+    load_run_model,
+    overlay_heatmap,
+    predict,
+    predict_paths,
+    resolve_run_dir,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    return make_tiny_run(tmp_path_factory.mktemp("predict"))
+
+
+def model_probs(run_dir: Path, images: list[np.ndarray]) -> np.ndarray:
+    """The run's model on images preprocessed one by one, independently of predict's batching."""
+    model = load_run_model(run_dir).model
+    inputs = np.stack(
+        [preprocess(image, IMAGE_SIZE, NORMALIZATION, "bicubic").numpy() for image in images]
+    )
+    return np.asarray(model.predict(inputs, verbose=0))
+
+
+def test_predict_paths_reproduces_the_runs_stored_test_predictions(tiny: TinyRun) -> None:
+    stored = np.load(tiny.run_dir / "predictions.npz")
+    result = predict_paths(tiny.run_dir, tiny.test_paths, batch_size=3)
+    assert result.probs.shape == (len(tiny.test_paths), len(CLASS_NAMES))
+    np.testing.assert_allclose(
+        result.probs, stored["test_probs"][stored["test_indices"]], atol=1e-5
+    )
+    assert [p.index for p in result.predictions] == list(range(len(tiny.test_paths)))
+    assert result.errors == []
+    for prediction, row in zip(result.predictions, result.probs, strict=True):
+        order = np.argsort(-row)
+        assert prediction.class_name == CLASS_NAMES[order[0]]
+        assert prediction.probability == pytest.approx(row.max())
+        assert [t.class_name for t in prediction.top] == [CLASS_NAMES[c] for c in order[:3]]
+        assert (prediction.width, prediction.height) == (12, 12)
+    # The predictions are not all one class: the comparison above says something.
+    assert len({p.class_name for p in result.predictions}) > 1
+
+
+def test_any_size_and_mode_is_converted_and_resized_as_in_training(
+    tiny: TinyRun, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(7)
+    wide = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (50, 30), dtype=np.uint8)
+    exact = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    Image.fromarray(wide).save(tmp_path / "wide.bmp")
+    Image.fromarray(gray, mode="L").save(tmp_path / "gray.png")
+    Image.fromarray(exact).save(tmp_path / "exact.webp", lossless=True)
+    paths = [tmp_path / "wide.bmp", tmp_path / "gray.png", tmp_path / "exact.webp"]
+    result = predict_paths(tiny.run_dir, paths, top_k=2)
+    expected = model_probs(tiny.run_dir, [wide, np.repeat(gray[..., None], 3, axis=2), exact])
+    np.testing.assert_allclose(result.probs, expected, atol=1e-5)
+    assert [len(p.top) for p in result.predictions] == [2, 2, 2]
+    assert [(p.width, p.height) for p in result.predictions] == [(40, 24), (30, 50), (16, 16)]
+
+
+def test_unreadable_files_are_listed_and_the_rest_predicted(tiny: TinyRun, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    paths = [tiny.test_paths[0], broken, tiny.test_paths[1]]
+    result = predict_paths(tiny.run_dir, paths)
+    assert [e.path for e in result.errors] == [str(broken)]
+    assert "corrupt or truncated" in result.errors[0].reason
+    assert np.isnan(result.probs[1]).all()
+    stored = np.load(tiny.run_dir / "predictions.npz")["test_probs"]
+    np.testing.assert_allclose(result.probs[[0, 2]], stored[:2], atol=1e-5)
+    assert [p.index for p in result.predictions] == [0, 2]
+
+
+def test_nothing_readable_is_a_data_error_naming_the_file(tiny: TinyRun, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"broken\.png"):
+        predict_paths(tiny.run_dir, [broken])
+
+
+def test_folders_are_walked_recursively_for_image_extensions(tmp_path: Path) -> None:
+    pixel = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+    for name in ("a/one.png", "a/b/two.JPG", "a/b/three.jpeg", "a/four.bmp", "a/.hidden/x.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        pixel.save(tmp_path / name, format="PNG")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    paths, errors = collect_images([tmp_path / "a", tmp_path / "empty", tmp_path / "missing.png"])
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
+        "a/b/three.jpeg",
+        "a/b/two.JPG",
+        "a/four.bmp",
+        "a/one.png",
+    ]
+    assert [(Path(e.path).name, e.reason) for e in errors] == [
+        ("empty", "folder holds no png/jpg/jpeg/bmp/webp"),
+        ("missing.png", "no such file or folder"),
+    ]
+
+
+def test_predict_merges_missing_inputs_into_errors(tiny: TinyRun, tmp_path: Path) -> None:
+    result = predict(tiny.workspace, "tiny", [tiny.test_paths[0].parent, tmp_path / "nope.jpg"])
+    assert [p.path for p in result.predictions] == [
+        str(p) for p in tiny.test_paths if "cat" in str(p)
+    ]
+    assert [e.reason for e in result.errors] == ["no such file or folder"]
+
+
+def test_run_is_resolved_by_id_or_folder_and_verified(tiny: TinyRun, tmp_path: Path) -> None:
+    assert resolve_run_dir(tiny.workspace, "tiny") == tiny.run_dir
+    assert resolve_run_dir(tiny.workspace, tiny.run_dir) == tiny.run_dir
+    with pytest.raises(PrerequisiteError, match="no run 'other'"):
+        resolve_run_dir(tiny.workspace, "other")
+    copy = tmp_path / "runs" / "tiny"
+    copy.mkdir(parents=True)
+    for item in tiny.run_dir.iterdir():
+        (copy / item.name).write_bytes(item.read_bytes())
+    (copy / "metrics.json").write_text(json.dumps({"class_names": ["x", "y", "z"]}))
+    with pytest.raises(StaleArtifactError, match=r"metrics\.json"):
+        resolve_run_dir(tiny.workspace, copy)
+
+
+def test_overlay_blends_jet_colours_over_an_enlarged_image() -> None:
+    image = np.full((32, 16, 3), 200, np.uint8)
+    overlay = np.asarray(overlay_heatmap(image, np.zeros((16, 16), np.float32)))
+    assert overlay.shape == (256, 128, 3)  # shorter side enlarged by 8 to reach 128 px
+    # jet(0) is dark blue (0, 0, 0.5): 0.55 * 200 + 0.45 * (0, 0, 127.5).
+    np.testing.assert_array_equal(overlay[0, 0], [110, 110, 167])
+    hot = np.asarray(overlay_heatmap(image, np.ones((16, 16), np.float32)))
+    np.testing.assert_array_equal(hot[0, 0], [167, 110, 110])  # jet(1) is dark red
+
+
+def test_gradcam_overlays_match_tf_keras_vis_on_the_registered_layer(
+    tiny: TinyRun, tmp_path: Path
+) -> None:
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    paths = tiny.test_paths[:3]
+    result = predict_paths(tiny.run_dir, paths, gradcam_dir=tmp_path / "cams")
+    assert result.gradcam_layer == "stack3_block1_out"
+    written = [Path(p.gradcam) for p in result.predictions]
+    assert [p.name for p in written] == ["00000-0000.png", "00001-0001.png", "00002-0002.png"]
+    model = load_run_model(tiny.run_dir).model
+    inputs = preprocess(tiny.x_test[:3], IMAGE_SIZE, NORMALIZATION, "bicubic").numpy()
+    classes = [p.class_index for p in result.predictions]
+    maps = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)(
+        CategoricalScore(classes), inputs, penultimate_layer="stack3_block1_out"
+    )
+    for path, image, heat in zip(written, tiny.x_test[:3], maps, strict=True):
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(path)), np.asarray(overlay_heatmap(image, heat))
+        )
+
+
+def test_cli_json_and_table(tiny: TinyRun, tmp_path: Path) -> None:
+    runner = CliRunner()
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"nope")
+    base = ["--workspace", str(tiny.workspace.root)]
+    out = runner.invoke(
+        app, [*base, "--json", "predict", "tiny", str(tiny.test_paths[0]), str(broken)]
+    )
+    assert out.exit_code == 0, out.output
+    payload = json.loads(out.stdout)
+    assert "probs" not in payload
+    assert [p["path"] for p in payload["predictions"]] == [str(tiny.test_paths[0])]
+    assert payload["predictions"][0]["class_name"] in CLASS_NAMES
+    assert len(payload["predictions"][0]["top"]) == 3
+    assert payload["errors"][0]["path"] == str(broken)
+    table = runner.invoke(app, [*base, "predict", "tiny", str(tiny.test_paths[0])])
+    assert table.exit_code == 0, table.output
+    assert "0000.png" in table.stdout
+    none = runner.invoke(app, [*base, "predict", "tiny", str(broken)])
+    assert none.exit_code == 3
+    assert "broken.jpg" in none.output
+    missing = runner.invoke(app, [*base, "predict", "nope", str(broken)])
+    assert missing.exit_code == 4
