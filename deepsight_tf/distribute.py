@@ -129,7 +129,8 @@ class _KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrateg
         reduce_one = super().reduce
 
         def reduce_tensor(v: Any) -> Any:
-            rank = self.experimental_local_results(v)[0].shape.rank
+            local = self.experimental_local_results(v)[0]
+            rank = tf.TensorShape(getattr(local, "shape", ())).rank
             return reduce_one(reduce_op, v, None if rank == 0 else axis)
 
         return tf.nest.map_structure(reduce_tensor, value)

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 NUM_CLASSES = 4
 IMAGES = 64
 IMAGE_SIZE = 8
+VAL_IMAGES = 21
 CLASS_WEIGHTS = (1.0, 2.0, 0.5, 1.5)  # unequal, so the weighted loss reduction is exercised
 
 
@@ -70,12 +71,15 @@ def main() -> None:
 
     from deepsight_tf.metrics import training_metrics
     from deepsight_tf.optim import make_optimizer
-    from deepsight_tf.pipeline import make_train_dataset
+    from deepsight_tf.pipeline import make_eval_dataset, make_train_dataset
     from deepsight_tf.schedules import OneCycle
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (IMAGES, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     y = np.arange(IMAGES) % NUM_CLASSES
+    # Validation and prediction: an odd count, so the last batch splits unevenly.
+    x_val = rng.integers(0, 256, (VAL_IMAGES, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    y_val = rng.permutation(np.arange(VAL_IMAGES) % NUM_CLASSES)
 
     def build() -> keras.Model:
         inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
@@ -88,6 +92,9 @@ def main() -> None:
     init_rng = np.random.default_rng(1)
     initial = [init_rng.normal(0, 0.3, w.shape).astype("float32") for w in build().get_weights()]
 
+    def normalize(images: tf.Tensor) -> tf.Tensor:
+        return images / 127.5 - 1.0
+
     def dataset_of(batch: int) -> tf.data.Dataset:
         return make_train_dataset(
             x,
@@ -96,7 +103,7 @@ def main() -> None:
             NUM_CLASSES,
             batch_size=batch,
             image_size=IMAGE_SIZE,
-            normalize=lambda t: t / 127.5 - 1.0,
+            normalize=normalize,
             augment="light",
             class_weights=np.asarray(CLASS_WEIGHTS, np.float32),
             seed=3,
@@ -139,9 +146,26 @@ def main() -> None:
             # is the pipeline's second. The one-device run skips one iteration to match.
             next(iter(dataset))
         start = time.perf_counter()
-        history = model.fit(
-            shard_by_data(dataset), epochs=args.epochs, verbose=0, shuffle=False, callbacks=[record]
+        val = shard_by_data(
+            make_eval_dataset(
+                x_val,
+                y_val,
+                np.arange(VAL_IMAGES),
+                NUM_CLASSES,
+                batch_size=batch,
+                image_size=IMAGE_SIZE,
+                normalize=normalize,
+            )
         )
+        history = model.fit(
+            shard_by_data(dataset),
+            validation_data=val,
+            epochs=args.epochs,
+            verbose=0,
+            shuffle=False,
+            callbacks=[record],
+        )
+        probs = model.predict(val, verbose=0)
         return {
             "batch": batch,
             "lr": lr,
@@ -149,6 +173,7 @@ def main() -> None:
             "running_losses": losses,
             "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
             "weights": [w.ravel().tolist() for w in model.get_weights()],
+            "val_probs": np.asarray(probs).tolist(),
         }
 
     global_batch, lr = scale_for_replicas(
