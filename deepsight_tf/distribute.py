@@ -137,7 +137,7 @@ class _KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrateg
 
 
 def strategy_kind(strategy: tf.distribute.Strategy) -> str:
-    """ "one", "mirrored" or "multiworker" (or the class name of another strategy)."""
+    """The kind of `strategy`: one, mirrored or multiworker (else its class name)."""
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return "multiworker"
     if isinstance(strategy, tf.distribute.MirroredStrategy):
