@@ -438,5 +438,114 @@ def render_train(result: Any) -> None:
     console.print(f"MVA gate {result.mva:.0%}: {verdict}; artifacts in {result.run_dir}")
 
 
+@app.command()
+@handle_errors
+def predict(
+    run: Annotated[str, typer.Argument(help="Run id in the workspace, or a run folder.")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Image files and folders (walked for png/jpg/jpeg/bmp/webp)."),
+    ],
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 64,
+    top_k: Annotated[int, typer.Option(help="Most probable classes listed per image.")] = 3,
+    gradcam: Annotated[
+        Path | None, typer.Option(help="Write a Grad-CAM overlay PNG per image into this folder.")
+    ] = None,
+) -> None:
+    """Class, probability and top-k for new images of any size, preprocessed as in training."""
+    import_tensorflow_quietly()
+    from deepsight_tf.predict import predict as run_predict
+
+    with progress_bar() as progress:
+        result = run_predict(
+            state.workspace,
+            run,
+            inputs,
+            batch_size,
+            top_k=top_k,
+            gradcam_dir=gradcam,
+            progress=progress,
+        )
+    if state.json:
+        payload = to_jsonable(result)
+        payload.pop("probs")  # every row is in predictions; NaN rows are not JSON
+        emit_json(payload)
+        return
+    render_predict(result)
+
+
+def render_predict(result: Any) -> None:
+    from rich.markup import escape
+
+    table = Table(title=f"Predictions of run {result.run_id} ({result.image_size} px)")
+    table.add_column("image", overflow="fold")
+    table.add_column("class")
+    table.add_column("probability", justify="right")
+    table.add_column(f"top {len(result.predictions[0].top)}")
+    if result.gradcam_dir:
+        table.add_column("Grad-CAM", overflow="fold")
+    for item in result.predictions:
+        top = ", ".join(f"{t.class_name} {t.probability:.1%}" for t in item.top)
+        name, probability = f"[bold]{escape(item.class_name)}[/]", f"{item.probability:.1%}"
+        cells = [escape(item.path), name, probability, escape(top)]
+        if result.gradcam_dir:
+            cells.append(escape(Path(item.gradcam).name))
+        table.add_row(*cells)
+    console.print(table)
+    console.print(
+        f"{len(result.predictions):,} images in {result.duration_s:.1f} s"
+        + (f"; Grad-CAM overlays in {escape(result.gradcam_dir)}" if result.gradcam_dir else "")
+    )
+    if result.errors:
+        console.print(f"[yellow]{len(result.errors)} inputs could not be read[/]:")
+        for error in result.errors:
+            console.print(f"  {error.path}: {error.reason}", markup=False, highlight=False)
+
+
+@app.command()
+@handle_errors
+def export(
+    run: Annotated[str, typer.Argument(help="Run id in the workspace, or a run folder.")],
+    export_format: Annotated[
+        str, typer.Option("--format", help="savedmodel, keras or onnx.")
+    ] = "savedmodel",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write it. Default: runs/<id>/export/<savedmodel|model.*>."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing export.")] = False,
+) -> None:
+    """Export the run's model with a JSON sidecar; the export is checked against the model."""
+    from deepsight_tf.export import check_format
+
+    check_format(export_format)
+    import_tensorflow_quietly()
+    from deepsight_tf.export import export_run
+
+    result = export_run(state.workspace, run, export_format, out, force=force)
+    if state.json:
+        emit_json(result)
+        return
+    render_export(result)
+
+
+def render_export(result: Any) -> None:
+    console.print(
+        f"run [bold]{result.run_id}[/] exported as {result.format} to {result.path} "
+        f"({result.size_bytes / 1e6:.1f} MB) in {result.duration_s:.1f} s"
+    )
+    for name, takes in result.endpoints.items():
+        console.print(f"  {name}: {takes}", markup=False, highlight=False)
+    if result.max_abs_diff is None:
+        console.print("[yellow]not checked[/]: no runtime for this format is installed")
+    else:
+        colour = "green" if result.max_abs_diff <= 1e-5 else "yellow"
+        console.print(
+            f"[{colour}]checked[/] on {result.check_images} images: largest probability "
+            f"difference from the run's model {result.max_abs_diff:.1e}"
+        )
+    console.print(f"preprocessing and class names for consumers: {result.sidecar}")
+
+
 if __name__ == "__main__":
     app()
