@@ -312,7 +312,8 @@ def _callbacks_module() -> Any:
                 "seconds": round(time.perf_counter() - self._start, 2),
             }
             row.update({k: float(v) for k, v in sorted(logs.items()) if k != "learning_rate"})
-            self.rows.append(row)
+            # An epoch redone after a resume replaces its row, and any row after it.
+            self.rows[:] = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
             write_history(self.path, self.rows)
 
     class BestWeights(keras.callbacks.Callback):
@@ -584,7 +585,7 @@ def _run(
     resumed_from = None
     state_path = run_dir / STATE_FILE
     state = read_json(state_path) if settings.resume and state_path.is_file() else {}
-    if state:
+    if settings.resume and (run_dir / HISTORY_FILE).is_file():
         resumed_from = f"phase {len(state.get('completed_phases', [])) + 1}"
     atomic_write_json(
         run_dir / CONFIG_FILE,
@@ -603,7 +604,8 @@ def _run(
     phases = plan_phases(settings)
     total_steps = steps_per_epoch * sum(p.epochs for p in phases)
     StepProgress, HistoryRecorder, BestWeights, DivergenceGuard = _callbacks_module()
-    history = read_history(run_dir / HISTORY_FILE) if state else []
+    # A run killed mid-phase has history rows but no state yet: keep them on --resume.
+    history = read_history(run_dir / HISTORY_FILE) if settings.resume else []
     best, best_epoch = state.get("best", -math.inf), state.get("best_epoch")
     completed = list(state.get("completed_phases", []))
     epoch_offset = 0

@@ -1,0 +1,228 @@
+"""deepsight train on a tiny separable data set: artifacts, metrics, gate, resume, transfer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from deepsight_tf.config import ObtainSettings, ScrubSettings, TrainSettings
+from deepsight_tf.errors import ConfigError, StaleArtifactError
+from deepsight_tf.obtain import obtain
+from deepsight_tf.scrub import scrub
+from deepsight_tf.training import (
+    HISTORY_FILE,
+    MODEL_FILE,
+    PREDICTIONS_FILE,
+    classification_metrics,
+    plan_phases,
+    read_history,
+    resolve_settings,
+    train,
+)
+from deepsight_tf.workspace import Workspace, read_json
+
+CLASSES = ["red", "green", "blue"]
+
+
+def separable_npz(
+    path: Path, per_class: int = 40, test_per_class: int = 10, size: int = 16
+) -> Path:
+    """Each class brightens one colour channel: learnable in a few steps by a tiny network."""
+    rng = np.random.default_rng(0)
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(len(CLASSES)), n)
+        images = rng.integers(0, 100, (len(labels), size, size, 3))
+        images[np.arange(len(labels)), :, :, labels] += 150
+        return images.astype(np.uint8), labels
+
+    x_train, y_train = make(per_class)
+    x_test, y_test = make(test_per_class)
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        class_names=np.asarray(CLASSES),
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    root = tmp_path_factory.mktemp("train")
+    ws = Workspace(root / "ws")
+    obtain(ObtainSettings(source=str(separable_npz(root / "rgb.npz")), name="rgb"), ws)
+    scrub(ScrubSettings(image_size=16, interp_sample=16), ws)
+    return ws
+
+
+def tiny(**overrides: object) -> TrainSettings:
+    # 13 steps an epoch for 3 epochs: BatchNorm's moving statistics (momentum 0.9) need a few
+    # dozen steps before inference-mode predictions match training-mode ones.
+    base = dict(
+        backbone="resnet18",
+        weights="none",
+        image_size=16,
+        width_multiplier=1 / 16,
+        batch_size=8,
+        epochs=3,
+        lr=0.05,
+        augment="none",
+        seed=1,
+        mva=0.5,
+    )
+    base.update(overrides)
+    return TrainSettings(**base)  # type: ignore[arg-type]
+
+
+def test_defaults_depend_on_the_weights() -> None:
+    scratch = resolve_settings(TrainSettings(weights="none", image_size=32))
+    assert (scratch.stem, scratch.frozen_epochs, scratch.unfreeze, scratch.lr) == (
+        "cifar",
+        0,
+        "all",
+        0.4,
+    )
+    pretrained = resolve_settings(TrainSettings(weights="imagenet"))
+    assert (pretrained.frozen_epochs, pretrained.unfreeze, pretrained.backbone_lr_mult) == (
+        1,
+        "3,4",
+        0.1,
+    )
+    assert [p.trainable for p in plan_phases(pretrained)] == ["head", "3,4"]
+    assert plan_phases(pretrained)[0].backbone_lr_mult == 0.0
+    with pytest.raises(ConfigError, match=r"--mva 1\.5"):
+        resolve_settings(TrainSettings(mva=1.5))
+
+
+def test_metrics_equal_sklearn() -> None:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 50)
+    probs = rng.random((50, 3))
+    got = classification_metrics(labels, probs, CLASSES)
+    assert got["accuracy"] == accuracy_score(labels, probs.argmax(1))
+    assert got["macro_f1"] == pytest.approx(f1_score(labels, probs.argmax(1), average="macro"))
+
+
+def test_a_run_writes_consistent_artifacts(prepared: Workspace) -> None:
+    result = train(tiny(run_id="basic"), prepared)
+    run = Path(result.run_dir)
+    assert result.passed and result.test["accuracy"] >= 0.5
+    history = read_history(run / HISTORY_FILE)
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert {"loss", "val_macro_f1", "val_accuracy", "lr_end"} <= set(history[0])
+    predictions = np.load(run / PREDICTIONS_FILE)
+    recomputed = classification_metrics(
+        predictions["test_labels"], predictions["test_probs"], CLASSES
+    )
+    metrics = read_json(run / "metrics.json")
+    assert metrics["test"]["accuracy"] == recomputed["accuracy"] == result.test["accuracy"]
+    assert metrics["test"]["macro_f1"] == pytest.approx(recomputed["macro_f1"])
+    model = keras.saving.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
+    from deepsight_tf.backbones import Normalization
+    from deepsight_tf.pipeline import preprocess
+
+    config = read_json(run / "config.json")
+    normalize = Normalization(**config["normalization"])
+    data = np.load(prepared.data_dir("rgb") / "images.npz")
+    probs = model.predict(
+        preprocess(data["x_test"], 16, normalize, config["interpolation"]), verbose=0
+    )
+    np.testing.assert_allclose(probs, predictions["test_probs"], atol=1e-5)
+    prepared.verify(run, "deepsight train")
+    assert config["normalization"]["source"] == "imagenet"  # explore did not run here
+
+
+def test_gate_failure_exits_8_and_keeps_the_run(prepared: Workspace) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "--workspace",
+            str(prepared.root),
+            "train",
+            "--run-id",
+            "gated",
+            "--mva",
+            "1.0",
+            "--image-size",
+            "16",
+            "--width-multiplier",
+            "0.0625",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "1",
+            "--augment",
+            "none",
+            "--lr",
+            "0.05",
+        ],
+    )
+    assert result.exit_code == 8, result.output
+    assert "below the MVA gate of 100% by" in result.stderr
+    assert (prepared.run_dir("gated") / MODEL_FILE).is_file()
+    assert "Held-out results" in result.stdout
+
+
+def test_existing_run_needs_resume_and_resume_continues(
+    prepared: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Crash(Exception):
+        pass
+
+    original = keras.callbacks.TensorBoard.on_epoch_end
+
+    def crash_after_first_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise Crash
+
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end", crash_after_first_epoch)
+    with pytest.raises(Crash):
+        train(tiny(run_id="resumed", epochs=3), prepared)
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end", original)
+    with pytest.raises(ConfigError, match="pass --resume"):
+        train(tiny(run_id="resumed", epochs=3), prepared)
+    with pytest.raises(ConfigError, match="different settings \\(lr\\)"):
+        train(tiny(run_id="resumed", epochs=3, lr=0.1, resume=True), prepared)
+    result = train(tiny(run_id="resumed", epochs=3, resume=True), prepared)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert result.epochs_run == 3
+
+
+def test_transfer_from_a_run_and_stale_split(prepared: Workspace) -> None:
+    # Last in the module: it tampers with the shared split.
+    source = prepared.run_dir("basic")
+    if not source.is_dir():
+        train(tiny(run_id="basic"), prepared)
+    result = train(
+        tiny(
+            run_id="transfer",
+            weights=str(source),
+            frozen_epochs=1,
+            epochs=1,
+            unfreeze="4",
+            stem="cifar",
+        ),
+        prepared,
+    )
+    assert [p.trainable for p in result.phases] == ["head", "4"]
+    source_config = read_json(source / "config.json")
+    assert (
+        read_json(Path(result.run_dir) / "config.json")["normalization"]
+        == source_config["normalization"]
+    )
+    assert result.test["accuracy"] >= 0.5
+    split = prepared.scrub_dir("rgb") / "split.json"
+    split.write_text(split.read_text().replace("1", "2", 1))
+    with pytest.raises(StaleArtifactError, match="deepsight scrub"):
+        train(tiny(run_id="stale"), prepared)
