@@ -2,10 +2,12 @@
 
 Near duplicates are found in two stages, each with a stated reason:
 
-1. Candidates: each image's nearest neighbours (scikit-learn NearestNeighbors) among 8x8
-   luminance thumbnails with zero mean and unit norm. Coarse thumbnails barely change under
-   small shifts, crops, colour or compression changes, so a copy ranks among the first few
-   neighbours of its original.
+1. Candidates: each image's nearest neighbours (scikit-learn NearestNeighbors) in two indexes.
+   Layout: 8x8 luminance thumbnails with zero mean and unit norm; they barely change under
+   crops, colour or compression changes. Spectrum: the magnitudes of the lowest spatial
+   frequencies (up to 6 cycles per image) of the windowed luminance; a shift changes only the
+   phases, so shifted copies stay close. A copy ranks among the first few neighbours of its
+   original in at least one of them.
 2. Verification: the structure of each candidate pair is compared at full resolution. Structure
    is the band-pass luminance (a difference of Gaussians, sigma 1 and 4 px at 32 px: it drops
    the smooth layout and lighting that unrelated photos share and the pixel noise that JPEG
@@ -39,7 +41,8 @@ REFERENCE_SIDE = 32
 DOG_SIGMAS_PX = (1.0, 4.0)  # band-pass: structure between about 2 and 8 px
 MAX_SHIFT_PX = 3  # alignment search: shifts up to 3 px (9% of the side) each way
 ZOOM_CROPS_PX = (2, 4)  # zooms as if 2 or 4 px were cropped from the side and resized back
-THUMBNAIL_SIDE = 8  # candidate stage: 8x8 = 64 numbers per image
+THUMBNAIL_SIDE = 8  # layout index: 8x8 = 64 numbers per image
+SPECTRUM_CYCLES = 6  # spectrum index: frequencies up to 6 cycles per image (78 numbers)
 
 
 @dataclass
@@ -170,8 +173,28 @@ def thumbnails(images: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
     return np.divide(small, norms, out=np.zeros_like(small), where=norms > 1e-6)
 
 
+def spectra(images: np.ndarray) -> np.ndarray:
+    """Log magnitudes of the lowest spatial frequencies of the Hann-windowed luminance, with
+    zero mean and unit norm, as (N, D): unchanged by shifts, which only move the phases."""
+    luma = luminance(images)
+    _, height, width = luma.shape
+    window = np.outer(np.hanning(height + 2)[1:-1], np.hanning(width + 2)[1:-1])
+    luma -= luma.mean(axis=(1, 2), keepdims=True)
+    magnitude = np.abs(sp_fft.rfft2(luma * window.astype(np.float32), workers=-1))
+    c = SPECTRUM_CYCLES
+    low = np.concatenate([magnitude[:, : c + 1, : c + 1], magnitude[:, -c:, : c + 1]], axis=1)
+    features = np.log1p(low).reshape(len(luma), -1)
+    features -= features.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return np.divide(features, norms, out=np.zeros_like(features), where=norms > 1e-6)
+
+
 def candidate_pairs(
-    features: np.ndarray, neighbours: int, progress: Progress | None = None, chunk: int = 4096
+    features: np.ndarray,
+    neighbours: int,
+    progress: Progress | None = None,
+    task: str = "near duplicates: nearest neighbours",
+    chunk: int = 4096,
 ) -> np.ndarray:
     """Unordered pairs (i < j) linking each row of `features` to its nearest neighbours."""
     if neighbours < 1:
@@ -186,7 +209,7 @@ def candidate_pairs(
         rows = np.repeat(np.arange(start, start + len(nearest)), k)
         found.append(np.stack([rows, nearest.ravel()], axis=1))
         if progress is not None:
-            progress("near duplicates: nearest neighbours", start + len(nearest), len(features))
+            progress(task, start + len(nearest), len(features))
     pairs = np.concatenate(found)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     pairs.sort(axis=1)
@@ -334,7 +357,9 @@ def find_near_duplicates(
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1). Received: {threshold}")
-    pairs = candidate_pairs(thumbnails(images), neighbours, progress=progress)
+    layout = candidate_pairs(thumbnails(images), neighbours, progress, "near duplicates: layouts")
+    spectrum = candidate_pairs(spectra(images), neighbours, progress, "near duplicates: spectra")
+    pairs = np.unique(np.concatenate([layout, spectrum]), axis=0)
     distances = aligned_distances(band_pass(images), pairs, progress=progress)
     keep = np.flatnonzero(distances <= threshold)
     keep = keep[np.argsort(distances[keep], kind="stable")]

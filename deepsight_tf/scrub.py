@@ -444,9 +444,9 @@ def scrub(
             neighbours=settings.neighbours,
             method=(
                 "exact: identical pixels (BLAKE2 hash, confirmed byte for byte); near: "
-                "nearest 8x8 luminance thumbnails, verified by the correlation of band-pass "
-                "structure in both orientations after the best shift (<= 3 px) and zoom "
-                "(<= 4 px crop); distance = 1 - correlation"
+                "nearest neighbours by 8x8 layout and by low-frequency spectrum, verified by "
+                "the correlation of band-pass structure in both orientations after the best "
+                "shift (<= 3 px) and zoom (<= 4 px crop); distance = 1 - correlation"
             ),
         )
         result = ScrubResult(
