@@ -26,7 +26,6 @@ from deepsight_tf.workspace import Workspace, atomic_path, read_json
 MAX_PENDING_PIXELS = 1 << 24
 # Grad-CAM overlays of small inputs (CIFAR's 32 px) are enlarged to at least this many pixels.
 MIN_OVERLAY_SIDE = 128
-OVERLAY_ALPHA = 0.45  # weight of the heat map over the image
 
 
 @dataclass
@@ -356,22 +355,14 @@ def predict(
 
 # Grad-CAM ---------------------------------------------------------------------------------------
 class _GradcamWriter:
-    """tf-keras-vis Grad-CAM of the predicted class, on the backbone's registered layer.
-
-    A minimal overlay (a jet heat map blended over the image, saved as PNG) until the explain
-    module's overlays land.
-    """
+    """Grad-CAM of the predicted class on the backbone's registered layer, as PNG overlays."""
 
     def __init__(self, run: RunModel, folder: Path) -> None:
-        from tf_keras_vis.gradcam import Gradcam
-        from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-
         from deepsight_tf.backbones import get_backbone_spec
 
         self.layer = get_backbone_spec(run.backbone).last_conv_layer
+        self.model = run.model
         self.folder = folder
-        # clone=True: the softmax is replaced by a linear output on a copy, not on run.model.
-        self.gradcam = Gradcam(run.model, model_modifier=ReplaceToLinear(), clone=True)
 
     def write(
         self,
@@ -381,33 +372,31 @@ class _GradcamWriter:
         rows: list[int],
         paths: list[Path],
     ) -> list[str]:
-        from tf_keras_vis.utils.scores import CategoricalScore
+        from deepsight_tf.explain import compute_cams
 
-        classes = [int(c) for c in probs.argmax(axis=1)]
-        maps = np.asarray(
-            self.gradcam(CategoricalScore(classes), inputs, penultimate_layer=self.layer)
+        maps = compute_cams(
+            self.model, inputs, probs.argmax(axis=1), layer_name=self.layer, batch_size=len(inputs)
         )
         written = []
-        for image, heat, i in zip(images, maps, rows, strict=True):
+        for image, cam, i in zip(images, maps, rows, strict=True):
             # The input position makes names unique: folders often repeat names (cat/0001.jpg).
             out = self.folder / f"{i:05d}-{paths[i].stem}.png"
             with atomic_path(out) as tmp:
-                overlay_heatmap(image, heat).save(tmp, format="PNG")
+                overlay_image(image, cam).save(tmp, format="PNG")
             written.append(str(out))
         return written
 
 
-def overlay_heatmap(image: np.ndarray, heat: np.ndarray) -> Image.Image:
-    """A 0..1 heat map stretched over an RGB uint8 image in jet colours; small images enlarged."""
-    from matplotlib import colormaps
+def overlay_image(image: np.ndarray, cam: np.ndarray) -> Image.Image:
+    """The explain plots' overlay of a 0..1 map on an RGB uint8 image, small images enlarged.
+
+    CIFAR's 32 px pictures are enlarged (nearest, so their pixels stay as they are) until the
+    shorter side reaches MIN_OVERLAY_SIDE; the map is stretched over the enlarged picture.
+    """
+    from deepsight_tf.plots.explain import cam_overlay
 
     height, width = image.shape[:2]
     scale = max(1, math.ceil(MIN_OVERLAY_SIDE / min(height, width)))
-    size = (width * scale, height * scale)
-    # Nearest keeps an enlarged small image's pixels as they are; the heat map is smooth anyway.
-    base = Image.fromarray(image).resize(size, Image.NEAREST)
-    heat_image = Image.fromarray(np.clip(heat * 255.0, 0, 255).astype(np.uint8))
-    heat_big = np.asarray(heat_image.resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
-    colours = colormaps["jet"](heat_big)[..., :3] * 255.0
-    blended = (1.0 - OVERLAY_ALPHA) * np.asarray(base, np.float32) + OVERLAY_ALPHA * colours
-    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+    base = np.asarray(Image.fromarray(image).resize((width * scale, height * scale), Image.NEAREST))
+    blended = cam_overlay(base, cam)
+    return Image.fromarray(np.clip(np.round(blended * 255.0), 0, 255).astype(np.uint8))

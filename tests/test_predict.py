@@ -17,7 +17,7 @@ from deepsight_tf.pipeline import preprocess
 from deepsight_tf.predict import (
     collect_images,
     load_run_model,
-    overlay_heatmap,
+    overlay_image,
     predict,
     predict_paths,
     resolve_run_dir,
@@ -137,17 +137,25 @@ def test_run_is_resolved_by_id_or_folder_and_verified(tiny: TinyRun, tmp_path: P
         resolve_run_dir(tiny.workspace, copy)
 
 
-def test_overlay_blends_jet_colours_over_an_enlarged_image() -> None:
+def test_overlay_enlarges_small_images_under_the_explain_colours() -> None:
+    from matplotlib import colormaps
+
+    from deepsight_tf.plots import HEATMAP_CMAP
+    from deepsight_tf.plots.explain import OVERLAY_ALPHA
+
     image = np.full((32, 16, 3), 200, np.uint8)
-    overlay = np.asarray(overlay_heatmap(image, np.zeros((16, 16), np.float32)))
-    assert overlay.shape == (256, 128, 3)  # shorter side enlarged by 8 to reach 128 px
-    # jet(0) is dark blue (0, 0, 0.5): 0.55 * 200 + 0.45 * (0, 0, 127.5).
-    np.testing.assert_array_equal(overlay[0, 0], [110, 110, 167])
-    hot = np.asarray(overlay_heatmap(image, np.ones((16, 16), np.float32)))
-    np.testing.assert_array_equal(hot[0, 0], [167, 110, 110])  # jet(1) is dark red
+    for level in (0.0, 1.0):
+        overlay = np.asarray(overlay_image(image, np.full((4, 4), level, np.float32)))
+        assert overlay.shape == (256, 128, 3)  # shorter side enlarged by 8 to reach 128 px
+        colour = np.asarray(colormaps[HEATMAP_CMAP](level)[:3])
+        expected = np.round(255 * ((1 - OVERLAY_ALPHA) * 200 / 255 + OVERLAY_ALPHA * colour))
+        np.testing.assert_array_equal(overlay[0, 0], expected)
+        assert (overlay == overlay[0, 0]).all()
+    large = np.zeros((300, 200, 3), np.uint8)
+    assert np.asarray(overlay_image(large, np.zeros((4, 4)))).shape == (300, 200, 3)
 
 
-def test_gradcam_overlays_match_tf_keras_vis_on_the_registered_layer(
+def test_gradcam_overlays_are_tf_keras_vis_maps_on_the_registered_layer(
     tiny: TinyRun, tmp_path: Path
 ) -> None:
     from tf_keras_vis.gradcam import Gradcam
@@ -163,12 +171,17 @@ def test_gradcam_overlays_match_tf_keras_vis_on_the_registered_layer(
     inputs = preprocess(tiny.x_test[:3], IMAGE_SIZE, NORMALIZATION, "bicubic").numpy()
     classes = [p.class_index for p in result.predictions]
     maps = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)(
-        CategoricalScore(classes), inputs, penultimate_layer="stack3_block1_out"
+        CategoricalScore(classes),
+        inputs,
+        penultimate_layer="stack3_block1_out",
+        seek_penultimate_conv_layer=False,
     )
-    for path, image, heat in zip(written, tiny.x_test[:3], maps, strict=True):
-        np.testing.assert_array_equal(
-            np.asarray(Image.open(path)), np.asarray(overlay_heatmap(image, heat))
-        )
+    assert np.ptp(maps) > 0.5  # the maps are not blank, so the comparison below says something
+    for path, image, cam in zip(written, tiny.x_test[:3], maps, strict=True):
+        overlay = np.asarray(Image.open(path)).astype(int)
+        assert overlay.shape == (132, 132, 3)  # 12 px enlarged 11 times
+        expected = np.asarray(overlay_image(image, cam)).astype(int)
+        assert np.abs(overlay - expected).max() <= 1
 
 
 def test_cli_json_and_table(tiny: TinyRun, tmp_path: Path) -> None:
@@ -194,3 +207,52 @@ def test_cli_json_and_table(tiny: TinyRun, tmp_path: Path) -> None:
     assert "broken.jpg" in none.output
     missing = runner.invoke(app, [*base, "predict", "nope", str(broken)])
     assert missing.exit_code == 4
+
+
+@pytest.mark.slow
+def test_predict_and_export_agree_with_a_trained_runs_test_predictions(tmp_path: Path) -> None:
+    """The acceptance check in miniature: obtain an image folder, scrub, train, then predict on
+    the very files of the test split and compare with the probabilities training stored."""
+    import tensorflow as tf
+
+    from deepsight_tf.config import ObtainSettings, ScrubSettings, TrainSettings
+    from deepsight_tf.dataset import load_dataset
+    from deepsight_tf.export import export_run
+    from deepsight_tf.obtain import obtain
+    from deepsight_tf.scrub import scrub
+    from deepsight_tf.training import train
+    from deepsight_tf.workspace import Workspace
+
+    rng = np.random.default_rng(0)
+    source = tmp_path / "source"
+    for split, per_class in (("train", 20), ("test", 4)):
+        for c, name in enumerate(CLASS_NAMES):
+            folder = source / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                image = rng.integers(0, 100, (12, 12, 3))
+                image[..., c] += 150  # each class brightens one channel: learnable at once
+                Image.fromarray(image.astype(np.uint8)).save(folder / f"{i:04d}.jpg", quality=90)
+    ws = Workspace(tmp_path / "ws")
+    obtain(ObtainSettings(source=str(source), name="tiny"), ws)
+    scrub(ScrubSettings(image_size=IMAGE_SIZE, interp_sample=16), ws)
+    settings = TrainSettings(
+        run_id="real",
+        image_size=IMAGE_SIZE,
+        width_multiplier=1 / 16,
+        batch_size=8,
+        epochs=3,
+        lr=0.05,
+        augment="none",
+        mva=0.0,
+    )
+    run_dir = Path(train(settings, ws).run_dir)
+    data, _ = load_dataset(ws, "tiny")
+    stored = np.load(run_dir / "predictions.npz")
+    paths = [source / data.test_paths[i] for i in stored["test_indices"]]
+    result = predict_paths(run_dir, paths)
+    np.testing.assert_allclose(result.probs, stored["test_probs"], atol=1e-5)
+    exported = export_run(ws, "real", "savedmodel")
+    loaded = tf.saved_model.load(exported.path)  # held: its endpoints die with it
+    raw = loaded.serve_images(tf.constant(data.x_test[stored["test_indices"]]))
+    np.testing.assert_allclose(raw, stored["test_probs"], atol=1e-5)

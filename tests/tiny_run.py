@@ -45,8 +45,9 @@ def make_tiny_run(root: Path, n_test: int = 10, seed: int = 3) -> TinyRun:
     """An untrained narrow ResNet-18 saved as a finished run, with test predictions made by the
     training pipeline's own evaluation dataset and the test images written as lossless PNGs.
 
-    Built directly rather than by `deepsight train`, because the scrub phase that training
-    reads is not in the repository yet; the files are those training.py writes.
+    Built directly rather than by `deepsight train`: obtain, scrub and a training that learns
+    something cost 30-50 s on two cores, too slow for a fixture of the fast tests. The files
+    are those training.py writes; the slow test in test_predict.py runs the real chain.
     """
     keras.utils.set_random_seed(seed)
     ws = Workspace(root / "ws")
