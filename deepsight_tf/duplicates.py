@@ -161,32 +161,40 @@ def luminance(images: np.ndarray, chunk: int = 4096) -> np.ndarray:
     return out
 
 
-def thumbnails(images: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
-    """Area-averaged side x side luminance thumbnails, zero mean and unit norm, as (N, side^2)."""
-    luma = luminance(images)
-    ay = _area_matrix(luma.shape[1], side)
-    ax = _area_matrix(luma.shape[2], side)
-    small = (ay @ luma @ ax.T).reshape(len(luma), -1)
-    small -= small.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(small, axis=1, keepdims=True)
-    # A flat image has no shape to compare; a zero vector keeps it equally far from all others.
-    return np.divide(small, norms, out=np.zeros_like(small), where=norms > 1e-6)
-
-
-def spectra(images: np.ndarray) -> np.ndarray:
-    """Log magnitudes of the lowest spatial frequencies of the Hann-windowed luminance, with
-    zero mean and unit norm, as (N, D): unchanged by shifts, which only move the phases."""
-    luma = luminance(images)
-    _, height, width = luma.shape
-    window = np.outer(np.hanning(height + 2)[1:-1], np.hanning(width + 2)[1:-1])
-    luma -= luma.mean(axis=(1, 2), keepdims=True)
-    magnitude = np.abs(sp_fft.rfft2(luma * window.astype(np.float32), workers=-1))
-    c = SPECTRUM_CYCLES
-    low = np.concatenate([magnitude[:, : c + 1, : c + 1], magnitude[:, -c:, : c + 1]], axis=1)
-    features = np.log1p(low).reshape(len(luma), -1)
-    features -= features.mean(axis=1, keepdims=True)
+def _unit_rows(features: np.ndarray) -> np.ndarray:
+    """Rows with zero mean and unit norm; a flat row (no shape to compare) becomes zero, which
+    keeps it equally far from all others."""
+    features = features - features.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return np.divide(features, norms, out=np.zeros_like(features), where=norms > 1e-6)
+
+
+def thumbnails(images: np.ndarray, side: int = THUMBNAIL_SIDE, chunk: int = 4096) -> np.ndarray:
+    """Area-averaged side x side luminance thumbnails, zero mean and unit norm, as (N, side^2)."""
+    ay = _area_matrix(images.shape[1], side)
+    ax = _area_matrix(images.shape[2], side)
+    out = np.empty((len(images), side * side), dtype=np.float32)
+    for start in range(0, len(images), chunk):
+        luma = luminance(images[start : start + chunk])
+        out[start : start + chunk] = _unit_rows((ay @ luma @ ax.T).reshape(len(luma), -1))
+    return out
+
+
+def spectra(images: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Log magnitudes of the lowest spatial frequencies of the Hann-windowed luminance, with
+    zero mean and unit norm, as (N, D): unchanged by shifts, which only move the phases."""
+    height, width = images.shape[1:3]
+    window = np.outer(np.hanning(height + 2)[1:-1], np.hanning(width + 2)[1:-1])
+    c = SPECTRUM_CYCLES
+    out = np.empty((len(images), 2 * c + 1, c + 1), dtype=np.float32)
+    for start in range(0, len(images), chunk):
+        luma = luminance(images[start : start + chunk])
+        luma -= luma.mean(axis=(1, 2), keepdims=True)
+        magnitude = np.abs(sp_fft.rfft2(luma * window.astype(np.float32), workers=-1))
+        out[start : start + chunk] = np.log1p(
+            np.concatenate([magnitude[:, : c + 1, : c + 1], magnitude[:, -c:, : c + 1]], axis=1)
+        )
+    return _unit_rows(out.reshape(len(images), -1))
 
 
 def candidate_pairs(
