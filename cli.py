@@ -547,5 +547,138 @@ def render_export(result: Any) -> None:
     console.print(f"preprocessing and class names for consumers: {result.sidecar}")
 
 
+@app.command()
+@handle_errors
+def scrub(
+    dataset: Annotated[str | None, typer.Option(help="Data set (default: the only one).")] = None,
+    val_size: Annotated[
+        float | None,
+        typer.Option(help="Fraction of train held out for validation. Default: ScrubSettings."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split and the sample.")] = None,
+    drop_leaks: Annotated[
+        bool, typer.Option(help="Drop training images that duplicate a test image.")
+    ] = False,
+    image_size: Annotated[
+        int | None, typer.Option(help="Training size the interpolation study upsamples to.")
+    ] = None,
+    interp_sample: Annotated[
+        int | None, typer.Option(help="Images measured in the interpolation study.")
+    ] = None,
+    near_threshold: Annotated[
+        float | None,
+        typer.Option(help="Near-duplicate distance, 1 - aligned structure correlation (0.2)."),
+    ] = None,
+    neighbours: Annotated[
+        int | None, typer.Option(help="Near-duplicate candidates per image and index (3).")
+    ] = None,
+) -> None:
+    """Check images and labels, find duplicates and leaks, split off validation, pick a resize."""
+    from deepsight_tf.config import ScrubSettings
+
+    import_tensorflow_quietly()
+    from deepsight_tf.scrub import scrub as run_scrub
+
+    given = {
+        "val_size": val_size,
+        "seed": seed,
+        "image_size": image_size,
+        "interp_sample": interp_sample,
+        "near_threshold": near_threshold,
+        "neighbours": neighbours,
+    }
+    settings = ScrubSettings(
+        dataset=dataset,
+        drop_leaks=drop_leaks,
+        **{key: value for key, value in given.items() if value is not None},
+    )
+    with progress_bar() as progress:
+        result = run_scrub(settings, state.workspace, progress=progress)
+    if state.json:
+        emit_json(result)
+        return
+    render_scrub(result)
+
+
+def render_scrub(result: Any) -> None:
+    integrity = result.integrity
+    h, w, c = integrity["image_shape"]
+    constant = sum(len(integrity[s]["constant_images"]) for s in ("train", "test"))
+    console.print(
+        f"[bold]{result.dataset}[/] scrubbed in {result.duration_s:.1f} s "
+        f"(images.npz sha256 {result.images_sha256[:16]}…)"
+    )
+    console.print(
+        f"[green]integrity[/]: {integrity['train']['images']:,} train and "
+        f"{integrity['test']['images']:,} test images are {h}x{w}x{c} uint8, labels in range; "
+        f"{constant} constant (one-colour) images"
+    )
+    dup = result.duplicates
+    table = Table(title=f"Duplicates (near: distance <= {dup['threshold']})")
+    for column in ("where", "exact pairs", "exact images", "near pairs", "near images"):
+        table.add_column(column, justify="left" if column == "where" else "right")
+    table.add_column("label conflicts", justify="right")
+    for category in ("train", "test", "train-test"):
+        exact, near = dup["exact"][category], dup["near"][category]
+        conflicts = exact["label_conflicts"] + near["label_conflicts"]
+        table.add_row(
+            {"train": "within train", "test": "within test"}.get(category, "across train-test"),
+            f"{exact['pairs']:,}",
+            f"{exact['images']:,}",
+            f"{near['pairs']:,}",
+            f"{near['images']:,}",
+            f"[red]{conflicts:,}[/]" if conflicts else "0",
+        )
+    console.print(table)
+    console.print(f"[dim]{dup['method']}; {dup['candidates_verified']:,} candidate pairs[/]")
+    leaks = result.leakage
+    n_test = integrity["test"]["images"]
+    share = 100 * leaks["test_images_with_train_twin"] / max(n_test, 1)
+    console.print(
+        f"[yellow]leakage[/]: {leaks['test_images_with_train_twin']:,} test images ({share:.1f}%) "
+        f"have a twin in train ({leaks['exact']:,} identical); listed in report.json "
+        "leakage.test_indices_with_train_twin"
+    )
+    split = result.split
+    sizes = split["sizes"]
+    counts = Table(title=f"Split (val {split['val_size']}, seed {split['seed']})", show_footer=True)
+    counts.add_column("class", footer="total")
+    for part in split["class_counts"]:
+        counts.add_column(part, justify="right", footer=f"{sizes[part]:,}")
+    for cls in result.class_names:
+        counts.add_row(cls, *(f"{split['class_counts'][p][cls]:,}" for p in split["class_counts"]))
+    console.print(counts)
+    index = split["index_overlap"]
+    overlap = split["duplicate_overlap"]
+    console.print(
+        f"index overlap train-val {index['train-val']}, unassigned {index['unassigned']}; "
+        "duplicate pairs across parts (exact/near): "
+        + ", ".join(
+            f"{pair} {overlap['exact'][pair]}/{overlap['near'][pair]}" for pair in overlap["exact"]
+        )
+    )
+    study = result.interpolation
+    interp = Table(title=f"Upsampling {study.source_size[0]} px to {study.image_size} px")
+    for column in ("method", "role", "recon. RMSE", "round-trip RMSE", "HF kept", "overshoot %"):
+        interp.add_column(column, justify="left" if column in ("method", "role") else "right")
+    for row in study.rows:
+        style = "bold green" if row.selected else None
+        interp.add_row(
+            row.method + (" ✓" if row.selected else ""),
+            "candidate" if row.candidate else "context",
+            f"{row.reconstruction_rmse:.2f}",
+            f"{row.round_trip_rmse:.2f}",
+            f"{row.high_freq_retained:.2f}",
+            f"{row.overshoot_pct:.2f}",
+            style=style,
+        )
+    if study.rows:
+        console.print(interp)
+    console.print(
+        f"selected interpolation: [bold]{study.selected}[/] ({study.rule}; {study.sample} images)"
+    )
+    console.print(f"written to {result.folder}: {', '.join(result.files)}")
+
+
 if __name__ == "__main__":
     app()
