@@ -17,6 +17,7 @@ from deepsight_tf.backbones import (
     stage_of,
 )
 from deepsight_tf.errors import ConfigError
+from deepsight_tf.fastconv import accelerate_convolutions
 
 HEAD_POOL = HEAD_PREFIX + "pool"
 HEAD_DROPOUT = HEAD_PREFIX + "dropout"
@@ -74,6 +75,7 @@ def build_classifier(
     model = keras.Model(images, outputs, name=f"{backbone}_classifier")
     if source is not None:
         copy_backbone_weights(source, model, label=weights)
+    accelerate_convolutions(model)
     return model
 
 

@@ -1,0 +1,60 @@
+"""The fast convolution gradient equals TensorFlow's, layer by layer and through a ResNet."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deepsight_tf.fastconv import accelerate_convolutions, fast_conv2d
+from deepsight_tf.models import build_classifier
+
+CASES = [
+    (2, 3, 1, "SAME", 8, 4),
+    (6, 3, 2, "VALID", 4, 8),
+    (7, 3, 2, "SAME", 3, 5),
+    (8, 1, 2, "VALID", 4, 4),
+    (38, 7, 2, "VALID", 3, 8),
+    (9, 3, 2, "SAME", 2, 2),
+    (5, 3, 1, "VALID", 3, 3),
+    (8, 3, 2, "SAME", 2, 3),
+]
+
+
+@pytest.mark.parametrize(("size", "k", "stride", "padding", "cin", "cout"), CASES)
+def test_gradients_equal_tensorflows(size, k, stride, padding, cin, cout) -> None:
+    rng = np.random.default_rng(size * 10 + k)
+    x = tf.constant(rng.normal(size=(2, size, size, cin)), tf.float32)
+    w = tf.constant(rng.normal(size=(k, k, cin, cout)), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, w])
+        reference = tf.reduce_sum(tf.nn.conv2d(x, w, stride, padding) ** 2)
+        fast = tf.reduce_sum(fast_conv2d(x, w, stride, padding) ** 2)
+    np.testing.assert_allclose(fast.numpy(), reference.numpy(), rtol=1e-6)
+    for expected, got in zip(
+        tape.gradient(reference, [x, w]), tape.gradient(fast, [x, w]), strict=True
+    ):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_resnet_trains_the_same_with_fast_gradients() -> None:
+    keras.utils.set_random_seed(0)
+    built = build_classifier("resnet18", 3, 32, width_multiplier=1 / 16, stem="cifar", dropout=0.0)
+    # clone_model makes fresh layers: plain TensorFlow gradients, the same weights.
+    plain = keras.models.clone_model(built)
+    plain.set_weights(built.get_weights())
+    fast = keras.models.clone_model(built)
+    fast.set_weights(built.get_weights())
+    convolutions = sum(isinstance(layer, keras.layers.Conv2D) for layer in plain.layers)
+    assert accelerate_convolutions(fast) == convolutions > 10
+    x = tf.random.normal((4, 32, 32, 3), seed=1)
+    y = tf.one_hot([0, 1, 2, 0], 3)
+
+    def gradients(model: keras.Model) -> list[np.ndarray]:
+        with tf.GradientTape() as tape:
+            loss = keras.losses.categorical_crossentropy(y, model(x, training=True))
+        return [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+    for expected, got in zip(gradients(plain), gradients(fast), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-5)
