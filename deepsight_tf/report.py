@@ -462,9 +462,10 @@ def table(
     css: str | None = None,
     highlight: Iterable[int] = (),
     cell_styles: dict[tuple[int, int], tuple[str | None, str | None]] | None = None,
+    row_headers: Iterable[int] = (0,),
 ) -> Html:
-    """A real <table>: caption, header row, one <th scope=row> per row, numbers right-aligned."""
-    numeric, highlight = set(numeric), set(highlight)
+    """A real <table>: caption, header row, <th scope=row> cells, numbers right-aligned."""
+    numeric, highlight, row_headers = set(numeric), set(highlight), set(row_headers)
     cell_styles = cell_styles or {}
 
     def cells(row: Sequence[Any], r: int | None) -> Html:
@@ -475,7 +476,7 @@ def table(
                 cell_styles.get((r, c), (None, None)) if r is not None else (None, None)
             )
             classes = " ".join(x for x in (align, css_class) if x) or None
-            if c == 0:
+            if c in row_headers:
                 out.append(element("th", value, scope="row", class_=classes, style=style))
             else:
                 out.append(element("td", value, class_=classes, style=style))
@@ -499,9 +500,14 @@ def table(
 
 
 def kv_table(caption: str, pairs: Sequence[tuple[str, Any]], table_id: str | None = None) -> Html:
-    return table(
-        caption, ["setting", "value"], [list(p) for p in pairs], table_id=table_id, css="kv"
-    )
+    """Settings two to a row, so that a long list stays short on a laptop screen."""
+    half = (len(pairs) + 1) // 2
+    rows = []
+    for i in range(half):
+        right = pairs[half + i] if half + i < len(pairs) else ("", "")
+        rows.append([*pairs[i], *right])
+    headers = ["setting", "value", "setting", "value"]
+    return table(caption, headers, rows, table_id=table_id, css="kv", row_headers=(0, 2))
 
 
 def png_data_uri(path: Path) -> str | None:
@@ -871,17 +877,20 @@ def scrub_parts(up: UpstreamArtifacts) -> list[Any]:
             parts.append(figure(scrub_dir / rel, CAPTIONS.get(stem, stem), f"scrub: {stem}"))
     parts += [
         element("h3", "Interpolation"),
-        table(
-            f"Upsampling {study['source_size'][0]} px to {study['image_size']} px "
-            f"({study['sample']} images; RMSE on 0..255)",
-            ["method", "role", "recon. RMSE", "round-trip RMSE", "HF kept", "overshoot %"],
-            interp_rows,
-            table_id="interpolation",
-            numeric=range(2, 6),
-            highlight=[i for i, r in enumerate(study["rows"]) if r["selected"]],
-        ),
-        paragraph(f"Selected: {study['selected']} ({study['rule']})."),
     ]
+    if interp_rows:  # none when the images are already at the training size
+        parts.append(
+            table(
+                f"Upsampling {study['source_size'][0]} px to {study['image_size']} px "
+                f"({study['sample']} images; RMSE on 0..255)",
+                ["method", "role", "recon. RMSE", "round-trip RMSE", "HF kept", "overshoot %"],
+                interp_rows,
+                table_id="interpolation",
+                numeric=range(2, 6),
+                highlight=[i for i, r in enumerate(study["rows"]) if r["selected"]],
+            )
+        )
+    parts.append(paragraph(f"Selected: {study['selected']} ({study['rule']})."))
     for rel in figures:
         if Path(rel).stem == "interpolation":
             parts.append(figure(scrub_dir / rel, CAPTIONS["interpolation"], "scrub: interpolation"))
@@ -1374,6 +1383,7 @@ def interpretation_section(run: RunArtifacts) -> Html:
     parts.append(element("div", grids, class_="gallery") if grids else missing("no CAM grids"))
 
     issues = rep["label_issues"]
+    focus_file = run.run_dir / "interpret" / Path(issues["focus_pairs_file"]).name
     parts.append(element("h3", "Label issues"))
     issue_rows = [
         [
@@ -1392,8 +1402,9 @@ def interpretation_section(run: RunArtifacts) -> Html:
             f"cleanlab flags {issues['count']:,} test images whose label the model doubts; all "
             "are in ",
             element("code", Path(issues["csv"]).name),
-            f"; the hardest pairs are written for `deepsight train --focus-pairs @"
-            f"{Path(issues['focus_pairs_file']).name}`.",
+            "; the hardest pairs are written for ",
+            element("code", f"deepsight train --focus-pairs @{focus_file}"),
+            ".",
         )
     )
     if issue_rows:
@@ -1490,7 +1501,9 @@ def run_report(workspace: Workspace, run_id: str, n_boot: int, seed: int) -> Rep
     hypotheses = run.interpret["hypotheses"] if run.interpret else []
     if run.interpret is not None:
         note = run.interpret.get("hypotheses_note", "")
-    elif up.explore is not None and up.explore["hypotheses"].get("comparisons"):
+    elif up.explore is not None and any(
+        up.explore["hypotheses"].get(k) for k in ("comparisons", "confusable_pairs")
+    ):
         note = f"registered by explore, not tested yet: {interpret_hint(run_id)}"
     else:
         note = f"not run yet: {interpret_hint(run_id)}"

@@ -295,7 +295,7 @@ def test_data_and_training_tables_equal_the_artifacts(chain: Chain) -> None:
         assert row[header.index("val_macro_f1")] == f"{epoch['val_macro_f1']:.4f}"
         assert row[header.index("lr_end")] == f"{epoch['lr_end']:.3g}"
     config = read_json(ws.run_dir("a") / "config.json")["settings"]
-    settings = dict(page.body("config"))
+    settings = dict(pair for row in page.body("config") for pair in (row[:2], row[2:]))
     assert settings["backbone"] == config["backbone"]
     assert settings["lr"] == f"{config['lr']:g}"
 
