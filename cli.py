@@ -193,6 +193,139 @@ def render_obtain(result: Any) -> None:
 
 @app.command()
 @handle_errors
+def scrub(
+    dataset: Annotated[str | None, typer.Option(help="Data set (default: the only one).")] = None,
+    val_size: Annotated[
+        float | None,
+        typer.Option(help="Fraction of train held out for validation. Default: ScrubSettings."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split and the sample.")] = None,
+    drop_leaks: Annotated[
+        bool, typer.Option(help="Drop training images that duplicate a test image.")
+    ] = False,
+    image_size: Annotated[
+        int | None, typer.Option(help="Training size the interpolation study upsamples to.")
+    ] = None,
+    interp_sample: Annotated[
+        int | None, typer.Option(help="Images measured in the interpolation study.")
+    ] = None,
+    near_threshold: Annotated[
+        float | None,
+        typer.Option(help="Near-duplicate distance, 1 - aligned structure correlation (0.2)."),
+    ] = None,
+    neighbours: Annotated[
+        int | None, typer.Option(help="Near-duplicate candidates per image and index (3).")
+    ] = None,
+) -> None:
+    """Check images and labels, find duplicates and leaks, split off validation, pick a resize."""
+    from deepsight_tf.config import ScrubSettings
+
+    import_tensorflow_quietly()
+    from deepsight_tf.scrub import scrub as run_scrub
+
+    given = {
+        "val_size": val_size,
+        "seed": seed,
+        "image_size": image_size,
+        "interp_sample": interp_sample,
+        "near_threshold": near_threshold,
+        "neighbours": neighbours,
+    }
+    settings = ScrubSettings(
+        dataset=dataset,
+        drop_leaks=drop_leaks,
+        **{key: value for key, value in given.items() if value is not None},
+    )
+    with progress_bar() as progress:
+        result = run_scrub(settings, state.workspace, progress=progress)
+    if state.json:
+        emit_json(result)
+        return
+    render_scrub(result)
+
+
+def render_scrub(result: Any) -> None:
+    integrity = result.integrity
+    h, w, c = integrity["image_shape"]
+    constant = sum(len(integrity[s]["constant_images"]) for s in ("train", "test"))
+    console.print(
+        f"[bold]{result.dataset}[/] scrubbed in {result.duration_s:.1f} s "
+        f"(images.npz sha256 {result.images_sha256[:16]}…)"
+    )
+    console.print(
+        f"[green]integrity[/]: {integrity['train']['images']:,} train and "
+        f"{integrity['test']['images']:,} test images are {h}x{w}x{c} uint8, labels in range; "
+        f"{constant} constant (one-colour) images"
+    )
+    dup = result.duplicates
+    table = Table(title=f"Duplicates (near: distance <= {dup['threshold']})")
+    for column in ("where", "exact pairs", "exact images", "near pairs", "near images"):
+        table.add_column(column, justify="left" if column == "where" else "right")
+    table.add_column("label conflicts", justify="right")
+    for category in ("train", "test", "train-test"):
+        exact, near = dup["exact"][category], dup["near"][category]
+        conflicts = exact["label_conflicts"] + near["label_conflicts"]
+        table.add_row(
+            {"train": "within train", "test": "within test"}.get(category, "across train-test"),
+            f"{exact['pairs']:,}",
+            f"{exact['images']:,}",
+            f"{near['pairs']:,}",
+            f"{near['images']:,}",
+            f"[red]{conflicts:,}[/]" if conflicts else "0",
+        )
+    console.print(table)
+    console.print(f"[dim]{dup['method']}; {dup['candidates_verified']:,} candidate pairs[/]")
+    leaks = result.leakage
+    n_test = integrity["test"]["images"]
+    share = 100 * leaks["test_images_with_train_twin"] / max(n_test, 1)
+    console.print(
+        f"[yellow]leakage[/]: {leaks['test_images_with_train_twin']:,} test images ({share:.1f}%) "
+        f"have a twin in train ({leaks['exact']:,} identical); listed in report.json "
+        "leakage.test_indices_with_train_twin"
+    )
+    split = result.split
+    sizes = split["sizes"]
+    counts = Table(title=f"Split (val {split['val_size']}, seed {split['seed']})", show_footer=True)
+    counts.add_column("class", footer="total")
+    for part in split["class_counts"]:
+        counts.add_column(part, justify="right", footer=f"{sizes[part]:,}")
+    for cls in result.class_names:
+        counts.add_row(cls, *(f"{split['class_counts'][p][cls]:,}" for p in split["class_counts"]))
+    console.print(counts)
+    index = split["index_overlap"]
+    overlap = split["duplicate_overlap"]
+    console.print(
+        f"index overlap train-val {index['train-val']}, unassigned {index['unassigned']}; "
+        "duplicate pairs across parts (exact/near): "
+        + ", ".join(
+            f"{pair} {overlap['exact'][pair]}/{overlap['near'][pair]}" for pair in overlap["exact"]
+        )
+    )
+    study = result.interpolation
+    interp = Table(title=f"Upsampling {study.source_size[0]} px to {study.image_size} px")
+    for column in ("method", "role", "recon. RMSE", "round-trip RMSE", "HF kept", "overshoot %"):
+        interp.add_column(column, justify="left" if column in ("method", "role") else "right")
+    for row in study.rows:
+        style = "bold green" if row.selected else None
+        interp.add_row(
+            row.method + (" ✓" if row.selected else ""),
+            "candidate" if row.candidate else "context",
+            f"{row.reconstruction_rmse:.2f}",
+            f"{row.round_trip_rmse:.2f}",
+            f"{row.high_freq_retained:.2f}",
+            f"{row.overshoot_pct:.2f}",
+            style=style,
+        )
+    if study.rows:
+        console.print(interp)
+    console.print(
+        f"selected interpolation: [bold]{study.selected}[/] ({study.rule}; {study.sample} images)"
+    )
+    console.print(f"written to {result.folder}: {', '.join(result.files)}")
+
+
+@app.command()
+@handle_errors
 def explore(
     dataset: Annotated[
         str | None, typer.Option(help="Data set in the workspace. Default: the only one.")
@@ -349,6 +482,9 @@ def train(
     width_multiplier: Annotated[
         float, typer.Option(help="Channel width factor (<1: narrow, from scratch only).")
     ] = 1.0,
+    strategy: Annotated[
+        str, typer.Option(help="tf.distribute: auto, one, mirrored (GPUs) or multiworker.")
+    ] = "auto",
     find_lr: Annotated[
         bool, typer.Option("--find-lr", help="Run the LR range test and suggest a rate.")
     ] = False,
@@ -388,6 +524,7 @@ def train(
         deterministic=deterministic,
         resume=resume,
         max_train_images=max_train_images,
+        strategy=strategy,
     )
 
     def notify(message: str) -> None:
@@ -436,6 +573,128 @@ def render_train(result: Any) -> None:
         per_class.add_row(name, f"{row['recall']:.2%}", f"{row['f1-score']:.3f}")
     console.print(per_class)
     console.print(f"MVA gate {result.mva:.0%}: {verdict}; artifacts in {result.run_dir}")
+
+
+@app.command()
+@handle_errors
+def interpret(
+    run_id: Annotated[str, typer.Argument(help="Run to interpret (a folder under runs/).")],
+    methods: Annotated[
+        str, typer.Option(help="CAM methods: gradcam, gradcam++, scorecam, layercam.")
+    ] = "gradcam,gradcam++,scorecam,layercam",
+    max_images: Annotated[
+        int, typer.Option(help="Test images for CAM maps, faithfulness and the sanity check.")
+    ] = 100,
+    context_images: Annotated[
+        int, typer.Option(help="Test images for the occlusion test (0: all).")
+    ] = 5000,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples per interval.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Metrics, calibration, Grad-CAM and forensic tests of a trained run, with numbers."""
+    from deepsight_tf.config import InterpretSettings
+
+    import_tensorflow_quietly()
+    from deepsight_tf.interpret import interpret as run_interpret
+
+    settings = InterpretSettings(
+        run_id=run_id,
+        methods=methods,
+        max_images=max_images,
+        context_images=context_images or None,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    with progress_bar() as progress:
+        result = run_interpret(settings, state.workspace, progress=progress)
+    if state.json:
+        emit_json(result)
+        return
+    render_interpret(result)
+
+
+def _ci(low: float | None, high: float | None, percent: bool = True) -> str:
+    if low is None or high is None:
+        return ""
+    return f" [{low:.1%}, {high:.1%}]" if percent else f" [{low:+.3f}, {high:+.3f}]"
+
+
+def render_interpret(result: Any) -> None:
+    head = result.headline
+    console.print(
+        f"[bold]{result.run_id}[/] on {result.dataset} test set ({head['n']:,} images): "
+        f"accuracy {head['accuracy']:.2%}{_ci(*head['accuracy_ci'][-2:])}, macro-F1 "
+        f"{head['macro_f1']:.4f}{_ci(*head['macro_f1_ci'][-2:], percent=False)}"
+    )
+    pairs = Table(title="Most confused pairs (both directions)")
+    for column in ("pair", "a → b", "b → a", "rate"):
+        pairs.add_column(column, justify="left" if column == "pair" else "right")
+    for p in result.most_confused[:5]:
+        pairs.add_row(
+            f"{p['a']} / {p['b']}", str(p["a_as_b"]), str(p["b_as_a"]), f"{p['rate']:.2%}"
+        )
+    console.print(pairs)
+    cal = result.calibration
+    console.print(
+        f"calibration: ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f} after temperature "
+        f"T={cal['temperature']:.2f} (fitted on validation)"
+    )
+    if result.leakage and result.leakage["in_mask"]["n"]:
+        leak = result.leakage
+        console.print(
+            f"leakage: accuracy {leak['in_mask']['accuracy']:.2%} on {leak['in_mask']['n']} test "
+            f"images with a train twin vs {leak['rest']['accuracy']:.2%} on the rest"
+        )
+    if result.hypotheses:
+        table = Table(title="Hypotheses registered before training")
+        for column in ("hypothesis", "estimate", "95% CI", "verdict"):
+            table.add_column(column)
+        for h in result.hypotheses:
+            table.add_row(
+                h["name"],
+                f"{h['estimate']:+.3f}",
+                f"[{h['low']:+.3f}, {h['high']:+.3f}]",
+                h["verdict"],
+            )
+        console.print(table)
+    elif result.hypotheses_note:
+        console.print(f"hypotheses: {result.hypotheses_note}")
+    if result.faithfulness:
+        table = Table(title="Do the heat maps point at what the model uses? (vs random order)")
+        for column in ("method", "deletion AUC", "random", "insertion AUC", "random", "verdict"):
+            table.add_column(column)
+        for name, m in result.faithfulness["methods"].items():
+            table.add_row(
+                name,
+                f"{m['deletion_auc']:.3f}",
+                f"{m['random_deletion_auc']:.3f}",
+                f"{m['insertion_auc']:.3f}",
+                f"{m['random_insertion_auc']:.3f}",
+                m["verdict"],
+            )
+        console.print(table)
+    if result.sanity:
+        verdict = "passed" if result.sanity["passed"] else "FLAGGED"
+        console.print(
+            f"sanity check (randomised top layers): {verdict}; mean Spearman "
+            f"{', '.join(f'{v:.2f}' for v in result.sanity['mean_spearman'])}"
+        )
+    if result.context:
+        ctx = result.context
+        console.print(
+            f"context reliance: classes that keep their accuracy with the centre hidden: "
+            f"{', '.join(ctx['holds_without_object']) or 'none'}; relying on context: "
+            f"{', '.join(ctx['relies_on_context']) or 'none'}"
+        )
+    issues = result.label_issues
+    console.print(
+        f"label issues: {issues['count']} test images flagged ({issues['csv']}); "
+        f"hard pairs for --focus-pairs @{issues['focus_pairs_file']}"
+    )
+    console.print(
+        f"{len(result.figures)} figures and report.json in {result.folder} "
+        f"({result.duration_s / 60:.1f} min)"
+    )
 
 
 @app.command()
@@ -549,135 +808,67 @@ def render_export(result: Any) -> None:
 
 @app.command()
 @handle_errors
-def scrub(
-    dataset: Annotated[str | None, typer.Option(help="Data set (default: the only one).")] = None,
-    val_size: Annotated[
-        float | None,
-        typer.Option(help="Fraction of train held out for validation. Default: ScrubSettings."),
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the split and the sample.")] = None,
-    drop_leaks: Annotated[
-        bool, typer.Option(help="Drop training images that duplicate a test image.")
-    ] = False,
-    image_size: Annotated[
-        int | None, typer.Option(help="Training size the interpolation study upsamples to.")
-    ] = None,
-    interp_sample: Annotated[
-        int | None, typer.Option(help="Images measured in the interpolation study.")
-    ] = None,
-    near_threshold: Annotated[
-        float | None,
-        typer.Option(help="Near-duplicate distance, 1 - aligned structure correlation (0.2)."),
-    ] = None,
-    neighbours: Annotated[
-        int | None, typer.Option(help="Near-duplicate candidates per image and index (3).")
-    ] = None,
+def report(
+    runs: Annotated[
+        list[str],
+        typer.Argument(help="A run id; two or more to compare them (the first is the baseline)."),
+    ],
+    n_boot: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the intervals the report computes.")
+    ] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of those resamples.")] = 0,
 ) -> None:
-    """Check images and labels, find duplicates and leaks, split off validation, pick a resize."""
-    from deepsight_tf.config import ScrubSettings
+    """One self-contained HTML page: runs/<id>/report.html, or reports/compare-<a>-<b>.html."""
+    if len(runs) == 1:
+        import_tensorflow_quietly()  # the training curves are drawn by plots.training
+    from deepsight_tf.report import report as run_report
 
-    import_tensorflow_quietly()
-    from deepsight_tf.scrub import scrub as run_scrub
-
-    given = {
-        "val_size": val_size,
-        "seed": seed,
-        "image_size": image_size,
-        "interp_sample": interp_sample,
-        "near_threshold": near_threshold,
-        "neighbours": neighbours,
-    }
-    settings = ScrubSettings(
-        dataset=dataset,
-        drop_leaks=drop_leaks,
-        **{key: value for key, value in given.items() if value is not None},
-    )
-    with progress_bar() as progress:
-        result = run_scrub(settings, state.workspace, progress=progress)
+    result = run_report(state.workspace, runs, n_boot=n_boot, seed=seed)
     if state.json:
         emit_json(result)
         return
-    render_scrub(result)
+    render_report(result)
 
 
-def render_scrub(result: Any) -> None:
-    integrity = result.integrity
-    h, w, c = integrity["image_shape"]
-    constant = sum(len(integrity[s]["constant_images"]) for s in ("train", "test"))
-    console.print(
-        f"[bold]{result.dataset}[/] scrubbed in {result.duration_s:.1f} s "
-        f"(images.npz sha256 {result.images_sha256[:16]}…)"
-    )
-    console.print(
-        f"[green]integrity[/]: {integrity['train']['images']:,} train and "
-        f"{integrity['test']['images']:,} test images are {h}x{w}x{c} uint8, labels in range; "
-        f"{constant} constant (one-colour) images"
-    )
-    dup = result.duplicates
-    table = Table(title=f"Duplicates (near: distance <= {dup['threshold']})")
-    for column in ("where", "exact pairs", "exact images", "near pairs", "near images"):
-        table.add_column(column, justify="left" if column == "where" else "right")
-    table.add_column("label conflicts", justify="right")
-    for category in ("train", "test", "train-test"):
-        exact, near = dup["exact"][category], dup["near"][category]
-        conflicts = exact["label_conflicts"] + near["label_conflicts"]
-        table.add_row(
-            {"train": "within train", "test": "within test"}.get(category, "across train-test"),
-            f"{exact['pairs']:,}",
-            f"{exact['images']:,}",
-            f"{near['pairs']:,}",
-            f"{near['images']:,}",
-            f"[red]{conflicts:,}[/]" if conflicts else "0",
+def render_report(result: Any) -> None:
+    from rich.markup import escape
+
+    for head in result.headlines:
+        gate = "[green]passed[/]" if head.passed else "[red]failed[/]"
+        (a_low, a_high), (f_low, f_high) = head.accuracy_ci, head.macro_f1_ci
+        intervals = (
+            escape(f"[{a_low:.2%}, {a_high:.2%}]"),
+            escape(f"[{f_low:.4f}, {f_high:.4f}]"),
         )
-    console.print(table)
-    console.print(f"[dim]{dup['method']}; {dup['candidates_verified']:,} candidate pairs[/]")
-    leaks = result.leakage
-    n_test = integrity["test"]["images"]
-    share = 100 * leaks["test_images_with_train_twin"] / max(n_test, 1)
-    console.print(
-        f"[yellow]leakage[/]: {leaks['test_images_with_train_twin']:,} test images ({share:.1f}%) "
-        f"have a twin in train ({leaks['exact']:,} identical); listed in report.json "
-        "leakage.test_indices_with_train_twin"
-    )
-    split = result.split
-    sizes = split["sizes"]
-    counts = Table(title=f"Split (val {split['val_size']}, seed {split['seed']})", show_footer=True)
-    counts.add_column("class", footer="total")
-    for part in split["class_counts"]:
-        counts.add_column(part, justify="right", footer=f"{sizes[part]:,}")
-    for cls in result.class_names:
-        counts.add_row(cls, *(f"{split['class_counts'][p][cls]:,}" for p in split["class_counts"]))
-    console.print(counts)
-    index = split["index_overlap"]
-    overlap = split["duplicate_overlap"]
-    console.print(
-        f"index overlap train-val {index['train-val']}, unassigned {index['unassigned']}; "
-        "duplicate pairs across parts (exact/near): "
-        + ", ".join(
-            f"{pair} {overlap['exact'][pair]}/{overlap['near'][pair]}" for pair in overlap["exact"]
+        console.print(
+            f"[bold]{escape(head.run_id)}[/]: test accuracy {head.accuracy:.2%} {intervals[0]}, "
+            f"macro-F1 {head.macro_f1:.4f} {intervals[1]}; MVA gate {head.mva:.0%} {gate}",
+            highlight=False,
         )
-    )
-    study = result.interpolation
-    interp = Table(title=f"Upsampling {study.source_size[0]} px to {study.image_size} px")
-    for column in ("method", "role", "recon. RMSE", "round-trip RMSE", "HF kept", "overshoot %"):
-        interp.add_column(column, justify="left" if column in ("method", "role") else "right")
-    for row in study.rows:
-        style = "bold green" if row.selected else None
-        interp.add_row(
-            row.method + (" ✓" if row.selected else ""),
-            "candidate" if row.candidate else "context",
-            f"{row.reconstruction_rmse:.2f}",
-            f"{row.round_trip_rmse:.2f}",
-            f"{row.high_freq_retained:.2f}",
-            f"{row.overshoot_pct:.2f}",
-            style=style,
+    for h in result.hypotheses:
+        console.print(
+            f"  {h['verdict']}: {escape(h['name'])} {h['estimate']:+.3f} "
+            f"[{h['low']:+.3f}, {h['high']:+.3f}]",
+            markup=False,
+            highlight=False,
         )
-    if study.rows:
-        console.print(interp)
+    for c in result.comparisons:
+        for d in (c.accuracy, c.macro_f1):
+            interval = "" if d.low is None else f" [{d.low:+.4f}, {d.high:+.4f}]"
+            console.print(
+                f"{c.b} vs {c.a}: {d.name} {d.delta:+.4f}{interval} ({d.verdict})",
+                markup=False,
+                highlight=False,
+            )
+        moved = [d.name for d in c.recall if d.verdict in ("better", "worse")]
+        console.print(f"  recall changed clearly in: {', '.join(moved) or 'no class'}; {c.pairing}")
+    for name, note in result.sections.items():
+        if note != "shown":
+            console.print(f"[yellow]{name}[/]: {escape(note)}")
     console.print(
-        f"selected interpolation: [bold]{study.selected}[/] ({study.rule}; {study.sample} images)"
+        f"{result.figures} figures in {escape(result.path)} "
+        f"({result.size_bytes / 1e6:.1f} MB, {result.duration_s:.1f} s)"
     )
-    console.print(f"written to {result.folder}: {', '.join(result.files)}")
 
 
 if __name__ == "__main__":

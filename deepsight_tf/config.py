@@ -55,6 +55,7 @@ class TrainSettings:
     deterministic: bool = False
     resume: bool = False
     max_train_images: int | None = None  # subsample the training split (quick runs)
+    strategy: str = "auto"  # auto | one | mirrored | multiworker (tf.distribute)
     find_lr: bool = False  # run the LR range test instead of training
 
 
@@ -75,3 +76,15 @@ class ScrubSettings:
     # find 97% of copies planted among CIFAR-10 (bench/duplicates.py); 5 from the layout index
     # alone found 88%, the shifted copies worst. Verification is most of the run time.
     neighbours: int = 3
+
+
+@dataclass
+class InterpretSettings:
+    run_id: str = ""  # the run folder under runs/ to interpret
+    methods: str = "gradcam,gradcam++,scorecam,layercam"  # CAM methods (comma-separated)
+    max_images: int = 100  # test images for CAM maps, faithfulness and the sanity check
+    context_images: int | None = 5000  # test images for the occlusion test; None: all
+    sanity_images: int = 16
+    grid_per_class: int = 4  # CAM grid: correct and wrong images per class
+    n_boot: int = 2000  # bootstrap resamples for every confidence interval
+    seed: int = 0

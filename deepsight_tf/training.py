@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -411,12 +413,20 @@ def train(
     The result says whether the MVA gate passed; `check_gate` turns a failure into an error,
     so a run below the gate still keeps its model, metrics and predictions for `interpret`.
     """
+    from deepsight_tf.distribute import is_chief, make_strategy
+
     settings = resolve_settings(settings)
+    strategy = make_strategy(settings.strategy)  # before TensorFlow builds anything
     unfreeze = parse_unfreeze(settings.unfreeze)
     data = training_data(settings, workspace)
     run_id = settings.run_id or default_run_id(settings)
     run_dir = workspace.run_dir(run_id)
-    with workspace.lock(f"run-{run_id}"):
+    lock = workspace.lock(f"run-{run_id}")
+    if not is_chief(strategy):
+        # Other workers of a multi-worker run write to scratch; only the chief owns the run.
+        run_dir = Path(tempfile.mkdtemp(prefix="deepsight-worker-")) / run_id
+        lock = contextlib.nullcontext()
+    with lock:
         if (run_dir / MANIFEST).is_file() and not settings.resume:
             raise ConfigError(
                 f"run {run_id} is already complete at {run_dir}; choose another --run-id"
@@ -428,7 +438,10 @@ def train(
             )
         if settings.resume and (run_dir / CONFIG_FILE).is_file():
             settings = _resumable_settings(run_dir, settings)
-        return _run(settings, unfreeze, data, workspace, run_id, run_dir, progress, notify)
+        with strategy.scope():
+            return _run(
+                settings, unfreeze, data, workspace, run_id, run_dir, progress, notify, strategy
+            )
 
 
 def check_gate(result: TrainResult) -> None:
@@ -465,13 +478,17 @@ class Prepared:
     eval_args: dict[str, Any]
     steps_per_epoch: int
     class_weights: np.ndarray | None
+    distribution: dict[str, Any]
 
 
-def _prepare(settings: TrainSettings, data: TrainingData, workspace: Workspace) -> Prepared:
+def _prepare(
+    settings: TrainSettings, data: TrainingData, workspace: Workspace, strategy: Any = None
+) -> Prepared:
     import keras
     import tensorflow as tf
 
     from deepsight_tf import models
+    from deepsight_tf.distribute import describe_strategy, scale_for_replicas, shard_by_data
     from deepsight_tf.optim import apply_precision, resolve_precision
     from deepsight_tf.pipeline import class_weights_from, make_train_dataset, parse_focus_pairs
 
@@ -495,12 +512,21 @@ def _prepare(settings: TrainSettings, data: TrainingData, workspace: Workspace) 
         dropout=settings.dropout,
         width_multiplier=settings.width_multiplier,
     )
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    global_batch, lr = scale_for_replicas(settings.batch_size, settings.lr, replicas)
+    distribution = {
+        **describe_strategy(strategy),
+        "global_batch": global_batch,
+        "lr": lr,
+        "lr_rule": "linear",
+    }
     train_ds = make_train_dataset(
         dataset.x_train,
         dataset.y_train,
         data.train_indices,
         dataset.num_classes,
-        batch_size=settings.batch_size,
+        batch_size=global_batch,
         image_size=settings.image_size,
         normalize=normalization,
         augment=settings.augment,
@@ -514,19 +540,27 @@ def _prepare(settings: TrainSettings, data: TrainingData, workspace: Workspace) 
         seed=settings.seed,
     )
     steps_per_epoch = int(train_ds.cardinality())
+    train_ds = shard_by_data(train_ds)
     if steps_per_epoch <= 0:
         raise ConfigError(
             f"--batch-size {settings.batch_size} is larger than the {len(data.train_indices)} "
             "training images; lower it"
         )
     eval_args = {
-        "batch_size": max(settings.batch_size, 256),
+        "batch_size": max(global_batch, 256),
         "image_size": settings.image_size,
         "normalize": normalization,
         "interpolation": data.interpolation,
     }
     return Prepared(
-        model, normalization, precision, train_ds, eval_args, steps_per_epoch, class_weights
+        model,
+        normalization,
+        precision,
+        train_ds,
+        eval_args,
+        steps_per_epoch,
+        class_weights,
+        distribution,
     )
 
 
@@ -568,17 +602,19 @@ def _run(
     run_dir: Path,
     progress: Progress | None,
     notify: Notify | None,
+    strategy: Any,
 ) -> TrainResult:
     import keras
 
     from deepsight_tf import models
+    from deepsight_tf.distribute import shard_by_data
     from deepsight_tf.metrics import training_metrics
     from deepsight_tf.pipeline import make_eval_dataset
     from deepsight_tf.schedules import OneCycle
 
     started, start = now_iso(), time.perf_counter()
     dataset = data.dataset
-    prepared = _prepare(settings, data, workspace)
+    prepared = _prepare(settings, data, workspace, strategy)
     model, train_ds, eval_args = prepared.model, prepared.train_ds, prepared.eval_args
     steps_per_epoch, precision = prepared.steps_per_epoch, prepared.precision
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -595,13 +631,16 @@ def _run(
             "precision": precision,
             "interpolation": data.interpolation,
             "normalization": asdict(prepared.normalization),
+            "distribution": prepared.distribution,
             "created": state.get("created", started),
         },
     )
-    val_ds = make_eval_dataset(
-        dataset.x_train, dataset.y_train, data.val_indices, dataset.num_classes, **eval_args
+    val_ds = shard_by_data(
+        make_eval_dataset(
+            dataset.x_train, dataset.y_train, data.val_indices, dataset.num_classes, **eval_args
+        )
     )
-    phases = plan_phases(settings)
+    phases = plan_phases(replace(settings, lr=prepared.distribution["lr"]))
     total_steps = steps_per_epoch * sum(p.epochs for p in phases)
     StepProgress, HistoryRecorder, BestWeights, DivergenceGuard = _callbacks_module()
     # A run killed mid-phase has history rows but no state yet: keep them on --resume.
@@ -631,7 +670,7 @@ def _run(
                 data.val_indices,
                 dataset.num_classes,
                 eval_args,
-                settings.batch_size,
+                prepared.distribution["global_batch"],
                 settings.seed,
                 prepared.class_weights,
                 settings.label_smoothing,

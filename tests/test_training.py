@@ -201,9 +201,8 @@ def test_existing_run_needs_resume_and_resume_continues(
 
 def test_transfer_from_a_run_and_stale_split(prepared: Workspace) -> None:
     # Last in the module: it tampers with the shared split.
-    source = prepared.run_dir("basic")
-    if not source.is_dir():
-        train(tiny(run_id="basic"), prepared)
+    # A source whose BatchNorm statistics have settled (6 epochs), as a real source run's have.
+    source = Path(train(tiny(run_id="source", epochs=6, lr=0.02), prepared).run_dir)
     result = train(
         tiny(
             run_id="transfer",
@@ -221,7 +220,7 @@ def test_transfer_from_a_run_and_stale_split(prepared: Workspace) -> None:
         read_json(Path(result.run_dir) / "config.json")["normalization"]
         == source_config["normalization"]
     )
-    assert result.test["accuracy"] >= 0.5
+    assert result.test["accuracy"] >= 0.8
     split = prepared.scrub_dir("rgb") / "split.json"
     split.write_text(split.read_text().replace("1", "2", 1))
     with pytest.raises(StaleArtifactError, match="deepsight scrub"):

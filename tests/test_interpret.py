@@ -1,0 +1,114 @@
+"""deepsight interpret on a tiny trained run: report numbers agree with the stored predictions."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_training import CLASSES, separable_npz, tiny
+from typer.testing import CliRunner
+
+from cli import app
+from deepsight_tf.config import ExploreSettings, InterpretSettings, ObtainSettings, ScrubSettings
+from deepsight_tf.errors import ConfigError
+from deepsight_tf.explore import explore
+from deepsight_tf.interpret import interpret, stratified_sample
+from deepsight_tf.obtain import obtain
+from deepsight_tf.pipeline import parse_focus_pairs
+from deepsight_tf.scrub import scrub
+from deepsight_tf.training import train
+from deepsight_tf.workspace import Workspace, read_json
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, object]:
+    root = tmp_path_factory.mktemp("interpret")
+    ws = Workspace(root / "ws")
+    obtain(ObtainSettings(source=str(separable_npz(root / "rgb.npz")), name="rgb"), ws)
+    scrub(ScrubSettings(image_size=16, interp_sample=16), ws)
+    hypotheses = root / "hypotheses.json"
+    hypotheses.write_text(
+        json.dumps(
+            {
+                "groups": {"warm": ["red"], "cool": ["green", "blue"]},
+                "confusable_pairs": [["green", "blue"]],
+            }
+        )
+    )
+    explore(ExploreSettings(hypotheses=str(hypotheses)), ws)
+    train(tiny(run_id="run"), ws)
+    settings = InterpretSettings(
+        run_id="run",
+        methods="gradcam,layercam",
+        max_images=9,
+        context_images=30,
+        sanity_images=4,
+        grid_per_class=2,
+        n_boot=200,
+    )
+    return ws, interpret(settings, ws)
+
+
+def test_headline_equals_the_stored_predictions(interpreted) -> None:
+    ws, result = interpreted
+    predictions = np.load(ws.run_dir("run") / "predictions.npz")
+    accuracy = float((predictions["test_probs"].argmax(1) == predictions["test_labels"]).mean())
+    assert result.headline["accuracy"] == pytest.approx(accuracy)
+    low, high = result.headline["accuracy_ci"]
+    assert low <= accuracy <= high
+    report = read_json(Path(result.folder) / "report.json")
+    assert report["headline"]["accuracy"] == pytest.approx(accuracy)
+    ws.verify(Path(result.folder), "deepsight interpret")
+
+
+def test_hypotheses_from_explore_get_verdicts(interpreted) -> None:
+    _, result = interpreted
+    names = {h["name"] for h in result.hypotheses}
+    assert len(result.hypotheses) == 2, names
+    assert {h["verdict"] for h in result.hypotheses} <= {
+        "supported",
+        "contradicted",
+        "inconclusive",
+    }
+    for h in result.hypotheses:
+        assert h["low"] <= h["estimate"] <= h["high"]
+
+
+def test_forensic_files_are_usable(interpreted) -> None:
+    _, result = interpreted
+    folder = Path(result.folder)
+    pairs = parse_focus_pairs((folder / "focus_pairs.txt").read_text().strip(), CLASSES)
+    assert 1 <= len(pairs) <= 3
+    with open(folder / "label_issues.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == result.label_issues["count"]
+    assert result.leakage is not None and result.leakage["in_mask"]["n"] == 0
+
+
+def test_explanations_are_measured(interpreted) -> None:
+    _, result = interpreted
+    assert set(result.faithfulness["methods"]) == {"gradcam", "layercam"}
+    for method in result.faithfulness["methods"].values():
+        assert method["verdict"] in {"beats random", "worse than random", "inconclusive"}
+        assert method["n_images"] == 9
+    assert len(result.sanity["mean_spearman"]) >= 1
+    assert result.context["overall"]["n"] == 30
+    assert all(Path(f).is_file() for f in result.figures)
+
+
+def test_stratified_sample_balances_classes() -> None:
+    labels = np.repeat([0, 1, 2], [50, 5, 50])
+    chosen = stratified_sample(labels, 30, seed=0)
+    assert len(chosen) == len(set(chosen)) == 30
+    counts = np.bincount(labels[chosen])
+    assert counts[1] == 5 and sorted([counts[0], counts[2]]) == [12, 13]
+
+
+def test_bad_settings_and_missing_run(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--methods"):
+        interpret(InterpretSettings(run_id="x", methods="gradcam,magic"), Workspace(tmp_path))
+    result = CliRunner().invoke(app, ["--workspace", str(tmp_path), "interpret", "nope"])
+    assert result.exit_code == 4 and "run `deepsight train` first" in result.stderr
