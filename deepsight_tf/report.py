@@ -1654,7 +1654,7 @@ def compare_headline(heads: Sequence[Headline], comparisons: Sequence[RunCompari
             element(
                 "div",
                 [
-                    element("div", f"run {h.run_id}", class_="label"),
+                    element("div", f"run {h.run_id}: test accuracy / macro-F1", class_="label"),
                     element(
                         "div",
                         [
@@ -1784,6 +1784,7 @@ def compare_sections(
                 else paragraph(f"No confusion got {word} in {c.b}.")
             )
     time_rows = []
+    base_duration = runs[0].metrics.get("duration_s")
     for r in runs:
         seconds = sum(float(x.get("seconds", 0.0)) for x in r.history)
         duration = r.metrics.get("duration_s")
@@ -1792,6 +1793,7 @@ def compare_sections(
             [
                 r.run_id,
                 fmt(duration / 60 if duration is not None else None, ".1f"),
+                fmt(duration / base_duration if duration and base_duration else None, ".2f"),
                 str(epochs),
                 fmt(seconds / epochs if epochs else None, ".1f"),
                 str(r.metrics.get("best_epoch", "n/a")),
@@ -1804,10 +1806,10 @@ def compare_sections(
     training_parts = [
         table(
             "Training time",
-            ["run", "minutes in all", "epochs", "seconds per epoch", "best epoch"],
+            ["run", "minutes in all", f"× {runs[0].run_id}", "epochs", "s per epoch", "best epoch"],
             time_rows,
             table_id="time",
-            numeric=range(1, 5),
+            numeric=range(1, 6),
         ),
         table(
             "Settings that differ",

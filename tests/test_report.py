@@ -357,6 +357,10 @@ def test_compare_page_pairs_the_shared_test_images(chain: Chain) -> None:
     for row, d in zip(recall_rows, comparison.recall, strict=True):
         assert row[3] == f"{d.delta:+.3f}"
     assert "paired bootstrap over the 30 test images" in chain.compare_page.read_text()
+    durations = [read_json(chain.workspace.run_dir(r) / "metrics.json")["duration_s"] for r in "ab"]
+    times = page.body("time")
+    assert [row[1] for row in times] == [f"{d / 60:.1f}" for d in durations]
+    assert times[1][2] == f"{durations[1] / durations[0]:.2f}"
 
 
 def test_compare_predictions_on_hand_made_predictions() -> None:
