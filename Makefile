@@ -14,7 +14,7 @@ EPOCHS ?= 3
 TRAIN_FLAGS ?= --augment light
 RUN ?= make-all
 
-.PHONY: setup test test-full lint all obtain scrub explore train interpret clean
+.PHONY: setup test test-browser test-full lint all obtain scrub explore train interpret report clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,9 @@ $(VENV)/.installed: pyproject.toml
 
 test: setup
 	$(BIN)/pytest -m "not slow and not browser" -q
+
+test-browser: setup
+	$(BIN)/pytest -m browser -q
 
 test-full: setup
 	$(BIN)/pytest -q
@@ -48,7 +51,10 @@ train: explore
 interpret: train
 	$(DEEPSIGHT) interpret $(RUN)
 
-all: interpret
+report: interpret
+	$(DEEPSIGHT) report $(RUN)
+
+all: report
 
 clean:
 	rm -rf $(WS) .pytest_cache .ruff_cache
