@@ -84,6 +84,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared and read
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

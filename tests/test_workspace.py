@@ -118,3 +118,8 @@ def test_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path: Path) -> None:
     thread.join()
     with ws.lock("data-d", timeout_s=0.1):
         pass
+
+
+def test_artifacts_are_readable_by_others(tmp_path: Path) -> None:
+    atomic_write_text(tmp_path / "report.html", "<html></html>")
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644
