@@ -123,6 +123,7 @@ def import_tensorflow_quietly() -> None:
             import tensorflow as tf
 
             tf.get_logger().setLevel("ERROR")  # retracing notices and the like
+            tf.config.list_physical_devices("GPU")  # CUDA probing logs "cuInit" here, quietly
     finally:
         os.dup2(saved, 2)
         os.close(saved)
