@@ -19,6 +19,7 @@ from deepsight_tf.training import (
     MODEL_FILE,
     PREDICTIONS_FILE,
     classification_metrics,
+    load_weights_npz,
     plan_phases,
     read_history,
     resolve_settings,
@@ -197,6 +198,40 @@ def test_existing_run_needs_resume_and_resume_continues(
     result = train(tiny(run_id="resumed", epochs=3, resume=True), prepared)
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert result.epochs_run == 3
+
+
+def test_training_from_a_saved_kerashub_preset(prepared: Workspace, tmp_path: Path) -> None:
+    """The ImageNet path offline: a random KerasHub ResNet-18 saved with save_to_preset is
+    loaded by the same code as `--weights imagenet` (from_preset, a name or a folder)."""
+    import keras_hub
+
+    from deepsight_tf.backbones import get_backbone_spec
+
+    keras.utils.set_random_seed(3)
+    hub = keras_hub.models.ResNetBackbone(**get_backbone_spec("resnet18").hub_config())
+    hub.save_to_preset(str(tmp_path / "preset"))
+    expected = hub.get_layer("stack3_block1_2_conv").get_weights()[0]
+    result = train(
+        tiny(
+            run_id="from-preset",
+            weights=str(tmp_path / "preset"),
+            image_size=32,
+            width_multiplier=1.0,
+            frozen_epochs=1,
+            epochs=1,
+            unfreeze="4",
+            batch_size=16,
+        ),
+        prepared,
+    )
+    assert [p.trainable for p in result.phases] == ["head", "4"]
+    model = keras.saving.load_model(Path(result.run_dir) / MODEL_FILE, compile=False)
+    stem = model.get_layer("conv1_conv").get_weights()[0]
+    np.testing.assert_array_equal(stem, hub.get_layer("conv1_conv").get_weights()[0])
+    # Stage 4 was fine-tuned in phase 2 (model.keras holds the best epoch, maybe phase 1's).
+    load_weights_npz(model, Path(result.run_dir) / "checkpoints/phase2.end.weights.npz")
+    assert not np.array_equal(model.get_layer("stack3_block1_2_conv").get_weights()[0], expected)
+    np.testing.assert_array_equal(model.get_layer("conv1_conv").get_weights()[0], stem)
 
 
 def test_transfer_from_a_run_and_stale_split(prepared: Workspace) -> None:
