@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -436,6 +437,7 @@ def render_explore(result: Any) -> None:
 @app.command()
 @handle_errors
 def train(
+    ctx: typer.Context,
     backbone: Annotated[str, typer.Option(help="resnet18 or resnet50.")] = "resnet18",
     weights: Annotated[
         str,
@@ -476,7 +478,13 @@ def train(
     mva: Annotated[float, typer.Option(help="Minimum Viable Accuracy on the test set.")] = 0.65,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     deterministic: Annotated[bool, typer.Option(help="Deterministic ops (slower).")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue an interrupted run (--run-id) with its stored settings."),
+    ] = False,
+    checkpoint_minutes: Annotated[
+        float, typer.Option(help="Save the training state this often within an epoch.")
+    ] = 5.0,
     max_train_images: Annotated[
         int | None, typer.Option(help="Train on a stratified subset (quick runs).")
     ] = None,
@@ -524,9 +532,16 @@ def train(
         seed=seed,
         deterministic=deterministic,
         resume=resume,
+        checkpoint_minutes=checkpoint_minutes,
         max_train_images=max_train_images,
         strategy=strategy,
     )
+    # With --resume the run's stored settings apply; only flags typed here are compared.
+    explicit = {
+        name
+        for name in ctx.params
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    }
 
     def notify(message: str) -> None:
         err_console.print(f"[dim]{message}[/]", highlight=False)
@@ -545,7 +560,9 @@ def train(
             )
         return
     with progress_bar() as progress:
-        result = run_train(settings, state.workspace, progress=progress, notify=notify)
+        result = run_train(
+            settings, state.workspace, progress=progress, notify=notify, explicit=explicit
+        )
     if state.json:
         emit_json(result)
     else:

@@ -54,6 +54,9 @@ class TrainSettings:
     seed: int = 42
     deterministic: bool = False
     resume: bool = False
+    # Commit the training state every this many minutes within an epoch (and at every epoch
+    # end); a killed run loses at most this much. 0: at epoch ends only.
+    checkpoint_minutes: float = 5.0
     max_train_images: int | None = None  # subsample the training split (quick runs)
     strategy: str = "auto"  # auto | one | mirrored | multiworker (tf.distribute)
     find_lr: bool = False  # run the LR range test instead of training

@@ -66,6 +66,13 @@ class StorageError(DeepsightError):
     kind = "storage"
 
 
+class TrainingInterrupted(DeepsightError):
+    """Ctrl-C during training: the state was saved; the message says how to resume."""
+
+    exit_code = 130  # the shell's code for a process ended by SIGINT
+    kind = "interrupted"
+
+
 EXIT_CODES = {
     cls.kind: cls.exit_code
     for cls in (
@@ -77,5 +84,6 @@ EXIT_CODES = {
         GateFailedError,
         WorkspaceBusyError,
         StorageError,
+        TrainingInterrupted,
     )
 }

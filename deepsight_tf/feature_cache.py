@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,10 +13,14 @@ from deepsight_tf.config import TrainSettings
 
 @dataclass
 class CachedHead:
-    """A head-only model sharing the classifier's head layers, and its feature datasets."""
+    """A head-only model sharing the classifier's head layers, and its feature datasets.
+
+    `train_dataset(first_epoch, epochs, skip_batches)` gives epochs of feature batches drawn
+    as `pipeline.epoch_batches` draws pixel batches: a pure function of (seed, epoch, batch).
+    """
 
     head: Any
-    train_ds: Any
+    train_dataset: Callable[..., Any]
     val_ds: Any
 
 
@@ -53,13 +58,13 @@ def cached_head(
     label_smoothing: float = 0.0,
 ) -> CachedHead:
     """The head trained on cached features; its layers are the classifier's own, so training
-    it trains the classifier. Batches match the pipeline's: seeded shuffle each epoch, one-hot
+    it trains the classifier. Batches match the pipeline's: a stateless shuffle per epoch, one-hot
     (smoothed) labels, per-example class weights, the last partial batch dropped."""
     import keras
     import tensorflow as tf
 
     from deepsight_tf.models import HEAD_DROPOUT, HEAD_PREDICTIONS
-    from deepsight_tf.pipeline import smooth_labels
+    from deepsight_tf.pipeline import epoch_batches, smooth_labels
 
     train_features = backbone_features(model, x, train_indices, num_classes, eval_args)
     val_features = backbone_features(model, x, val_indices, num_classes, eval_args)
@@ -73,13 +78,28 @@ def cached_head(
     weights = (
         class_weights[train_labels] if class_weights is not None else np.ones(len(train_labels))
     ).astype(np.float32)
-    train_ds = (
-        tf.data.Dataset.from_tensor_slices((train_features, one_hot, weights))
-        .shuffle(len(train_features), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
+    features, one_hot, weights = (
+        tf.constant(a) for a in (train_features, np.asarray(one_hot, np.float32), weights)
     )
+
+    def train_dataset(first_epoch: int = 0, epochs: int = 1, skip_batches: int = 0) -> Any:
+        def gather(positions: tf.Tensor, _seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
+            return tuple(tf.gather(t, positions) for t in (features, one_hot, weights))
+
+        return (
+            epoch_batches(
+                len(train_labels),
+                batch_size,
+                seed,
+                first_epoch=first_epoch,
+                epochs=epochs,
+                skip_batches=skip_batches,
+            )
+            .map(gather)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
     val_ds = tf.data.Dataset.from_tensor_slices(
         (val_features, tf.one_hot(y[val_indices], num_classes))
     ).batch(eval_args["batch_size"])
-    return CachedHead(head, train_ds, val_ds)
+    return CachedHead(head, train_dataset, val_ds)

@@ -450,6 +450,9 @@ def make_train_dataset(
     interpolation: str = "bicubic",
     seed: int = 0,
     drop_remainder: bool = True,
+    first_epoch: int = 0,
+    epochs: int = 1,
+    skip_batches: int = 0,
 ) -> tf.data.Dataset:
     """Shuffled, augmented batches of (images float32, one-hot labels float32, weights float32).
 
@@ -457,8 +460,12 @@ def make_train_dataset(
     Per batch: gather and augment with Albumentations in one numpy_function call, resize and
     normalise with `preprocess`, mix (MixUp/CutMix), smooth labels. Sample weights are
     class_weights[label] (1 without class weights), mixed with the same lam as the labels.
-    The same seed gives the same batches in the same order, epoch after epoch; each epoch
-    reshuffles and draws new augmentations.
+
+    The dataset holds `epochs` epochs starting at epoch number `first_epoch`, less the first
+    `skip_batches` batches. Every batch is a pure function of (seed, epoch number, batch
+    number): each epoch has its own order and augmentations, iterating the dataset again
+    gives the same batches, and a run resumed at epoch k, batch b sees exactly the batches
+    an uninterrupted run would (see `epoch_batches`).
     """
     check_preset(augment)
     check_mix(mix, mix_alpha)
@@ -477,15 +484,14 @@ def make_train_dataset(
                 f"Received: shape {class_weights.shape}"
             )
 
-    shuffle_seed, random_seed, focus_seed = (
-        int(s) for s in np.random.SeedSequence(seed).generate_state(3) % (2**31 - 1)
-    )
+    focus_seed = int(np.random.SeedSequence(seed).generate_state(3)[2] % (2**31 - 1))
     focus_classes = sorted({c for pair in focus_pairs or () for c in pair})
     epoch = oversample(indices, np.asarray(y), focus_classes, focus_factor, focus_seed)
     if drop_remainder and len(epoch) < batch_size:
         raise ConfigError(
             f"--batch-size {batch_size} exceeds the {len(epoch)} training examples; lower it"
         )
+    epoch_indices = tf.constant(epoch)
 
     labels = tf.constant(np.asarray(y, dtype=np.int32))
     per_example = (
@@ -497,7 +503,8 @@ def make_train_dataset(
     def gather_and_augment(idx: np.ndarray, batch_seed: np.int64) -> np.ndarray:
         return augmenter(x[idx], int(batch_seed))
 
-    def make_batch(idx: tf.Tensor, batch_seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    def make_batch(positions: tf.Tensor, batch_seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        idx = tf.gather(epoch_indices, positions)
         images = tf.numpy_function(gather_and_augment, [idx, batch_seed], tf.uint8, stateful=False)
         images.set_shape(idx.shape.concatenate(x.shape[1:]))
         images = preprocess(images, image_size, normalize, interpolation)
@@ -509,18 +516,78 @@ def make_train_dataset(
         )
         return images, smooth_labels(one_hot, label_smoothing), weights
 
-    batches = (
-        tf.data.Dataset.from_tensor_slices(epoch)
-        .shuffle(len(epoch), seed=shuffle_seed, reshuffle_each_iteration=True)
-        .batch(batch_size, drop_remainder=drop_remainder)
+    batches = epoch_batches(
+        len(epoch),
+        batch_size,
+        seed,
+        first_epoch=first_epoch,
+        epochs=epochs,
+        skip_batches=skip_batches,
+        drop_remainder=drop_remainder,
     )
-    # One seed per batch, new ones each epoch, all fixed by `seed`: the augmentation of a batch
-    # depends only on its seed, not on which tf.data thread runs it or when.
-    batch_seeds = tf.data.Dataset.random(seed=random_seed, rerandomize_each_iteration=True)
+    return batches.map(
+        make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(examples: int, batch_size: int, drop_remainder: bool = True) -> int:
+    """Batches in one epoch of `examples`: the last partial batch is dropped or kept."""
+    return examples // batch_size if drop_remainder else -(-examples // batch_size)
+
+
+def epoch_batches(
+    examples: int,
+    batch_size: int,
+    seed: int,
+    *,
+    first_epoch: int = 0,
+    epochs: int = 1,
+    skip_batches: int = 0,
+    drop_remainder: bool = True,
+) -> tf.data.Dataset:
+    """(positions int64 [batch], batch seed int64) for each batch of epochs first_epoch..
+
+    Stateless: epoch e's order is a permutation drawn from (seed, e), and batch i of it gets a
+    seed drawn from (seed, e, i), so nothing depends on how many iterators came before. (A
+    `shuffle(reshuffle_each_iteration=True)` advances with every iterator made, so a resumed
+    run, or Keras drawing a batch to build a model under a strategy, would shift the order.)
+    """
+    if epochs < 1 or first_epoch < 0 or skip_batches < 0:
+        raise ValueError(
+            f"need epochs >= 1, first_epoch >= 0, skip_batches >= 0. Received: {epochs}, "
+            f"{first_epoch}, {skip_batches}"
+        )
+    steps = steps_per_epoch(examples, batch_size, drop_remainder)
+    if skip_batches > steps * epochs:
+        raise ValueError(f"skip_batches {skip_batches} exceeds the {steps * epochs} batches")
+    shuffle_seed, batch_seed_base = (
+        int(s) for s in np.random.SeedSequence(seed).generate_state(2) % (2**31 - 1)
+    )
+    positions = tf.range(examples, dtype=tf.int64)
+
+    def one_epoch(number: tf.Tensor) -> tf.data.Dataset:
+        order = tf.random.experimental.stateless_shuffle(
+            positions, tf.stack([tf.constant(shuffle_seed, tf.int64), number])
+        )
+        epoch_seed = tf.stack([tf.constant(batch_seed_base, tf.int64), number])
+
+        def with_seed(step: tf.Tensor, batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            key = tf.random.experimental.stateless_fold_in(epoch_seed, step)
+            draw = tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
+            return batch, draw
+
+        return (
+            tf.data.Dataset.from_tensor_slices(order)
+            .batch(batch_size, drop_remainder=drop_remainder)
+            .enumerate()
+            .map(with_seed)
+        )
+
     return (
-        tf.data.Dataset.zip(batches, batch_seeds)
-        .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(tf.data.AUTOTUNE)
+        tf.data.Dataset.range(first_epoch, first_epoch + epochs)
+        .flat_map(one_epoch)
+        .skip(skip_batches)
+        .apply(tf.data.experimental.assert_cardinality(steps * epochs - skip_batches))
     )
 
 

@@ -18,9 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from deepsight_tf.checkpoints import CheckpointStore, Commit, Position
 from deepsight_tf.config import TrainSettings
 from deepsight_tf.dataset import IMAGES_FILE, Dataset, load_dataset
-from deepsight_tf.errors import ConfigError, GateFailedError, PrerequisiteError
+from deepsight_tf.errors import (
+    ConfigError,
+    GateFailedError,
+    PrerequisiteError,
+    TrainingInterrupted,
+)
 from deepsight_tf.feature_cache import cached_head, can_cache_features
 from deepsight_tf.sources import Progress
 from deepsight_tf.workspace import (
@@ -41,8 +47,7 @@ HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
-STATE_FILE = "checkpoints/state.json"
-BEST_WEIGHTS_FILE = "checkpoints/best.weights.npz"
+CHECKPOINTS_DIR = "checkpoints"
 MONITOR = "val_macro_f1"
 
 Notify = Callable[[str], None]
@@ -117,6 +122,10 @@ def resolve_settings(settings: TrainSettings) -> TrainSettings:
         (0 < resolved.pct_start < 1, f"--pct-start {resolved.pct_start} must be in (0, 1)"),
         (0 <= resolved.dropout < 1, f"--dropout {resolved.dropout} must be in [0, 1)"),
         (resolved.stem in ("cifar", "imagenet"), f"--stem {resolved.stem}: use cifar or imagenet"),
+        (
+            resolved.checkpoint_minutes >= 0,
+            f"--checkpoint-minutes {resolved.checkpoint_minutes} must be >= 0",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -295,16 +304,24 @@ def _callbacks_module() -> Any:
         """One row per epoch in history.csv (phase, rate, train and validation metrics)."""
 
         def __init__(
-            self, path: Path, rows: list[dict[str, Any]], phase: PhasePlan, epoch_offset: int
+            self,
+            path: Path,
+            rows: list[dict[str, Any]],
+            phase: PhasePlan,
+            epoch_offset: int,
+            control: RunControl,
         ) -> None:
             super().__init__()
             self.path, self.rows, self.phase, self.offset = path, rows, phase, epoch_offset
+            self.control = control
             self._start = time.perf_counter()
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self._start = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if self.control.diverged_step is not None:
+                return  # a diverged epoch is not a result
             logs = logs or {}
             lr = self.model.optimizer.learning_rate
             row = {
@@ -318,46 +335,157 @@ def _callbacks_module() -> Any:
             self.rows[:] = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
             write_history(self.path, self.rows)
 
-    class BestWeights(keras.callbacks.Callback):
-        """Keeps the weights of the best epoch by validation macro-F1, on disk atomically."""
+    class DivergenceGuard(keras.callbacks.Callback):
+        """Counts steps, and stops at the first non-finite loss; nothing after it is saved."""
+
+        def __init__(self, control: RunControl) -> None:
+            super().__init__()
+            self.control = control
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            self.control.step += 1
+            self.control.batch += 1
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self.control.diverged_step = self.control.step
+                self.model.stop_training = True
+
+    class Checkpointer(keras.callbacks.Callback):
+        """Commits the training state at every epoch end, every `interval_s` seconds within an
+        epoch, and at the step after Ctrl-C, which then stops the run (`StopRequested`).
+
+        The best epoch by validation macro-F1 is tracked here too, its classifier weights
+        saved before the commit that refers to them.
+        """
 
         def __init__(
             self,
-            path: Path,
+            store: CheckpointStore,
             classifier: Any,
-            best: float,
-            best_epoch: int | None,
+            control: RunControl,
+            phase: PhasePlan,
             epoch_offset: int,
+            interval_s: float,
+            created: str,
         ) -> None:
             super().__init__()
-            self.path, self.classifier = path, classifier
-            self.best, self.best_epoch, self.offset = best, best_epoch, epoch_offset
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            value = (logs or {}).get(MONITOR)
-            if value is not None and math.isfinite(value) and value > self.best:
-                self.best, self.best_epoch = float(value), self.offset + epoch + 1
-                # The classifier's weights, also when a cached-feature head is being fit.
-                weights = self.classifier.get_weights()
-                atomic_save_npz(self.path, **{f"w{i:04d}": w for i, w in enumerate(weights)})
-
-    class DivergenceGuard(keras.callbacks.Callback):
-        """Stops at the first non-finite loss and remembers its step; the best weights stay."""
-
-        def __init__(self, steps_before: int) -> None:
-            super().__init__()
-            self.steps_before = steps_before
-            self.step: int | None = None
-            self._seen = 0
+            self.store, self.classifier, self.control = store, classifier, control
+            self.phase, self.offset, self.interval_s = phase, epoch_offset, interval_s
+            self.created = created
+            self._last = time.monotonic()
 
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            self._seen += 1
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)) and self.step is None:
-                self.step = self.steps_before + self._seen
-                self.model.stop_training = True
+            if self.control.diverged_step is not None:
+                return
+            if self.control.stop_requested:
+                self._commit(with_metrics=True)
+                raise StopRequested
+            if self.interval_s and time.monotonic() - self._last >= self.interval_s:
+                self._commit(with_metrics=True)
 
-    return StepProgress, HistoryRecorder, BestWeights, DivergenceGuard
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if self.control.diverged_step is not None:
+                return
+            self.control.epoch, self.control.batch = epoch + 1, 0
+            value = (logs or {}).get(MONITOR)
+            best = self.control.best
+            if value is not None and math.isfinite(value) and (best is None or value > best):
+                run_epoch = self.offset + epoch + 1
+                # The classifier's weights, also when a cached-feature head is being fit.
+                name = self.store.save_best(run_epoch, self.classifier.get_weights())
+                self.control.best, self.control.best_epoch = float(value), run_epoch
+                self.control.best_file = name
+            self._commit(with_metrics=False)
+            if self.control.stop_requested:
+                raise StopRequested
+
+        def _commit(self, with_metrics: bool) -> None:
+            control = self.control
+            arrays = {
+                "model": [v.numpy() for v in self.classifier.variables],
+                "optimizer": [v.numpy() for v in self.model.optimizer.variables],
+            }
+            if with_metrics:
+                arrays["metrics"] = [v.numpy() for v in self.model.metrics_variables]
+            control.last_commit = self.store.commit(
+                Position(self.phase.index, control.epoch, control.batch, control.step),
+                arrays,
+                control.best,
+                control.best_epoch,
+                control.best_file,
+                self.created,
+            )
+            self._last = time.monotonic()
+
+    class RestoreMetrics(keras.callbacks.Callback):
+        """Puts back the running sums of the epoch a mid-epoch checkpoint was taken in (Keras
+        resets metrics as each epoch begins, so this runs right after that, once)."""
+
+        def __init__(self, values: list[np.ndarray]) -> None:
+            super().__init__()
+            self.values: list[np.ndarray] | None = values
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            if self.values is not None:
+                assign_all(self.model.metrics_variables, self.values, "training metrics")
+                self.values = None
+
+    return StepProgress, HistoryRecorder, DivergenceGuard, Checkpointer, RestoreMetrics
+
+
+class StopRequested(Exception):
+    """Raised inside fit after the state is committed, to stop at once (no validation)."""
+
+
+@dataclass
+class RunControl:
+    """What the callbacks of one run share: the position, the best epoch, the stop flags."""
+
+    epoch: int = 0  # epochs done in the current phase
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0  # optimizer steps over the whole run
+    best: float | None = None
+    best_epoch: int | None = None
+    best_file: str | None = None
+    diverged_step: int | None = None
+    stop_requested: bool = False
+    last_commit: Commit | None = None
+
+
+def assign_all(variables: list[Any], values: list[np.ndarray], what: str) -> None:
+    """Assign saved values to variables, refusing a list that belongs to another model."""
+    shapes = [tuple(v.shape) for v in variables]
+    if shapes != [tuple(np.shape(a)) for a in values]:
+        raise ConfigError(
+            f"the checkpoint's {what} do not fit this model ({len(values)} arrays for "
+            f"{len(variables)} variables); resume with the run's own settings"
+        )
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(control: RunControl, notify: Notify | None) -> Any:
+    """The first Ctrl-C asks training to stop after the current step and save; a second one
+    aborts at once (KeyboardInterrupt). Only the main thread can take signals."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        control.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if notify:
+            notify("stopping after this step to save; Ctrl-C again aborts without saving")
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -407,25 +535,34 @@ def train(
     workspace: Workspace,
     progress: Progress | None = None,
     notify: Notify | None = None,
+    explicit: set[str] | None = None,
 ) -> TrainResult:
     """Train a classifier on scrub's split, evaluate it on the test set, apply the MVA gate.
 
     The result says whether the MVA gate passed; `check_gate` turns a failure into an error,
     so a run below the gate still keeps its model, metrics and predictions for `interpret`.
+    With `resume`, an unfinished run continues from its last commit (see checkpoints.py)
+    with its stored settings; `explicit` names the settings the user gave, which must agree
+    with them (None: all of `settings` must).
     """
     from deepsight_tf.distribute import is_chief, make_strategy
 
+    if settings.resume and not settings.run_id:
+        raise ConfigError("--resume needs the --run-id of the run to continue")
     settings = resolve_settings(settings)
+    run_id = settings.run_id or default_run_id(settings)
+    run_dir = workspace.run_dir(run_id)
+    if settings.resume and (run_dir / CONFIG_FILE).is_file():
+        settings = _resumable_settings(run_dir, settings, explicit)
     strategy = make_strategy(settings.strategy)  # before TensorFlow builds anything
     unfreeze = parse_unfreeze(settings.unfreeze)
     data = training_data(settings, workspace)
-    run_id = settings.run_id or default_run_id(settings)
-    run_dir = workspace.run_dir(run_id)
     lock = workspace.lock(f"run-{run_id}")
     if not is_chief(strategy):
         # Other workers of a multi-worker run write to scratch; only the chief owns the run.
         run_dir = Path(tempfile.mkdtemp(prefix="deepsight-worker-")) / run_id
         lock = contextlib.nullcontext()
+    control = RunControl()
     with lock:
         if (run_dir / MANIFEST).is_file() and not settings.resume:
             raise ConfigError(
@@ -436,12 +573,32 @@ def train(
                 f"run {run_id} exists at {run_dir} (unfinished); pass --resume to continue it "
                 "or choose another --run-id"
             )
-        if settings.resume and (run_dir / CONFIG_FILE).is_file():
-            settings = _resumable_settings(run_dir, settings)
-        with strategy.scope():
-            return _run(
-                settings, unfreeze, data, workspace, run_id, run_dir, progress, notify, strategy
+        try:
+            with stop_on_interrupt(control, notify), strategy.scope():
+                result = _run(
+                    settings,
+                    unfreeze,
+                    data,
+                    workspace,
+                    run_id,
+                    run_dir,
+                    progress,
+                    notify,
+                    strategy,
+                    control,
+                )
+        except StopRequested:
+            where = control.last_commit.position if control.last_commit else None
+            raise TrainingInterrupted(
+                f"interrupted at step {control.step} ({where.describe() if where else ''}); "
+                f"saved in {run_dir / CHECKPOINTS_DIR}; continue with: deepsight --workspace "
+                f"{workspace.root} train --run-id {run_id} --resume"
+            ) from None
+        if control.stop_requested:  # Ctrl-C during the final evaluation: all of it is saved
+            raise TrainingInterrupted(
+                f"interrupted after training; the run at {run_dir} is complete"
             )
+        return result
 
 
 def check_gate(result: TrainResult) -> None:
@@ -454,17 +611,23 @@ def check_gate(result: TrainResult) -> None:
         )
 
 
-def _resumable_settings(run_dir: Path, settings: TrainSettings) -> TrainSettings:
+def _resumable_settings(
+    run_dir: Path, settings: TrainSettings, explicit: set[str] | None
+) -> TrainSettings:
+    """The run's stored settings, refusing given ones that differ (those that do not change
+    the result, such as how often to checkpoint, may differ)."""
     stored = read_json(run_dir / CONFIG_FILE)["settings"]
     current = asdict(settings)
-    ignore = {"resume", "run_id"}
-    changed = sorted(k for k in current if k not in ignore and stored.get(k) != current[k])
+    free = {"resume", "run_id", "checkpoint_minutes"}
+    compare = (set(current) if explicit is None else explicit) - free
+    changed = sorted(k for k in compare if k in stored and stored[k] != current[k])
     if changed:
         raise ConfigError(
             f"--resume with different settings ({', '.join(changed)}) than "
-            f"{run_dir / CONFIG_FILE}; rerun with the original flags"
+            f"{run_dir / CONFIG_FILE}; drop them or rerun with the original values"
         )
-    return settings
+    kept = {k: v for k, v in stored.items() if k in current and k not in free}
+    return replace(settings, **kept)
 
 
 @dataclass
@@ -474,7 +637,7 @@ class Prepared:
     model: Any
     normalization: Any
     precision: str
-    train_ds: Any
+    train_dataset: Callable[..., Any]  # (first_epoch, epochs, skip_batches) -> batches
     eval_args: dict[str, Any]
     steps_per_epoch: int
     class_weights: np.ndarray | None
@@ -521,31 +684,38 @@ def _prepare(
         "lr": lr,
         "lr_rule": "linear",
     }
-    train_ds = make_train_dataset(
-        dataset.x_train,
-        dataset.y_train,
-        data.train_indices,
-        dataset.num_classes,
-        batch_size=global_batch,
-        image_size=settings.image_size,
-        normalize=normalization,
-        augment=settings.augment,
-        mix=settings.mix,
-        mix_alpha=settings.mix_alpha,
-        label_smoothing=settings.label_smoothing,
-        class_weights=class_weights,
-        focus_pairs=focus or None,
-        focus_factor=settings.focus_factor,
-        interpolation=data.interpolation,
-        seed=settings.seed,
-    )
-    steps_per_epoch = int(train_ds.cardinality())
-    train_ds = shard_by_data(train_ds)
-    if steps_per_epoch <= 0:
+
+    def train_dataset(first_epoch: int = 0, epochs: int = 1, skip_batches: int = 0) -> Any:
+        return shard_by_data(
+            make_train_dataset(
+                dataset.x_train,
+                dataset.y_train,
+                data.train_indices,
+                dataset.num_classes,
+                batch_size=global_batch,
+                image_size=settings.image_size,
+                normalize=normalization,
+                augment=settings.augment,
+                mix=settings.mix,
+                mix_alpha=settings.mix_alpha,
+                label_smoothing=settings.label_smoothing,
+                class_weights=class_weights,
+                focus_pairs=focus or None,
+                focus_factor=settings.focus_factor,
+                interpolation=data.interpolation,
+                seed=settings.seed,
+                first_epoch=first_epoch,
+                epochs=epochs,
+                skip_batches=skip_batches,
+            )
+        )
+
+    if len(data.train_indices) < global_batch:
         raise ConfigError(
             f"--batch-size {settings.batch_size} is larger than the {len(data.train_indices)} "
             "training images; lower it"
         )
+    steps_per_epoch = int(train_dataset().cardinality())
     eval_args = {
         "batch_size": max(global_batch, 256),
         "image_size": settings.image_size,
@@ -556,7 +726,7 @@ def _prepare(
         model,
         normalization,
         precision,
-        train_ds,
+        train_dataset,
         eval_args,
         steps_per_epoch,
         class_weights,
@@ -603,6 +773,7 @@ def _run(
     progress: Progress | None,
     notify: Notify | None,
     strategy: Any,
+    control: RunControl,
 ) -> TrainResult:
     import keras
 
@@ -615,14 +786,22 @@ def _run(
     started, start = now_iso(), time.perf_counter()
     dataset = data.dataset
     prepared = _prepare(settings, data, workspace, strategy)
-    model, train_ds, eval_args = prepared.model, prepared.train_ds, prepared.eval_args
+    model, eval_args = prepared.model, prepared.eval_args
     steps_per_epoch, precision = prepared.steps_per_epoch, prepared.precision
     run_dir.mkdir(parents=True, exist_ok=True)
+    store = CheckpointStore(run_dir / CHECKPOINTS_DIR)
+    restored = store.latest_usable(notify) if settings.resume else None
+    created = (store.created() if restored else None) or started
     resumed_from = None
-    state_path = run_dir / STATE_FILE
-    state = read_json(state_path) if settings.resume and state_path.is_file() else {}
-    if settings.resume and (run_dir / HISTORY_FILE).is_file():
-        resumed_from = f"phase {len(state.get('completed_phases', [])) + 1}"
+    if restored:
+        commit, arrays = restored
+        resumed_from = f"{commit.position.describe()}, step {commit.position.step}"
+        assign_all(model.variables, arrays["model"], "model variables")
+        control.best, control.best_epoch = commit.best, commit.best_epoch
+        control.best_file, control.step = commit.best_file, commit.position.step
+        control.last_commit = commit
+        if notify:
+            notify(f"resuming at {resumed_from} from {store.folder / commit.file}")
     atomic_write_json(
         run_dir / CONFIG_FILE,
         {
@@ -632,7 +811,7 @@ def _run(
             "interpolation": data.interpolation,
             "normalization": asdict(prepared.normalization),
             "distribution": prepared.distribution,
-            "created": state.get("created", started),
+            "created": created,
         },
     )
     val_ds = shard_by_data(
@@ -642,25 +821,31 @@ def _run(
     )
     phases = plan_phases(replace(settings, lr=prepared.distribution["lr"]))
     total_steps = steps_per_epoch * sum(p.epochs for p in phases)
-    StepProgress, HistoryRecorder, BestWeights, DivergenceGuard = _callbacks_module()
-    # A run killed mid-phase has history rows but no state yet: keep them on --resume.
-    history = read_history(run_dir / HISTORY_FILE) if settings.resume else []
-    best, best_epoch = state.get("best", -math.inf), state.get("best_epoch")
-    completed = list(state.get("completed_phases", []))
+    StepProgress, HistoryRecorder, DivergenceGuard, Checkpointer, RestoreMetrics = (
+        _callbacks_module()
+    )
+    # Rows after the commit resumed from are redone; a fresh run starts a fresh history.
+    history = []
+    if restored:
+        done = restored[0].position
+        done_epochs = sum(p.epochs for p in phases if p.index < done.phase) + done.epoch
+        history = [r for r in read_history(run_dir / HISTORY_FILE) if r["epoch"] <= done_epochs]
+        write_history(run_dir / HISTORY_FILE, history)
+    here = restored[0].position if restored else Position(phases[0].index, 0, 0, 0)
     epoch_offset = 0
     for phase in phases:
-        if phase.index in completed:
+        if phase.index < here.phase or (phase.index == here.phase and here.epoch == phase.epochs):
             epoch_offset += phase.epochs
             continue
-        previous_end = run_dir / f"checkpoints/phase{phase.index - 1}.end.weights.npz"
-        if previous_end.is_file():
-            load_weights_npz(model, previous_end)
+        inside = restored is not None and phase.index == here.phase
+        first_epoch, skip = (here.epoch, here.batch) if inside else (0, 0)
         set_trainable(model, phase, settings, unfreeze)
         schedule = OneCycle(
             phase.peak_lr, steps_per_epoch * phase.epochs, pct_start=settings.pct_start
         )
         optimizer = phase_optimizer(settings, phase, schedule)
-        fit_model, fit_train, fit_val = model, train_ds, val_ds
+        fit_model, fit_val = model, val_ds
+        train_dataset = prepared.train_dataset
         if phase.trainable == "head" and can_cache_features(settings):
             cached = cached_head(
                 model,
@@ -675,7 +860,8 @@ def _run(
                 prepared.class_weights,
                 settings.label_smoothing,
             )
-            fit_model, fit_train, fit_val = cached.head, cached.train_ds, cached.val_ds
+            fit_model, fit_val = cached.head, cached.val_ds
+            train_dataset = cached.train_dataset
             if notify:
                 notify("phase 1 uses cached backbone features (no pixel augmentation)")
         fit_model.compile(
@@ -684,56 +870,75 @@ def _run(
             metrics=training_metrics(dataset.num_classes),
             jit_compile=False,
         )
-        guard = DivergenceGuard(steps_per_epoch * epoch_offset)
-        best_cb = BestWeights(run_dir / BEST_WEIGHTS_FILE, model, best, best_epoch, epoch_offset)
+        control.epoch, control.batch = first_epoch, skip
         callbacks = [
-            keras.callbacks.BackupAndRestore(str(run_dir / f"checkpoints/phase{phase.index}")),
-            guard,
-            StepProgress(progress, notify, total_steps, steps_per_epoch * epoch_offset),
-            HistoryRecorder(run_dir / HISTORY_FILE, history, phase, epoch_offset),
-            best_cb,
+            DivergenceGuard(control),
+            StepProgress(progress, notify, total_steps, control.step),
+            HistoryRecorder(run_dir / HISTORY_FILE, history, phase, epoch_offset, control),
+            Checkpointer(
+                store,
+                model,
+                control,
+                phase,
+                epoch_offset,
+                settings.checkpoint_minutes * 60,
+                created,
+            ),
             keras.callbacks.TensorBoard(
                 str(run_dir / "tensorboard"), write_graph=False, profile_batch=0
             ),
         ]
+        if inside:
+            # The optimizer's state (its step, so the one-cycle rate; momenta) as committed.
+            optimizer.build(fit_model.trainable_variables)
+            assign_all(optimizer.variables, restored[1]["optimizer"], "optimizer variables")
+            if skip:
+                # Build the metrics (one validation batch), then put back the epoch's sums.
+                fit_model.evaluate(fit_val.take(1), verbose=0)
+                callbacks.append(RestoreMetrics(restored[1]["metrics"]))
         if notify:
             notify(
                 f"phase {phase.index}: {phase.name}, {phase.epochs} epochs of "
                 f"{steps_per_epoch} steps, peak lr {phase.peak_lr:g} "
                 f"(backbone x{phase.backbone_lr_mult:g})"
             )
-        fit_model.fit(
-            fit_train,
-            validation_data=fit_val,
-            epochs=phase.epochs,
-            callbacks=callbacks,
-            verbose=0,
-            shuffle=False,  # the pipeline shuffles, seeded per epoch
-        )
-        if guard.step is not None:
-            raise ConfigError(
-                f"loss became NaN or infinite at step {guard.step} (phase {phase.index}); training "
-                f"stopped and the best weights so far are kept in {run_dir / BEST_WEIGHTS_FILE}; "
-                "lower --lr"
+        # One fit per epoch, each on that epoch's own batches (a pure function of the seed and
+        # the epoch number), so an epoch resumed mid-way sees the rest of the same batches.
+        for epoch in range(first_epoch, phase.epochs):
+            fit_model.fit(
+                train_dataset(
+                    first_epoch=epoch_offset + epoch,
+                    skip_batches=skip if epoch == first_epoch else 0,
+                ),
+                validation_data=fit_val,
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                callbacks=callbacks,
+                verbose=0,
+                shuffle=False,
             )
-        best, best_epoch = best_cb.best, best_cb.best_epoch
+            if control.diverged_step is not None:
+                last = control.last_commit
+                kept = (
+                    f"the last good checkpoint ({last.position.describe()}, step "
+                    f"{last.position.step}) is kept in {store.folder}"
+                    if last
+                    else "nothing was saved"
+                )
+                raise ConfigError(
+                    f"loss became NaN or infinite at step {control.diverged_step} (phase "
+                    f"{phase.index}, epoch {epoch_offset + epoch + 1}); training stopped and "
+                    f"{kept}; lower --lr and start a new run"
+                )
         atomic_save_npz(
-            run_dir / f"checkpoints/phase{phase.index}.end.weights.npz",
+            run_dir / f"{CHECKPOINTS_DIR}/phase{phase.index}.end.weights.npz",
             **{f"w{i:04d}": w for i, w in enumerate(model.get_weights())},
         )
-        completed.append(phase.index)
         epoch_offset += phase.epochs
-        atomic_write_json(
-            state_path,
-            {
-                "completed_phases": completed,
-                "best": best,
-                "best_epoch": best_epoch,
-                "created": started,
-            },
-        )
-    if (run_dir / BEST_WEIGHTS_FILE).is_file():
-        load_weights_npz(model, run_dir / BEST_WEIGHTS_FILE)
+        restored = None  # later phases start from this one's end, with fresh optimizers
+    if control.last_commit is not None and control.last_commit.best_file:
+        best_weights = store.best_weights(control.last_commit)
+        model.set_weights(best_weights)
     test_indices = np.arange(len(dataset.y_test))
     test_ds = make_eval_dataset(
         dataset.x_test, dataset.y_test, test_indices, dataset.num_classes, **eval_args
@@ -765,7 +970,7 @@ def _run(
         train_images=len(data.train_indices),
         epochs_run=epoch_offset,
         duration_s=round(duration, 1),
-        best_epoch=best_epoch,
+        best_epoch=control.best_epoch,
         val=val,
         test=test,
         mva=settings.mva,
@@ -783,7 +988,7 @@ def _run(
             "test": test,
             "mva": settings.mva,
             "passed": passed,
-            "best_epoch": best_epoch,
+            "best_epoch": control.best_epoch,
             "duration_s": result.duration_s,
         },
     )
@@ -857,7 +1062,7 @@ def find_lr(settings: TrainSettings, workspace: Workspace, steps: int = 100) -> 
         set_trainable(prepared.model, phase, settings, unfreeze)
         result = lr_range_test(
             prepared.model,
-            prepared.train_ds,
+            prepared.train_dataset(epochs=math.ceil(steps / prepared.steps_per_epoch)),
             keras.losses.CategoricalCrossentropy(),
             optimizer_factory=lambda schedule: phase_optimizer(settings, phase, schedule),
             steps=steps,

@@ -114,12 +114,31 @@ def test_same_seed_same_batches_other_seed_other_batches() -> None:
 
 def test_each_epoch_reshuffles_and_reaugments_and_covers_every_example() -> None:
     x, y = source()
-    dataset = train(x, y, augment="none", image_size=8, normalize=lambda t: t)
-    epochs = [[b[0].numpy() for b in dataset] for _ in range(2)]
-    assert len(epochs[0]) == 5  # 40 examples / 8
+    dataset = train(x, y, augment="none", image_size=8, normalize=lambda t: t, epochs=2)
+    batches = [b[0].numpy() for b in dataset]
+    assert len(batches) == 10 == int(dataset.cardinality())  # 2 epochs of 40 examples / 8
+    epochs = batches[:5], batches[5:]
     assert not np.array_equal(epochs[0][0], epochs[1][0])
-    seen = np.concatenate(epochs[0]).reshape(40, -1)
-    assert sorted(map(bytes, seen.astype(np.uint8))) == sorted(map(bytes, x.reshape(40, -1)))
+    for epoch in epochs:
+        seen = np.concatenate(epoch).reshape(40, -1)
+        assert sorted(map(bytes, seen.astype(np.uint8))) == sorted(map(bytes, x.reshape(40, -1)))
+
+
+def test_batches_are_a_function_of_seed_epoch_and_batch_number() -> None:
+    """What exact resume rests on: iterating again, or starting at epoch 1 batch 2, gives the
+    very batches an uninterrupted stream has there (augmentation and CutMix included)."""
+    x, y = source()
+    settings = {"augment": "strong", "mix": "cutmix", "seed": 3}
+    full = [[t.numpy() for t in b] for b in train(x, y, epochs=3, **settings)]
+    again = [[t.numpy() for t in b] for b in train(x, y, epochs=3, **settings)]
+    resumed = [
+        [t.numpy() for t in b]
+        for b in train(x, y, first_epoch=1, epochs=2, skip_batches=2, **settings)
+    ]
+    assert len(resumed) == len(full) - 7
+    for a, b in zip(full + full[7:], again + resumed, strict=True):
+        for u, v in zip(a, b, strict=True):
+            np.testing.assert_array_equal(u, v)
 
 
 def test_drop_remainder_false_keeps_the_last_partial_batch() -> None:

@@ -165,7 +165,7 @@ def test_gate_failure_exits_8_and_keeps_the_run(prepared: Workspace) -> None:
             "--augment",
             "none",
             "--lr",
-            "0.05",
+            "1e-6",  # an untrained network: far below a 100% gate
         ],
     )
     assert result.exit_code == 8, result.output
