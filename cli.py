@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -537,10 +536,11 @@ def train(
         strategy=strategy,
     )
     # With --resume the run's stored settings apply; only flags typed here are compared.
+    # (By name: Typer ships its own copy of click, with its own ParameterSource enum.)
     explicit = {
         name
         for name in ctx.params
-        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
     }
 
     def notify(message: str) -> None:

@@ -106,6 +106,7 @@ class CheckpointStore:
                 continue
             if i:  # forget the unusable newer commits, so none is ever kept as a fallback
                 self._write_state(commits[i:], self.created())
+            self.collect_garbage(commits[i:])
             return commit, arrays
         if commits:
             raise ConfigError(
@@ -194,6 +195,9 @@ class CheckpointStore:
         for path in self.folder.glob("best-epoch*.weights.npz"):
             if path.name not in referenced:
                 path.unlink(missing_ok=True)
+        # Half-written files of a killed write (the run's lock is held, so none is in use).
+        for path in self.folder.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
 
     def _commits_or_none(self) -> list[Commit]:
         try:

@@ -86,6 +86,17 @@ def freeze_backbone(model: keras.Model) -> None:
         layer.trainable = is_head_layer(layer)
 
 
+def unfreeze_all(model: keras.Model) -> None:
+    """Every layer trainable, BatchNorm included (training from scratch; recompile after).
+
+    Layer by layer: `model.trainable = True` alone does not reach the layers of a functional
+    model that were frozen one by one (freeze_backbone), so they would stay frozen.
+    """
+    model.trainable = True
+    for layer in model.layers:
+        layer.trainable = True
+
+
 def unfreeze_stages(model: keras.Model, stages: Iterable[int] | str = (3, 4)) -> None:
     """Make the given stages trainable ("all": the whole backbone), each BN layer frozen.
 

@@ -366,11 +366,13 @@ def _callbacks_module() -> Any:
             phase: PhasePlan,
             epoch_offset: int,
             interval_s: float,
+            steps_per_epoch: int,
             created: str,
         ) -> None:
             super().__init__()
             self.store, self.classifier, self.control = store, classifier, control
             self.phase, self.offset, self.interval_s = phase, epoch_offset, interval_s
+            self.steps_per_epoch = steps_per_epoch
             self.created = created
             self._last = time.monotonic()
 
@@ -379,8 +381,13 @@ def _callbacks_module() -> Any:
                 return
             if self.control.stop_requested:
                 self._commit(with_metrics=True)
-                raise StopRequested
-            if self.interval_s and time.monotonic() - self._last >= self.interval_s:
+                if self.control.diverged_step is None:
+                    raise StopRequested
+            if (
+                self.interval_s
+                and time.monotonic() - self._last >= self.interval_s
+                and self.control.batch < self.steps_per_epoch  # the epoch end commits next
+            ):
                 self._commit(with_metrics=True)
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -396,7 +403,7 @@ def _callbacks_module() -> Any:
                 self.control.best, self.control.best_epoch = float(value), run_epoch
                 self.control.best_file = name
             self._commit(with_metrics=False)
-            if self.control.stop_requested:
+            if self.control.stop_requested and self.control.diverged_step is None:
                 raise StopRequested
 
         def _commit(self, with_metrics: bool) -> None:
@@ -405,6 +412,12 @@ def _callbacks_module() -> Any:
                 "model": [v.numpy() for v in self.classifier.variables],
                 "optimizer": [v.numpy() for v in self.model.optimizer.variables],
             }
+            if not all(np.isfinite(a).all() for group in arrays.values() for a in group):
+                # An update can overflow the weights a step before the loss shows it: such a
+                # state is never committed, and counts as divergence at this step.
+                control.diverged_step = control.step
+                self.model.stop_training = True
+                return
             if with_metrics:
                 arrays["metrics"] = [v.numpy() for v in self.model.metrics_variables]
             control.last_commit = self.store.commit(
@@ -745,7 +758,7 @@ def set_trainable(
     elif settings.weights == "none" and unfreeze == "all":
         # From scratch every layer learns, BatchNorm included (batch statistics); BN is
         # kept in inference mode only to protect pretrained statistics.
-        model.trainable = True
+        models.unfreeze_all(model)
     else:
         models.unfreeze_stages(model, unfreeze)
 
@@ -882,6 +895,7 @@ def _run(
                 phase,
                 epoch_offset,
                 settings.checkpoint_minutes * 60,
+                steps_per_epoch,
                 created,
             ),
             keras.callbacks.TensorBoard(

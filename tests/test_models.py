@@ -28,6 +28,7 @@ from deepsight_tf.models import (
     describe,
     freeze_backbone,
     head_variables,
+    unfreeze_all,
     unfreeze_stages,
 )
 
@@ -368,3 +369,16 @@ def test_normalisation_is_the_preset_converters_scale_and_offset():
     np.testing.assert_allclose(from_data(np.array([[[[125.0, 185.0, 48.0]]]])), [[[[0, 1, -1]]]])
     with pytest.raises(ValueError, match=r"0\.\.255 pixel units"):
         choose_normalization("resnet18", "none", [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
+
+
+def test_unfreeze_all_after_a_frozen_head_phase_trains_every_layer():
+    """`model.trainable = True` alone leaves layers frozen one by one still frozen."""
+    model = build_classifier("resnet18", 3, 32, stem="cifar", width_multiplier=NARROW)
+    everything = len(model.trainable_variables)
+    freeze_backbone(model)
+    model.trainable = True
+    assert len(model.trainable_variables) == 2  # the pitfall unfreeze_all exists for
+    unfreeze_all(model)
+    assert len(model.trainable_variables) == everything
+    bn = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert bn and all(la.trainable for la in bn)

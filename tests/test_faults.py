@@ -1,0 +1,387 @@
+"""Faults during training: Ctrl-C, crashes, corrupt checkpoints, NaN, a full disk, hostile files.
+
+Resumed runs are compared with an uninterrupted run of the same settings in --deterministic
+mode, and must equal it exactly: the final weights, the test probabilities, every metric and
+history row. Exact, not within a tolerance, because nothing differs: the batches are a pure
+function of (seed, epoch, batch number), the commit holds every variable the step depends on
+(weights, BatchNorm statistics, dropout's seed state, optimizer step and momenta, and mid-epoch
+the training metrics' sums), and deterministic ops on one machine give the same bits. (Across
+machines or thread counts the same does not hold; nothing here claims it.)
+
+The SIGKILL trials run `deepsight train` in subprocesses and are marked slow.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from test_training import separable_npz, tiny
+from typer.testing import CliRunner
+
+from cli import app
+from deepsight_tf.checkpoints import STATE_FILE, CheckpointStore
+from deepsight_tf.config import ObtainSettings, ScrubSettings, TrainSettings
+from deepsight_tf.errors import ConfigError, StorageError, TrainingInterrupted
+from deepsight_tf.obtain import obtain
+from deepsight_tf.scrub import scrub
+from deepsight_tf.training import (
+    CHECKPOINTS_DIR,
+    HISTORY_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    read_history,
+    train,
+)
+from deepsight_tf.workspace import Workspace, read_json
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    root = tmp_path_factory.mktemp("faults")
+    ws = Workspace(root / "ws")
+    obtain(ObtainSettings(source=str(separable_npz(root / "rgb.npz")), name="rgb"), ws)
+    scrub(ScrubSettings(image_size=16, interp_sample=16), ws)
+    return ws
+
+
+def two_phases(**overrides: object) -> TrainSettings:
+    """Head phase then all stages, pixel augmentation and dropout on: every kind of state a
+    resume must restore. 13 steps an epoch, 3 epochs."""
+    base: dict[str, object] = dict(
+        frozen_epochs=1,
+        epochs=2,
+        augment="light",
+        deterministic=True,
+        checkpoint_minutes=0,
+    )
+    base.update(overrides)
+    return tiny(**base)
+
+
+def outcome(run_dir: Path) -> dict[str, object]:
+    """Everything a run produces that must not depend on interruptions."""
+    predictions = np.load(run_dir / PREDICTIONS_FILE)
+    metrics = read_json(run_dir / METRICS_FILE)
+    history = [
+        {k: v for k, v in row.items() if k != "seconds"}
+        for row in read_history(run_dir / HISTORY_FILE)
+    ]
+    final = np.load(run_dir / CHECKPOINTS_DIR / "phase2.end.weights.npz")
+    return {
+        "test_probs": predictions["test_probs"],
+        "val_probs": predictions["val_probs"],
+        "final_weights": [final[k] for k in sorted(final.files)],
+        "val": metrics["val"],
+        "test": metrics["test"],
+        "best_epoch": metrics["best_epoch"],
+        "history": history,
+    }
+
+
+def assert_same_outcome(got: dict[str, object], want: dict[str, object]) -> None:
+    for key in ("test_probs", "val_probs"):
+        np.testing.assert_array_equal(got[key], want[key])
+    for a, b in zip(got["final_weights"], want["final_weights"], strict=True):  # type: ignore[call-overload]
+        np.testing.assert_array_equal(a, b)
+    assert got["history"] == want["history"]
+    assert (got["val"], got["test"], got["best_epoch"]) == (
+        want["val"],
+        want["test"],
+        want["best_epoch"],
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(prepared: Workspace) -> dict[str, object]:
+    return outcome(Path(train(two_phases(run_id="reference"), prepared).run_dir))
+
+
+def at_step(step: int, action: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run `action()` after optimizer step `step` of the run (counted over all fits)."""
+    seen = {"steps": 0}
+    original = keras.callbacks.TensorBoard.on_train_batch_end
+
+    def hooked(self, batch, logs=None):  # type: ignore[no-untyped-def]
+        original(self, batch, logs)
+        seen["steps"] += 1
+        if seen["steps"] == step:
+            action()  # type: ignore[operator]
+
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_train_batch_end", hooked)
+
+
+class Crash(Exception):
+    """Stands in for a process dying between two steps."""
+
+
+def crash() -> None:
+    raise Crash
+
+
+# --- Ctrl-C ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("step", "augment"),
+    [(5, "light"), (20, "light"), (5, "none")],
+    ids=["phase1-pixels", "phase2", "phase1-cached-features"],
+)
+def test_ctrl_c_stops_at_the_next_step_saves_and_resumes_exactly(
+    prepared: Workspace,
+    reference: dict[str, object],
+    monkeypatch: pytest.MonkeyPatch,
+    step: int,
+    augment: str,
+) -> None:
+    run_id = f"ctrl-c-{step}-{augment}"
+    want = (
+        reference
+        if augment == "light"
+        else outcome(
+            Path(train(two_phases(run_id="ref-" + run_id, augment=augment), prepared).run_dir)
+        )
+    )
+    at_step(step, lambda: os.kill(os.getpid(), signal.SIGINT), monkeypatch)
+    with pytest.raises(TrainingInterrupted, match=f"train --run-id {run_id} --resume") as info:
+        train(two_phases(run_id=run_id, augment=augment), prepared)
+    monkeypatch.undo()
+    assert f"interrupted at step {step + 1} " in str(info.value)  # the next step, not later
+    store = CheckpointStore(prepared.run_dir(run_id) / CHECKPOINTS_DIR)
+    latest = store.commits()[0].position
+    assert latest.step == step + 1 and latest.batch == (step + 1) % 13  # mid-epoch
+    # Resume as a user would: only the run id; the stored settings apply.
+    result = CliRunner().invoke(
+        app,
+        ["--workspace", str(prepared.root), "train", "--run-id", run_id, "--resume"],
+    )
+    assert result.exit_code == 0, result.output
+    assert_same_outcome(outcome(prepared.run_dir(run_id)), want)
+
+
+def test_resume_refuses_a_flag_that_differs_from_the_stored_run(
+    prepared: Workspace, reference: dict[str, object]
+) -> None:
+    runner = CliRunner()
+    args = ["--workspace", str(prepared.root), "train", "--run-id", "reference", "--resume"]
+    result = runner.invoke(app, [*args, "--lr", "0.3"])
+    assert result.exit_code == 7 and "different settings (lr)" in result.stderr
+
+
+# --- crashes and corrupt checkpoints ---------------------------------------------------------
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
+    prepared: Workspace, reference: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at_step(30, crash, monkeypatch)  # epoch 3, after the commits of epochs 1 and 2
+    with pytest.raises(Crash):
+        train(two_phases(run_id="corrupt"), prepared)
+    monkeypatch.undo()
+    store = CheckpointStore(prepared.run_dir("corrupt") / CHECKPOINTS_DIR)
+    latest, previous = store.commits()
+    assert (latest.position.step, previous.position.step) == (26, 13)
+    with open(store.folder / latest.file, "r+b") as handle:  # one flipped byte mid-file
+        handle.seek(os.path.getsize(store.folder / latest.file) // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    warnings: list[str] = []
+    result = train(two_phases(run_id="corrupt", resume=True), prepared, notify=warnings.append)
+    assert any("does not match its SHA-256" in w and "previous" in w for w in warnings)
+    assert result.resumed_from is not None and "step 13" in result.resumed_from
+    assert_same_outcome(outcome(Path(result.run_dir)), reference)
+
+
+def test_a_crash_before_the_first_commit_resumes_from_the_start(
+    prepared: Workspace, reference: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at_step(3, crash, monkeypatch)
+    with pytest.raises(Crash):
+        train(two_phases(run_id="early"), prepared)
+    monkeypatch.undo()
+    assert not CheckpointStore(prepared.run_dir("early") / CHECKPOINTS_DIR).commits()
+    with pytest.raises(ConfigError, match="pass --resume"):
+        train(two_phases(run_id="early"), prepared)
+    result = train(two_phases(run_id="early", resume=True), prepared)
+    assert result.resumed_from is None
+    assert_same_outcome(outcome(Path(result.run_dir)), reference)
+
+
+# --- divergence ------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(
+    prepared: Workspace,
+) -> None:
+    # Commit every step (checkpoint_minutes tiny), so "last good" is as recent as can be.
+    settings = two_phases(run_id="nan", lr=1e4, checkpoint_minutes=1e-9)
+    with pytest.raises(ConfigError, match=r"NaN or infinite at step (\d+)") as info:
+        train(settings, prepared)
+    diverged = int(str(info.value).split("at step ")[1].split()[0])
+    store = CheckpointStore(prepared.run_dir("nan") / CHECKPOINTS_DIR)
+    commits = store.commits()
+    assert commits, "the steps before divergence were committed"
+    assert commits[0].position.step < diverged
+    arrays = store.load(commits[0])
+    assert all(np.isfinite(a).all() for group in arrays.values() for a in group)
+    assert "lower --lr" in str(info.value) and str(store.folder) in str(info.value)
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+
+def test_a_full_disk_mid_checkpoint_keeps_the_previous_state_and_resume_completes(
+    prepared: Workspace, reference: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC half-way through writing the epoch-2 checkpoint: exit 10 with one line, the
+    epoch-1 commit stays intact, no partial file is left, and --resume finishes exactly."""
+    real_savez = np.savez
+    calls = {"n": 0}
+
+    def savez_until_the_disk_fills(handle, **arrays):  # type: ignore[no-untyped-def]
+        if any(k.startswith("model.") for k in arrays):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                handle.write(b"\0" * 4096)  # part of the file made it to disk
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_savez(handle, **arrays)
+
+    monkeypatch.setattr("deepsight_tf.workspace.np.savez", savez_until_the_disk_fills)
+    args = ["--workspace", str(prepared.root), "train", "--run-id", "full-disk"]
+    flags = ["--frozen-epochs", "1", "--epochs", "2", "--augment", "light", "--deterministic"]
+    flags += ["--checkpoint-minutes", "0", "--weights", "none", "--image-size", "16"]
+    flags += ["--width-multiplier", "0.0625", "--batch-size", "8", "--lr", "0.05", "--seed", "1"]
+    flags += ["--mva", "0.5"]
+    result = CliRunner().invoke(app, [*args, *flags])
+    monkeypatch.undo()
+    assert result.exit_code == 10, result.output
+    assert "No space left on device" in result.stderr and "Traceback" not in result.output
+    store = CheckpointStore(prepared.run_dir("full-disk") / CHECKPOINTS_DIR)
+    (only,) = store.commits()
+    assert only.position.step == 13
+    store.load(only)  # intact: hash and contents
+    assert not list(store.folder.glob(".*.tmp"))
+    result = CliRunner().invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert_same_outcome(outcome(prepared.run_dir("full-disk")), reference)
+
+
+def test_the_commit_is_the_state_file_rewrite(tmp_path: Path) -> None:
+    """A kill after a checkpoint file is written but before state.json names it: the file is
+    garbage, the previous commit stays in force, and the next commit removes the file."""
+    store = CheckpointStore(tmp_path)
+    arrays = {"model": [np.arange(3.0)], "optimizer": [np.zeros(2)]}
+    from deepsight_tf.checkpoints import Position
+
+    first = store.commit(Position(1, 1, 0, 13), arrays, 0.5, 1, None, "t0")
+    state_before = (tmp_path / STATE_FILE).read_bytes()
+    orphan = tmp_path / "step00000026-b0.npz"
+    orphan.write_bytes(b"half")  # as if killed before the state rewrite
+    assert store.commits() == [first] and (tmp_path / STATE_FILE).read_bytes() == state_before
+    store.commit(Position(1, 2, 0, 26), arrays, 0.6, 2, None, "t0")
+    assert store.load(store.commits()[0])["model"][0].tolist() == [0.0, 1.0, 2.0]
+    assert [c.position.step for c in store.commits()] == [26, 13]
+    third = store.commit(Position(1, 3, 0, 39), arrays, 0.6, 2, None, "t0")
+    assert [c.position.step for c in store.commits()] == [39, 26]  # KEEP = 2
+    assert sorted(p.name for p in tmp_path.glob("step*")) == sorted(
+        [third.file, "step00000026-b0.npz"]
+    )
+
+
+# --- hostile and tampered files --------------------------------------------------------------
+
+
+def lambda_model_file(path: Path) -> Path:
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Lambda(lambda t: t * 2)(inputs)
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def test_a_model_file_with_a_lambda_is_refused(tmp_path: Path) -> None:
+    from tiny_run import make_tiny_run
+
+    tiny_run = make_tiny_run(tmp_path)
+    model_path = tiny_run.run_dir / "model.keras"
+    lambda_model_file(model_path)
+    # Re-sign the manifest, as an attacker with write access could: only safe_mode stops it.
+    manifest = tiny_run.workspace.read_manifest(tiny_run.run_dir, "deepsight train")
+    tiny_run.workspace.write_manifest(tiny_run.run_dir, manifest)
+    result = CliRunner().invoke(
+        app,
+        [
+            "--workspace",
+            str(tiny_run.workspace.root),
+            "predict",
+            "tiny",
+            str(tiny_run.test_paths[0]),
+        ],
+    )
+    assert result.exit_code == 5, result.output
+    assert "cannot be loaded" in result.stderr and "safe_mode" in result.stderr
+
+
+def test_a_crafted_keras_file_cannot_run_code(tmp_path: Path) -> None:
+    """A .keras whose config names os.system as a layer: loading fails, nothing runs."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "crafted.keras"
+    lambda_model_file(tmp_path / "template.keras")
+    with zipfile.ZipFile(tmp_path / "template.keras") as template:
+        members = {name: template.read(name) for name in template.namelist()}
+    config = json.loads(members["config.json"])
+    config["config"]["layers"][1] = {
+        "module": "os",
+        "class_name": "system",
+        "config": {"command": f"touch {marker}"},
+        "registered_name": "system",
+        "name": "evil",
+        "inbound_nodes": config["config"]["layers"][1]["inbound_nodes"],
+    }
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as crafted:
+        for name, data in members.items():
+            crafted.writestr(name, data)
+    with pytest.raises((TypeError, ValueError)):
+        keras.saving.load_model(path, safe_mode=True, compile=False)
+    assert not marker.exists()
+
+
+def test_a_tampered_artifact_is_caught_by_its_manifest_hash(tmp_path: Path) -> None:
+    from tiny_run import make_tiny_run
+
+    tiny_run = make_tiny_run(tmp_path)
+    predictions = tiny_run.run_dir / PREDICTIONS_FILE
+    data = bytearray(predictions.read_bytes())
+    data[-10] ^= 0x01
+    predictions.write_bytes(bytes(data))
+    result = CliRunner().invoke(
+        app, ["--workspace", str(tiny_run.workspace.root), "report", "tiny"]
+    )
+    assert result.exit_code == 5, result.output
+    assert "predictions.npz does not match the SHA-256" in result.stderr
+
+
+def test_storage_error_is_raised_for_enospc(tmp_path: Path) -> None:
+    # The mapping the full-disk test relies on, without training.
+    from deepsight_tf.workspace import atomic_save_npz
+
+    target = tmp_path / "a.npz"
+    atomic_save_npz(target, x=np.zeros(2))
+
+    class FullDisk:
+        def __call__(self, handle, **arrays):  # type: ignore[no-untyped-def]
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("deepsight_tf.workspace.np.savez", FullDisk())
+        with pytest.raises(StorageError, match="free some disk space"):
+            atomic_save_npz(target, x=np.ones(2))
+    np.testing.assert_array_equal(np.load(target)["x"], np.zeros(2))
