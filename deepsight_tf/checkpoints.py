@@ -48,8 +48,9 @@ class Position:
     step: int  # optimizer steps of the whole run
 
     def describe(self) -> str:
-        where = f"phase {self.phase}, epoch {self.epoch + 1}"
-        return f"{where}, batch {self.batch}" if self.batch else f"{where} (start)"
+        if self.batch:
+            return f"phase {self.phase}, epoch {self.epoch + 1}, batch {self.batch}"
+        return f"phase {self.phase}, after epoch {self.epoch}"
 
 
 @dataclass(frozen=True)

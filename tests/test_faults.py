@@ -385,3 +385,156 @@ def test_storage_error_is_raised_for_enospc(tmp_path: Path) -> None:
         with pytest.raises(StorageError, match="free some disk space"):
             atomic_save_npz(target, x=np.ones(2))
     np.testing.assert_array_equal(np.load(target)["x"], np.zeros(2))
+
+
+# --- SIGKILL at random points (slow: each trial starts `deepsight train` twice) -------------
+
+ROOT = Path(__file__).resolve().parents[1]
+# 27 steps an epoch, 3 epochs over two phases: long enough to land kills anywhere in it.
+KILL_RUN_FLAGS = [
+    *("--weights", "none", "--image-size", "16", "--width-multiplier", "0.0625"),
+    *("--batch-size", "4", "--frozen-epochs", "1", "--epochs", "2", "--lr", "0.03"),
+    *("--augment", "light", "--seed", "1", "--mva", "0.0", "--deterministic"),
+]
+
+
+def start_train(
+    ws: Workspace, run_id: str, flags: list[str], log: Path, worker: list[str] | None = None
+):  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    entry = (
+        [str(ROOT / "tests/fault_worker.py"), *worker, "--"] if worker else [str(ROOT / "cli.py")]
+    )
+    command = [sys.executable, *entry, "--workspace", str(ws.root), "train", "--run-id", run_id]
+    handle = open(log, "w")  # noqa: SIM115 (closed by finish)
+    process = subprocess.Popen(
+        [*command, *flags], stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT
+    )
+    process.log_handle = handle  # type: ignore[attr-defined]
+    return process
+
+
+def finish(process) -> int:  # type: ignore[no-untyped-def]
+    rc = process.wait(timeout=600)
+    process.log_handle.close()
+    return rc
+
+
+def wait_for(log: Path, text: str, process, timeout: float = 300.0) -> float:  # type: ignore[no-untyped-def]
+    import time
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if text in log.read_text(errors="replace"):
+            return time.monotonic()
+        if process.poll() is not None:
+            raise AssertionError(f"train exited before {text!r}: {log.read_text()[-2000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"no {text!r} in {log} after {timeout} s")
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(
+    prepared: Workspace, tmp_path: Path
+) -> None:
+    import time
+
+    rng = np.random.default_rng(2026)
+    begin = time.monotonic()
+    reference_process = start_train(
+        prepared, "kill-reference", KILL_RUN_FLAGS, tmp_path / "ref.log"
+    )
+    train_start = wait_for(tmp_path / "ref.log", "phase 1:", reference_process)
+    assert finish(reference_process) == 0, (tmp_path / "ref.log").read_text()
+    reference_wall = time.monotonic() - begin
+    training_s = time.monotonic() - train_start
+    want = outcome(prepared.run_dir("kill-reference"))
+
+    trials: list[dict[str, object]] = []
+    steps = 81  # 3 epochs of 27
+    plans: list[dict[str, object]] = [
+        # Kill once the run has committed a random step (it commits every step here), so the
+        # kill lands a step or two later: anywhere, in any phase, mid-write included.
+        *(
+            {"at_steps": [int(rng.integers(1, steps))], "checkpoint_minutes": "1e-9"}
+            for _ in range(4)
+        ),
+        {
+            "at_steps": sorted(int(s) for s in rng.integers(1, steps, 2)),
+            "checkpoint_minutes": "1e-9",
+        },
+        # Epoch-end commits only, killed at a random time: the partial epoch is redone.
+        *({"at_time": True, "checkpoint_minutes": "0"} for _ in range(2)),
+        # Precise points in the commit protocol.
+        {"worker": ["checkpoint", "3"], "checkpoint_minutes": "0"},
+        {"worker": ["state", "4"], "checkpoint_minutes": "1e-9"},
+    ]
+    for i, plan in enumerate(plans):
+        run_id = f"kill-{i}"
+        flags = [*KILL_RUN_FLAGS, "--checkpoint-minutes", str(plan["checkpoint_minutes"])]
+        walls, kill_points = [], []
+        attempts = len(plan.get("at_steps", [None]))  # type: ignore[arg-type]
+        for attempt in range(attempts):
+            log = tmp_path / f"{run_id}-{attempt}.log"
+            started = time.monotonic()
+            resume = ["--resume"] if attempt else []
+            process = start_train(prepared, run_id, [*flags, *resume], log, plan.get("worker"))  # type: ignore[arg-type]
+            store = CheckpointStore(prepared.run_dir(run_id) / CHECKPOINTS_DIR)
+            delay = None
+            if "at_steps" in plan:
+                target = plan["at_steps"][attempt]  # type: ignore[index]
+                while process.poll() is None:
+                    commits = store.commits() if store.state_path.is_file() else []
+                    if commits and commits[0].position.step >= target:
+                        process.send_signal(signal.SIGKILL)
+                        break
+                    time.sleep(0.01)
+            elif "at_time" in plan:
+                training = wait_for(log, "peak lr", process)  # a phase has begun
+                delay = float(rng.uniform(0.0, 0.9 * training_s))
+                time.sleep(max(0.0, training + delay - time.monotonic()))
+                process.send_signal(signal.SIGKILL)
+            rc = finish(process)
+            walls.append(time.monotonic() - started)
+            assert rc == -signal.SIGKILL, log.read_text()[-2000:]
+            commits = store.commits() if store.state_path.is_file() else []
+            text = log.read_text(errors="replace")
+            kill_points.append(
+                {
+                    "target_step": plan.get("at_steps", [None] * attempts)[attempt],  # type: ignore[index]
+                    "seconds_into_training": None if delay is None else round(delay, 2),
+                    "phase": 2 if "phase 2:" in text else 1,
+                    "committed": commits[0].position.describe() if commits else "nothing",
+                    "committed_step": commits[0].position.step if commits else 0,
+                }
+            )
+        log = tmp_path / f"{run_id}-resume.log"
+        started = time.monotonic()
+        process = start_train(prepared, run_id, [*flags, "--resume"], log)
+        assert finish(process) == 0, log.read_text()[-3000:]
+        walls.append(time.monotonic() - started)
+        got = outcome(prepared.run_dir(run_id))
+        try:
+            assert_same_outcome(got, want)
+            exact = True
+        except AssertionError:
+            exact = False
+        trials.append(
+            {
+                "plan": plan,
+                "kill_points": kill_points,
+                "exact": exact,
+                "seconds_lost": round(sum(walls) - reference_wall, 1),
+            }
+        )
+    report = {
+        "reference_wall_s": round(reference_wall, 1),
+        "training_s": round(training_s, 1),
+        "trials": trials,
+    }
+    print(json.dumps(report, indent=1))
+    if os.environ.get("DEEPSIGHT_FAULT_REPORT"):
+        Path(os.environ["DEEPSIGHT_FAULT_REPORT"]).write_text(json.dumps(report, indent=1))
+    assert all(t["exact"] for t in trials), json.dumps(trials, indent=1)
