@@ -487,6 +487,7 @@ def train(
     max_train_images: Annotated[
         int | None, typer.Option(help="Train on a stratified subset (quick runs).")
     ] = None,
+    dropout: Annotated[float, typer.Option(help="Dropout rate before the head.")] = 0.2,
     width_multiplier: Annotated[
         float, typer.Option(help="Channel width factor (<1: narrow, from scratch only).")
     ] = 1.0,
@@ -512,6 +513,7 @@ def train(
         stem=stem,
         image_size=image_size,
         width_multiplier=width_multiplier,
+        dropout=dropout,
         augment=augment,
         mix=mix,
         mix_alpha=mix_alpha,

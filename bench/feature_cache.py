@@ -69,11 +69,17 @@ def main() -> None:
         normalize=normalize,
         augment="none",
         seed=0,
+        epochs=args.epochs,
     )
     val_ds = make_eval_dataset(data.x_train, data.y_train, val, k, **eval_args)
     start = time.perf_counter()
     compiled(model, k).fit(
-        train_ds, validation_data=val_ds, epochs=args.epochs, verbose=0, shuffle=False
+        train_ds,
+        validation_data=val_ds,
+        epochs=args.epochs,
+        steps_per_epoch=len(train) // args.batch_size,
+        verbose=0,
+        shuffle=False,
     )
     plain_s = time.perf_counter() - start
 
@@ -85,7 +91,11 @@ def main() -> None:
         model, data.x_train, data.y_train, train, val, k, eval_args, args.batch_size, seed=0
     )
     compiled(cached.head, k).fit(
-        cached.train_ds, validation_data=cached.val_ds, epochs=args.epochs, verbose=0
+        cached.train_dataset(epochs=args.epochs),
+        validation_data=cached.val_ds,
+        epochs=args.epochs,
+        steps_per_epoch=len(train) // args.batch_size,
+        verbose=0,
     )
     cached_s = time.perf_counter() - start
 

@@ -140,11 +140,6 @@ def main() -> None:
         record = keras.callbacks.LambdaCallback(
             on_train_batch_end=lambda _batch, logs: losses.append(float(logs["loss"]))
         )
-        if not tf.distribute.has_strategy():
-            # Under a strategy Keras's fit draws one batch from a fresh iterator to build the
-            # model, and every iterator of this pipeline reshuffles: the strategy's first epoch
-            # is the pipeline's second. The one-device run skips one iteration to match.
-            next(iter(dataset))
         start = time.perf_counter()
         val = shard_by_data(
             make_eval_dataset(

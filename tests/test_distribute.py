@@ -258,3 +258,67 @@ def test_multiworker_over_localhost_matches_one_device(tmp_path: Path) -> None:
     assert_matches_one_device(chief)
     assert_matches_one_device(other)
     assert chief["strategy"]["weights"] == other["strategy"]["weights"]
+
+
+@pytest.mark.slow
+def test_deepsight_train_multiworker_matches_a_one_device_run(tmp_path: Path) -> None:
+    """`deepsight train --strategy multiworker` itself, two processes over 127.0.0.1, against
+    `deepsight train` on one device with the same global batch (2 x 8) and rate (2 x 0.05).
+
+    The head phase (BatchNorm in inference mode) with dropout off: per-replica BatchNorm
+    statistics and per-replica dropout masks are what data parallelism changes by design,
+    so only this setting has one right answer to compare with.
+    """
+    from test_training import separable_npz
+
+    from deepsight_tf.config import ObtainSettings, ScrubSettings
+    from deepsight_tf.obtain import obtain
+    from deepsight_tf.scrub import scrub
+    from deepsight_tf.training import HISTORY_FILE, PREDICTIONS_FILE, read_history
+    from deepsight_tf.workspace import Workspace, read_json
+
+    ws = Workspace(tmp_path / "ws")
+    obtain(ObtainSettings(source=str(separable_npz(tmp_path / "rgb.npz")), name="rgb"), ws)
+    scrub(ScrubSettings(image_size=16, interp_sample=16), ws)
+    common = [
+        *("--weights", "none", "--image-size", "16", "--width-multiplier", "0.0625"),
+        *("--frozen-epochs", "2", "--epochs", "0", "--dropout", "0", "--augment", "light"),
+        *("--seed", "4", "--mva", "0"),
+    ]
+    cli = [sys.executable, str(REPO / "cli.py"), "--workspace", str(ws.root), "train"]
+    one = [*cli, "--run-id", "one", "--strategy", "one", "--batch-size", "16", "--lr", "0.1"]
+    subprocess.run([*one, *common], env=run_env(), check=True, timeout=TIMEOUT_S)
+    ports = free_ports(2)
+    logs = [(tmp_path / f"worker{i}.log").open("w") for i in range(2)]
+    multi = [*cli, "--run-id", "mw", "--strategy", "multiworker", "--batch-size", "8"]
+    workers = [
+        subprocess.Popen(
+            [*multi, "--lr", "0.05", *common],
+            env=run_env(TF_CONFIG=tf_config(ports, i)),
+            stdout=logs[i],
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
+    try:
+        codes = [worker.wait(timeout=TIMEOUT_S) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        for log in logs:
+            log.close()
+    tails = [Path(log.name).read_text()[-3000:] for log in logs]
+    assert codes == [0, 0], "\n".join(tails)
+    distribution = read_json(ws.run_dir("mw") / "config.json")["distribution"]
+    assert (distribution["replicas"], distribution["workers"]) == (2, 2)
+    assert (distribution["global_batch"], distribution["lr"]) == (16, 0.1)
+    want, got = (np.load(ws.run_dir(r) / PREDICTIONS_FILE) for r in ("one", "mw"))
+    np.testing.assert_allclose(got["val_probs"], want["val_probs"], atol=WEIGHT_ATOL)
+    np.testing.assert_allclose(got["test_probs"], want["test_probs"], atol=WEIGHT_ATOL)
+    rows = [read_history(ws.run_dir(r) / HISTORY_FILE) for r in ("one", "mw")]
+    for a, b in zip(*rows, strict=True):
+        for key in ("loss", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=LOSS_RTOL), key
+    assert sorted(p.name for p in ws.runs_dir().iterdir()) == ["mw", "one"]  # one writer
