@@ -527,6 +527,10 @@ def _number(text: str) -> Any:
     return int(value) if value.is_integer() and "." not in text else value
 
 
+def save_weights_npz(model: Any, path: Path) -> None:
+    atomic_save_npz(path, **{f"w{i:04d}": w for i, w in enumerate(model.get_weights())})
+
+
 def load_weights_npz(model: Any, path: Path) -> None:
     with np.load(path, allow_pickle=False) as npz:
         model.set_weights([npz[k] for k in sorted(npz.files)])
@@ -567,6 +571,12 @@ def train(
     run_dir = workspace.run_dir(run_id)
     if settings.resume and (run_dir / CONFIG_FILE).is_file():
         settings = _resumable_settings(run_dir, settings, explicit)
+        if (run_dir / MANIFEST).is_file():
+            # Nothing to resume: report the finished run as it is, rewriting nothing (so
+            # `make all` run again does not make interpret's inputs stale).
+            if notify:
+                notify(f"run {run_id} is already complete; nothing to resume")
+            return completed_run(workspace, run_id)
     strategy = make_strategy(settings.strategy)  # before TensorFlow builds anything
     unfreeze = parse_unfreeze(settings.unfreeze)
     data = training_data(settings, workspace)
@@ -847,7 +857,12 @@ def _run(
     here = restored[0].position if restored else Position(phases[0].index, 0, 0, 0)
     epoch_offset = 0
     for phase in phases:
+        phase_end = run_dir / f"{CHECKPOINTS_DIR}/phase{phase.index}.end.weights.npz"
         if phase.index < here.phase or (phase.index == here.phase and here.epoch == phase.epochs):
+            if phase.index == here.phase and not phase_end.is_file():
+                # Killed between this phase's last commit and its end file: the restored
+                # model is that phase's end.
+                save_weights_npz(model, phase_end)
             epoch_offset += phase.epochs
             continue
         inside = restored is not None and phase.index == here.phase
@@ -944,10 +959,7 @@ def _run(
                     f"{phase.index}, epoch {epoch_offset + epoch + 1}); training stopped and "
                     f"{kept}; lower --lr and start a new run"
                 )
-        atomic_save_npz(
-            run_dir / f"{CHECKPOINTS_DIR}/phase{phase.index}.end.weights.npz",
-            **{f"w{i:04d}": w for i, w in enumerate(model.get_weights())},
-        )
+        save_weights_npz(model, phase_end)
         epoch_offset += phase.epochs
         restored = None  # later phases start from this one's end, with fresh optimizers
     if control.last_commit is not None and control.last_commit.best_file:
@@ -1004,6 +1016,9 @@ def _run(
             "passed": passed,
             "best_epoch": control.best_epoch,
             "duration_s": result.duration_s,
+            "epochs_run": result.epochs_run,
+            "train_images": result.train_images,
+            "params": result.params,
         },
     )
     workspace.write_manifest(
@@ -1043,6 +1058,35 @@ def load_run(workspace: Workspace, run_id: str) -> tuple[Path, Manifest]:
             "run `deepsight train` first"
         )
     return run_dir, workspace.verify(run_dir, "deepsight train")
+
+
+def completed_run(workspace: Workspace, run_id: str) -> TrainResult:
+    """A finished run's result as its files record it (verified against the manifest)."""
+    run_dir, _ = load_run(workspace, run_id)
+    config = read_json(run_dir / CONFIG_FILE)
+    metrics = read_json(run_dir / METRICS_FILE)
+    fields = TrainSettings.__dataclass_fields__
+    settings = TrainSettings(**{k: v for k, v in config["settings"].items() if k in fields})
+    phases = plan_phases(settings)
+    return TrainResult(
+        run_id=run_id,
+        run_dir=str(run_dir),
+        settings=config["settings"],
+        phases=phases,
+        params=metrics.get("params", {}),
+        precision=config["precision"],
+        interpolation=config["interpolation"],
+        train_images=metrics.get("train_images", 0),
+        epochs_run=metrics.get("epochs_run", sum(p.epochs for p in phases)),
+        duration_s=metrics["duration_s"],
+        best_epoch=metrics["best_epoch"],
+        val=metrics["val"],
+        test=metrics["test"],
+        mva=metrics["mva"],
+        passed=metrics["passed"],
+        history=read_history(run_dir / HISTORY_FILE),
+        resumed_from="complete",
+    )
 
 
 @dataclass

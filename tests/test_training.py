@@ -234,6 +234,17 @@ def test_training_from_a_saved_kerashub_preset(prepared: Workspace, tmp_path: Pa
     np.testing.assert_array_equal(model.get_layer("conv1_conv").get_weights()[0], stem)
 
 
+def test_find_lr_writes_a_curve_and_a_suggestion_inside_the_range(prepared: Workspace) -> None:
+    from deepsight_tf.training import find_lr
+
+    report = find_lr(tiny(run_id="lr-test"), prepared, steps=30)
+    saved = read_json(Path(report.run_dir) / "lr_finder.json")
+    assert saved["suggestion"] == report.suggestion
+    assert 2 <= report.steps <= 30  # stops early once the loss blows up
+    assert min(saved["lrs"]) <= report.suggestion <= max(saved["lrs"])
+    assert Path(report.figure).is_file()
+
+
 def test_transfer_from_a_run_and_stale_split(prepared: Workspace) -> None:
     # Last in the module: it tampers with the shared split.
     # A source whose BatchNorm statistics have settled (6 epochs), as a real source run's have.
