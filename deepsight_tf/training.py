@@ -956,7 +956,7 @@ def _run(
                 )
                 raise ConfigError(
                     f"loss became NaN or infinite at step {control.diverged_step} (phase "
-                    f"{phase.index}, epoch {epoch_offset + epoch + 1}); training stopped and "
+                    f"{phase.index}, epoch {epoch + 1}); training stopped and "
                     f"{kept}; lower --lr and start a new run"
                 )
         save_weights_npz(model, phase_end)
