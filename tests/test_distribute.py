@@ -164,6 +164,33 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def run_two_workers(commands: list[list[str]], logs_dir: Path) -> None:
+    """Run one command per worker of a 2-worker TF_CONFIG cluster on 127.0.0.1; both must exit 0."""
+    ports = free_ports(2)
+    logs = [(logs_dir / f"worker{i}.log").open("w") for i in range(2)]
+    workers = [
+        subprocess.Popen(
+            command,
+            env=run_env(TF_CONFIG=tf_config(ports, i)),
+            stdout=logs[i],
+            stderr=subprocess.STDOUT,
+        )
+        for i, command in enumerate(commands)
+    ]
+    try:
+        codes = [worker.wait(timeout=TIMEOUT_S) for worker in workers]
+    finally:
+        # A worker whose peer died waits for it in the collective: never leave one behind.
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        for log in logs:
+            log.close()
+    tails = [log.name + ":\n" + Path(log.name).read_text()[-3000:] for log in logs]
+    assert codes == [0, 0], "\n".join(tails)
+
+
 def assert_matches_one_device(result: dict[str, Any]) -> None:
     reference, strategy = result["reference"], result["strategy"]
     assert strategy["batch"] == reference["batch"] == 16
@@ -219,30 +246,14 @@ def test_mirrored_on_two_devices_matches_one_device(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_multiworker_over_localhost_matches_one_device(tmp_path: Path) -> None:
-    ports = free_ports(2)
     outs = [tmp_path / f"worker{i}.json" for i in range(2)]
-    logs = [(tmp_path / f"worker{i}.log").open("w") for i in range(2)]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), "--strategy", "multiworker", "--out", str(outs[i])],
-            env=run_env(TF_CONFIG=tf_config(ports, i)),
-            stdout=logs[i],
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(2)
-    ]
-    try:
-        codes = [worker.wait(timeout=TIMEOUT_S) for worker in workers]
-    finally:
-        # A worker whose peer died waits for it in the collective: never leave one behind.
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-        for log in logs:
-            log.close()
-    tails = [log.name + ":\n" + Path(log.name).read_text()[-3000:] for log in logs]
-    assert codes == [0, 0], "\n".join(tails)
+    run_two_workers(
+        [
+            [sys.executable, str(WORKER), "--strategy", "multiworker", "--out", str(outs[i])]
+            for i in range(2)
+        ],
+        tmp_path,
+    )
     chief, other = (json.loads(out.read_text()) for out in outs)
     assert chief["describe"]["chief"] is True and other["describe"]["chief"] is False
     for result in (chief, other):
@@ -269,17 +280,12 @@ def test_deepsight_train_multiworker_matches_a_one_device_run(tmp_path: Path) ->
     statistics and per-replica dropout masks are what data parallelism changes by design,
     so only this setting has one right answer to compare with.
     """
-    from test_training import separable_npz
+    from test_training import separable_workspace
 
-    from deepsight_tf.config import ObtainSettings, ScrubSettings
-    from deepsight_tf.obtain import obtain
-    from deepsight_tf.scrub import scrub
     from deepsight_tf.training import HISTORY_FILE, PREDICTIONS_FILE, read_history
-    from deepsight_tf.workspace import Workspace, read_json
+    from deepsight_tf.workspace import read_json
 
-    ws = Workspace(tmp_path / "ws")
-    obtain(ObtainSettings(source=str(separable_npz(tmp_path / "rgb.npz")), name="rgb"), ws)
-    scrub(ScrubSettings(image_size=16, interp_sample=16), ws)
+    ws = separable_workspace(tmp_path)
     common = [
         *("--weights", "none", "--image-size", "16", "--width-multiplier", "0.0625"),
         *("--frozen-epochs", "2", "--epochs", "0", "--dropout", "0", "--augment", "light"),
@@ -288,29 +294,8 @@ def test_deepsight_train_multiworker_matches_a_one_device_run(tmp_path: Path) ->
     cli = [sys.executable, str(REPO / "cli.py"), "--workspace", str(ws.root), "train"]
     one = [*cli, "--run-id", "one", "--strategy", "one", "--batch-size", "16", "--lr", "0.1"]
     subprocess.run([*one, *common], env=run_env(), check=True, timeout=TIMEOUT_S)
-    ports = free_ports(2)
-    logs = [(tmp_path / f"worker{i}.log").open("w") for i in range(2)]
     multi = [*cli, "--run-id", "mw", "--strategy", "multiworker", "--batch-size", "8"]
-    workers = [
-        subprocess.Popen(
-            [*multi, "--lr", "0.05", *common],
-            env=run_env(TF_CONFIG=tf_config(ports, i)),
-            stdout=logs[i],
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(2)
-    ]
-    try:
-        codes = [worker.wait(timeout=TIMEOUT_S) for worker in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-        for log in logs:
-            log.close()
-    tails = [Path(log.name).read_text()[-3000:] for log in logs]
-    assert codes == [0, 0], "\n".join(tails)
+    run_two_workers([[*multi, "--lr", "0.05", *common]] * 2, tmp_path)
     distribution = read_json(ws.run_dir("mw") / "config.json")["distribution"]
     assert (distribution["replicas"], distribution["workers"]) == (2, 2)
     assert (distribution["global_batch"], distribution["lr"]) == (16, 0.1)

@@ -23,15 +23,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from test_training import separable_npz, tiny
+from test_training import separable_workspace, tiny
 from typer.testing import CliRunner
 
 from cli import app
 from deepsight_tf.checkpoints import STATE_FILE, CheckpointStore
-from deepsight_tf.config import ObtainSettings, ScrubSettings, TrainSettings
+from deepsight_tf.config import TrainSettings
 from deepsight_tf.errors import ConfigError, StorageError, TrainingInterrupted
-from deepsight_tf.obtain import obtain
-from deepsight_tf.scrub import scrub
 from deepsight_tf.training import (
     CHECKPOINTS_DIR,
     HISTORY_FILE,
@@ -45,11 +43,7 @@ from deepsight_tf.workspace import Workspace, read_json
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    root = tmp_path_factory.mktemp("faults")
-    ws = Workspace(root / "ws")
-    obtain(ObtainSettings(source=str(separable_npz(root / "rgb.npz")), name="rgb"), ws)
-    scrub(ScrubSettings(image_size=16, interp_sample=16), ws)
-    return ws
+    return separable_workspace(tmp_path_factory.mktemp("faults"))
 
 
 def two_phases(**overrides: object) -> TrainSettings:

@@ -55,13 +55,17 @@ def separable_npz(
     return path
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    root = tmp_path_factory.mktemp("train")
+def separable_workspace(root: Path) -> Workspace:
+    """A workspace with the separable data set obtained and scrubbed, ready to train."""
     ws = Workspace(root / "ws")
     obtain(ObtainSettings(source=str(separable_npz(root / "rgb.npz")), name="rgb"), ws)
     scrub(ScrubSettings(image_size=16, interp_sample=16), ws)
     return ws
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return separable_workspace(tmp_path_factory.mktemp("train"))
 
 
 def tiny(**overrides: object) -> TrainSettings:
