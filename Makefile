@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+LOCK := requirements.lock
 WS ?= workspace
 # A local copy of the data set; empty means Keras's CIFAR-10 download (needs the internet).
 DATA ?= $(wildcard ../shared/data/cifar10-jpeg)
@@ -14,15 +15,29 @@ EPOCHS ?= 3
 TRAIN_FLAGS ?= --augment light
 RUN ?= make-all
 
-.PHONY: setup test test-browser test-full lint all obtain scrub explore train interpret report clean
+.PHONY: setup lock test test-browser test-full lint all obtain scrub explore train interpret report clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The exact versions of requirements.lock, then deepsight itself without resolving anything
+# again, so a fresh machine runs what the suite passed with; pip check proves the set whole.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -r $(LOCK)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e '.[dev]'
+	$(BIN)/pip check
 	touch $@
+
+# Resolve pyproject's ranges anew in a scratch environment and write what it got as the lock;
+# then `make test` installs it into .venv and tests it.
+lock:
+	rm -rf $(VENV)-lock
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/pip install --quiet --upgrade pip setuptools
+	$(VENV)-lock/bin/pip install --quiet -e '.[dev]'
+	{ sed -n '/^#/p' $(LOCK); $(VENV)-lock/bin/pip freeze --all --exclude-editable | grep -v '^#'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(VENV)-lock
 
 test: setup
 	$(BIN)/pytest -m "not slow and not browser" -q

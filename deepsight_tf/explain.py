@@ -22,6 +22,7 @@ from tf_keras_vis.utils.scores import CategoricalScore
 
 from deepsight_tf.backbones import HEAD_PREFIX, stage_of
 from deepsight_tf.evaluation import bootstrap_ci, verdict_from_ci
+from deepsight_tf.fastconv import accelerate_convolutions
 from deepsight_tf.sources import Progress
 
 METHODS = ("gradcam", "gradcam++", "scorecam", "layercam")
@@ -111,10 +112,13 @@ def _linear_clone(model: keras.Model) -> keras.Model:
 
     Grad-CAM's gradients are those of the class score before the softmax (Selvaraju et al.):
     through a saturated softmax they vanish. Score-CAM applies its own softmax to the outputs,
-    so it too needs logits. The copy leaves the caller's model untouched.
+    so it too needs logits. The copy leaves the caller's model untouched. Its convolutions get
+    deepsight's gradients (fastconv), which are faster and avoid a oneDNN kernel that crashes
+    on narrow layers, whatever model the caller loaded or cloned.
     """
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
+    accelerate_convolutions(clone)
     ReplaceToLinear()(clone)
     # Score-CAM calls predict() on the masked inputs; without this it prints a progress bar.
     clone.predict = functools.partial(clone.predict, verbose=0)

@@ -291,7 +291,7 @@ def test_a_full_disk_mid_checkpoint_keeps_the_previous_state_and_resume_complete
     flags = ["--frozen-epochs", "1", "--epochs", "2", "--augment", "light", "--deterministic"]
     flags += ["--checkpoint-minutes", "0", "--weights", "none", "--image-size", "16"]
     flags += ["--width-multiplier", "0.0625", "--batch-size", "8", "--lr", "0.05", "--seed", "1"]
-    flags += ["--mva", "0.5"]
+    flags += ["--mva", "0"]
     result = CliRunner().invoke(app, [*args, *flags])
     monkeypatch.undo()
     assert result.exit_code == 10, result.output
