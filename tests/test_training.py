@@ -278,9 +278,7 @@ def test_transfer_from_a_run_and_stale_split(prepared: Workspace) -> None:
 
     source_model = keras.saving.load_model(source / MODEL_FILE, compile=False)
     transferred = keras.saving.load_model(Path(result.run_dir) / MODEL_FILE, compile=False)
-    frozen = [
-        layer for layer in transferred.layers if stage_of(layer.name) in (0, 1, 2, 3)
-    ]
+    frozen = [layer for layer in transferred.layers if stage_of(layer.name) in (0, 1, 2, 3)]
     assert sum(len(layer.weights) for layer in frozen) > 20
     for layer in frozen:
         for got, want in zip(
