@@ -115,6 +115,7 @@ def load_run_model(run_dir: Path) -> RunModel:
     import keras
 
     from deepsight_tf.backbones import Normalization
+    from deepsight_tf.fastconv import accelerate_convolutions
 
     run_dir = Path(run_dir)
     try:
@@ -147,6 +148,7 @@ def load_run_model(run_dir: Path) -> RunModel:
             f"{run_dir / MODEL_FILE}: cannot be loaded ({str(exc).splitlines()[0]}); "
             "rerun `deepsight train`"
         ) from exc
+    accelerate_convolutions(model)  # fast gradients for Grad-CAM, clear of the oneDNN crash
     outputs = int(model.outputs[0].shape[-1])
     if outputs != len(class_names):
         raise StaleArtifactError(
