@@ -15,7 +15,7 @@ EPOCHS ?= 3
 TRAIN_FLAGS ?= --augment light
 RUN ?= make-all
 
-.PHONY: setup lock test test-browser test-full lint all obtain scrub explore train interpret report clean
+.PHONY: setup lock wheel-check test test-browser test-full lint all obtain scrub explore train interpret report clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,18 @@ test: setup
 
 test-browser: setup
 	$(BIN)/pytest -m browser -q
+
+# Build the wheel, install it with the locked dependencies into a fresh environment, and run
+# the tiny chain from it: what a user who pip-installs deepsight gets.
+WHEEL_DIR := build/wheel-check
+wheel-check: setup
+	rm -rf $(WHEEL_DIR)
+	$(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w $(WHEEL_DIR) .
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/pip install --quiet --disable-pip-version-check -r $(LOCK)
+	$(WHEEL_DIR)/venv/bin/pip install --quiet --disable-pip-version-check --no-deps $(WHEEL_DIR)/deepsight-*.whl
+	$(WHEEL_DIR)/venv/bin/pip check
+	.ci/wheel_chain.sh $(WHEEL_DIR)/venv
 
 test-full: setup
 	$(BIN)/pytest -q

@@ -22,16 +22,16 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from synthetic_images import COPIES, MARGIN  # noqa: E402
 
-from deepsight_tf.config import ScrubSettings  # noqa: E402
-from deepsight_tf.dataset import load_dataset  # noqa: E402
-from deepsight_tf.duplicates import (  # noqa: E402
+from deepsight_tf.core.settings import ScrubSettings  # noqa: E402
+from deepsight_tf.core.workspace import Workspace  # noqa: E402
+from deepsight_tf.data.dataset import load_dataset  # noqa: E402
+from deepsight_tf.data.duplicates import (  # noqa: E402
     aligned_distances,
     band_pass,
     find_near_duplicates,
     spectra,
     thumbnails,
 )
-from deepsight_tf.workspace import Workspace  # noqa: E402
 
 
 def main() -> None:

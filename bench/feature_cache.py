@@ -16,13 +16,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
-from deepsight_tf.backbones import choose_normalization
-from deepsight_tf.dataset import load_dataset
-from deepsight_tf.feature_cache import cached_head
-from deepsight_tf.metrics import training_metrics
-from deepsight_tf.models import build_classifier, freeze_backbone
-from deepsight_tf.pipeline import make_eval_dataset, make_train_dataset
-from deepsight_tf.workspace import Workspace
+from deepsight_tf.core.workspace import Workspace
+from deepsight_tf.data.dataset import load_dataset
+from deepsight_tf.model.backbones import choose_normalization
+from deepsight_tf.model.classifier import build_classifier, freeze_backbone
+from deepsight_tf.model.preprocessing import Preprocessing
+from deepsight_tf.train.feature_cache import cached_head
+from deepsight_tf.train.metrics import training_metrics
+from deepsight_tf.train.pipeline import make_eval_dataset, make_train_dataset
 
 
 def compiled(model: keras.Model, num_classes: int) -> keras.Model:
@@ -47,13 +48,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     train = np.sort(rng.choice(len(data.y_train), args.images, replace=False))
     val = np.setdiff1d(np.arange(len(data.y_train)), train)[:1024]
-    normalize = choose_normalization("resnet18", "imagenet")
-    eval_args = {
-        "batch_size": 256,
-        "image_size": args.image_size,
-        "normalize": normalize,
-        "interpolation": "bicubic",
-    }
+    preprocessing = Preprocessing(
+        args.image_size, "bicubic", choose_normalization("resnet18", "imagenet")
+    )
+    eval_args = {"batch_size": 256, "preprocessing": preprocessing}
     k = data.num_classes
 
     keras.utils.set_random_seed(0)
@@ -65,8 +63,7 @@ def main() -> None:
         train,
         k,
         batch_size=args.batch_size,
-        image_size=args.image_size,
-        normalize=normalize,
+        preprocessing=preprocessing,
         augment="none",
         seed=0,
         epochs=args.epochs,

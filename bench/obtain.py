@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deepsight_tf.sources import IMAGE_EXTENSIONS, read_image_folder
+from deepsight_tf.data.image_folder import IMAGE_EXTENSIONS, read_image_folder
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg"
 

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from deepsight_tf.augment import build_augmentation
-from deepsight_tf.dataset import load_dataset
-from deepsight_tf.pipeline import make_train_dataset, preprocess
-from deepsight_tf.workspace import Workspace
+from deepsight_tf.core.workspace import Workspace
+from deepsight_tf.data.dataset import load_dataset
+from deepsight_tf.model.preprocessing import Preprocessing, preprocess
+from deepsight_tf.train.augment import build_augmentation
+from deepsight_tf.train.pipeline import make_train_dataset
 
 
 def to_unit_range(images: tf.Tensor) -> tf.Tensor:
@@ -120,8 +121,7 @@ def main() -> None:
             np.arange(len(x)),
             data.num_classes,
             batch_size=args.batch_size,
-            image_size=args.image_size,
-            normalize=to_unit_range,
+            preprocessing=Preprocessing(args.image_size, "bicubic", to_unit_range),
             augment=args.augment,
         ),
         "per-image albument.": per_image_albumentations(

@@ -54,7 +54,7 @@ def main() -> None:
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus
         )
-    from deepsight_tf.distribute import (
+    from deepsight_tf.train.distribute import (
         describe_strategy,
         make_strategy,
         scale_for_replicas,
@@ -69,10 +69,11 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from deepsight_tf.metrics import training_metrics
-    from deepsight_tf.optim import make_optimizer
-    from deepsight_tf.pipeline import make_eval_dataset, make_train_dataset
-    from deepsight_tf.schedules import OneCycle
+    from deepsight_tf.model.preprocessing import Preprocessing
+    from deepsight_tf.train.metrics import training_metrics
+    from deepsight_tf.train.optim import make_optimizer
+    from deepsight_tf.train.pipeline import make_eval_dataset, make_train_dataset
+    from deepsight_tf.train.schedules import OneCycle
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (IMAGES, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
@@ -102,8 +103,7 @@ def main() -> None:
             np.arange(IMAGES),
             NUM_CLASSES,
             batch_size=batch,
-            image_size=IMAGE_SIZE,
-            normalize=normalize,
+            preprocessing=Preprocessing(IMAGE_SIZE, "bicubic", normalize),
             augment="light",
             class_weights=np.asarray(CLASS_WEIGHTS, np.float32),
             seed=3,
@@ -148,8 +148,7 @@ def main() -> None:
                 np.arange(VAL_IMAGES),
                 NUM_CLASSES,
                 batch_size=batch,
-                image_size=IMAGE_SIZE,
-                normalize=normalize,
+                preprocessing=Preprocessing(IMAGE_SIZE, "bicubic", normalize),
             )
         )
         history = model.fit(

@@ -28,7 +28,7 @@ def main() -> None:
     args = sys.argv[sys.argv.index("--") + 1 :]
     import numpy as np
 
-    from deepsight_tf import checkpoints
+    from deepsight_tf.train import checkpoints
 
     seen = {"writes": 0}
     if where == "checkpoint":
@@ -59,7 +59,7 @@ def main() -> None:
         checkpoints.CheckpointStore._write_state = write_state  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown kill point {where!r}")
-    from cli import app
+    from deepsight_tf.cli import app
 
     sys.argv = ["deepsight", *args]
     app()

@@ -7,14 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from deepsight_tf.augment import (
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.train.augment import (
     AUGMENT_PRESETS,
     BatchAugmenter,
     build_augmentation,
     reflect_pad,
     seed_compose,
 )
-from deepsight_tf.errors import ConfigError
 
 SHAPE = (16, 16, 3)
 

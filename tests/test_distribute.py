@@ -1,4 +1,4 @@
-"""Tests for deepsight_tf.distribute: strategy choice, TF_CONFIG checks, scaling, equivalence."""
+"""deepsight_tf.train.distribute: strategy choice, TF_CONFIG checks, scaling, equivalence."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deepsight_tf.distribute import (
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.train.distribute import (
     choose_strategy,
     cluster_workers,
     describe_strategy,
     make_strategy,
     scale_for_replicas,
 )
-from deepsight_tf.errors import ConfigError
 
 WORKER = Path(__file__).with_name("distribute_worker.py")
 REPO = WORKER.parents[1]
@@ -282,8 +282,9 @@ def test_deepsight_train_multiworker_matches_a_one_device_run(tmp_path: Path) ->
     """
     from test_training import separable_workspace
 
-    from deepsight_tf.training import HISTORY_FILE, PREDICTIONS_FILE, read_history
-    from deepsight_tf.workspace import read_json
+    from deepsight_tf.core.storage import read_json
+    from deepsight_tf.core.workspace import HISTORY_FILE, PREDICTIONS_FILE
+    from deepsight_tf.train.history import read_history
 
     ws = separable_workspace(tmp_path)
     common = [
@@ -291,7 +292,7 @@ def test_deepsight_train_multiworker_matches_a_one_device_run(tmp_path: Path) ->
         *("--frozen-epochs", "2", "--epochs", "0", "--dropout", "0", "--augment", "light"),
         *("--seed", "4", "--mva", "0"),
     ]
-    cli = [sys.executable, str(REPO / "cli.py"), "--workspace", str(ws.root), "train"]
+    cli = [sys.executable, "-m", "deepsight_tf", "--workspace", str(ws.root), "train"]
     one = [*cli, "--run-id", "one", "--strategy", "one", "--batch-size", "16", "--lr", "0.1"]
     subprocess.run([*one, *common], env=run_env(), check=True, timeout=TIMEOUT_S)
     multi = [*cli, "--run-id", "mw", "--strategy", "multiworker", "--batch-size", "8"]

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from synthetic_images import COPIES, jpeg, pink_noise_photos, view
 
-from deepsight_tf.config import ScrubSettings
-from deepsight_tf.duplicates import (
+from deepsight_tf.core.settings import ScrubSettings
+from deepsight_tf.data.duplicates import (
     aligned_distances,
     band_pass,
     candidate_pairs,

@@ -16,8 +16,11 @@ from sklearn.metrics import (
     log_loss,
 )
 
-from deepsight_tf import evaluation as ev
-from deepsight_tf.hypotheses import Hypotheses
+from deepsight_tf.data.hypotheses import Hypotheses
+from deepsight_tf.diagnose import bootstrap as bs
+from deepsight_tf.diagnose import calibration as cal
+from deepsight_tf.diagnose import evaluation as ev
+from deepsight_tf.diagnose import hypothesis_tests as ht
 from deepsight_tf.plots import evaluation as figs
 from deepsight_tf.plots import save_figure
 
@@ -85,7 +88,7 @@ def test_batched_macro_f1_equals_sklearn_with_absent_classes() -> None:
         f1_score(y, p, labels=range(5), average="macro", zero_division=0)
         for y, p in zip(labels, predicted, strict=True)
     ]
-    np.testing.assert_allclose(ev._batched_macro_f1(labels, predicted, 5), expected)
+    np.testing.assert_allclose(bs.batched_macro_f1(labels, predicted, 5), expected)
 
 
 def test_most_confused_ranks_off_diagonal_cells() -> None:
@@ -137,8 +140,8 @@ def test_ece_equals_hand_computed_value() -> None:
     # ECE = 1/4 * |1 - 0.9| + 1/4 * |0 - 0.8| + 2/4 * |1 - 0.575| = 0.4375.
     labels = np.array([0, 1, 0, 1])
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.45, 0.55]])
-    assert ev.expected_calibration_error(labels, probs, bins=5) == pytest.approx(0.4375)
-    table = ev.reliability_bins(labels, probs, bins=5)
+    assert cal.expected_calibration_error(labels, probs, bins=5) == pytest.approx(0.4375)
+    table = cal.reliability_bins(labels, probs, bins=5)
     assert table.count == [2, 1, 1]
     assert table.lower == pytest.approx([0.4, 0.6, 0.8])
     assert table.accuracy == pytest.approx([1.0, 0.0, 1.0])
@@ -147,7 +150,7 @@ def test_ece_equals_hand_computed_value() -> None:
 
 def test_nll_equals_sklearn_log_loss() -> None:
     labels, probs = noisy_predictions(300, 4, 1.0, seed=2)
-    assert ev.negative_log_likelihood(labels, probs) == pytest.approx(log_loss(labels, probs))
+    assert cal.negative_log_likelihood(labels, probs) == pytest.approx(log_loss(labels, probs))
 
 
 def test_temperature_undoes_over_confidence() -> None:
@@ -159,12 +162,12 @@ def test_temperature_undoes_over_confidence() -> None:
     labels = (calibrated.cumsum(axis=1) < rng.random((8000, 1))).sum(axis=1)
     overconfident = softmax(3.0 * logits)
     val, test = slice(0, 4000), slice(4000, None)
-    temperature = ev.fit_temperature(labels[val], overconfident[val])
+    temperature = cal.fit_temperature(labels[val], overconfident[val])
     assert temperature > 1 and temperature == pytest.approx(3.0, rel=0.1)
     np.testing.assert_allclose(
-        ev.apply_temperature(overconfident, 3.0), calibrated, rtol=1e-6, atol=1e-9
+        cal.apply_temperature(overconfident, 3.0), calibrated, rtol=1e-6, atol=1e-9
     )
-    report = ev.calibration_report(
+    report = cal.calibration_report(
         labels[val], overconfident[val], labels[test], overconfident[test]
     )
     assert report.temperature == pytest.approx(temperature)
@@ -175,10 +178,10 @@ def test_temperature_undoes_over_confidence() -> None:
 
 def test_apply_temperature_one_is_identity_and_keeps_argmax() -> None:
     _, probs = noisy_predictions(50, 4, 1.0, seed=5)
-    np.testing.assert_allclose(ev.apply_temperature(probs, 1.0), probs, rtol=1e-12)
-    np.testing.assert_array_equal(ev.apply_temperature(probs, 0.3).argmax(1), probs.argmax(1))
+    np.testing.assert_allclose(cal.apply_temperature(probs, 1.0), probs, rtol=1e-12)
+    np.testing.assert_array_equal(cal.apply_temperature(probs, 0.3).argmax(1), probs.argmax(1))
     with pytest.raises(ValueError, match="Received"):
-        ev.apply_temperature(probs, 0.0)
+        cal.apply_temperature(probs, 0.0)
 
 
 # Bootstrap -----------------------------------------------------------------------------------
@@ -188,12 +191,12 @@ def test_bootstrap_ci_covers_truth_and_shrinks_with_n() -> None:
     covered, widths = 0, {}
     for trial in range(40):
         sample = rng.random(1000) < p
-        point, low, high = ev.bootstrap_ci(ev._batched_mean, sample, n_boot=400, seed=trial)
+        point, low, high = bs.bootstrap_ci(bs.batched_mean, sample, n_boot=400, seed=trial)
         assert point == pytest.approx(sample.mean())
         covered += low <= p <= high
     assert covered >= 33  # nominal 95% of 40 is 38; 33 is about 2.7 sd below it
     for n in (1000, 4000):
-        _, low, high = ev.bootstrap_ci(ev._batched_mean, rng.random(n) < p, n_boot=1000, seed=1)
+        _, low, high = bs.bootstrap_ci(bs.batched_mean, rng.random(n) < p, n_boot=1000, seed=1)
         widths[n] = high - low
         assert widths[n] == pytest.approx(2 * 1.96 * math.sqrt(p * (1 - p) / n), rel=0.2)
     assert widths[4000] < 0.65 * widths[1000]
@@ -202,27 +205,27 @@ def test_bootstrap_ci_covers_truth_and_shrinks_with_n() -> None:
 def test_bootstrap_vectorized_equals_loop_and_strata_fix_group_sizes() -> None:
     rng = np.random.default_rng(7)
     values = rng.normal(size=300)
-    fast = ev.bootstrap_ci(ev._batched_mean, values, n_boot=300, seed=3)
-    slow = ev.bootstrap_ci(np.mean, values, n_boot=300, seed=3, vectorized=False)
+    fast = bs.bootstrap_ci(bs.batched_mean, values, n_boot=300, seed=3)
+    slow = bs.bootstrap_ci(np.mean, values, n_boot=300, seed=3, vectorized=False)
     assert fast == pytest.approx(slow)
     strata = np.arange(300) < 30
     sizes = [
         int(idx_group.sum())
-        for idx in ev._resample_chunks(300, 50, np.random.default_rng(0), strata)
+        for idx in bs._resample_chunks(300, 50, np.random.default_rng(0), strata)
         for idx_group in strata[idx]
     ]
     assert sizes == [30] * 50
 
 
 def test_bootstrap_chunks_cover_all_resamples(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ev, "_BOOT_CHUNK_ELEMENTS", 1000)  # 10 resamples of 100 per chunk
+    monkeypatch.setattr(bs, "_BOOT_CHUNK_ELEMENTS", 1000)  # 10 resamples of 100 per chunk
     calls = []
 
     def count(values: np.ndarray) -> np.ndarray:
         calls.append(len(values))
         return values.mean(axis=-1)
 
-    ev.bootstrap_ci(count, np.arange(100.0), n_boot=35)
+    bs.bootstrap_ci(count, np.arange(100.0), n_boot=35)
     assert calls == [1, 10, 10, 10, 5]
 
 
@@ -233,7 +236,7 @@ def test_subset_accuracy_gap_on_constructed_groups() -> None:
     mask = np.r_[np.ones(400, bool), np.zeros(1600, bool)]
     labels = np.zeros(2000, dtype=int)
     probs = np.where(correct[:, None], [[0.8, 0.2]], [[0.2, 0.8]])
-    gap = ev.subset_accuracy_gap(labels, probs, mask, n_boot=1000)
+    gap = ht.subset_accuracy_gap(labels, probs, mask, n_boot=1000)
     assert gap["in_mask"]["n"] == 400 and gap["rest"]["n"] == 1600
     assert gap["in_mask"]["accuracy"] == pytest.approx(0.95)
     assert gap["rest"]["accuracy"] == pytest.approx(0.70)
@@ -246,13 +249,13 @@ def test_subset_accuracy_gap_on_constructed_groups() -> None:
 
 def test_subset_accuracy_gap_with_an_empty_group() -> None:
     labels, probs = noisy_predictions(100, 3, 2.0, seed=8)
-    gap = ev.subset_accuracy_gap(labels, probs, np.zeros(100, bool), n_boot=100)
+    gap = ht.subset_accuracy_gap(labels, probs, np.zeros(100, bool), n_boot=100)
     assert gap["in_mask"] == {"n": 0, "accuracy": None, "ci": None}
     assert gap["rest"]["n"] == 100
     assert gap["rest"]["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels))
     assert gap["gap"] is None and gap["gap_ci"] is None
     with pytest.raises(ValueError, match="Received"):
-        ev.subset_accuracy_gap(labels, probs, np.zeros(99, bool))
+        ht.subset_accuracy_gap(labels, probs, np.zeros(99, bool))
 
 
 # Hypothesis tests ----------------------------------------------------------------------------
@@ -263,7 +266,7 @@ def test_subset_accuracy_gap_with_an_empty_group() -> None:
 def test_group_recall_verdicts(recall_a: float, recall_b: float, verdict: str) -> None:
     recall = {0: recall_a, 1: recall_a, 2: recall_b, 3: recall_b}
     labels, probs = planted(recall, per_class=200, k=4)
-    result = ev.test_group_recall(
+    result = ht.test_group_recall(
         labels, probs, NAMES, ["cat", "dog"], ["ship", "truck"], n_boot=500, names=("a", "b")
     )
     assert result.estimate == pytest.approx(recall_a - recall_b)
@@ -276,9 +279,9 @@ def test_group_recall_verdicts(recall_a: float, recall_b: float, verdict: str) -
 def test_group_recall_rejects_overlapping_groups() -> None:
     labels, probs = planted(dict.fromkeys(range(4), 0.8), 10, 4)
     with pytest.raises(ValueError, match="share"):
-        ev.test_group_recall(labels, probs, NAMES, ["cat", "dog"], ["dog", "ship"])
+        ht.test_group_recall(labels, probs, NAMES, ["cat", "dog"], ["dog", "ship"])
     with pytest.raises(ValueError, match="Received"):
-        ev.test_group_recall(labels, probs, NAMES, ["cat", "horse"], ["ship"])
+        ht.test_group_recall(labels, probs, NAMES, ["cat", "horse"], ["ship"])
 
 
 def test_confusable_pair_verdicts() -> None:
@@ -287,23 +290,23 @@ def test_confusable_pair_verdicts() -> None:
     k, names = 5, [*NAMES, "frog"]
     wrong_to = {0: 1, 1: 0, 2: 3, 3: 4, 4: 2}
     labels, probs = planted(dict.fromkeys(range(k), 0.8), 300, k, wrong_to)
-    confused = ev.test_confusable_pair(labels, probs, names, "cat", "dog", n_boot=500)
+    confused = ht.test_confusable_pair(labels, probs, names, "cat", "dog", n_boot=500)
     # cat<->dog: 120 errors over 600 = 0.2; the other 9 pairs hold 180 errors: 60 each in
     # ship-truck, truck-frog, ship-frog (0.1), none in the 6 pairs with cat or dog.
     assert confused.details["pair_rate"] == pytest.approx(0.2)
     assert confused.details["average_rate"] == pytest.approx(3 * 0.1 / 9)
     assert confused.estimate == pytest.approx(0.2 - 0.1 / 3)
     assert confused.verdict == "supported"
-    never = ev.test_confusable_pair(labels, probs, names, "cat", "ship", n_boot=500)
+    never = ht.test_confusable_pair(labels, probs, names, "cat", "ship", n_boot=500)
     assert never.details["pair_rate"] == 0 and never.verdict == "contradicted"
-    average = ev.test_confusable_pair(labels, probs, names, "ship", "truck", n_boot=500)
+    average = ht.test_confusable_pair(labels, probs, names, "ship", "truck", n_boot=500)
     # 0.1 against the mean of the other pairs (0.2 + 0.1 + 0.1) / 9: above it.
     assert average.estimate == pytest.approx(0.1 - 0.4 / 9)
 
 
 def test_confusable_pair_inconclusive_when_pair_is_typical() -> None:
     labels, probs = noisy_predictions(1000, 4, 1.0, seed=9)  # errors spread uniformly
-    result = ev.test_confusable_pair(labels, probs, NAMES, "cat", "dog", n_boot=500)
+    result = ht.test_confusable_pair(labels, probs, NAMES, "cat", "dog", n_boot=500)
     assert result.low <= 0 <= result.high and result.verdict == "inconclusive"
 
 
@@ -314,19 +317,19 @@ def test_hypotheses_driver_runs_every_comparison_and_pair() -> None:
         comparisons=[("animals", "vehicles"), ("vehicles", "animals")],
         confusable_pairs=[("ship", "truck")],
     )
-    results = ev.test_hypotheses(labels, probs, NAMES, hypotheses, n_boot=200)
+    results = ht.test_hypotheses(labels, probs, NAMES, hypotheses, n_boot=200)
     assert [(r.kind, r.a, r.b, r.verdict) for r in results] == [
         ("group_recall", "animals", "vehicles", "supported"),
         ("group_recall", "vehicles", "animals", "contradicted"),
         ("confusable_pair", "ship", "truck", "supported"),
     ]
-    assert ev.test_hypotheses(labels, probs, NAMES, Hypotheses()) == []
+    assert ht.test_hypotheses(labels, probs, NAMES, Hypotheses()) == []
 
 
 def test_verdict_from_ci() -> None:
-    assert ev.verdict_from_ci(0.01, 0.2) == "supported"
-    assert ev.verdict_from_ci(-0.2, -0.01) == "contradicted"
-    assert ev.verdict_from_ci(-0.01, 0.2) == "inconclusive"
+    assert bs.verdict_from_ci(0.01, 0.2) == "supported"
+    assert bs.verdict_from_ci(-0.2, -0.01) == "contradicted"
+    assert bs.verdict_from_ci(-0.01, 0.2) == "inconclusive"
 
 
 def test_per_class_recall_ci() -> None:
@@ -342,8 +345,8 @@ def test_input_checks_name_what_was_received() -> None:
     labels, probs = noisy_predictions(10, 3, 1.0, seed=0)
     with pytest.raises(ValueError, match="Received"):
         ev.classification_summary(labels, probs, ["a", "b"])
-    with pytest.raises(ValueError, match="Received"):
-        ev.expected_calibration_error(labels + 3, probs)
+    with pytest.raises(ValueError, match=r"labels: label \d at index \d+ is outside 0\.\.2"):
+        cal.expected_calibration_error(labels + 3, probs)
     with pytest.raises(ValueError, match="Received"):
         ev.top_losses(labels[:5], probs)
 
@@ -363,12 +366,12 @@ def check_png(path: Path, fig_ratio: float) -> None:
 def test_figures_save_and_decode(tmp_path: Path) -> None:
     labels, probs = noisy_predictions(400, 4, 1.5, seed=10)
     summary = ev.classification_summary(labels, probs, NAMES, n_boot=50)
-    report = ev.calibration_report(labels[:200], probs[:200] ** 3, labels[200:], probs[200:] ** 3)
+    report = cal.calibration_report(labels[:200], probs[:200] ** 3, labels[200:], probs[200:] ** 3)
     losses = ev.top_losses(labels, probs, k=10)
     images = np.random.default_rng(0).integers(0, 256, (len(losses.indices), 16, 16, 3), np.uint8)
     hypotheses = [
-        ev.test_group_recall(labels, probs, NAMES, ["cat"], ["dog"], n_boot=50),
-        ev.test_confusable_pair(labels, probs, NAMES, "cat", "dog", n_boot=50),
+        ht.test_group_recall(labels, probs, NAMES, ["cat"], ["dog"], n_boot=50),
+        ht.test_confusable_pair(labels, probs, NAMES, "cat", "dog", n_boot=50),
     ]
     made = {
         "confusion": figs.plot_confusion_matrix(summary["confusion"], NAMES),

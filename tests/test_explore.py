@@ -10,10 +10,12 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from cli import app
-from deepsight_tf.config import ExploreSettings, ObtainSettings
-from deepsight_tf.errors import ConfigError, PrerequisiteError, StaleArtifactError
-from deepsight_tf.explore import (
+from deepsight_tf.cli import app
+from deepsight_tf.core.errors import ConfigError, PrerequisiteError, StaleArtifactError
+from deepsight_tf.core.manifest import DATA_INPUT
+from deepsight_tf.core.settings import ExploreSettings, ObtainSettings
+from deepsight_tf.core.workspace import HYPOTHESES_FILE, Workspace
+from deepsight_tf.data.explore import (
     FIGURES,
     LUMA_WEIGHTS,
     class_balance,
@@ -23,16 +25,14 @@ from deepsight_tf.explore import (
     pick_samples,
     scan_pixels,
 )
-from deepsight_tf.hypotheses import (
+from deepsight_tf.data.hypotheses import (
     DEFAULT_CONFUSABLE_PAIRS,
     DEFAULT_GROUPS,
-    HYPOTHESES_FILE,
     default_hypotheses,
     parse_hypotheses,
     read_hypotheses_file,
 )
-from deepsight_tf.obtain import obtain
-from deepsight_tf.workspace import Workspace
+from deepsight_tf.data.obtain import obtain
 
 CIFAR10 = [
     "airplane",
@@ -267,7 +267,7 @@ def test_explore_writes_figures_hypotheses_and_a_manifest_citing_its_input(explo
     ws = Workspace(workspace)
     folder = ws.explore_dir("tiny")
     manifest = ws.verify(folder, "deepsight explore")
-    assert manifest.inputs["dataset"]["sha256"] == result.input_sha256
+    assert manifest.inputs[DATA_INPUT]["sha256"] == result.input_sha256
     assert set(FIGURES.values()) <= set(manifest.outputs)
     for relative in FIGURES.values():
         assert (folder / relative).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -294,7 +294,7 @@ def test_loaders_refuse_a_changed_data_set_and_a_tampered_file(tmp_path: Path) -
         load_hypotheses(ws)
     explore(ExploreSettings(samples_per_class=1), ws)
     store(tmp_path, workspace, OTHER, [4, 4, 4], [2, 2, 2], seed=1)  # new pixels, same name
-    with pytest.raises(StaleArtifactError, match="older dataset"):
+    with pytest.raises(StaleArtifactError, match="older data set"):
         load_pixel_stats(ws)
 
 

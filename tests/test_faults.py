@@ -26,19 +26,21 @@ import pytest
 from test_training import separable_workspace, tiny
 from typer.testing import CliRunner
 
-from cli import app
-from deepsight_tf.checkpoints import STATE_FILE, CheckpointStore
-from deepsight_tf.config import TrainSettings
-from deepsight_tf.errors import ConfigError, StorageError, TrainingInterrupted
-from deepsight_tf.training import (
+from deepsight_tf.cli import app
+from deepsight_tf.core.errors import ConfigError, StorageError, TrainingInterrupted
+from deepsight_tf.core.settings import TrainSettings
+from deepsight_tf.core.storage import read_json
+from deepsight_tf.core.workspace import (
     CHECKPOINTS_DIR,
     HISTORY_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
-    read_history,
-    train,
+    STATE_FILE,
+    Workspace,
 )
-from deepsight_tf.workspace import Workspace, read_json
+from deepsight_tf.train.checkpoints import CheckpointStore
+from deepsight_tf.train.history import read_history
+from deepsight_tf.train.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +174,7 @@ def test_resume_refuses_a_flag_that_differs_from_the_stored_run(
 def test_resume_of_a_complete_run_reports_it_and_rewrites_nothing(
     prepared: Workspace, reference: dict[str, object]
 ) -> None:
-    from deepsight_tf.workspace import sha256_file
+    from deepsight_tf.core.storage import sha256_file
 
     run_dir = prepared.run_dir("reference")
     before = {p: sha256_file(p) for p in run_dir.rglob("*") if p.is_file()}
@@ -227,7 +229,7 @@ def test_a_crash_after_the_last_commit_still_completes_every_artifact(
 ) -> None:
     """Killed after the final epoch's commit but before the phase's end weights, the model
     and the predictions are written: resume finds training done and finishes the rest."""
-    import deepsight_tf.training as training
+    import deepsight_tf.train.loop as training
 
     real = training.save_weights_npz
 
@@ -286,7 +288,7 @@ def test_a_full_disk_mid_checkpoint_keeps_the_previous_state_and_resume_complete
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_savez(handle, **arrays)
 
-    monkeypatch.setattr("deepsight_tf.workspace.np.savez", savez_until_the_disk_fills)
+    monkeypatch.setattr("deepsight_tf.core.storage.np.savez", savez_until_the_disk_fills)
     args = ["--workspace", str(prepared.root), "train", "--run-id", "full-disk"]
     flags = ["--frozen-epochs", "1", "--epochs", "2", "--augment", "light", "--deterministic"]
     flags += ["--checkpoint-minutes", "0", "--weights", "none", "--image-size", "16"]
@@ -311,7 +313,7 @@ def test_the_commit_is_the_state_file_rewrite(tmp_path: Path) -> None:
     garbage, the previous commit stays in force, and the next commit removes the file."""
     store = CheckpointStore(tmp_path)
     arrays = {"model": [np.arange(3.0)], "optimizer": [np.zeros(2)]}
-    from deepsight_tf.checkpoints import Position
+    from deepsight_tf.train.checkpoints import Position
 
     first = store.commit(Position(1, 1, 0, 13), arrays, 0.5, 1, None, "t0")
     state_before = (tmp_path / STATE_FILE).read_bytes()
@@ -403,7 +405,7 @@ def test_a_tampered_artifact_is_caught_by_its_manifest_hash(tmp_path: Path) -> N
 
 def test_storage_error_is_raised_for_enospc(tmp_path: Path) -> None:
     # The mapping the full-disk test relies on, without training.
-    from deepsight_tf.workspace import atomic_save_npz
+    from deepsight_tf.core.storage import atomic_save_npz
 
     target = tmp_path / "a.npz"
     atomic_save_npz(target, x=np.zeros(2))
@@ -413,7 +415,7 @@ def test_storage_error_is_raised_for_enospc(tmp_path: Path) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("deepsight_tf.workspace.np.savez", FullDisk())
+        patch.setattr("deepsight_tf.core.storage.np.savez", FullDisk())
         with pytest.raises(StorageError, match="free some disk space"):
             atomic_save_npz(target, x=np.ones(2))
     np.testing.assert_array_equal(np.load(target)["x"], np.zeros(2))
@@ -437,7 +439,7 @@ def start_train(
     import sys
 
     entry = (
-        [str(ROOT / "tests/fault_worker.py"), *worker, "--"] if worker else [str(ROOT / "cli.py")]
+        [str(ROOT / "tests/fault_worker.py"), *worker, "--"] if worker else ["-m", "deepsight_tf"]
     )
     command = [sys.executable, *entry, "--workspace", str(ws.root), "train", "--run-id", run_id]
     handle = open(log, "w")  # noqa: SIM115 (closed by finish)

@@ -14,7 +14,7 @@ from sklearn.datasets import make_blobs
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
 
-from deepsight_tf import forensics as fo
+from deepsight_tf.diagnose import forensics as fo
 from deepsight_tf.plots import evaluation as figs
 from deepsight_tf.plots import save_figure
 
@@ -154,7 +154,7 @@ def test_hard_examples_of_confused_pairs() -> None:
 
 
 def test_focus_pairs_file_is_what_train_parses(tmp_path: Path) -> None:
-    from deepsight_tf.pipeline import parse_focus_pairs
+    from deepsight_tf.train.pipeline import parse_focus_pairs
 
     path = fo.write_focus_pairs(
         tmp_path / "focus_pairs.txt", [("cat", "bird"), ("airplane", "automobile")]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from synthetic_images import pink_noise_photos, view
 
-from deepsight_tf.interpolation import (
+from deepsight_tf.data.interpolation import (
     CANDIDATES,
     METHODS,
     NO_UPSAMPLING_RULE,

@@ -12,16 +12,23 @@ from sklearn.metrics import confusion_matrix
 from test_training import CLASSES, separable_npz, tiny
 from typer.testing import CliRunner
 
-from cli import app
-from deepsight_tf.config import ExploreSettings, InterpretSettings, ObtainSettings, ScrubSettings
-from deepsight_tf.errors import ConfigError
-from deepsight_tf.explore import explore
-from deepsight_tf.interpret import interpret, stratified_sample
-from deepsight_tf.obtain import obtain
-from deepsight_tf.pipeline import parse_focus_pairs
-from deepsight_tf.scrub import scrub
-from deepsight_tf.training import train
-from deepsight_tf.workspace import Workspace, read_json
+from deepsight_tf.cli import app
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.settings import (
+    ExploreSettings,
+    InterpretSettings,
+    ObtainSettings,
+    ScrubSettings,
+)
+from deepsight_tf.core.storage import read_json
+from deepsight_tf.core.workspace import Workspace
+from deepsight_tf.data.explore import explore
+from deepsight_tf.data.obtain import obtain
+from deepsight_tf.data.scrub import scrub
+from deepsight_tf.diagnose.interpret import interpret
+from deepsight_tf.diagnose.study import stratified_sample
+from deepsight_tf.train.loop import train
+from deepsight_tf.train.pipeline import parse_focus_pairs
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import requests
 
-from deepsight_tf import backbones
-from deepsight_tf.backbones import (
+from deepsight_tf.core.errors import ConfigError, OfflineError
+from deepsight_tf.model import backbones, weights
+from deepsight_tf.model.backbones import (
     BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -21,8 +22,7 @@ from deepsight_tf.backbones import (
     choose_normalization,
     get_backbone_spec,
 )
-from deepsight_tf.errors import ConfigError, OfflineError
-from deepsight_tf.models import (
+from deepsight_tf.model.classifier import (
     backbone_variables,
     build_classifier,
     describe,
@@ -121,13 +121,13 @@ def test_preset_folder_loads_through_the_imagenet_loader(tiny_registered, monkey
     """The acceptance test: a saved preset comes back, weight for weight, into the flat graph."""
     spec, hub, folder = tiny_registered
     loaded_from = []
-    real_loader = backbones.load_preset_backbone
+    real_loader = weights.load_preset_backbone
 
     def spy(preset: str) -> keras.Model:
         loaded_from.append(preset)
         return real_loader(preset)
 
-    monkeypatch.setattr(backbones, "load_preset_backbone", spy)
+    monkeypatch.setattr(weights, "load_preset_backbone", spy)
     by_folder = build_classifier(spec.name, num_classes=3, image_size=32, weights=str(folder))
     by_imagenet = build_classifier(spec.name, num_classes=3, image_size=32, weights="imagenet")
     assert loaded_from == [str(folder), str(folder)]
@@ -360,7 +360,7 @@ def test_normalisation_is_the_preset_converters_scale_and_offset():
     # KerasHub's timm converter: scale = 1 / (255 std), offset = -mean / std.
     scale = 1.0 / (255.0 * np.array(IMAGENET_STD))
     offset = -np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD)
-    np.testing.assert_allclose(spec.normalize(x), x * scale + offset, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(spec.normalization(x), x * scale + offset, rtol=1e-5, atol=1e-5)
 
     assert choose_normalization("resnet18", "imagenet", [125, 123, 114], [63, 62, 66]) == (
         spec.normalization

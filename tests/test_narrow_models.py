@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # 1x1 stride-2 convolution with 1 to 8 input channels.
 THROUGH_FASTCONV = """
 import tensorflow as tf
-from deepsight_tf.fastconv import fast_conv2d
+from deepsight_tf.model.fastconv import fast_conv2d
 for channels in (1, 3, 4, 8):
     x = tf.random.normal([9, 16, 16, channels])
     k = tf.Variable(tf.random.normal([1, 1, channels, 8]))
@@ -38,8 +38,8 @@ print("survived")
 # Keras layers (as a loaded model.keras has).
 NARROW_MODELS = """
 import numpy as np, keras, tensorflow as tf
-from deepsight_tf import explain
-from deepsight_tf.models import build_classifier
+from deepsight_tf.diagnose import explain
+from deepsight_tf.model.classifier import build_classifier
 for width in (0.001, 0.125):
     model = build_classifier("resnet18", 3, 64, stem="imagenet", width_multiplier=width)
     x = tf.random.normal((9, 64, 64, 3))

@@ -20,12 +20,12 @@ from conftest import (
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli import app
-from deepsight_tf.config import ObtainSettings
-from deepsight_tf.dataset import load_dataset
-from deepsight_tf.errors import DataError, OfflineError, StaleArtifactError
-from deepsight_tf.obtain import obtain
-from deepsight_tf.workspace import Workspace
+from deepsight_tf.cli import app
+from deepsight_tf.core.errors import DataError, OfflineError, StaleArtifactError
+from deepsight_tf.core.settings import ObtainSettings
+from deepsight_tf.core.workspace import Workspace
+from deepsight_tf.data.dataset import load_dataset
+from deepsight_tf.data.obtain import obtain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,7 +185,7 @@ def test_tampered_store_is_detected_and_repaired_by_rerunning(
 def test_two_obtains_at_once_do_not_corrupt_the_store(tmp_path: Path, workspace: Path) -> None:
     root = write_image_folder(tmp_path / "imgs", per_class=150, size=16)
     env = {**os.environ, "DEEPSIGHT_WORKSPACE": str(workspace)}
-    cmd = [sys.executable, str(ROOT / "cli.py"), "--json", "obtain", "--source", str(root)]
+    cmd = [sys.executable, "-m", "deepsight_tf", "--json", "obtain", "--source", str(root)]
     procs = [
         subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)

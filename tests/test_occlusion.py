@@ -17,7 +17,7 @@ from cam_models import (
     to_model_input,
 )
 
-from deepsight_tf import explain, occlusion
+from deepsight_tf.diagnose import explain, occlusion
 from deepsight_tf.plots import explain as plots
 from deepsight_tf.plots import save_figure
 
@@ -80,7 +80,7 @@ def test_input_errors_name_what_was_received():
     images, labels = region_images(1, "border")
     with pytest.raises(ValueError, match="uint8 NHWC"):
         occlusion.context_reliance(model, images / 255.0, labels, to_model_input, COLOUR_CLASSES)
-    with pytest.raises(ValueError, match=r"labels must be 4 integers in \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"labels: label 4 at index 3 is outside 0\.\.3"):
         occlusion.context_reliance(model, images, labels + 1, to_model_input, COLOUR_CLASSES)
 
 

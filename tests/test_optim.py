@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deepsight_tf.errors import ConfigError
-from deepsight_tf.metrics import training_metrics
-from deepsight_tf.optim import (
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.train.metrics import training_metrics
+from deepsight_tf.train.optim import (
     DifferentialAdamW,
     DifferentialSGD,
     apply_precision,
@@ -21,7 +21,7 @@ from deepsight_tf.optim import (
     make_optimizer,
     resolve_precision,
 )
-from deepsight_tf.schedules import OneCycle
+from deepsight_tf.train.schedules import OneCycle
 
 
 @pytest.fixture(autouse=True)

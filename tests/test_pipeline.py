@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-from deepsight_tf.errors import ConfigError, DataError
-from deepsight_tf.pipeline import (
+from deepsight_tf.core.errors import ConfigError, DataError
+from deepsight_tf.model.preprocessing import Preprocessing, preprocess
+from deepsight_tf.train.pipeline import (
     class_weights_from,
     cutmix,
     make_eval_dataset,
@@ -20,7 +21,6 @@ from deepsight_tf.pipeline import (
     mixup,
     oversample,
     parse_focus_pairs,
-    preprocess,
     random_partner,
     sample_beta,
     smooth_labels,
@@ -40,8 +40,12 @@ def source(n: int = 40, size: int = 8, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 
 def train(x: np.ndarray, y: np.ndarray, **kwargs) -> tf.data.Dataset:
-    settings = {"batch_size": 8, "image_size": 12, "normalize": to_unit_range, **kwargs}
-    return make_train_dataset(x, y, np.arange(len(x)), K, **settings)
+    size = kwargs.pop("image_size", 12)
+    normalize = kwargs.pop("normalize", to_unit_range)
+    interpolation = kwargs.pop("interpolation", "bicubic")
+    settings = {"batch_size": 8, **kwargs}
+    preprocessing = Preprocessing(size, interpolation, normalize)
+    return make_train_dataset(x, y, np.arange(len(x)), K, preprocessing=preprocessing, **settings)
 
 
 def first_batch(dataset: tf.data.Dataset) -> list[np.ndarray]:
@@ -87,7 +91,7 @@ def test_eval_dataset_keeps_order_and_equals_preprocess() -> None:
     x, y = source()
     indices = np.array([7, 3, 30, 0, 12, 5, 21, 39, 2, 18, 11])
     dataset = make_eval_dataset(
-        x, y, indices, K, batch_size=4, image_size=12, normalize=to_unit_range
+        x, y, indices, K, batch_size=4, preprocessing=Preprocessing(12, "bicubic", to_unit_range)
     )
     batches = list(dataset)
     assert [len(b[0]) for b in batches] == [4, 4, 3]  # last batch kept
@@ -396,7 +400,12 @@ def test_source_arrays_are_verified_before_batching() -> None:
     bad_labels[5] = K
     with pytest.raises(DataError, match="label 4 at index 5"):
         make_eval_dataset(
-            x, bad_labels, np.arange(40), K, batch_size=4, image_size=8, normalize=to_unit_range
+            x,
+            bad_labels,
+            np.arange(40),
+            K,
+            batch_size=4,
+            preprocessing=Preprocessing(8, "bicubic", to_unit_range),
         )
     with pytest.raises(ConfigError, match="--batch-size 64 exceeds the 40 training examples"):
         train(x, y, batch_size=64)

@@ -11,16 +11,16 @@ from PIL import Image
 from tiny_run import CLASS_NAMES, IMAGE_SIZE, NORMALIZATION, TinyRun, make_tiny_run
 from typer.testing import CliRunner
 
-from cli import app
-from deepsight_tf.errors import DataError, PrerequisiteError, StaleArtifactError
-from deepsight_tf.pipeline import preprocess
-from deepsight_tf.predict import (
+from deepsight_tf.cli import app
+from deepsight_tf.core.errors import DataError, PrerequisiteError, StaleArtifactError
+from deepsight_tf.model.preprocessing import preprocess
+from deepsight_tf.serve.predict import (
     collect_images,
     load_run_model,
     overlay_image,
     predict,
     predict_paths,
-    resolve_run_dir,
+    resolve_run,
 )
 
 
@@ -124,17 +124,17 @@ def test_predict_merges_missing_inputs_into_errors(tiny: TinyRun, tmp_path: Path
 
 
 def test_run_is_resolved_by_id_or_folder_and_verified(tiny: TinyRun, tmp_path: Path) -> None:
-    assert resolve_run_dir(tiny.workspace, "tiny") == tiny.run_dir
-    assert resolve_run_dir(tiny.workspace, tiny.run_dir) == tiny.run_dir
+    assert resolve_run(tiny.workspace, "tiny").run_dir == tiny.run_dir
+    assert resolve_run(tiny.workspace, tiny.run_dir).run_dir == tiny.run_dir
     with pytest.raises(PrerequisiteError, match="no run 'other'"):
-        resolve_run_dir(tiny.workspace, "other")
+        resolve_run(tiny.workspace, "other")
     copy = tmp_path / "runs" / "tiny"
     copy.mkdir(parents=True)
     for item in tiny.run_dir.iterdir():
         (copy / item.name).write_bytes(item.read_bytes())
     (copy / "metrics.json").write_text(json.dumps({"class_names": ["x", "y", "z"]}))
     with pytest.raises(StaleArtifactError, match=r"metrics\.json"):
-        resolve_run_dir(tiny.workspace, copy)
+        resolve_run(tiny.workspace, copy)
 
 
 def test_overlay_enlarges_small_images_under_the_explain_colours() -> None:
@@ -217,13 +217,13 @@ def test_predict_and_export_agree_with_a_trained_runs_test_predictions(tmp_path:
     the very files of the test split and compare with the probabilities training stored."""
     import tensorflow as tf
 
-    from deepsight_tf.config import ObtainSettings, ScrubSettings, TrainSettings
-    from deepsight_tf.dataset import load_dataset
-    from deepsight_tf.export import export_run
-    from deepsight_tf.obtain import obtain
-    from deepsight_tf.scrub import scrub
-    from deepsight_tf.training import train
-    from deepsight_tf.workspace import Workspace
+    from deepsight_tf.core.settings import ObtainSettings, ScrubSettings, TrainSettings
+    from deepsight_tf.core.workspace import Workspace
+    from deepsight_tf.data.dataset import load_dataset
+    from deepsight_tf.data.obtain import obtain
+    from deepsight_tf.data.scrub import scrub
+    from deepsight_tf.serve.export import export_run
+    from deepsight_tf.train.loop import train
 
     rng = np.random.default_rng(0)
     source = tmp_path / "source"

@@ -15,28 +15,27 @@ import pytest
 from test_training import separable_npz, tiny
 from typer.testing import CliRunner
 
-from cli import app
-from deepsight_tf.config import ExploreSettings, InterpretSettings, ObtainSettings, ScrubSettings
-from deepsight_tf.errors import ConfigError, StaleArtifactError
-from deepsight_tf.evaluation import (
-    _batched_macro_f1,
-    bootstrap_ci,
-    classification_summary,
-    per_class_recall,
+from deepsight_tf.cli import app
+from deepsight_tf.core.errors import ConfigError, StaleArtifactError
+from deepsight_tf.core.settings import (
+    ExploreSettings,
+    InterpretSettings,
+    ObtainSettings,
+    ScrubSettings,
 )
-from deepsight_tf.explore import explore
-from deepsight_tf.interpret import interpret
-from deepsight_tf.obtain import obtain
-from deepsight_tf.report import (
-    Html,
-    compare_predictions,
-    element,
-    report,
-    table,
-)
-from deepsight_tf.scrub import scrub
-from deepsight_tf.training import read_history, train
-from deepsight_tf.workspace import Workspace, read_json
+from deepsight_tf.core.storage import read_json
+from deepsight_tf.core.workspace import Workspace
+from deepsight_tf.data.explore import explore
+from deepsight_tf.data.obtain import obtain
+from deepsight_tf.data.scrub import scrub
+from deepsight_tf.diagnose.bootstrap import batched_macro_f1, bootstrap_ci
+from deepsight_tf.diagnose.evaluation import classification_summary, per_class_recall
+from deepsight_tf.diagnose.interpret import interpret
+from deepsight_tf.report import report
+from deepsight_tf.report.compare import compare_predictions
+from deepsight_tf.report.html import Html, element, table
+from deepsight_tf.train.history import read_history
+from deepsight_tf.train.loop import train
 
 N_BOOT = 200
 # A group name with markup in it: the page must show it as text (escaped), never as markup.
@@ -385,7 +384,7 @@ def test_compare_predictions_on_hand_made_predictions() -> None:
     ]
     assert [(c.true, c.predicted, c.delta) for c in found["worse"]] == [("y", "z", 10)]
     expected = bootstrap_ci(
-        lambda t, p, q: _batched_macro_f1(t, q, 3) - _batched_macro_f1(t, p, 3),
+        lambda t, p, q: batched_macro_f1(t, q, 3) - batched_macro_f1(t, p, 3),
         labels,
         probs_a.argmax(1),
         probs_b.argmax(1),

@@ -11,23 +11,23 @@ import pytest
 from synthetic_images import cropped, jpeg, pink_noise_photos, view
 from typer.testing import CliRunner
 
-from cli import app
-from deepsight_tf.checks import verify_batch
-from deepsight_tf.config import ObtainSettings, ScrubSettings
-from deepsight_tf.dataset import IMAGES_FILE, Dataset, save_dataset
-from deepsight_tf.errors import ConfigError, DataError, StaleArtifactError
-from deepsight_tf.interpolation import METHODS
-from deepsight_tf.obtain import obtain
-from deepsight_tf.scrub import (
-    DUPLICATES_FILE,
-    SPLIT_FILE,
+from deepsight_tf.cli import app
+from deepsight_tf.core.checks import verify_batch
+from deepsight_tf.core.errors import ConfigError, DataError, StaleArtifactError
+from deepsight_tf.core.manifest import Manifest
+from deepsight_tf.core.settings import ObtainSettings, ScrubSettings
+from deepsight_tf.core.storage import read_json
+from deepsight_tf.core.workspace import DUPLICATES_FILE, IMAGES_FILE, SPLIT_FILE, Workspace
+from deepsight_tf.data.dataset import Dataset, save_dataset
+from deepsight_tf.data.interpolation import METHODS
+from deepsight_tf.data.obtain import obtain
+from deepsight_tf.data.scrub import (
     load_scrub_report,
     load_split,
     load_test_twins,
     make_split,
     scrub,
 )
-from deepsight_tf.workspace import Manifest, Workspace, read_json
 
 CLASSES = ["cat", "dog", "ship"]
 TRAIN_PER_CLASS = (60, 40, 30)  # imbalanced, so proportions are a real test

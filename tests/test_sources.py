@@ -19,15 +19,9 @@ from conftest import (
 )
 from PIL import Image
 
-from deepsight_tf.errors import DataError
-from deepsight_tf.sources import (
-    read_archive,
-    read_batches,
-    read_image_folder,
-    read_npz,
-    read_source,
-    source_kind,
-)
+from deepsight_tf.core.errors import DataError
+from deepsight_tf.data.image_folder import read_image_folder
+from deepsight_tf.data.sources import read_archive, read_batches, read_npz, read_source, source_kind
 
 
 def test_batches_folder_round_trips_pixels_labels_and_names(tmp_path: Path) -> None:

@@ -9,23 +9,18 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
-from deepsight_tf.config import ObtainSettings, ScrubSettings, TrainSettings
-from deepsight_tf.errors import ConfigError, StaleArtifactError
-from deepsight_tf.obtain import obtain
-from deepsight_tf.scrub import scrub
-from deepsight_tf.training import (
-    HISTORY_FILE,
-    MODEL_FILE,
-    PREDICTIONS_FILE,
-    classification_metrics,
-    load_weights_npz,
-    plan_phases,
-    read_history,
-    resolve_settings,
-    train,
-)
-from deepsight_tf.workspace import Workspace, read_json
+from deepsight_tf.cli import app
+from deepsight_tf.core.errors import ConfigError, StaleArtifactError
+from deepsight_tf.core.settings import ObtainSettings, ScrubSettings, TrainSettings
+from deepsight_tf.core.storage import read_json
+from deepsight_tf.core.workspace import HISTORY_FILE, MODEL_FILE, PREDICTIONS_FILE, Workspace
+from deepsight_tf.data.obtain import obtain
+from deepsight_tf.data.scrub import scrub
+from deepsight_tf.train.checkpoints import load_weights_npz
+from deepsight_tf.train.history import read_history
+from deepsight_tf.train.loop import train
+from deepsight_tf.train.metrics import classification_scores
+from deepsight_tf.train.plan import plan_phases, resolve_settings
 
 CLASSES = ["red", "green", "blue"]
 
@@ -115,7 +110,7 @@ def test_metrics_equal_sklearn() -> None:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 50)
     probs = rng.random((50, 3))
-    got = classification_metrics(labels, probs, CLASSES)
+    got = classification_scores(labels, probs, CLASSES)
     assert got["accuracy"] == accuracy_score(labels, probs.argmax(1))
     assert got["macro_f1"] == pytest.approx(f1_score(labels, probs.argmax(1), average="macro"))
 
@@ -128,25 +123,25 @@ def test_a_run_writes_consistent_artifacts(prepared: Workspace) -> None:
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert {"loss", "val_macro_f1", "val_accuracy", "lr_end"} <= set(history[0])
     predictions = np.load(run / PREDICTIONS_FILE)
-    recomputed = classification_metrics(
+    recomputed = classification_scores(
         predictions["test_labels"], predictions["test_probs"], CLASSES
     )
     metrics = read_json(run / "metrics.json")
     assert metrics["test"]["accuracy"] == recomputed["accuracy"] == result.test["accuracy"]
     assert metrics["test"]["macro_f1"] == pytest.approx(recomputed["macro_f1"])
     model = keras.saving.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
-    from deepsight_tf.backbones import Normalization
-    from deepsight_tf.pipeline import preprocess
+    from deepsight_tf.model.preprocessing import Normalization, preprocess
 
     config = read_json(run / "config.json")
-    normalize = Normalization(**config["normalization"])
+    normalize = Normalization.from_dict(config["preprocessing"]["normalization"])
     data = np.load(prepared.data_dir("rgb") / "images.npz")
     probs = model.predict(
-        preprocess(data["x_test"], 16, normalize, config["interpolation"]), verbose=0
+        preprocess(data["x_test"], 16, normalize, config["preprocessing"]["interpolation"]),
+        verbose=0,
     )
     np.testing.assert_allclose(probs, predictions["test_probs"], atol=1e-5)
     prepared.verify(run, "deepsight train")
-    assert config["normalization"]["source"] == "imagenet"  # explore did not run here
+    assert config["preprocessing"]["normalization"]["source"] == "imagenet"  # no explore here
 
 
 def test_gate_failure_exits_8_and_keeps_the_run(prepared: Workspace) -> None:
@@ -211,7 +206,7 @@ def test_training_from_a_saved_kerashub_preset(prepared: Workspace, tmp_path: Pa
     loaded by the same code as `--weights imagenet` (from_preset, a name or a folder)."""
     import keras_hub
 
-    from deepsight_tf.backbones import get_backbone_spec
+    from deepsight_tf.model.backbones import get_backbone_spec
 
     keras.utils.set_random_seed(3)
     hub = keras_hub.models.ResNetBackbone(**get_backbone_spec("resnet18").hub_config())
@@ -241,7 +236,7 @@ def test_training_from_a_saved_kerashub_preset(prepared: Workspace, tmp_path: Pa
 
 
 def test_find_lr_writes_a_curve_and_a_suggestion_inside_the_range(prepared: Workspace) -> None:
-    from deepsight_tf.training import find_lr
+    from deepsight_tf.train.lr_finder import find_lr
 
     report = find_lr(tiny(run_id="lr-test"), prepared, steps=30)
     saved = read_json(Path(report.run_dir) / "lr_finder.json")
@@ -269,12 +264,12 @@ def test_transfer_from_a_run_and_stale_split(prepared: Workspace) -> None:
     assert [p.trainable for p in result.phases] == ["head", "4"]
     source_config = read_json(source / "config.json")
     assert (
-        read_json(Path(result.run_dir) / "config.json")["normalization"]
-        == source_config["normalization"]
+        read_json(Path(result.run_dir) / "config.json")["preprocessing"]["normalization"]
+        == source_config["preprocessing"]["normalization"]
     )
     # The transfer itself, exactly: stages 0 to 3 were frozen throughout (BatchNorm in inference
     # mode), so they hold the source run's weights and statistics bit for bit; the head is new.
-    from deepsight_tf.backbones import is_head_layer, stage_of
+    from deepsight_tf.model.backbones import is_head_layer, stage_of
 
     source_model = keras.saving.load_model(source / MODEL_FILE, compile=False)
     transferred = keras.saving.load_model(Path(result.run_dir) / MODEL_FILE, compile=False)

@@ -10,20 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepsight_tf.errors import (
+from deepsight_tf.core.errors import (
     PrerequisiteError,
     StaleArtifactError,
     StorageError,
     WorkspaceBusyError,
 )
-from deepsight_tf.workspace import (
-    Manifest,
-    Workspace,
-    atomic_path,
-    atomic_save_npz,
-    atomic_write_text,
-    sha256_file,
-)
+from deepsight_tf.core.manifest import Manifest
+from deepsight_tf.core.storage import atomic_path, atomic_save_npz, atomic_write_text, sha256_file
+from deepsight_tf.core.workspace import Workspace
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:

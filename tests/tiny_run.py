@@ -9,28 +9,32 @@ import keras
 import numpy as np
 from PIL import Image
 
-from deepsight_tf import models
-from deepsight_tf.backbones import Normalization
-from deepsight_tf.config import TrainSettings
-from deepsight_tf.metrics import training_metrics
-from deepsight_tf.optim import make_optimizer
-from deepsight_tf.pipeline import make_eval_dataset, preprocess
-from deepsight_tf.schedules import OneCycle
-from deepsight_tf.training import (
+from deepsight_tf.core.manifest import Manifest
+from deepsight_tf.core.settings import TrainSettings
+from deepsight_tf.core.storage import atomic_save_npz, atomic_write_json
+from deepsight_tf.core.workspace import (
     CONFIG_FILE,
     METRICS_FILE,
     MODEL_FILE,
     PREDICTIONS_FILE,
-    predict_probs,
-    save_model_atomically,
+    Workspace,
 )
-from deepsight_tf.workspace import Manifest, Workspace, atomic_save_npz, atomic_write_json
+from deepsight_tf.model import classifier as models
+from deepsight_tf.model.preprocessing import Normalization, Preprocessing, preprocess
+from deepsight_tf.model.saving import save_classifier
+from deepsight_tf.train.loop import predict_probs, run_config
+from deepsight_tf.train.metrics import training_metrics
+from deepsight_tf.train.optim import make_optimizer
+from deepsight_tf.train.pipeline import make_eval_dataset
+from deepsight_tf.train.plan import plan_phases, resolve_settings
+from deepsight_tf.train.schedules import OneCycle
 
 CLASS_NAMES = ["cat", "dog", "ship"]
 IMAGE_SIZE = 16  # the network's input size
 SOURCE_SIZE = 12  # the stored images' size, so that every prediction goes through a resize
 RUN_ID = "tiny"
 NORMALIZATION = Normalization(mean=(120.0, 110.0, 100.0), std=(60.0, 55.0, 50.0), source="data")
+PREPROCESSING = Preprocessing(IMAGE_SIZE, "bicubic", NORMALIZATION)
 
 
 @dataclass
@@ -78,28 +82,17 @@ def make_tiny_run(root: Path, n_test: int = 10, seed: int = 3) -> TinyRun:
     )
     model.optimizer.build(model.trainable_variables)
     eval_ds = make_eval_dataset(
-        x_test,
-        y_test,
-        test_indices,
-        len(CLASS_NAMES),
-        batch_size=4,
-        image_size=IMAGE_SIZE,
-        normalize=NORMALIZATION,
-        interpolation="bicubic",
+        x_test, y_test, test_indices, len(CLASS_NAMES), batch_size=4, preprocessing=PREPROCESSING
     )
     test_probs = predict_probs(model, eval_ds)
-    save_model_atomically(model, run_dir / MODEL_FILE)
-    settings = TrainSettings(run_id=RUN_ID, image_size=IMAGE_SIZE, width_multiplier=1 / 16)
-    atomic_write_json(
-        run_dir / CONFIG_FILE,
-        {
-            "run_id": RUN_ID,
-            "settings": asdict(settings),
-            "precision": "float32",
-            "interpolation": "bicubic",
-            "normalization": asdict(NORMALIZATION),
-        },
+    save_classifier(model, run_dir / MODEL_FILE)
+    settings = resolve_settings(
+        TrainSettings(run_id=RUN_ID, image_size=IMAGE_SIZE, width_multiplier=1 / 16)
     )
+    config = run_config(
+        RUN_ID, settings, "float32", PREPROCESSING, plan_phases(settings), {}, "2026-01-01"
+    )
+    atomic_write_json(run_dir / CONFIG_FILE, config)
     atomic_write_json(
         run_dir / METRICS_FILE, {"run_id": RUN_ID, "dataset": "tiny", "class_names": CLASS_NAMES}
     )

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from deepsight_tf.workspace import atomic_write_bytes
+from deepsight_tf.core.storage import atomic_write_bytes
 
 # Colour-blind-safe defaults (Okabe-Ito for categories, viridis for heat maps).
 OKABE_ITO = (

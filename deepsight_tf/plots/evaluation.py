@@ -13,14 +13,10 @@ from matplotlib.lines import Line2D
 from deepsight_tf.plots import HEATMAP_CMAP, OKABE_ITO
 
 if TYPE_CHECKING:
-    from deepsight_tf.evaluation import (
-        ClassRecall,
-        ConfusedPair,
-        HypothesisResult,
-        ReliabilityBins,
-        TopLosses,
-    )
-    from deepsight_tf.forensics import LabelIssue
+    from deepsight_tf.diagnose.calibration import ReliabilityBins
+    from deepsight_tf.diagnose.evaluation import ClassRecall, ConfusedPair, TopLosses
+    from deepsight_tf.diagnose.forensics import LabelIssue
+    from deepsight_tf.diagnose.hypothesis_tests import HypothesisResult
 
 # Verdict colours from Okabe-Ito: bluish green, vermillion, grey (told apart by colour-blind
 # readers, and the legend names them as well).

@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 from deepsight_tf.plots import HEATMAP_CMAP, OKABE_ITO
 
 if TYPE_CHECKING:
-    from deepsight_tf.explain import FaithfulnessReport, SanityCheckResult
-    from deepsight_tf.occlusion import CentreEnergy, ContextReliance
+    from deepsight_tf.diagnose.explain import FaithfulnessReport, SanityCheckResult
+    from deepsight_tf.diagnose.occlusion import CentreEnergy, ContextReliance
 
 OVERLAY_ALPHA = 0.45  # share of the heat map in an overlay; the image stays readable beneath
 

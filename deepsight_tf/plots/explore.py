@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from deepsight_tf.plots import OKABE_ITO
 
 if TYPE_CHECKING:
-    from deepsight_tf.explore import ClassBalance
+    from deepsight_tf.data.explore import ClassBalance
 
 GAP_PX = 2  # white pixels between images in a mosaic
 MEANS_PER_ROW = 10

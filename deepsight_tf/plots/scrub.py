@@ -13,8 +13,8 @@ from matplotlib.figure import Figure
 from deepsight_tf.plots import OKABE_ITO
 
 if TYPE_CHECKING:
-    from deepsight_tf.interpolation import InterpolationStudy
-    from deepsight_tf.scrub import DuplicatePair
+    from deepsight_tf.data.interpolation import InterpolationStudy
+    from deepsight_tf.data.scrub import DuplicatePair
 
 PAIRS_PER_ROW = 4
 CONFLICT_COLOUR = OKABE_ITO[3]  # vermillion: the two sides carry different labels

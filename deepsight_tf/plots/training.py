@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from deepsight_tf.plots import OKABE_ITO
-from deepsight_tf.schedules import LRFinderResult
+
+if TYPE_CHECKING:
+    from deepsight_tf.train.lr_finder import LRFinderResult
 
 
 def plot_lr_finder(result: LRFinderResult) -> Figure:

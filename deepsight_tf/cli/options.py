@@ -1,0 +1,83 @@
+"""Command-line options made from the settings dataclasses, so each default is written once.
+
+`settings_options(TrainSettings)` gives a Typer command one option per field: the flag from
+the field's name, its default, its help and, for a field with choices, a Literal type, so
+that `--help` lists the values, shell completion offers them and a typo fails while parsing
+with the list (exit 2). The command receives the constructed (and so validated) settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+from typing import Annotated, Any, Literal
+
+import typer
+
+from deepsight_tf.core.settings import flag_name
+
+OPTIONS_PANEL = "Settings"
+
+
+def _option_type(annotation: Any, choices: tuple[str, ...] | None, default: Any) -> Any:
+    if choices is None:
+        return annotation
+    literal = Literal[choices]  # type: ignore[valid-type]
+    return literal | None if default is None else literal
+
+
+def settings_parameters(
+    cls: type, exclude: frozenset[str] = frozenset()
+) -> list[inspect.Parameter]:
+    """One keyword-only Typer option per command-line field of the settings class `cls`."""
+    hints = typing.get_type_hints(cls)
+    parameters = []
+    for f in fields(cls):
+        if f.name in exclude or not f.metadata.get("cli", True):
+            continue
+        if f.default is MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name} needs a default to become an option")
+        choices = f.metadata.get("choices")
+        annotation = _option_type(hints[f.name], choices, f.default)
+        option = typer.Option(flag_name(f.name), help=f.metadata["help"], show_default=True)
+        parameters.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=f.default,
+                annotation=Annotated[annotation, option],
+            )
+        )
+    return parameters
+
+
+def settings_options(
+    cls: type, exclude: frozenset[str] = frozenset()
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a command `def cmd(own params..., settings)`: Typer sees the own parameters and
+    one option per settings field; the command is called with `settings=cls(**those values)`."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        own_hints = typing.get_type_hints(func, include_extras=True)
+        own = [
+            p.replace(annotation=own_hints.get(p.name, p.annotation))
+            for p in inspect.signature(func).parameters.values()
+            if p.name != "settings"
+        ]
+        generated = settings_parameters(cls, exclude)
+        names = {p.name for p in generated}
+
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+            return func(*args, settings=cls(**values), **kwargs)
+
+        del command.__wrapped__  # Typer must read the signature below, not func's
+        command.__signature__ = inspect.Signature([*own, *generated])  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in [*own, *generated]}
+        return command
+
+    return decorate

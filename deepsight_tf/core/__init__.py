@@ -1,0 +1,1 @@
+"""Foundations every layer uses: settings, errors and exit codes, the workspace, checks."""

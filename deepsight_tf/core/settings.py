@@ -1,0 +1,286 @@
+"""Settings of each phase as dataclasses: defaults, help, allowed values, validation.
+
+The one source of truth for every phase's options. Each field carries its help text and its
+rule; the command line builds its options from these fields (deepsight_tf/cli/options.py), and
+each dataclass checks itself when constructed, so a bad value fails with the flag's name before
+any work starts, whether it came from the command line, a Python caller or a stored run.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from deepsight_tf.core.checks import MAX_IMAGE_SIZE, check_image_size, check_name
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.workspace import METRICS_FILE
+
+# Vocabularies: the values each choice-valued setting may take.
+BACKBONES = ("resnet18", "resnet50")
+STEMS = ("cifar", "imagenet")
+AUGMENT_PRESETS = ("none", "light", "standard", "strong")
+MIX_MODES = ("none", "cutmix", "mixup")
+OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "one", "mirrored", "multiworker")
+INTERPOLATIONS = (
+    "bicubic",
+    "bilinear",
+    "nearest",
+    "area",
+    "lanczos3",
+    "lanczos5",
+    "gaussian",
+    "mitchellcubic",
+)
+EXPORT_FORMATS = ("savedmodel", "keras", "onnx")
+CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "layercam")
+MAX_SAMPLES_PER_CLASS = 64
+
+
+def setting(
+    default: Any,
+    help_text: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    cli: bool = True,
+) -> Any:
+    """A settings field with its help and rule: `choices`, or bounds (ge >=, gt >, le <=, lt <).
+
+    None is always allowed where the default is None (it means "decide for me"). `cli=False`
+    keeps a field off the command line.
+    """
+    rule = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    return field(default=default, metadata={"help": help_text, "cli": cli, **rule})
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+_BOUNDS = {
+    "ge": (operator.ge, ">="),
+    "gt": (operator.gt, ">"),
+    "le": (operator.le, "<="),
+    "lt": (operator.lt, "<"),
+}
+
+
+def _check_field(name: str, value: Any, meta: dict[str, Any]) -> None:
+    """One field's rule; None passes (it means "decide for me" where it is allowed at all)."""
+    if value is None:
+        return
+    flag = flag_name(name)
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+    bounds = [(key, meta[key]) for key in _BOUNDS if meta.get(key) is not None]
+    if not bounds:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{flag} {value!r}: give a finite number")
+    if not all(_BOUNDS[key][0](value, limit) for key, limit in bounds):
+        rule = " and ".join(f"{_BOUNDS[key][1]} {limit:g}" for key, limit in bounds)
+        raise ConfigError(f"{flag} {value:g}: must be {rule}")
+
+
+class Settings:
+    """Validation shared by the phase settings: each field's rule, then the class's own checks."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            _check_field(f.name, getattr(self, f.name), dict(f.metadata))
+        self.check()
+
+    def check(self) -> None:
+        """Rules that involve one field's form or several fields (override)."""
+
+
+@dataclass
+class ObtainSettings(Settings):
+    source: str | None = setting(
+        None,
+        "Local copy: cifar-10-python.tar.gz, cifar-10-batches-py/, an image folder "
+        "(train/<class>/, test/<class>/) or an .npz. Default: Keras's CIFAR-10 download.",
+    )
+    name: str | None = setting(None, "Data set name in the workspace. Default: from the source.")
+    resize: int | None = setting(
+        None, "Resize every image to NxN pixels (needed for mixed sizes).", ge=1, le=MAX_IMAGE_SIZE
+    )
+    strict: bool = setting(False, "Refuse unreadable files instead of skipping them.")
+    force: bool = setting(False, "Read the source again even if the stored copy is current.")
+
+    def check(self) -> None:
+        if self.name is not None:
+            check_name(self.name, "--name")
+
+
+@dataclass
+class ScrubSettings(Settings):
+    dataset: str | None = setting(None, "Data set in the workspace. Default: the only one.")
+    val_size: float = setting(
+        0.1, "Fraction of the training split held out for validation (stratified).", gt=0, lt=1
+    )
+    seed: int = setting(42, "Seed of the validation split and the interpolation sample.", ge=0)
+    drop_leaks: bool = setting(False, "Drop training images that duplicate a test image.")
+    image_size: int = setting(64, "Training size that the interpolation study upsamples to.")
+    interp_sample: int = setting(512, "Images measured in the interpolation study.", ge=1)
+    # Near duplicates (see deepsight_tf/data/duplicates.py): the same photo when both
+    # orientations of band-pass structure correlate at r >= 0.8 after alignment, i.e. distance
+    # 1 - r <= 0.2. Planted copies (shifts up to 3 px, crops up to 4 px, colour, JPEG down to
+    # quality 30) stay below 0.19; random pairs of CIFAR-10 images stay above 0.39.
+    near_threshold: float = setting(
+        0.2, "Near-duplicate distance: 1 - aligned structure correlation.", gt=0, lt=1
+    )
+    # Candidates per image from each of the two indexes (layout, spectrum), all verified: 3 + 3
+    # find 97% of copies planted among CIFAR-10 (bench/duplicates.py); 5 from the layout index
+    # alone found 88%, the shifted copies worst. Verification is most of the run time.
+    neighbours: int = setting(3, "Near-duplicate candidates per image from each index.", ge=1)
+
+    def check(self) -> None:
+        check_image_size(self.image_size)
+        if self.dataset is not None:
+            check_name(self.dataset, "--dataset")
+
+
+@dataclass
+class ExploreSettings(Settings):
+    dataset: str | None = setting(None, "Data set in the workspace. Default: the only one.")
+    hypotheses: str | None = setting(
+        None,
+        'JSON file with "groups" (name to list of classes), "comparisons" (pairs of groups) '
+        'and "confusable_pairs" (pairs of classes). Default: the CIFAR-10 hypotheses when the '
+        "data set has those classes.",
+    )
+    samples_per_class: int = setting(
+        8, "Images per class in the sample grid.", ge=1, le=MAX_SAMPLES_PER_CLASS
+    )
+    seed: int = setting(0, "Seed of the sample grid.", ge=0)
+
+    def check(self) -> None:
+        if self.dataset is not None:
+            check_name(self.dataset, "--dataset")
+
+
+_UNFREEZE = re.compile(r"^(all|\s*\d+\s*(,\s*\d+\s*)*)$")
+
+
+@dataclass
+class TrainSettings(Settings):
+    dataset: str | None = setting(None, "Data set in the workspace. Default: the only one.")
+    run_id: str | None = setting(None, "Run name (a folder under runs/). Default: backbone-time.")
+    backbone: str = setting("resnet18", "The ResNet to train.", choices=BACKBONES)
+    weights: str = setting(
+        "none", "imagenet, none, a KerasHub preset folder, a .weights.h5 file or a run folder."
+    )
+    stem: str | None = setting(
+        None,
+        "cifar (3x3, no pooling) or imagenet (7x7 and max-pool). Default: cifar at <= 32 px "
+        "from scratch, else imagenet.",
+        choices=STEMS,
+    )
+    image_size: int = setting(64, "Pixels fed to the network (bicubic upsampling from 32).")
+    interpolation: str | None = setting(
+        None,
+        "Resize method. Default: the one scrub's interpolation study selected.",
+        choices=INTERPOLATIONS,
+    )
+    width_multiplier: float = setting(
+        1.0, "Channel width factor (<1: a narrow network; from scratch only).", gt=0, le=4
+    )
+    dropout: float = setting(0.2, "Dropout rate before the head.", ge=0, lt=1)
+    augment: str = setting("standard", "Pixel augmentation preset.", choices=AUGMENT_PRESETS)
+    mix: str = setting("none", "Batch mixing.", choices=MIX_MODES)
+    mix_alpha: float = setting(1.0, "Beta(alpha, alpha) of the mixing ratio.", gt=0)
+    label_smoothing: float = setting(0.0, "Label smoothing epsilon.", ge=0, lt=1)
+    class_weights: str = setting(
+        "none", f"none, balanced, or a per-class recall JSON / an earlier run's {METRICS_FILE}."
+    )
+    focus_pairs: str | None = setting(
+        None, "Oversample confusable classes: cat:dog,automobile:truck, or @FILE."
+    )
+    focus_factor: float = setting(2.0, "How much more often focus classes are drawn.", ge=1)
+    batch_size: int = setting(128, "Images per step (per replica).", ge=1)
+    frozen_epochs: int | None = setting(
+        None, "Head-only epochs (phase 1). Default: 1 with pretrained weights, else 0.", ge=0
+    )
+    epochs: int = setting(4, "Epochs with stages unfrozen (phase 2).", ge=0)
+    unfreeze: str | None = setting(
+        None, "Stages to unfreeze: 3,4 or all. Default: 3,4 pretrained, all from scratch."
+    )
+    optimizer: str = setting("sgd", "sgd (Nesterov momentum) or adamw.", choices=OPTIMIZERS)
+    lr: float | None = setting(
+        None, "One-cycle peak rate of the head. Default: 0.4 from scratch, 0.05 pretrained.", gt=0
+    )
+    backbone_lr_mult: float | None = setting(
+        None, "Backbone rate as a multiple of --lr. Default: 1 from scratch, 0.1 pretrained.", ge=0
+    )
+    weight_decay: float = setting(5e-4, "Decoupled weight decay.", ge=0)
+    pct_start: float = setting(0.25, "Fraction of each phase spent warming up.", gt=0, lt=1)
+    precision: str = setting(
+        "auto", "Float policy. auto: mixed_float16 on a capable GPU.", choices=PRECISIONS
+    )
+    mva: float = setting(
+        0.65, "Minimum Viable Accuracy on the test set; below it the exit code is 8.", ge=0, le=1
+    )
+    seed: int = setting(42, "Random seed.", ge=0)
+    deterministic: bool = setting(False, "Deterministic ops (slower; exact resume).")
+    resume: bool = setting(False, "Continue an interrupted run (--run-id) with its settings.")
+    # Commit the training state every this many minutes within an epoch (and at every epoch
+    # end); a killed run loses at most this much. 0: at epoch ends only.
+    checkpoint_minutes: float = setting(
+        5.0, "Save the training state this often within an epoch (0: epoch ends only).", ge=0
+    )
+    max_train_images: int | None = setting(
+        None, "Train on a stratified subset of this many images (quick runs).", ge=1
+    )
+    strategy: str = setting(
+        "auto", "tf.distribute: one device, mirrored (GPUs) or multiworker.", choices=STRATEGIES
+    )
+
+    def check(self) -> None:
+        check_image_size(self.image_size)
+        if self.unfreeze is not None and not _UNFREEZE.match(self.unfreeze):
+            raise ConfigError(
+                f"--unfreeze {self.unfreeze!r}: give stage numbers such as 3,4, or all"
+            )
+        for name, flag in ((self.run_id, "--run-id"), (self.dataset, "--dataset")):
+            if name is not None:
+                check_name(name, flag)
+
+
+@dataclass
+class InterpretSettings(Settings):
+    run_id: str = setting("", "Run to interpret (a folder under runs/).", cli=False)
+    methods: str = setting(
+        ",".join(CAM_METHODS), f"CAM methods, comma-separated: {', '.join(CAM_METHODS)}."
+    )
+    max_images: int = setting(
+        100, "Test images for CAM maps, faithfulness and the sanity check.", ge=1
+    )
+    context_images: int = setting(5000, "Test images for the occlusion test (0: all).", ge=0)
+    sanity_images: int = setting(16, "Test images for the randomisation sanity check.", ge=1)
+    grid_per_class: int = setting(4, "CAM grid: correct and wrong images per class.", ge=0)
+    n_boot: int = setting(2000, "Bootstrap resamples for every confidence interval.", ge=100)
+    seed: int = setting(0, "Random seed.", ge=0)
+
+    def check(self) -> None:
+        if self.run_id:
+            check_name(self.run_id, "run id")
+        methods = self.method_list()
+        unknown = [m for m in methods if m not in CAM_METHODS]
+        if unknown or not methods:
+            choices = ", ".join(CAM_METHODS)
+            raise ConfigError(
+                f"--methods {self.methods!r}: unknown {unknown}; choose from {choices}"
+            )
+
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]

@@ -1,0 +1,520 @@
+"""The scrub phase: integrity, exact and near duplicates, leakage, the validation split, resize."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deepsight_tf.core.checks import verify_batch, verify_labels
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.manifest import DATA_INPUT, Manifest, now_iso
+from deepsight_tf.core.progress import Progress
+from deepsight_tf.core.settings import ScrubSettings
+from deepsight_tf.core.storage import atomic_write_json, atomic_write_text, read_json
+from deepsight_tf.core.workspace import (
+    DUPLICATES_FILE,
+    IMAGES_FILE,
+    REPORT_JSON,
+    SPLIT_FILE,
+    Workspace,
+)
+from deepsight_tf.data.dataset import SPLITS, Dataset, dataset_sha256, load_dataset
+from deepsight_tf.data.interpolation import InterpolationStudy, interpolation_study
+
+DUPLICATES_FIGURE = "figures/duplicates.png"
+BORDERLINE_FIGURE = "figures/duplicates_borderline.png"
+INTERPOLATION_FIGURE = "figures/interpolation.png"
+PHASE_HINT = "deepsight scrub"
+CATEGORIES = ("train", "test", "train-test")  # where the two images of a pair live
+CSV_COLUMNS = (
+    "kind",
+    "split_a",
+    "index_a",
+    "path_a",
+    "label_a",
+    "split_b",
+    "index_b",
+    "path_b",
+    "label_b",
+    "distance",
+    "same_label",
+)
+FIGURE_PAIRS = 20  # pairs per duplicates figure
+CHECK_CHUNK = 10_000  # images per verify_batch call
+
+
+@dataclass
+class Split:
+    """Indices into x_train: the training and validation parts, and any dropped leaks."""
+
+    train: np.ndarray
+    val: np.ndarray
+    seed: int
+    val_size: float
+    dropped: np.ndarray
+
+
+@dataclass
+class DuplicatePair:
+    """One row of duplicates.csv: image a and image b, by split and index within the split."""
+
+    kind: str  # exact | near
+    split_a: str
+    index_a: int
+    path_a: str
+    label_a: str
+    split_b: str
+    index_b: int
+    path_b: str
+    label_b: str
+    distance: float  # 0 for exact; 1 - aligned structure correlation for near
+
+    @property
+    def same_label(self) -> bool:
+        return self.label_a == self.label_b
+
+    @property
+    def category(self) -> str:
+        return self.split_a if self.split_a == self.split_b else "train-test"
+
+
+@dataclass
+class Duplicates:
+    """Every exact and near duplicate pair, with the global indices (train first, then test)."""
+
+    pairs: list[DuplicatePair]
+    ids: np.ndarray  # (P, 2) global indices of each pair, in the same order
+    candidates_verified: int
+
+
+@dataclass
+class ScrubResult:
+    dataset: str
+    folder: str
+    images_sha256: str
+    duration_s: float
+    integrity: dict[str, Any]
+    duplicates: dict[str, Any]
+    leakage: dict[str, Any]
+    split: dict[str, Any]
+    interpolation: InterpolationStudy
+    class_names: list[str] = field(default_factory=list)
+    top_pairs: list[dict[str, Any]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+# Loaders for later phases -------------------------------------------------------------------
+def _verified_manifest(workspace: Workspace, dataset: str) -> Manifest:
+    folder = workspace.scrub_dir(dataset)
+    manifest = workspace.verify(folder, PHASE_HINT)
+    workspace.check_inputs(
+        manifest,
+        {DATA_INPUT: dataset_sha256(workspace, dataset)},
+        workspace.relative(folder),
+        PHASE_HINT,
+    )
+    return manifest
+
+
+def load_split(workspace: Workspace, dataset: str) -> Split:
+    """Scrub's split, refused (StaleArtifactError) if it or the stored data set has changed."""
+    _verified_manifest(workspace, dataset)
+    data = read_json(workspace.scrub_dir(dataset) / SPLIT_FILE)
+    return Split(
+        train=np.asarray(data["train"], dtype=np.int64),
+        val=np.asarray(data["val"], dtype=np.int64),
+        seed=int(data["seed"]),
+        val_size=float(data["val_size"]),
+        dropped=np.asarray(data["dropped"], dtype=np.int64),
+    )
+
+
+def load_scrub_report(workspace: Workspace, dataset: str) -> dict[str, Any]:
+    """Scrub's report.json, verified like load_split."""
+    _verified_manifest(workspace, dataset)
+    return read_json(workspace.scrub_dir(dataset) / REPORT_JSON)
+
+
+def load_test_twins(workspace: Workspace, dataset: str) -> np.ndarray:
+    """Indices into x_test of the test images with an exact or near duplicate in train."""
+    report = load_scrub_report(workspace, dataset)
+    return np.asarray(report["leakage"]["test_indices_with_train_twin"], dtype=np.int64)
+
+
+# Integrity ----------------------------------------------------------------------------------
+def check_integrity(data: Dataset) -> dict[str, Any]:
+    """Shape, dtype, value and label checks of every image (raises DataError on the first bad)."""
+    shape = data.image_shape
+    summary: dict[str, Any] = {"image_shape": list(shape), "dtype": "uint8"}
+    for split in SPLITS:
+        x, y = data.split(split)
+        for start in range(0, len(x), CHECK_CHUNK):
+            verify_batch(
+                x[start : start + CHECK_CHUNK],
+                shape,
+                np.uint8,
+                first_index=start,
+                where=f"{data.name} {split}",
+            )
+        verify_labels(y, data.num_classes, where=f"{data.name} {split} labels")
+        flat = x.reshape(len(x), -1)
+        # A constant image (one colour everywhere) is usually a failed decode or a placeholder.
+        constant = np.flatnonzero(flat.min(axis=1) == flat.max(axis=1))
+        summary[split] = {
+            "images": len(x),
+            "pixel_range": [int(flat.min(initial=255)), int(flat.max(initial=0))],
+            "labels_in_range": True,
+            "constant_images": constant.tolist(),
+        }
+    return summary
+
+
+# Duplicates ---------------------------------------------------------------------------------
+def find_duplicates(
+    data: Dataset, threshold: float, neighbours: int, progress: Progress | None = None
+) -> Duplicates:
+    """Exact duplicates by pixel hash and near duplicates by aligned structure, over both splits."""
+    from deepsight_tf.data.duplicates import exact_duplicate_groups, find_near_duplicates
+
+    images = np.concatenate([data.x_train, data.x_test])
+    exact = exact_duplicate_groups(images).pairs()
+    near = find_near_duplicates(images, threshold, neighbours, progress=progress)
+    exact_keys = {(int(a), int(b)) for a, b in exact}
+    keep = [i for i, (a, b) in enumerate(near.pairs) if (int(a), int(b)) not in exact_keys]
+    ids = np.concatenate([exact, near.pairs[keep]]).astype(np.int64).reshape(-1, 2)
+    distances = np.concatenate([np.zeros(len(exact)), near.distances[keep]])
+    kinds = ["exact"] * len(exact) + ["near"] * len(keep)
+    pairs = [
+        _pair(data, kind, a, b, d) for kind, (a, b), d in zip(kinds, ids, distances, strict=True)
+    ]
+    return Duplicates(pairs, ids, near.candidates)
+
+
+def _locate(data: Dataset, index: int) -> tuple[str, int]:
+    n_train = len(data.x_train)
+    return ("train", index) if index < n_train else ("test", index - n_train)
+
+
+def _pair(data: Dataset, kind: str, a: int, b: int, distance: float) -> DuplicatePair:
+    split_a, ia = _locate(data, int(a))
+    split_b, ib = _locate(data, int(b))
+    _, ya = data.split(split_a)
+    _, yb = data.split(split_b)
+    return DuplicatePair(
+        kind=kind,
+        split_a=split_a,
+        index_a=ia,
+        path_a=data.paths(split_a)[ia],
+        label_a=data.class_names[int(ya[ia])],
+        split_b=split_b,
+        index_b=ib,
+        path_b=data.paths(split_b)[ib],
+        label_b=data.class_names[int(yb[ib])],
+        distance=round(float(distance), 4),
+    )
+
+
+def summarize_duplicates(found: Duplicates) -> dict[str, Any]:
+    """Pairs, images involved and label conflicts per kind and category."""
+    out: dict[str, Any] = {}
+    for kind in ("exact", "near"):
+        out[kind] = {}
+        for category in CATEGORIES:
+            rows = [p for p in found.pairs if p.kind == kind and p.category == category]
+            images = {(p.split_a, p.index_a) for p in rows} | {(p.split_b, p.index_b) for p in rows}
+            out[kind][category] = {
+                "pairs": len(rows),
+                "images": len(images),
+                "label_conflicts": sum(not p.same_label for p in rows),
+            }
+    out["candidates_verified"] = found.candidates_verified
+    return out
+
+
+def leakage(found: Duplicates) -> dict[str, Any]:
+    """Test images with a twin in train (exact or near), and the train images they twin."""
+    cross = [p for p in found.pairs if p.category == "train-test"]
+    test_ids = sorted({p.index_b for p in cross})
+    return {
+        "test_indices_with_train_twin": test_ids,
+        "train_indices_with_test_twin": sorted({p.index_a for p in cross}),
+        "test_images_with_train_twin": len(test_ids),
+        "exact": len({p.index_b for p in cross if p.kind == "exact"}),
+    }
+
+
+def write_duplicates_csv(path: Any, pairs: list[DuplicatePair]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for p in pairs:
+        row = asdict(p)
+        writer.writerow([*(row[c] for c in CSV_COLUMNS[:-1]), int(p.same_label)])
+    atomic_write_text(path, buffer.getvalue())
+
+
+# Split --------------------------------------------------------------------------------------
+def train_groups(n_train: int, ids: np.ndarray) -> np.ndarray:
+    """Connected components of duplicate pairs inside train: one label per training image."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    inside = ids[(ids < n_train).all(axis=1)] if len(ids) else np.empty((0, 2), np.int64)
+    graph = coo_matrix(
+        (np.ones(len(inside)), (inside[:, 0], inside[:, 1])), shape=(n_train, n_train)
+    )
+    return connected_components(graph, directed=False)[1]
+
+
+def make_split(
+    labels: np.ndarray,
+    keep_in_train: np.ndarray,
+    dropped: np.ndarray,
+    val_size: float,
+    seed: int,
+) -> Split:
+    """Stratified validation split of the training images, with three guarantees.
+
+    scikit-learn's StratifiedShuffleSplit draws it; then every validation image that must stay
+    in train (`keep_in_train`: it has a duplicate in train or in test) is swapped for a random
+    image of the same class that may go, so class counts stay exactly as drawn. `dropped`
+    images take part in neither side.
+    """
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    pool = np.setdiff1d(np.arange(len(labels)), dropped)
+    try:
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=val_size, random_state=seed)
+        train_pos, val_pos = next(splitter.split(np.zeros(len(pool)), labels[pool]))
+    except ValueError as exc:
+        raise ConfigError(
+            f"--val-size {val_size}: cannot split {len(pool)} training images into stratified "
+            f"train and validation parts ({exc}); choose a fraction that leaves every class "
+            "at least one image on each side"
+        ) from exc
+    train, val = pool[train_pos], pool[val_pos]
+    rng = np.random.default_rng(seed)
+    held = val[keep_in_train[val]]
+    swap_in = [np.empty(0, dtype=np.int64)]
+    for cls in np.unique(labels[held]):
+        out = held[labels[held] == cls]
+        free = train[(labels[train] == cls) & ~keep_in_train[train]]
+        if len(free) < len(out):
+            raise ConfigError(
+                f"--val-size {val_size}: class {cls} has too few training images without a "
+                "duplicate to fill its validation share; lower --val-size"
+            )
+        swap_in.append(rng.choice(free, size=len(out), replace=False))
+    chosen = np.concatenate(swap_in)
+    val = np.concatenate([val[~keep_in_train[val]], chosen])
+    train = np.concatenate([train[~np.isin(train, chosen)], held])
+    return Split(
+        train=np.sort(train),
+        val=np.sort(val),
+        seed=seed,
+        val_size=val_size,
+        dropped=np.sort(np.asarray(dropped, dtype=np.int64)),
+    )
+
+
+def describe_split(data: Dataset, split: Split, found: Duplicates) -> dict[str, Any]:
+    """Sizes, class counts per part, and the overlaps that prove the parts are apart."""
+    n_train = len(data.x_train)
+    part = np.empty(n_train + len(data.x_test), dtype=object)
+    part[split.train] = "train"
+    part[split.val] = "val"
+    part[split.dropped] = "dropped"
+    part[n_train:] = "test"
+    overlaps: dict[str, dict[str, int]] = {"exact": {}, "near": {}}
+    for kind in overlaps:
+        for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+            overlaps[kind][f"{first}-{second}"] = sum(
+                p.kind == kind and {part[a], part[b]} == {first, second}
+                for p, (a, b) in zip(found.pairs, found.ids, strict=True)
+            )
+    sets = {name: set(getattr(split, name).tolist()) for name in ("train", "val", "dropped")}
+    counts = {
+        "train": _class_counts(data, data.y_train[split.train]),
+        "val": _class_counts(data, data.y_train[split.val]),
+        "test": _class_counts(data, data.y_test),
+    }
+    if len(split.dropped):
+        counts["dropped"] = _class_counts(data, data.y_train[split.dropped])
+    return {
+        "seed": split.seed,
+        "val_size": split.val_size,
+        "sizes": {
+            "train": len(split.train),
+            "val": len(split.val),
+            "test": len(data.x_test),
+            "dropped": len(split.dropped),
+        },
+        "class_counts": counts,
+        "index_overlap": {
+            "train-val": len(sets["train"] & sets["val"]),
+            "train-dropped": len(sets["train"] & sets["dropped"]),
+            "val-dropped": len(sets["val"] & sets["dropped"]),
+            "unassigned": n_train - len(sets["train"] | sets["val"] | sets["dropped"]),
+        },
+        "duplicate_overlap": overlaps,
+    }
+
+
+def _class_counts(data: Dataset, labels: np.ndarray) -> dict[str, int]:
+    per_class = np.bincount(labels, minlength=data.num_classes)
+    return {name: int(n) for name, n in zip(data.class_names, per_class, strict=True)}
+
+
+# The phase ----------------------------------------------------------------------------------
+NEAR_METHOD = (
+    "exact: identical pixels (BLAKE2 hash, confirmed byte for byte); near: nearest neighbours "
+    "by 8x8 layout and by low-frequency spectrum, verified by the correlation of band-pass "
+    "structure in both orientations after the best shift (<= 3 px) and zoom (<= 4 px crop); "
+    "distance = 1 - correlation"
+)
+
+
+def scrub(
+    settings: ScrubSettings, workspace: Workspace, progress: Progress | None = None
+) -> ScrubResult:
+    """Check the stored data set, find duplicates and leaks, split it, study interpolation."""
+    data, data_manifest = load_dataset(workspace, settings.dataset)
+    sha = data_manifest.outputs[IMAGES_FILE]
+    folder = workspace.scrub_dir(data.name)
+    start = time.perf_counter()
+    with workspace.lock(f"scrub-{data.name}"):
+        started = now_iso()
+        integrity = check_integrity(data)
+        found = find_duplicates(data, settings.near_threshold, settings.neighbours, progress)
+        leaks = leakage(found)
+        split = _split(data, settings, found, leaks)
+        if progress is not None:
+            progress("interpolation study", 0, 1)
+        study = interpolation_study(
+            data.x_train, settings.image_size, settings.interp_sample, settings.seed
+        )
+        if progress is not None:
+            progress("interpolation study", 1, 1)
+        write_duplicates_csv(folder / DUPLICATES_FILE, found.pairs)
+        atomic_write_json(folder / SPLIT_FILE, _split_document(data, sha, split, settings))
+        figures = _draw(data, found, study, settings.image_size, folder)
+        duplicates_summary = summarize_duplicates(found)
+        duplicates_summary.update(
+            threshold=settings.near_threshold, neighbours=settings.neighbours, method=NEAR_METHOD
+        )
+        result = ScrubResult(
+            dataset=data.name,
+            folder=str(folder),
+            images_sha256=sha,
+            duration_s=0.0,
+            integrity=integrity,
+            duplicates=duplicates_summary,
+            leakage=leaks,
+            split=describe_split(data, split, found),
+            interpolation=study,
+            class_names=list(data.class_names),
+            top_pairs=[_row(p) for p in found.pairs[:10]],
+            files=[REPORT_JSON, SPLIT_FILE, DUPLICATES_FILE, *figures],
+        )
+        result.duration_s = round(time.perf_counter() - start, 2)
+        atomic_write_json(folder / REPORT_JSON, result)
+        manifest = Manifest(
+            phase="scrub",
+            settings={**asdict(settings), "dataset": data.name},
+            inputs={DATA_INPUT: workspace.input_record(workspace.images_path(data.name), sha)},
+            outputs=dict.fromkeys(result.files, ""),
+            seed=settings.seed,
+            started=started,
+            finished=now_iso(),
+            duration_s=result.duration_s,
+            extra={"dropped_train_images": len(split.dropped)},
+        )
+        workspace.write_manifest(folder, manifest)
+    return result
+
+
+def _split(
+    data: Dataset, settings: ScrubSettings, found: Duplicates, leaks: dict[str, Any]
+) -> Split:
+    """The stratified validation split; duplicates of any kind stay on the training side."""
+    n_train = len(data.x_train)
+    dropped = (
+        np.asarray(leaks["train_indices_with_test_twin"], dtype=np.int64)
+        if settings.drop_leaks
+        else np.empty(0, dtype=np.int64)
+    )
+    # Images with a copy elsewhere in train, or in test, never go to validation: it must
+    # measure images the model has not seen in any form.
+    groups = train_groups(n_train, found.ids)
+    keep_in_train = np.bincount(groups, minlength=n_train)[groups] > 1
+    keep_in_train[leaks["train_indices_with_test_twin"]] = True
+    return make_split(data.y_train, keep_in_train, dropped, settings.val_size, settings.seed)
+
+
+def _split_document(data: Dataset, sha: str, split: Split, settings: ScrubSettings) -> dict:
+    """split.json: the indices of each part, and what they were drawn from."""
+    return {
+        "dataset": data.name,
+        "images_sha256": sha,
+        "seed": split.seed,
+        "val_size": split.val_size,
+        "drop_leaks": settings.drop_leaks,
+        "train": split.train,
+        "val": split.val,
+        "dropped": split.dropped,
+    }
+
+
+def _row(pair: DuplicatePair) -> dict[str, Any]:
+    return {**asdict(pair), "same_label": pair.same_label}
+
+
+def _draw(
+    data: Dataset, found: Duplicates, study: InterpolationStudy, image_size: int, folder: Any
+) -> list[str]:
+    """The figures: the pairs most worth a look, the pairs nearest the threshold, resizing."""
+    from deepsight_tf.data.interpolation import examples
+    from deepsight_tf.plots import save_figure
+    from deepsight_tf.plots.scrub import duplicate_pairs_figure, interpolation_figure
+
+    images = np.concatenate([data.x_train, data.x_test])
+
+    def panel(order: list[int], title: str) -> Any:
+        chosen = order[:FIGURE_PAIRS]
+        return duplicate_pairs_figure(
+            [found.pairs[i] for i in chosen],
+            [images[found.ids[i, 0]] for i in chosen],
+            [images[found.ids[i, 1]] for i in chosen],
+            title,
+        )
+
+    # Label conflicts and train-test pairs first (they change results), closest first.
+    priority = sorted(
+        range(len(found.pairs)),
+        key=lambda i: (
+            found.pairs[i].same_label,
+            found.pairs[i].category != "train-test",
+            found.pairs[i].distance,
+        ),
+    )
+    near = [i for i, p in enumerate(found.pairs) if p.kind == "near"]
+    borderline = sorted(near, key=lambda i: -found.pairs[i].distance)
+    save_figure(
+        panel(priority, "Duplicates: label conflicts and train-test pairs first"),
+        folder / DUPLICATES_FIGURE,
+    )
+    save_figure(
+        panel(borderline, "Near duplicates closest to the threshold (the hardest calls)"),
+        folder / BORDERLINE_FIGURE,
+    )
+    sample = data.x_train[int(np.random.default_rng(study.seed).integers(len(data.x_train)))]
+    shown = image_size if study.rows else data.image_shape[0]
+    save_figure(
+        interpolation_figure(sample, examples(sample, shown), study), folder / INTERPOLATION_FIGURE
+    )
+    return [DUPLICATES_FIGURE, BORDERLINE_FIGURE, INTERPOLATION_FIGURE]

@@ -1,0 +1,1 @@
+"""Putting a trained run on trial: metrics with intervals, explanations, forensic tests."""

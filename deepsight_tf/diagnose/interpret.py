@@ -1,0 +1,267 @@
+"""The interpret phase: a trained run's metrics, calibration, Grad-CAM and forensic tests.
+
+Each step reads the run's stored test predictions (and for the explanations its model) and
+adds numbers and figures to one report.json in runs/<id>/interpret/, which the report page
+reads as it is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepsight_tf.core.errors import PrerequisiteError
+from deepsight_tf.core.manifest import (
+    DATA_INPUT,
+    MODEL_INPUT,
+    PREDICTIONS_INPUT,
+    Manifest,
+    now_iso,
+)
+from deepsight_tf.core.progress import Progress
+from deepsight_tf.core.settings import InterpretSettings
+from deepsight_tf.core.storage import atomic_write_json
+from deepsight_tf.core.workspace import (
+    FOCUS_PAIRS_FILE,
+    IMAGES_FILE,
+    LABEL_ISSUES_FILE,
+    MODEL_FILE,
+    PREDICTIONS_FILE,
+    REPORT_JSON,
+    Workspace,
+)
+from deepsight_tf.data.dataset import load_dataset
+from deepsight_tf.diagnose import evaluation, forensics
+from deepsight_tf.diagnose.calibration import calibration_report
+from deepsight_tf.diagnose.explain_run import explain_run
+from deepsight_tf.diagnose.hypothesis_tests import subset_accuracy_gap, test_hypotheses
+from deepsight_tf.diagnose.study import Study
+from deepsight_tf.train.record import RunRecord
+
+HARD_PAIRS = 3  # most-confused pairs written for `deepsight train --focus-pairs @FILE`
+TOP_LOSSES = 16  # the most confidently wrong test images, shown and stored
+LABEL_ISSUES_SHOWN = 16
+
+
+@dataclass
+class InterpretResult:
+    run_id: str
+    folder: str
+    dataset: str
+    duration_s: float
+    headline: dict[str, Any]
+    most_confused: list[dict[str, Any]]
+    top_losses: dict[str, Any]
+    calibration: dict[str, Any]
+    leakage: dict[str, Any] | None
+    hypotheses: list[dict[str, Any]]
+    hypotheses_note: str
+    label_issues: dict[str, Any]
+    faithfulness: dict[str, Any] | None
+    sanity: dict[str, Any] | None
+    context: dict[str, Any] | None
+    figures: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def interpret(
+    settings: InterpretSettings, workspace: Workspace, progress: Progress | None = None
+) -> InterpretResult:
+    """Every diagnostic of one run, written to runs/<id>/interpret/ (report.json, figures)."""
+    from deepsight_tf.core.errors import ConfigError
+
+    if not settings.run_id:
+        raise ConfigError("name the run to interpret: deepsight interpret RUN_ID")
+    record = RunRecord.load(workspace, settings.run_id)
+    data, data_manifest = load_dataset(workspace, record.dataset)
+    data_sha = data_manifest.outputs[IMAGES_FILE]
+    workspace.check_inputs(
+        record.manifest, {DATA_INPUT: data_sha}, f"run {settings.run_id}", "deepsight train"
+    )
+    out = workspace.interpret_dir(settings.run_id)
+    with workspace.lock(f"run-{settings.run_id}-interpret"):
+        started, start = now_iso(), time.perf_counter()
+        study = Study(settings, workspace, record, data, record.predictions(), out, progress)
+        result = diagnose(study)
+        result.duration_s = round(time.perf_counter() - start, 1)
+        atomic_write_json(out / REPORT_JSON, result)
+        outputs = {REPORT_JSON: "", LABEL_ISSUES_FILE: "", FOCUS_PAIRS_FILE: ""}
+        outputs.update({str(Path(f).relative_to(out)): "" for f in result.figures})
+        run_dir = record.run_dir
+        inputs = {
+            MODEL_INPUT: workspace.input_record(
+                run_dir / MODEL_FILE, record.output_sha256(MODEL_FILE)
+            ),
+            PREDICTIONS_INPUT: workspace.input_record(
+                run_dir / PREDICTIONS_FILE, record.output_sha256(PREDICTIONS_FILE)
+            ),
+            DATA_INPUT: workspace.input_record(workspace.images_path(data.name), data_sha),
+        }
+        workspace.write_manifest(
+            out,
+            Manifest(
+                phase="interpret",
+                settings=asdict(settings),
+                seed=settings.seed,
+                inputs=inputs,
+                outputs=outputs,
+                started=started,
+                finished=now_iso(),
+                duration_s=result.duration_s,
+            ),
+        )
+    return result
+
+
+def diagnose(study: Study) -> InterpretResult:
+    """The steps in order: scores, calibration, leakage, hypotheses, forensics, explanations."""
+    scores = _scores(study)
+    calibration = _calibration(study)
+    leakage = _leakage(study)
+    hypotheses, note = _hypotheses(study)
+    issues, hard = _forensics(study, scores["pairs"])
+    explained = explain_run(study, scores["losses"], scores["pairs"][:HARD_PAIRS])
+    return InterpretResult(
+        run_id=study.settings.run_id,
+        folder=str(study.out),
+        dataset=study.data.name,
+        duration_s=0.0,
+        headline=scores["headline"],
+        most_confused=[asdict(p) for p in scores["pairs"]],
+        top_losses=asdict(scores["losses"]),
+        calibration=calibration,
+        leakage=leakage,
+        hypotheses=[asdict(h) for h in hypotheses],
+        hypotheses_note=note,
+        label_issues={
+            "count": len(issues),
+            "csv": str(study.out / LABEL_ISSUES_FILE),
+            "top": [asdict(i) for i in issues[:20]],
+            "hard_examples": len(hard),
+            "focus_pairs_file": str(study.out / FOCUS_PAIRS_FILE),
+        },
+        faithfulness=explained["faithfulness"],
+        sanity=explained["sanity"],
+        context=explained["context"],
+        figures=study.figures,
+        timings=study.timings,
+    )
+
+
+def _scores(study: Study) -> dict[str, Any]:
+    """Accuracy and macro-F1 with intervals, confusion, recall per class, top losses."""
+    from deepsight_tf.plots import evaluation as eval_plots
+
+    labels, probs, names = study.labels, study.probs, study.names
+    summary = study.timed(
+        "metrics", lambda: evaluation.classification_summary(labels, probs, names, **study.boot)
+    )
+    confusion = np.asarray(summary["confusion"])
+    confused = evaluation.most_confused(confusion, names, top=10)
+    pairs = evaluation.most_confused_pairs(confusion, names, top=10)
+    recalls = evaluation.per_class_recall(labels, probs, names, **study.boot)
+    losses = evaluation.top_losses(labels, probs, k=TOP_LOSSES)
+    study.figure(eval_plots.plot_confusion_matrix(confusion, names), "confusion_matrix")
+    study.figure(eval_plots.plot_per_class_recall(recalls), "per_class_recall")
+    study.figure(eval_plots.plot_most_confused(confused), "most_confused")
+    study.figure(
+        eval_plots.plot_top_losses(study.data.x_test[losses.indices], losses, names), "top_losses"
+    )
+    headline = {
+        "accuracy": summary["accuracy"],
+        "accuracy_ci": summary["accuracy_ci"],
+        "macro_f1": summary["macro_f1"],
+        "macro_f1_ci": summary["macro_f1_ci"],
+        "ci_level": summary["ci_level"],
+        "n": summary["n"],
+        "per_class": summary["per_class"],
+        "per_class_recall": recalls,
+        "confusion": confusion,
+        "confusion_normalized": summary["confusion_normalized"],
+    }
+    return {"headline": headline, "pairs": pairs, "losses": losses}
+
+
+def _calibration(study: Study) -> dict[str, Any]:
+    """ECE and the reliability diagram before and after a temperature fitted on validation."""
+    from deepsight_tf.plots import evaluation as eval_plots
+
+    predictions = study.predictions
+    calibration = study.timed(
+        "calibration",
+        lambda: calibration_report(
+            predictions["val_labels"], predictions["val_probs"], study.labels, study.probs
+        ),
+    )
+    study.figure(
+        eval_plots.plot_reliability_diagram(
+            calibration.reliability_before,
+            calibration.reliability_after,
+            ece_before=calibration.ece_before,
+            ece_after=calibration.ece_after,
+            temperature=calibration.temperature,
+        ),
+        "reliability",
+    )
+    return asdict(calibration)
+
+
+def _leakage(study: Study) -> dict[str, Any] | None:
+    """Accuracy on test images with a near duplicate in train against the rest (scrub's list)."""
+    from deepsight_tf.data.scrub import load_scrub_report
+
+    try:
+        report = load_scrub_report(study.workspace, study.data.name)
+    except PrerequisiteError:
+        return None
+    twins = report["leakage"]["test_indices_with_train_twin"]
+    mask = np.zeros(len(study.labels), dtype=bool)
+    mask[np.asarray(twins, dtype=np.int64)] = True
+    return subset_accuracy_gap(study.labels, study.probs, mask, **study.boot)
+
+
+def _hypotheses(study: Study) -> tuple[list[Any], str]:
+    """The hypotheses explore registered, each with its verdict; or why there are none."""
+    from deepsight_tf.data.explore import load_hypotheses
+    from deepsight_tf.plots import evaluation as eval_plots
+
+    try:
+        registered = load_hypotheses(study.workspace, study.data.name)
+    except PrerequisiteError as exc:
+        return [], f"no hypotheses: {exc}"
+    note = registered.note or registered.description
+    if not registered.registered:
+        return [], note
+    results = test_hypotheses(study.labels, study.probs, study.names, registered, **study.boot)
+    study.figure(eval_plots.plot_hypotheses(results), "hypotheses")
+    return results, note
+
+
+def _forensics(study: Study, pairs: list[Any]) -> tuple[list[Any], list[Any]]:
+    """Label issues (cleanlab) with their figure, and the hard pairs for --focus-pairs."""
+    from deepsight_tf.plots import evaluation as eval_plots
+
+    data = study.data
+    issues = study.timed(
+        "label_issues",
+        lambda: forensics.find_label_issues(
+            study.labels, study.probs, study.names, paths=data.test_paths
+        ),
+    )
+    forensics.write_label_issues_csv(study.out / LABEL_ISSUES_FILE, issues)
+    shown = issues[:LABEL_ISSUES_SHOWN]
+    if shown:
+        study.figure(
+            eval_plots.plot_label_issues(data.x_test[[i.index for i in shown]], shown),
+            "label_issues",
+        )
+    hard_pairs = [(p.a, p.b) for p in pairs[:HARD_PAIRS]]
+    hard = forensics.hard_examples(
+        study.labels, study.probs, study.names, hard_pairs, paths=data.test_paths
+    )
+    forensics.write_focus_pairs(study.out / FOCUS_PAIRS_FILE, hard_pairs)
+    return issues, hard

@@ -1,0 +1,1 @@
+"""The network: backbone registry, the flat classifier, fast convolutions, preprocessing."""

@@ -1,0 +1,240 @@
+"""The backbone registry: each ResNet's layers, stages, normalisation and Grad-CAM layer."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import keras
+
+# KerasHub's own block builders, so that every layer name, padding and epsilon is the one the
+# preset weights were made for; KerasHub's ResNetBackbone constructor itself cannot be used
+# because it fixes the ImageNet stem and refuses a first stack narrower than 64 filters.
+from keras_hub.src.models.resnet.resnet_backbone import apply_stack
+
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.settings import STEMS
+from deepsight_tf.model.preprocessing import Normalization
+
+BLOCK_TYPES = ("basic_block", "bottleneck_block")
+HEAD_PREFIX = "head_"  # every head layer's name starts with this; everything else is backbone
+
+# timm's IMAGENET_DEFAULT_MEAN / _STD on 0..1 pixels: KerasHub's timm converter turns them into
+# the ResNet presets' image converter (scale = 1 / (255 std), offset = -mean / std).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_STAGE_OF_LAYER = re.compile(r"^stack(\d+)_")
+_STEM_PREFIXES = ("conv1_", "pool1_")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One ResNet (v1, KerasHub layout): its stacks, native stem, ImageNet preset, normalisation."""
+
+    name: str
+    block_type: str  # KerasHub block: "basic_block" (ResNet-18/34) or "bottleneck_block" (50+)
+    stackwise_num_filters: tuple[int, ...]
+    stackwise_num_blocks: tuple[int, ...]
+    stackwise_num_strides: tuple[int, ...]
+    preset: str  # KerasHub preset holding its ImageNet weights
+    stem_filters: int = 64
+    stem_kernel_size: int = 7  # the native (ImageNet) stem: 7x7 stride-2 conv, then max-pool
+
+    def __post_init__(self) -> None:
+        if self.block_type not in BLOCK_TYPES:
+            raise ValueError(
+                f"block_type must be one of {BLOCK_TYPES}. Received: {self.block_type}"
+            )
+        lengths = {
+            len(self.stackwise_num_filters),
+            len(self.stackwise_num_blocks),
+            len(self.stackwise_num_strides),
+        }
+        if len(lengths) != 1 or 0 in lengths:
+            raise ValueError(
+                "stackwise_num_filters, _blocks and _strides need the same non-zero length. "
+                f"Received: {self.stackwise_num_filters}, {self.stackwise_num_blocks}, "
+                f"{self.stackwise_num_strides}"
+            )
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        """Stage numbers: 0 is the stem, 1..n the residual stacks (torchvision's layer1..layerN)."""
+        return tuple(range(len(self.stackwise_num_filters) + 1))
+
+    @property
+    def last_conv_layer(self) -> str:
+        """The layer Grad-CAM reads: the output of the last residual block.
+
+        The block output (after the shortcut add and ReLU, as pytorch-grad-cam's layer4[-1]) and
+        not the last Conv2D alone, whose map would miss everything the shortcut carries.
+        """
+        last_stack = len(self.stackwise_num_filters) - 1
+        last_block = self.stackwise_num_blocks[-1] - 1
+        return f"stack{last_stack}_block{last_block}_out"
+
+    @property
+    def normalization(self) -> Normalization:
+        """What the ImageNet weights expect: the preset image converter's mean and std."""
+        return Normalization(
+            mean=tuple(255.0 * m for m in IMAGENET_MEAN),  # type: ignore[arg-type]
+            std=tuple(255.0 * s for s in IMAGENET_STD),  # type: ignore[arg-type]
+            source="imagenet",
+        )
+
+    def filters(self, width_multiplier: float = 1.0) -> tuple[int, tuple[int, ...]]:
+        """Stem and per-stack filters at a width; both scale alike so identity shortcuts fit."""
+
+        def scale(n: int) -> int:
+            return max(1, round(n * width_multiplier))
+
+        return scale(self.stem_filters), tuple(scale(n) for n in self.stackwise_num_filters)
+
+    def hub_config(self) -> dict:
+        """This architecture as keras_hub.models.ResNetBackbone arguments (ImageNet stem)."""
+        return {
+            "input_conv_filters": [self.stem_filters],
+            "input_conv_kernel_sizes": [self.stem_kernel_size],
+            "stackwise_num_filters": list(self.stackwise_num_filters),
+            "stackwise_num_blocks": list(self.stackwise_num_blocks),
+            "stackwise_num_strides": list(self.stackwise_num_strides),
+            "block_type": self.block_type,
+            "use_pre_activation": False,
+        }
+
+    def build_features(
+        self, images: keras.KerasTensor, stem: str = "imagenet", width_multiplier: float = 1.0
+    ) -> keras.KerasTensor:
+        """Create the backbone's layers on `images` and return its last feature map.
+
+        The layers are applied to the caller's tensor, not wrapped in a nested model, so the
+        classifier stays one flat graph that Grad-CAM can walk.
+        """
+        check_stem(stem)
+        if width_multiplier <= 0:
+            raise ConfigError(f"the width multiplier must be > 0, not {width_multiplier}")
+        stem_filters, stack_filters = self.filters(width_multiplier)
+        x = _apply_stem(images, stem, stem_filters, self.stem_kernel_size)
+        for index, (filters, blocks, stride) in enumerate(
+            zip(
+                stack_filters,
+                self.stackwise_num_blocks,
+                self.stackwise_num_strides,
+                strict=True,
+            )
+        ):
+            x = apply_stack(
+                x,
+                filters=filters,
+                blocks=blocks,
+                stride=stride,
+                block_type=self.block_type,
+                use_pre_activation=False,
+                # As KerasHub: the first basic stack keeps an identity shortcut.
+                first_shortcut=self.block_type != "basic_block" or index > 0,
+                name=f"stack{index}",
+            )
+        return x
+
+    def stage_layers(self, model: keras.Model, stage: int) -> list[keras.layers.Layer]:
+        """The layers of one stage (0 = stem) in `model`, in graph order."""
+        if stage not in self.stages:
+            raise ConfigError(
+                f"{self.name} has stages {self.stages[0]} (stem) to {self.stages[-1]}, not {stage}"
+            )
+        return [layer for layer in model.layers if stage_of(layer.name) == stage]
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet18": BackboneSpec(
+        name="resnet18",
+        block_type="basic_block",
+        stackwise_num_filters=(64, 128, 256, 512),
+        stackwise_num_blocks=(2, 2, 2, 2),
+        stackwise_num_strides=(1, 2, 2, 2),
+        preset="resnet_18_imagenet",
+    ),
+    "resnet50": BackboneSpec(
+        name="resnet50",
+        block_type="bottleneck_block",
+        stackwise_num_filters=(64, 128, 256, 512),
+        stackwise_num_blocks=(3, 4, 6, 3),
+        stackwise_num_strides=(1, 2, 2, 2),
+        preset="resnet_50_imagenet",
+    ),
+}
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    """The registered backbone called `name`; ConfigError naming the choices otherwise."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        choices = ", ".join(sorted(BACKBONES))
+        raise ConfigError(f"unknown backbone {name!r}; choose one of: {choices}") from None
+
+
+def check_stem(stem: str) -> None:
+    if stem not in STEMS:
+        raise ConfigError(f"unknown stem {stem!r}; choose one of: {', '.join(STEMS)}")
+
+
+def stage_of(layer_name: str) -> int | None:
+    """The stage a backbone layer belongs to (0 = stem), from KerasHub's layer names."""
+    match = _STAGE_OF_LAYER.match(layer_name)
+    if match:
+        return int(match.group(1)) + 1
+    if layer_name.startswith(_STEM_PREFIXES):
+        return 0
+    return None
+
+
+def is_head_layer(layer: keras.layers.Layer) -> bool:
+    return layer.name.startswith(HEAD_PREFIX)
+
+
+def choose_normalization(
+    backbone: str,
+    weights: str,
+    channel_mean: Sequence[float] | None = None,
+    channel_std: Sequence[float] | None = None,
+) -> Normalization:
+    """The one place that decides how input images are normalised.
+
+    Pretrained weights of any source need the statistics they were trained with (ImageNet's);
+    only from scratch (`weights == "none"`) may the data's own per-channel statistics replace
+    them. Statistics are in 0..255 pixel units.
+    """
+    spec = get_backbone_spec(backbone)
+    if weights == "none" and channel_mean is not None and channel_std is not None:
+        return Normalization(
+            mean=tuple(float(m) for m in channel_mean),  # type: ignore[arg-type]
+            std=tuple(float(s) for s in channel_std),  # type: ignore[arg-type]
+            source="data",
+        )
+    return spec.normalization
+
+
+def _apply_stem(
+    images: keras.KerasTensor, stem: str, filters: int, kernel_size: int
+) -> keras.KerasTensor:
+    """The native ImageNet stem (as KerasHub's) or a CIFAR stem; same layer names in both."""
+    layers = keras.layers
+    if stem == "cifar":
+        # 3x3 stride 1 and no max-pool: 32 px images keep 32x32 maps into the first stack.
+        x = layers.Conv2D(filters, 3, strides=1, padding="same", use_bias=False, name="conv1_conv")(
+            images
+        )
+    else:
+        x = layers.ZeroPadding2D((kernel_size - 1) // 2, name="conv1_pad")(images)
+        x = layers.Conv2D(
+            filters, kernel_size, strides=2, padding="valid", use_bias=False, name="conv1_conv"
+        )(x)
+    x = layers.BatchNormalization(axis=-1, epsilon=1e-5, momentum=0.9, name="conv1_bn")(x)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    if stem == "imagenet":
+        x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
+        x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    return x

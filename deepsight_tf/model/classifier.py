@@ -1,0 +1,147 @@
+"""The classifier: a registered backbone with a new head as one flat graph, and its freezing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from deepsight_tf.core.checks import check_image_size
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.model.backbones import HEAD_PREFIX, get_backbone_spec, is_head_layer, stage_of
+from deepsight_tf.model.fastconv import accelerate_convolutions
+from deepsight_tf.model.weights import copy_backbone_weights, load_source_weights
+
+HEAD_POOL = HEAD_PREFIX + "pool"
+HEAD_DROPOUT = HEAD_PREFIX + "dropout"
+HEAD_PREDICTIONS = HEAD_PREFIX + "predictions"
+
+
+@dataclass
+class ModelDescription:
+    """Parameter counts of a classifier, for the CLI and the run's JSON."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int
+    backbone_trainable_params: int
+    head_trainable_params: int
+
+
+def build_classifier(
+    backbone: str,
+    num_classes: int,
+    image_size: int,
+    weights: str = "none",
+    stem: str = "imagenet",
+    dropout: float = 0.2,
+    width_multiplier: float = 1.0,
+) -> keras.Model:
+    """A flat functional classifier: backbone layers, then pool, dropout and a float32 softmax.
+
+    `weights` is "imagenet", "none", a KerasHub preset folder, a backbone .weights.h5 or a
+    deepsight run folder (its model.keras); pretrained backbone weights are copied layer by
+    layer by name and the head always starts fresh. Everything is trainable on return, BN
+    included, as training from scratch wants; fine-tuning calls freeze_backbone() first.
+    """
+    spec = get_backbone_spec(backbone)
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2. Received: {num_classes}")
+    check_image_size(image_size)
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"the head dropout must be in [0, 1), not {dropout}")
+    # Resolve and load the weights before building, so a bad --weights fails fast.
+    source = load_source_weights(spec, weights, stem, width_multiplier)
+
+    images = keras.Input(shape=(image_size, image_size, 3), name="images")
+    features = spec.build_features(images, stem=stem, width_multiplier=width_multiplier)
+    x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(features)
+    x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
+    # float32 even under a mixed-precision policy, so the softmax and the loss stay stable.
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name=HEAD_PREDICTIONS
+    )(x)
+    model = keras.Model(images, outputs, name=f"{backbone}_classifier")
+    if source is not None:
+        copy_backbone_weights(source, model, label=weights)
+    accelerate_convolutions(model)
+    return model
+
+
+def freeze_backbone(model: keras.Model) -> None:
+    """Only the head stays trainable (recompile before the next fit)."""
+    model.trainable = True
+    for layer in model.layers:
+        layer.trainable = is_head_layer(layer)
+
+
+def unfreeze_all(model: keras.Model) -> None:
+    """Every layer trainable, BatchNorm included (training from scratch; recompile after).
+
+    Layer by layer: `model.trainable = True` alone does not reach the layers of a functional
+    model that were frozen one by one (freeze_backbone), so they would stay frozen.
+    """
+    model.trainable = True
+    for layer in model.layers:
+        layer.trainable = True
+
+
+def unfreeze_stages(model: keras.Model, stages: Iterable[int] | str = (3, 4)) -> None:
+    """Make the given stages trainable ("all": the whole backbone), each BN layer frozen.
+
+    A BatchNormalization layer with trainable=False runs in inference mode in Keras 3, so the
+    pretrained moving statistics survive small fine-tuning batches. Other stages and the head
+    keep their current state, so calls accumulate (4, then 3, ...). Recompile afterwards.
+    """
+    present = sorted({s for layer in model.layers if (s := stage_of(layer.name)) is not None})
+    if stages == "all":
+        chosen = set(present)
+    elif isinstance(stages, str):
+        raise ValueError(f'stages must be stage numbers or "all". Received: {stages!r}')
+    else:
+        chosen = set(stages)
+        unknown = sorted(chosen - set(present))
+        if unknown:
+            raise ConfigError(
+                f"cannot unfreeze stage(s) {unknown}: this model has stages "
+                f"{present[0]} (stem) to {present[-1]}"
+            )
+    model.trainable = True
+    for layer in model.layers:
+        if stage_of(layer.name) in chosen:
+            layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def backbone_variables(model: keras.Model) -> list[keras.Variable]:
+    """Trainable variables of the backbone, in model.trainable_variables order."""
+    return [
+        v for layer in model.layers if not is_head_layer(layer) for v in layer.trainable_weights
+    ]
+
+
+def head_variables(model: keras.Model) -> list[keras.Variable]:
+    """Trainable variables of the head, in model.trainable_variables order."""
+    return [v for layer in model.layers if is_head_layer(layer) for v in layer.trainable_weights]
+
+
+def describe(model: keras.Model) -> ModelDescription:
+    """Trainable and non-trainable parameter counts, split into backbone and head."""
+
+    def count(variables: Iterable[keras.Variable]) -> int:
+        return int(sum(np.prod(v.shape) for v in variables))
+
+    return ModelDescription(
+        name=model.name,
+        input_shape=tuple(int(d) for d in model.input_shape[1:]),  # type: ignore[arg-type]
+        num_classes=int(model.output_shape[-1]),
+        total_params=count(model.weights),
+        trainable_params=count(model.trainable_weights),
+        non_trainable_params=count(model.non_trainable_weights),
+        backbone_trainable_params=count(backbone_variables(model)),
+        head_trainable_params=count(head_variables(model)),
+    )

@@ -1,0 +1,475 @@
+"""The comparison page: runs side by side, paired bootstrap intervals over their test set."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.manifest import DATA_INPUT
+from deepsight_tf.core.storage import atomic_write_text
+from deepsight_tf.core.workspace import Workspace
+from deepsight_tf.report.artifacts import (
+    Headline,
+    RunArtifacts,
+    load_run_artifacts,
+    make_headline,
+    scored_summary,
+)
+from deepsight_tf.report.captions import CAPTIONS
+from deepsight_tf.report.html import (
+    Html,
+    badge,
+    element,
+    figure,
+    fmt,
+    fmt_ci,
+    join,
+    paragraph,
+    render_page,
+    section,
+    table,
+    value_span,
+)
+from deepsight_tf.report.results_section import pct_points
+from deepsight_tf.report.run_page import PROVENANCE_SUFFIXES, ReportResult, provenance
+from deepsight_tf.report.training_section import SETTINGS_SHOWN, plain
+
+TOP_CHANGES = 8  # confusion cells listed as got better / got worse
+
+
+# Compare verdicts from the interval of B - A (evaluation.verdict_from_ci's words, renamed).
+CHANGE_WORDS = {"supported": "better", "contradicted": "worse", "inconclusive": "no clear change"}
+
+
+@dataclass
+class Delta:
+    """B - A for one metric, with a paired bootstrap interval when both scored the same images."""
+
+    name: str
+    a: float
+    b: float
+    delta: float
+    low: float | None
+    high: float | None
+    verdict: str  # better, worse, no clear change, or "not paired"
+
+
+@dataclass
+class ConfusionChange:
+    """One off-diagonal cell of the confusion matrix in both runs (counts of test images)."""
+
+    true: str
+    predicted: str
+    a: int
+    b: int
+    delta: int
+
+
+@dataclass
+class RunComparison:
+    """Run B against run A on the test set."""
+
+    a: str
+    b: str
+    paired: bool
+    pairing: str  # why the intervals are paired, or why they are not
+    n: int
+    accuracy: Delta
+    macro_f1: Delta
+    recall: list[Delta]
+    worse: list[ConfusionChange]  # cells that grew, largest first
+    better: list[ConfusionChange]  # cells that shrank, largest first
+    duration_a: float | None
+    duration_b: float | None
+
+
+def _change(low: float | None, high: float | None) -> str:
+    from deepsight_tf.diagnose.bootstrap import verdict_from_ci
+
+    if low is None or high is None:
+        return "not paired"
+    return CHANGE_WORDS[verdict_from_ci(low, high)]
+
+
+def compare_predictions(
+    labels: np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    paired: bool = True,
+    labels_b: np.ndarray | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """B - A in accuracy, macro-F1 and each class's recall, and the confusion cells that moved.
+
+    With `paired` both runs scored the same test images (in the same order): the intervals come
+    from resampling those images once for both runs (a paired bootstrap), which removes the
+    variation the two share. Otherwise (`labels_b` gives B's labels) only the differences of the
+    point estimates are given.
+    """
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    from deepsight_tf.diagnose.bootstrap import batched_macro_f1, bootstrap_ci
+
+    labels_a = np.asarray(labels)
+    labels_b = labels_a if labels_b is None else np.asarray(labels_b)
+    if paired and not np.array_equal(labels_a, labels_b):
+        raise ValueError("paired comparison needs the same test labels in the same order")
+    k, ids = len(class_names), list(range(len(class_names)))
+    pred_a, pred_b = np.asarray(probs_a).argmax(1), np.asarray(probs_b).argmax(1)
+    hits_a, hits_b = pred_a == labels_a, pred_b == labels_b
+    boot = {"n_boot": n_boot, "seed": seed}
+
+    def delta(name: str, a: float, b: float, ci: tuple[float, float, float] | None) -> Delta:
+        low, high = (ci[1], ci[2]) if ci is not None else (None, None)
+        return Delta(name, a, b, b - a, low, high, _change(low, high))
+
+    f1_a = float(f1_score(labels_a, pred_a, labels=ids, average="macro", zero_division=0))
+    f1_b = float(f1_score(labels_b, pred_b, labels=ids, average="macro", zero_division=0))
+    accuracy_ci = f1_ci = None
+    if paired:
+        accuracy_ci = bootstrap_ci(
+            lambda x, y: y.mean(axis=-1) - x.mean(axis=-1), hits_a, hits_b, **boot
+        )
+        f1_ci = bootstrap_ci(
+            lambda y, a, b: batched_macro_f1(y, b, k) - batched_macro_f1(y, a, k),
+            labels_a,
+            pred_a,
+            pred_b,
+            **boot,
+        )
+    recall = []
+    for c, name in enumerate(class_names):
+        in_a, in_b = labels_a == c, labels_b == c
+        if not in_a.any() or not in_b.any():
+            continue
+        ci = None
+        if paired:
+            ci = bootstrap_ci(
+                lambda x, y: y.mean(axis=-1) - x.mean(axis=-1),
+                hits_a[in_a],
+                hits_b[in_b],
+                n_boot=n_boot,
+                seed=seed + 1 + c,
+            )
+        recall.append(delta(name, float(hits_a[in_a].mean()), float(hits_b[in_b].mean()), ci))
+    conf_a = confusion_matrix(labels_a, pred_a, labels=ids)
+    conf_b = confusion_matrix(labels_b, pred_b, labels=ids)
+    moved = conf_b - conf_a
+    cells = [
+        ConfusionChange(class_names[i], class_names[j], int(conf_a[i, j]), int(conf_b[i, j]), d)
+        for (i, j), d in np.ndenumerate(moved)
+        if i != j and d != 0
+    ]
+    return {
+        "n": len(labels_a),
+        "accuracy": delta("accuracy", float(hits_a.mean()), float(hits_b.mean()), accuracy_ci),
+        "macro_f1": delta("macro-F1", f1_a, f1_b, f1_ci),
+        "recall": recall,
+        "worse": sorted((c for c in cells if c.delta > 0), key=lambda c: -c.delta)[:TOP_CHANGES],
+        "better": sorted((c for c in cells if c.delta < 0), key=lambda c: c.delta)[:TOP_CHANGES],
+    }
+
+
+def same_test_set(a: RunArtifacts, b: RunArtifacts) -> tuple[bool, str]:
+    """Whether a paired comparison is valid: the same stored data set and the same test images."""
+
+    sha_a = a.manifest.inputs.get(DATA_INPUT, {}).get("sha256")
+    sha_b = b.manifest.inputs.get(DATA_INPUT, {}).get("sha256")
+    if a.class_names != b.class_names:
+        return False, "the runs have different classes"
+    if sha_a is None or sha_a != sha_b:
+        return False, "the runs were trained on different copies of the data set"
+    for key in ("test_indices", "test_labels"):
+        if not np.array_equal(a.predictions[key], b.predictions[key]):
+            return False, "the runs scored different test images"
+    n = len(a.predictions["test_labels"])
+    return True, f"paired bootstrap over the {n:,} test images both runs scored"
+
+
+def compare_report(
+    workspace: Workspace, run_ids: Sequence[str], n_boot: int, seed: int
+) -> ReportResult:
+    start = time.perf_counter()
+    runs = [load_run_artifacts(workspace, r) for r in run_ids]
+    summaries = [scored_summary(r, n_boot, seed) for r in runs]
+    heads = [make_headline(r, s) for r, s in zip(runs, summaries, strict=True)]
+    base = runs[0]
+    comparisons = []
+    for other in runs[1:]:
+        paired, why = same_test_set(base, other)
+        if base.class_names != other.class_names:
+            raise ConfigError(
+                f"runs {base.run_id} and {other.run_id} have different classes; compare runs "
+                "of one data set"
+            )
+        found = compare_predictions(
+            base.predictions["test_labels"],
+            base.predictions["test_probs"],
+            other.predictions["test_probs"],
+            base.class_names,
+            paired=paired,
+            labels_b=other.predictions["test_labels"],
+            n_boot=n_boot,
+            seed=seed,
+        )
+        comparisons.append(
+            RunComparison(
+                a=base.run_id,
+                b=other.run_id,
+                paired=paired,
+                pairing=why if paired else f"not paired: {why}; differences without intervals",
+                duration_a=base.metrics.get("duration_s"),
+                duration_b=other.metrics.get("duration_s"),
+                **found,
+            )
+        )
+    path = workspace.reports_dir() / f"compare-{'-'.join(run_ids)}.html"
+    page = render_page(
+        title="Compare " + " vs ".join(run_ids),
+        kicker="deepsight comparison",
+        headline=compare_headline(heads, comparisons),
+        nav=[
+            ("runs", "Runs"),
+            ("differences", "Differences"),
+            ("per-class", "Per class"),
+            ("confusions", "Confusions"),
+            ("training", "Training"),
+        ],
+        body=compare_sections(runs, heads, comparisons),
+        footer=provenance(
+            [
+                (f"run {r.run_id}", workspace.relative(r.run_dir / k), v)
+                for r in runs
+                for k, v in r.manifest.outputs.items()
+                if k.endswith(PROVENANCE_SUFFIXES)
+            ]
+        ),
+    )
+    with workspace.lock("reports"):
+        atomic_write_text(path, page)
+    return ReportResult(
+        kind="compare",
+        run_ids=list(run_ids),
+        path=str(path),
+        size_bytes=path.stat().st_size,
+        figures=page.count("<img "),
+        sections={"runs": "shown", "differences": "shown"},
+        headlines=heads,
+        comparisons=comparisons,
+        duration_s=round(time.perf_counter() - start, 2),
+    )
+
+
+def _delta_text(d: Delta, percent: bool) -> str:
+    if percent:
+        text = pct_points(d.delta)
+        if d.low is not None:
+            text += f" [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+        return text
+    return f"{d.delta:+.4f}" + (f" {fmt_ci([d.low, d.high], '+.4f')}" if d.low is not None else "")
+
+
+def compare_headline(heads: Sequence[Headline], comparisons: Sequence[RunComparison]) -> Html:
+    cards = []
+    for h in heads:
+        cards.append(
+            element(
+                "div",
+                [
+                    element("div", f"run {h.run_id}: test accuracy / macro-F1", class_="label"),
+                    element(
+                        "div",
+                        [
+                            value_span(f"accuracy-{h.run_id}", h.accuracy, f"{h.accuracy:.2%}"),
+                            " / ",
+                            value_span(f"macro-f1-{h.run_id}", h.macro_f1, f"{h.macro_f1:.4f}"),
+                        ],
+                    ),
+                    element(
+                        "div",
+                        f"accuracy {fmt_ci(h.accuracy_ci, '.2%')}, macro-F1 "
+                        f"{fmt_ci(h.macro_f1_ci, '.4f')}",
+                        class_="ci",
+                    ),
+                    element(
+                        "div", [badge("passed" if h.passed else "failed"), f" MVA {h.mva:.0%}"]
+                    ),
+                ],
+                class_="metric-card",
+            )
+        )
+    lines = []
+    for c in comparisons:
+        for d, percent in ((c.accuracy, True), (c.macro_f1, False)):
+            lines.append(
+                element(
+                    "li",
+                    [badge(d.verdict), f" {c.b} vs {c.a}: {d.name} {_delta_text(d, percent)}"],
+                )
+            )
+    return join(
+        [
+            element("div", cards, class_="headline"),
+            element("ul", lines, class_="verdicts", id="verdicts"),
+            paragraph("; ".join(f"{c.b} vs {c.a}: {c.pairing}" for c in comparisons), css="note"),
+        ]
+    )
+
+
+def compare_sections(
+    runs: Sequence[RunArtifacts], heads: Sequence[Headline], comparisons: Sequence[RunComparison]
+) -> list[Html]:
+    diff_parts = [_difference_table(c) for c in comparisons]
+    class_parts = [_recall_table(c) for c in comparisons]
+    confusion_parts = [table for c in comparisons for table in _confusion_tables(c)]
+    side = [
+        figure(
+            r.interpret_figures / "confusion_matrix.png",
+            f"Run {r.run_id}: {CAPTIONS['confusion_matrix']}",
+            f"confusion matrix of {r.run_id}",
+        )
+        for r in runs
+        if r.interpret is not None
+    ]
+    if side:
+        confusion_parts.append(element("div", side, class_="side-by-side"))
+    return [
+        section("runs", "Runs", [_runs_table(runs, heads)]),
+        section("differences", "Differences", diff_parts),
+        section("per-class", "Per class", class_parts),
+        section("confusions", "Confusions", confusion_parts),
+        section("training", "Training", _training_tables(runs)),
+    ]
+
+
+def _runs_table(runs: Sequence[RunArtifacts], heads: Sequence[Headline]) -> Html:
+    rows = []
+    for r, h in zip(runs, heads, strict=True):
+        s = r.config["settings"]
+        rows.append(
+            [
+                r.run_id,
+                f"{s.get('backbone')} ({s.get('weights')})",
+                f"{s.get('image_size')} px",
+                f"{s.get('augment')}, mix {s.get('mix')}",
+                f"{h.accuracy:.2%} {fmt_ci(h.accuracy_ci, '.2%')}",
+                f"{h.macro_f1:.4f} {fmt_ci(h.macro_f1_ci, '.4f')}",
+                "passed" if h.passed else "failed",
+            ]
+        )
+    return table(
+        "The runs compared (intervals: 95% bootstrap on each run's test set)",
+        ["run", "backbone", "input", "augmentation", "accuracy", "macro-F1", "gate"],
+        rows,
+        table_id="runs",
+        numeric=(4, 5),
+    )
+
+
+def _difference_table(c: RunComparison) -> Html:
+    return table(
+        f"{c.b} − {c.a} on {c.n:,} test images ({c.pairing})",
+        ["metric", c.a, c.b, "difference", "95% CI", "verdict"],
+        [
+            [
+                d.name,
+                f"{d.a:.4f}",
+                f"{d.b:.4f}",
+                f"{d.delta:+.4f}",
+                fmt_ci([d.low, d.high], "+.4f"),
+                badge(d.verdict),
+            ]
+            for d in (c.accuracy, c.macro_f1)
+        ],
+        table_id=f"diff-{c.b}",
+        numeric=range(1, 5),
+    )
+
+
+def _recall_table(c: RunComparison) -> Html:
+    return table(
+        f"Recall per class, {c.b} − {c.a} (paired within each class)",
+        ["class", c.a, c.b, "difference", "95% CI", "verdict"],
+        [
+            [
+                d.name,
+                f"{d.a:.3f}",
+                f"{d.b:.3f}",
+                f"{d.delta:+.3f}",
+                fmt_ci([d.low, d.high], "+.3f"),
+                badge(d.verdict),
+            ]
+            for d in c.recall
+        ],
+        table_id=f"recall-{c.b}",
+        numeric=range(1, 5),
+    )
+
+
+def _confusion_tables(c: RunComparison) -> list[Html]:
+    out = []
+    for word, cells in (("worse", c.worse), ("better", c.better)):
+        rows = [
+            [f"{x.true} → {x.predicted}", f"{x.a:,}", f"{x.b:,}", f"{x.delta:+,}"] for x in cells
+        ]
+        out.append(
+            table(
+                f"Confusions that got {word} in {c.b} (test images, true → predicted)",
+                ["confusion", c.a, c.b, "change"],
+                rows,
+                table_id=f"{word}-{c.b}",
+                numeric=(1, 2, 3),
+            )
+            if rows
+            else paragraph(f"No confusion got {word} in {c.b}.")
+        )
+    return out
+
+
+def _training_tables(runs: Sequence[RunArtifacts]) -> list[Html]:
+    """Training time relative to the first run, and the settings in which the runs differ."""
+    time_rows = []
+    base_duration = runs[0].metrics.get("duration_s")
+    for r in runs:
+        seconds = sum(float(x.get("seconds", 0.0)) for x in r.history)
+        duration = r.metrics.get("duration_s")
+        epochs = len(r.history)
+        time_rows.append(
+            [
+                r.run_id,
+                fmt(duration / 60 if duration is not None else None, ".1f"),
+                fmt(duration / base_duration if duration and base_duration else None, ".2f"),
+                str(epochs),
+                fmt(seconds / epochs if epochs else None, ".1f"),
+                str(r.metrics.get("best_epoch", "n/a")),
+            ]
+        )
+    keys = [
+        k for k in SETTINGS_SHOWN if len({plain(r.config["settings"].get(k)) for r in runs}) > 1
+    ]
+    setting_rows = [[k, *(plain(r.config["settings"].get(k)) for r in runs)] for k in keys]
+    return [
+        table(
+            "Training time",
+            ["run", "minutes in all", f"× {runs[0].run_id}", "epochs", "s per epoch", "best epoch"],
+            time_rows,
+            table_id="time",
+            numeric=range(1, 6),
+        ),
+        table(
+            "Settings that differ",
+            ["setting", *(r.run_id for r in runs)],
+            setting_rows,
+            table_id="settings-diff",
+        )
+        if setting_rows
+        else paragraph("The runs were trained with the same settings."),
+    ]

@@ -1,0 +1,198 @@
+"""The run page's data section: what obtain, scrub and explore found in the data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deepsight_tf.core.workspace import IMAGES_FILE
+from deepsight_tf.report.artifacts import UpstreamArtifacts
+from deepsight_tf.report.captions import CAPTIONS
+from deepsight_tf.report.html import Html, element, figure, fmt, missing, paragraph, section, table
+
+
+def data_section(up: UpstreamArtifacts, class_names: list[str]) -> Html:
+    parts: list[Any] = []
+    if up.obtain is None:
+        return section("data", "Data", [missing(up.notes.get("obtain", "not available"))])
+    o = up.obtain
+    h, w, c = o["image_shape"]
+    sha = up.obtain_manifest.outputs.get(IMAGES_FILE, "") if up.obtain_manifest else ""
+    parts.append(
+        paragraph(
+            f"Data set {o['dataset']} ({o['kind']}) read from ",
+            element("code", o["source"]),
+            f": {h}×{w}×{c} uint8 images in {len(class_names)} classes; {IMAGES_FILE} SHA-256 ",
+            element("code", sha[:16] + "…"),
+            f"; obtained {up.obtain_manifest.finished if up.obtain_manifest else 'n/a'}.",
+        )
+    )
+    skipped, conversions = o.get("skipped", []), o.get("conversions", {})
+    problems = [f"{len(skipped):,} unreadable files skipped"] + [
+        f"{n:,} converted: {what}" for what, n in conversions.items()
+    ]
+    parts.append(paragraph("Input problems: " + "; ".join(problems) + "."))
+    splits = list(o["counts"])
+    rows = [[cls, *(f"{o['counts'][s].get(cls, 0):,}" for s in splits)] for cls in class_names]
+    headers = ["class", *(f"stored {s}" for s in splits)]
+    footer: list[Any] = ["total", *(f"{sum(o['counts'][s].values()):,}" for s in splits)]
+    scrub = up.scrub
+    if scrub is not None:
+        parts_counts = scrub["split"]["class_counts"]
+        headers += [f"split {p}" for p in parts_counts]
+        for row, cls in zip(rows, class_names, strict=True):
+            row.extend(f"{parts_counts[p].get(cls, 0):,}" for p in parts_counts)
+        footer += [f"{scrub['split']['sizes'][p]:,}" for p in parts_counts]
+    parts.append(element("h3", "Counts"))
+    parts.append(
+        table(
+            "Images per class: as stored, and in scrub's split",
+            headers,
+            rows,
+            table_id="counts",
+            numeric=range(1, len(headers)),
+            footer=footer,
+        )
+    )
+    if up.explore is not None:
+        parts.extend(balance_parts(up))
+    else:
+        parts.append(missing(up.notes.get("explore", "not available")))
+    if scrub is not None:
+        parts.extend(scrub_parts(up))
+    else:
+        parts.append(missing(up.notes.get("scrub", "not available")))
+    return section("data", "Data", parts)
+
+
+def balance_parts(up: UpstreamArtifacts) -> list[Any]:
+    e = up.explore or {}
+    rows = []
+    for b in e["balance"]:
+        rows.append(
+            [
+                b["split"],
+                f"{b['total']:,}",
+                fmt(b.get("chi2"), ".2f"),
+                str(b.get("dof", "n/a")),
+                fmt(b.get("p_value"), ".3g"),
+                fmt(b.get("imbalance_ratio"), ".2f"),
+            ]
+        )
+    px = e["pixel_stats"]
+    pixel_rows = [[ch, f"{px['mean'][i]:.2f}", f"{px['std'][i]:.2f}"] for i, ch in enumerate("RGB")]
+    parts: list[Any] = [
+        element("h3", "Class balance"),
+        table(
+            "Chi-square test of uniform class counts per split",
+            ["split", "images", "chi-square", "dof", "p-value", "largest / smallest"],
+            rows,
+            table_id="balance",
+            numeric=range(1, 6),
+        ),
+        table(
+            f"Pixel statistics of {px['split']} ({px['n_images']:,} images), 0..255",
+            ["channel", "mean", "std"],
+            pixel_rows,
+            table_id="pixels",
+            numeric=(1, 2),
+        ),
+        paragraph(
+            f"Brightest class {e['brightest_class']}, darkest {e['darkest_class']}; highest "
+            f"contrast {e['highest_contrast_class']}, lowest {e['lowest_contrast_class']}."
+        ),
+    ]
+    for rel in e.get("figures", []):
+        stem = Path(rel).stem
+        parts.append(
+            figure(Path(up.explore_dir or "") / rel, CAPTIONS.get(stem, stem), f"explore: {stem}")
+        )
+    return parts
+
+
+def scrub_parts(up: UpstreamArtifacts) -> list[Any]:
+    s = up.scrub or {}
+    scrub_dir = Path(up.scrub_dir or "")
+    dup = s["duplicates"]
+    rows = []
+    names = {"train": "within train", "test": "within test", "train-test": "across train-test"}
+    for category, label in names.items():
+        exact, near = dup["exact"][category], dup["near"][category]
+        rows.append(
+            [
+                label,
+                f"{exact['pairs']:,}",
+                f"{exact['images']:,}",
+                f"{near['pairs']:,}",
+                f"{near['images']:,}",
+                f"{exact['label_conflicts'] + near['label_conflicts']:,}",
+            ]
+        )
+    leaks = s["leakage"]
+    n_test = s["integrity"]["test"]["images"]
+    share = leaks["test_images_with_train_twin"] / max(n_test, 1)
+    study = s["interpolation"]
+    overlap = s["split"]["duplicate_overlap"]
+    parts: list[Any] = [
+        element("h3", "Duplicates and leakage"),
+        table(
+            f"Exact and near duplicates (near: distance ≤ {dup['threshold']})",
+            [
+                "where",
+                "exact pairs",
+                "exact images",
+                "near pairs",
+                "near images",
+                "label conflicts",
+            ],
+            rows,
+            table_id="duplicates",
+            numeric=range(1, 6),
+        ),
+        paragraph(
+            f"Leakage: {leaks['test_images_with_train_twin']:,} test images ({share:.1%}) have a "
+            f"twin in train ({leaks['exact']:,} identical). The validation split keeps duplicate "
+            f"groups on one side: near-duplicate pairs across train and validation "
+            f"{overlap['near'].get('train-val', 0)}, exact {overlap['exact'].get('train-val', 0)}."
+        ),
+        paragraph(dup["method"], css="note"),
+    ]
+    figures = [f for f in s.get("files", []) if f.endswith(".png")]
+    for rel in figures:
+        stem = Path(rel).stem
+        if stem != "interpolation":
+            parts.append(figure(scrub_dir / rel, CAPTIONS.get(stem, stem), f"scrub: {stem}"))
+    return parts + interpolation_parts(study, figures, scrub_dir)
+
+
+def interpolation_parts(study: dict[str, Any], figures: list[str], scrub_dir: Path) -> list[Any]:
+    """Scrub's interpolation study: the table of methods and the example figure."""
+    interp_rows = [
+        [
+            r["method"] + (" (selected)" if r["selected"] else ""),
+            "candidate" if r["candidate"] else "context",
+            f"{r['reconstruction_rmse']:.2f}",
+            f"{r['round_trip_rmse']:.2f}",
+            f"{r['high_freq_retained']:.2f}",
+            f"{r['overshoot_pct']:.2f}",
+        ]
+        for r in study["rows"]
+    ]
+    parts: list[Any] = [element("h3", "Interpolation")]
+    if interp_rows:  # none when the images are already at the training size
+        parts.append(
+            table(
+                f"Upsampling {study['source_size'][0]} px to {study['image_size']} px "
+                f"({study['sample']} images; RMSE on 0..255)",
+                ["method", "role", "recon. RMSE", "round-trip RMSE", "HF kept", "overshoot %"],
+                interp_rows,
+                table_id="interpolation",
+                numeric=range(2, 6),
+                highlight=[i for i, r in enumerate(study["rows"]) if r["selected"]],
+            )
+        )
+    parts.append(paragraph(f"Selected: {study['selected']} ({study['rule']})."))
+    for rel in figures:
+        if Path(rel).stem == "interpolation":
+            parts.append(figure(scrub_dir / rel, CAPTIONS["interpolation"], "scrub: interpolation"))
+    return parts

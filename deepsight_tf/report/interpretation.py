@@ -1,0 +1,268 @@
+"""The run page's interpretation section: hypotheses, heat maps on trial, context, label issues.
+
+Everything here is read from interpret's report.json and its figures; nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deepsight_tf.report.artifacts import RunArtifacts, interpret_hint
+from deepsight_tf.report.captions import CAPTIONS, cam_caption
+from deepsight_tf.report.html import (
+    Html,
+    badge,
+    element,
+    figure,
+    fmt,
+    fmt_ci,
+    missing,
+    paragraph,
+    section,
+    table,
+)
+
+
+@dataclass
+class _Figures:
+    """interpret's figures by name: the ones it drew are shown with their captions."""
+
+    folder: Path
+    stems: set[str]
+
+    def get(self, stem: str, alt: str) -> list[Any]:
+        if stem not in self.stems:
+            return []
+        return [figure(self.folder / f"{stem}.png", CAPTIONS[stem], alt)]
+
+
+def interpretation_section(run: RunArtifacts) -> Html:
+    rep = run.interpret
+    if rep is None:
+        return section(
+            "interpretation",
+            "Interpretation",
+            [missing(f"not run yet: {interpret_hint(run.run_id)}")],
+        )
+    figures = _Figures(run.interpret_figures, {Path(f).stem for f in rep.get("figures", [])})
+    parts = [
+        *_hypotheses(rep, figures),
+        *_faithfulness(rep, figures),
+        *_context(rep, figures),
+        *_cam_gallery(run, figures),
+        *_label_issues(run, rep, figures),
+        *_top_losses(run, rep, figures),
+    ]
+    return section("interpretation", "Interpretation", parts)
+
+
+def _hypotheses(rep: dict[str, Any], figures: _Figures) -> list[Any]:
+    parts: list[Any] = [element("h3", "Hypotheses")]
+    if not rep["hypotheses"]:
+        return [*parts, missing(f"no hypotheses tested: {rep.get('hypotheses_note', '')}")]
+    rows = [
+        [
+            h["name"],
+            f"{h['estimate']:+.3f}",
+            fmt_ci([h["low"], h["high"]], "+.3f"),
+            f"{h['n']:,}",
+            badge(h["verdict"]),
+        ]
+        for h in rep["hypotheses"]
+    ]
+    parts.append(
+        table(
+            "Hypotheses registered by explore before training, tested on the test set",
+            ["hypothesis", "estimate", "95% CI", "images", "verdict"],
+            rows,
+            table_id="hypotheses",
+            numeric=(1, 2, 3),
+        )
+    )
+    return parts + figures.get("hypotheses", "hypotheses")
+
+
+def _faithfulness(rep: dict[str, Any], figures: _Figures) -> list[Any]:
+    """Deletion and insertion against a random order, and the randomisation sanity check."""
+    parts: list[Any] = [element("h3", "Do the heat maps show what the model uses?")]
+    faith = rep.get("faithfulness")
+    if faith:
+        rows = [
+            [
+                name,
+                f"{m['deletion_auc']:.3f}",
+                f"{m['random_deletion_auc']:.3f}",
+                f"{m['deletion_gain']:+.3f} {fmt_ci(m['deletion_gain_ci'], '+.3f')}",
+                f"{m['insertion_auc']:.3f}",
+                f"{m['random_insertion_auc']:.3f}",
+                f"{m['insertion_gain']:+.3f} {fmt_ci(m['insertion_gain_ci'], '+.3f')}",
+                f"{m['n_images']:,}",
+                badge(m["verdict"]),
+            ]
+            for name, m in faith["methods"].items()
+        ]
+        headers = ["method", "deletion AUC", "random", "deletion gain [CI]", "insertion AUC"]
+        headers += ["random", "insertion gain [CI]", "images", "verdict"]
+        parts.append(
+            table(
+                "Faithfulness: deletion and insertion AUC against a random order (gain > 0 is "
+                "better than random)",
+                headers,
+                rows,
+                table_id="faithfulness",
+                numeric=range(1, 8),
+            )
+        )
+        parts += figures.get("deletion_insertion", "deletion and insertion curves")
+    sanity = rep.get("sanity")
+    if sanity:
+        steps = ", ".join(
+            f"{g}: {fmt(s, '.2f')}"
+            for g, s in zip(sanity["groups"], sanity["mean_spearman"], strict=False)
+        )
+        parts.append(
+            paragraph(
+                "Sanity check (cascading randomisation of ",
+                f"{sanity['method']} at {sanity['layer_name']}): ",
+                badge("passed" if sanity["passed"] else "flagged"),
+                f" mean Spearman correlation with the original maps after each step: {steps} "
+                f"(flagged above {sanity['threshold']}).",
+            )
+        )
+        parts += figures.get("sanity_check", "sanity check")
+    return parts
+
+
+def _context(rep: dict[str, Any], figures: _Figures) -> list[Any]:
+    """Accuracy with the centre or the border hidden, per class, and the CAMs' centre share."""
+    parts: list[Any] = [element("h3", "Context reliance")]
+    ctx = rep.get("context")
+    if not ctx:
+        return parts
+    energy = ctx.get("cam_energy", {})
+    energy_of = dict(zip(energy.get("class_names", []), energy.get("mean", []), strict=False))
+    rows = [
+        [
+            c["name"],
+            f"{c['n']:,}",
+            f"{c['clean']:.1%}",
+            f"{c['centre_occluded']:.1%}",
+            f"{c['border_occluded']:.1%}",
+            f"{c['context_gap']:+.1%} {fmt_ci(c['context_gap_ci'], '+.1%')}",
+            "yes" if c["holds_without_object"] else "no",
+            fmt(energy_of.get(c["name"]), ".2f"),
+        ]
+        for c in [*ctx["classes"], ctx["overall"]]
+    ]
+    headers = ["class", "images", "clean", "centre hidden", "border hidden", "context gap [CI]"]
+    headers += ["holds without object", "CAM centre share"]
+    parts.append(
+        table(
+            f"Accuracy with the centre or the border hidden (same area; chance "
+            f"{ctx['chance']:.0%}); CAM centre share against "
+            f"{fmt(energy.get('uniform'), '.2f')} for a uniform map",
+            headers,
+            rows,
+            table_id="context",
+            numeric=range(1, 8),
+            highlight=[len(rows) - 1],
+        )
+    )
+    parts.append(
+        paragraph(
+            "Relying on context: "
+            f"{', '.join(ctx['relies_on_context']) or 'none'}; relying on the object: "
+            f"{', '.join(ctx['relies_on_object']) or 'none'}."
+        )
+    )
+    return parts + figures.get("context_reliance", "context reliance")
+
+
+def _cam_gallery(run: RunArtifacts, figures: _Figures) -> list[Any]:
+    """The CAM grids: per class (correct, wrong), then top losses and the confused pairs."""
+    settings = run.interpret_manifest.settings if run.interpret_manifest else {}
+    method = str(settings.get("methods", "gradcam")).split(",")[0]
+    names = run.class_names
+    order = [f"cam_{n}_{k}" for n in names for k in ("correct", "wrong")]
+    order += sorted(s for s in figures.stems if s.startswith("cam_") and s not in order)
+    grids = [
+        figure(
+            figures.folder / f"{stem}.png",
+            cam_caption(stem, method, names),
+            stem.replace("_", " "),
+        )
+        for stem in order
+        if stem in figures.stems
+    ]
+    gallery = element("div", grids, class_="gallery") if grids else missing("no CAM grids")
+    return [element("h3", "Grad-CAM"), gallery]
+
+
+def _label_issues(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> list[Any]:
+    issues = rep["label_issues"]
+    focus_file = run.interpret_dir / Path(issues["focus_pairs_file"]).name
+    rows = [
+        [
+            str(i["rank"] + 1),
+            str(i["index"]),
+            i.get("path") or "—",
+            i["given_label"],
+            i["suggested_label"],
+            f"{i['suggested_probability']:.3f}",
+            f"{i['score']:.3f}",
+        ]
+        for i in issues.get("top", [])
+    ]
+    parts: list[Any] = [
+        element("h3", "Label issues"),
+        paragraph(
+            f"cleanlab flags {issues['count']:,} test images whose label the model doubts; all "
+            "are in ",
+            element("code", Path(issues["csv"]).name),
+            "; the hardest pairs are written for ",
+            element("code", f"deepsight train --focus-pairs @{focus_file}"),
+            ".",
+        ),
+    ]
+    if rows:
+        parts.append(
+            table(
+                "The most doubtful labels (score: the model's probability of the given label)",
+                ["rank", "test index", "file", "given", "suggested", "p(suggested)", "score"],
+                rows,
+                table_id="label-issues",
+                numeric=(0, 1, 5, 6),
+            )
+        )
+    return parts + figures.get("label_issues", "label issues")
+
+
+def _top_losses(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> list[Any]:
+    """The most confidently wrong test images, as interpret stored them."""
+    names = run.class_names
+    losses = rep["top_losses"]
+    rows = [
+        [str(int(i)), names[int(t)], names[int(p)], f"{pp:.3f}", f"{tp:.4f}", f"{loss:.2f}"]
+        for i, t, p, pp, tp, loss in zip(
+            losses["indices"],
+            losses["labels"],
+            losses["predicted"],
+            losses["probability"],
+            losses["true_probability"],
+            losses["loss"],
+            strict=True,
+        )
+    ]
+    return [
+        element("h3", "Top losses"),
+        table(
+            "The most confidently wrong test images (loss = -log p(true class))",
+            ["test index", "true", "predicted", "p(predicted)", "p(true)", "loss"],
+            rows,
+            table_id="top-losses",
+            numeric=(0, 3, 4, 5),
+        ),
+        *figures.get("top_losses", "top losses"),
+    ]

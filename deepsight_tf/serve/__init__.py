@@ -1,0 +1,1 @@
+"""Using a finished run: prediction on new images and export."""

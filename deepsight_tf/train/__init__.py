@@ -1,0 +1,1 @@
+"""Training: the loop and its callbacks, checkpoints, input pipeline, optimisers, schedules."""

@@ -1,0 +1,260 @@
+"""Keras callbacks of a training run: progress, history rows, divergence, checkpoint commits.
+
+They share one `RunControl` (the position in the run, the best epoch, the stop flags), which
+is how a Ctrl-C, a NaN or a commit seen by one callback reaches the others and the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.progress import Notify, Progress
+from deepsight_tf.train.checkpoints import CheckpointStore, Commit, Position
+from deepsight_tf.train.history import write_history
+from deepsight_tf.train.plan import PhasePlan
+
+MONITOR = "val_macro_f1"  # the best epoch is the one with the highest validation macro-F1
+
+
+class StopRequested(Exception):
+    """Raised inside fit after the state is committed, to stop at once (no validation)."""
+
+
+@dataclass
+class RunControl:
+    """What the callbacks of one run share: the position, the best epoch, the stop flags."""
+
+    epoch: int = 0  # epochs done in the current phase
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0  # optimizer steps over the whole run
+    best: float | None = None
+    best_epoch: int | None = None
+    best_file: str | None = None
+    diverged_step: int | None = None
+    stop_requested: bool = False
+    last_commit: Commit | None = None
+
+
+def assign_all(variables: list[Any], values: list[np.ndarray], what: str) -> None:
+    """Assign saved values to variables, refusing a list that belongs to another model."""
+    shapes = [tuple(v.shape) for v in variables]
+    if shapes != [tuple(np.shape(a)) for a in values]:
+        raise ConfigError(
+            f"the checkpoint's {what} do not fit this model ({len(values)} arrays for "
+            f"{len(variables)} variables); resume with the run's own settings"
+        )
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(control: RunControl, notify: Notify | None) -> Any:
+    """The first Ctrl-C asks training to stop after the current step and save; a second one
+    aborts at once (KeyboardInterrupt). Only the main thread can take signals."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        control.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if notify:
+            notify("stopping after this step to save; Ctrl-C again aborts without saving")
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class StepProgress(keras.callbacks.Callback):
+    """Reports every optimizer step to `progress`, and a run-time estimate after a few."""
+
+    ESTIMATE_AFTER = 8  # steps timed after the first (which includes tracing)
+
+    def __init__(
+        self, progress: Progress | None, notify: Notify | None, total: int, done: int
+    ) -> None:
+        super().__init__()
+        self.progress, self.notify, self.total, self.done = progress, notify, total, done
+        self._t0: float | None = None
+        self._timed = 0
+        self.step_s: float | None = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.done += 1
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        else:
+            self._timed += 1
+            if self._timed == self.ESTIMATE_AFTER and self.step_s is None:
+                self.step_s = (time.perf_counter() - self._t0) / self._timed
+                if self.notify:
+                    remaining = self.step_s * (self.total - self.done)
+                    self.notify(
+                        f"estimate: {self.step_s * 1000:.0f} ms a step, about "
+                        f"{remaining / 60:.1f} min of training left "
+                        f"({self.total - self.done} steps)"
+                    )
+        if self.progress:
+            self.progress("training", self.done, self.total)
+
+
+class HistoryRecorder(keras.callbacks.Callback):
+    """One row per epoch in history.csv (phase, rate, train and validation metrics)."""
+
+    def __init__(
+        self,
+        path: Path,
+        rows: list[dict[str, Any]],
+        phase: PhasePlan,
+        epoch_offset: int,
+        control: RunControl,
+    ) -> None:
+        super().__init__()
+        self.path, self.rows, self.phase, self.offset = path, rows, phase, epoch_offset
+        self.control = control
+        self._start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.control.diverged_step is not None:
+            return  # a diverged epoch is not a result
+        logs = logs or {}
+        lr = self.model.optimizer.learning_rate
+        row = {
+            "epoch": self.offset + epoch + 1,
+            "phase": self.phase.index,
+            "lr_end": float(np.asarray(lr)),
+            "seconds": round(time.perf_counter() - self._start, 2),
+        }
+        row.update({k: float(v) for k, v in sorted(logs.items()) if k != "learning_rate"})
+        # An epoch redone after a resume replaces its row, and any row after it.
+        self.rows[:] = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        write_history(self.path, self.rows)
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Counts steps, and stops at the first non-finite loss; nothing after it is saved."""
+
+    def __init__(self, control: RunControl) -> None:
+        super().__init__()
+        self.control = control
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.control.step += 1
+        self.control.batch += 1
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.control.diverged_step = self.control.step
+            self.model.stop_training = True
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Commits the training state at every epoch end, every `interval_s` seconds within an
+    epoch, and at the step after Ctrl-C, which then stops the run (`StopRequested`).
+
+    The best epoch by validation macro-F1 is tracked here too, its classifier weights
+    saved before the commit that refers to them.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        classifier: Any,
+        control: RunControl,
+        phase: PhasePlan,
+        epoch_offset: int,
+        interval_s: float,
+        steps_per_epoch: int,
+        created: str,
+    ) -> None:
+        super().__init__()
+        self.store, self.classifier, self.control = store, classifier, control
+        self.phase, self.offset, self.interval_s = phase, epoch_offset, interval_s
+        self.steps_per_epoch = steps_per_epoch
+        self.created = created
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.control.diverged_step is not None:
+            return
+        if self.control.stop_requested:
+            self._commit(with_metrics=True)
+            if self.control.diverged_step is None:
+                raise StopRequested
+        if (
+            self.interval_s
+            and time.monotonic() - self._last >= self.interval_s
+            and self.control.batch < self.steps_per_epoch  # the epoch end commits next
+        ):
+            self._commit(with_metrics=True)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.control.diverged_step is not None:
+            return
+        self.control.epoch, self.control.batch = epoch + 1, 0
+        value = (logs or {}).get(MONITOR)
+        best = self.control.best
+        if value is not None and math.isfinite(value) and (best is None or value > best):
+            run_epoch = self.offset + epoch + 1
+            # The classifier's weights, also when a cached-feature head is being fit.
+            name = self.store.save_best(run_epoch, self.classifier.get_weights())
+            self.control.best, self.control.best_epoch = float(value), run_epoch
+            self.control.best_file = name
+        self._commit(with_metrics=False)
+        if self.control.stop_requested and self.control.diverged_step is None:
+            raise StopRequested
+
+    def _commit(self, with_metrics: bool) -> None:
+        control = self.control
+        arrays = {
+            "model": [v.numpy() for v in self.classifier.variables],
+            "optimizer": [v.numpy() for v in self.model.optimizer.variables],
+        }
+        if not all(np.isfinite(a).all() for group in arrays.values() for a in group):
+            # An update can overflow the weights a step before the loss shows it: such a
+            # state is never committed, and counts as divergence at this step.
+            control.diverged_step = control.step
+            self.model.stop_training = True
+            return
+        if with_metrics:
+            arrays["metrics"] = [v.numpy() for v in self.model.metrics_variables]
+        control.last_commit = self.store.commit(
+            Position(self.phase.index, control.epoch, control.batch, control.step),
+            arrays,
+            control.best,
+            control.best_epoch,
+            control.best_file,
+            self.created,
+        )
+        self._last = time.monotonic()
+
+
+class RestoreMetrics(keras.callbacks.Callback):
+    """Puts back the running sums of the epoch a mid-epoch checkpoint was taken in (Keras
+    resets metrics as each epoch begins, so this runs right after that, once)."""
+
+    def __init__(self, values: list[np.ndarray]) -> None:
+        super().__init__()
+        self.values: list[np.ndarray] | None = values
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self.values is not None:
+            assign_all(self.model.metrics_variables, self.values, "training metrics")
+            self.values = None

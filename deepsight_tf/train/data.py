@@ -1,0 +1,88 @@
+"""What a run trains on: the stored data set, scrub's split, and the preprocessing it is fed."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepsight_tf.core.errors import PrerequisiteError
+from deepsight_tf.core.manifest import DATA_INPUT, SPLIT_INPUT
+from deepsight_tf.core.settings import TrainSettings
+from deepsight_tf.core.workspace import IMAGES_FILE, SPLIT_FILE, Workspace
+from deepsight_tf.data.dataset import Dataset, load_dataset
+from deepsight_tf.model.preprocessing import Normalization, Preprocessing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    dataset: Dataset
+    train_indices: np.ndarray
+    val_indices: np.ndarray
+    interpolation: str  # scrub's choice unless --interpolation overrides it
+    inputs: dict[str, dict[str, Any]]  # for the run's manifest
+
+
+def training_data(settings: TrainSettings, workspace: Workspace) -> TrainingData:
+    """The stored data set and scrub's split (both verified), optionally subsampled."""
+    from deepsight_tf.data.scrub import load_scrub_report, load_split
+
+    data, data_manifest = load_dataset(workspace, settings.dataset)
+    split = load_split(workspace, data.name)
+    report = load_scrub_report(workspace, data.name)
+    interpolation = settings.interpolation or report["interpolation"]["selected"]
+    train = np.asarray(split.train)
+    if settings.max_train_images is not None and settings.max_train_images < len(train):
+        train = stratified_subset(
+            train, data.y_train[train], settings.max_train_images, settings.seed
+        )
+    scrub_manifest = workspace.read_manifest(workspace.scrub_dir(data.name), "deepsight scrub")
+    inputs = {
+        DATA_INPUT: workspace.input_record(
+            workspace.images_path(data.name), data_manifest.outputs[IMAGES_FILE]
+        ),
+        SPLIT_INPUT: workspace.input_record(
+            workspace.split_path(data.name), scrub_manifest.outputs.get(SPLIT_FILE)
+        ),
+    }
+    return TrainingData(data, train, np.asarray(split.val), interpolation, inputs)
+
+
+def stratified_subset(indices: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(indices, train_size=n, stratify=labels, random_state=seed)
+    return np.sort(keep)
+
+
+def training_preprocessing(
+    settings: TrainSettings, workspace: Workspace, data: TrainingData
+) -> Preprocessing:
+    """Size and interpolation from the settings and scrub; the normalisation the weights need.
+
+    Pretrained weights need the statistics they were trained with (ImageNet's, or the source
+    run's own); from scratch, explore's statistics of the training images when explore ran.
+    """
+    from deepsight_tf.data.explore import load_pixel_stats
+    from deepsight_tf.model.backbones import choose_normalization
+    from deepsight_tf.model.weights import weights_kind
+    from deepsight_tf.train.record import read_preprocessing
+
+    def sized(normalization: Normalization) -> Preprocessing:
+        return Preprocessing(settings.image_size, data.interpolation, normalization)
+
+    if weights_kind(settings.weights) == "run":
+        return sized(read_preprocessing(Path(settings.weights)).normalization)
+    mean = std = None
+    if settings.weights == "none":
+        try:
+            stats = load_pixel_stats(workspace, data.dataset.name)
+            mean, std = stats.mean, stats.std
+        except PrerequisiteError:
+            log.info("explore has not run; normalising with ImageNet statistics")
+    return sized(choose_normalization(settings.backbone, settings.weights, mean, std))

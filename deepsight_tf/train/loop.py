@@ -1,0 +1,613 @@
+"""The train phase: staged transfer learning, OneCycle, differential rates, the MVA gate.
+
+`train` runs the phases that plan.py lays out (a head phase with the backbone frozen, then
+fine-tuning), one Keras `fit` per epoch on that epoch's own batches, committing the state as
+it goes (checkpoints.py), then scores the best epoch once on the validation and test sets and
+writes the run folder. Every file goes through an atomic write; the manifest comes last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from deepsight_tf.core.errors import ConfigError, GateFailedError, TrainingInterrupted
+from deepsight_tf.core.manifest import Manifest, now_iso
+from deepsight_tf.core.progress import Notify, Progress
+from deepsight_tf.core.settings import TrainSettings
+from deepsight_tf.core.storage import atomic_save_npz, atomic_write_json, read_json
+from deepsight_tf.core.workspace import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MANIFEST,
+    METRICS_FILE,
+    MODEL_FILE,
+    PREDICTIONS_FILE,
+    TENSORBOARD_DIR,
+    Workspace,
+)
+from deepsight_tf.model.classifier import describe
+from deepsight_tf.model.preprocessing import Preprocessing
+from deepsight_tf.model.saving import save_classifier
+from deepsight_tf.train.callbacks import (
+    Checkpointer,
+    DivergenceGuard,
+    HistoryRecorder,
+    RestoreMetrics,
+    RunControl,
+    StepProgress,
+    StopRequested,
+    assign_all,
+    stop_on_interrupt,
+)
+from deepsight_tf.train.checkpoints import CheckpointStore, Commit, save_weights_npz
+from deepsight_tf.train.data import TrainingData, training_data
+from deepsight_tf.train.distribute import is_chief, make_strategy, shard_by_data
+from deepsight_tf.train.feature_cache import cached_head, can_cache_features
+from deepsight_tf.train.history import read_history, write_history
+from deepsight_tf.train.metrics import classification_scores, training_metrics
+from deepsight_tf.train.pipeline import make_eval_dataset
+from deepsight_tf.train.plan import (
+    PhasePlan,
+    default_run_id,
+    parse_unfreeze,
+    plan_phases,
+    resolve_settings,
+)
+from deepsight_tf.train.prepare import Prepared, phase_optimizer, prepare, set_trainable
+from deepsight_tf.train.record import RunRecord
+from deepsight_tf.train.schedules import OneCycle
+
+# Settings that may differ on --resume: they do not change what the run computes.
+RESUME_FREE = frozenset({"resume", "run_id", "checkpoint_minutes"})
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    run_dir: str
+    settings: dict[str, Any]
+    phases: list[PhasePlan]
+    params: dict[str, int]
+    precision: str
+    interpolation: str
+    train_images: int
+    epochs_run: int
+    duration_s: float
+    best_epoch: int | None
+    val: dict[str, Any]
+    test: dict[str, Any]
+    mva: float
+    passed: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: str | None = None
+
+
+def run_config(
+    run_id: str,
+    settings: TrainSettings,
+    precision: str,
+    preprocessing: Preprocessing,
+    phases: list[PhasePlan],
+    distribution: dict[str, Any],
+    created: str,
+) -> dict[str, Any]:
+    """config.json: what the run is (resolved settings, preprocessing, phases, distribution)."""
+    return {
+        "run_id": run_id,
+        "settings": asdict(settings),
+        "precision": precision,
+        "preprocessing": preprocessing.to_dict(),
+        "phases": [asdict(p) for p in phases],
+        "distribution": distribution,
+        "created": created,
+    }
+
+
+def predict_probs(model: Any, dataset: Any) -> np.ndarray:
+    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
+
+
+# The phase --------------------------------------------------------------------------------
+def train(
+    settings: TrainSettings,
+    workspace: Workspace,
+    progress: Progress | None = None,
+    notify: Notify | None = None,
+    explicit: set[str] | None = None,
+) -> TrainResult:
+    """Train a classifier on scrub's split, evaluate it on the test set, apply the MVA gate.
+
+    The result says whether the MVA gate passed; `check_gate` turns a failure into an error,
+    so a run below the gate still keeps its model, metrics and predictions for `interpret`.
+    With `resume`, an unfinished run continues from its last commit (see checkpoints.py)
+    with its stored settings; `explicit` names the settings the user gave, which must agree
+    with them (None: all of `settings` must).
+    """
+    if settings.resume and not settings.run_id:
+        raise ConfigError("--resume needs the --run-id of the run to continue")
+    settings = resolve_settings(settings)
+    run_id = settings.run_id or default_run_id(settings)
+    run_dir = workspace.run_dir(run_id)
+    if settings.resume and (run_dir / CONFIG_FILE).is_file():
+        settings = _resumable_settings(run_dir, settings, explicit)
+        if (run_dir / MANIFEST).is_file():
+            # Nothing to resume: report the finished run as it is, rewriting nothing (so
+            # `make all` run again does not make interpret's inputs stale).
+            if notify:
+                notify(f"run {run_id} is already complete; nothing to resume")
+            return completed_run(workspace, run_id)
+    strategy = make_strategy(settings.strategy)  # before TensorFlow builds anything
+    unfreeze = parse_unfreeze(settings.unfreeze)
+    data = training_data(settings, workspace)
+    lock = workspace.lock(f"run-{run_id}")
+    if not is_chief(strategy):
+        # Other workers of a multi-worker run write to scratch; only the chief owns the run.
+        run_dir = Path(tempfile.mkdtemp(prefix="deepsight-worker-")) / run_id
+        lock = contextlib.nullcontext()
+    run = _Run(settings, unfreeze, data, workspace, run_id, run_dir, progress, notify)
+    with lock:
+        _refuse_existing(run_dir, run_id, settings.resume)
+        try:
+            with stop_on_interrupt(run.control, notify), strategy.scope():
+                result = run.execute(strategy)
+        except StopRequested:
+            where = run.control.last_commit.position if run.control.last_commit else None
+            raise TrainingInterrupted(
+                f"interrupted at step {run.control.step} "
+                f"({where.describe() if where else ''}); saved in {run_dir / CHECKPOINTS_DIR}; "
+                f"continue with: deepsight --workspace {workspace.root} train --run-id "
+                f"{run_id} --resume"
+            ) from None
+        if run.control.stop_requested:  # Ctrl-C during the final evaluation: all of it is saved
+            raise TrainingInterrupted(
+                f"interrupted after training; the run at {run_dir} is complete"
+            )
+        return result
+
+
+def check_gate(result: TrainResult) -> None:
+    """The Minimum Viable Accuracy gate: GateFailedError (exit code 8) below `result.mva`."""
+    if not result.passed:
+        raise GateFailedError(
+            f"test accuracy {result.test['accuracy']:.2%} is below the MVA gate of "
+            f"{result.mva:.0%} by {result.mva - result.test['accuracy']:.2%} points; "
+            f"the run is kept at {result.run_dir}"
+        )
+
+
+def _refuse_existing(run_dir: Path, run_id: str, resume: bool) -> None:
+    if resume:
+        return
+    if (run_dir / MANIFEST).is_file():
+        raise ConfigError(f"run {run_id} is already complete at {run_dir}; choose another --run-id")
+    if (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError(
+            f"run {run_id} exists at {run_dir} (unfinished); pass --resume to continue it "
+            "or choose another --run-id"
+        )
+
+
+def _resumable_settings(
+    run_dir: Path, settings: TrainSettings, explicit: set[str] | None
+) -> TrainSettings:
+    """The run's stored settings, refusing given ones that differ (those that do not change
+    the result, such as how often to checkpoint, may differ)."""
+    stored = read_json(run_dir / CONFIG_FILE)["settings"]
+    current = asdict(settings)
+    compare = (set(current) if explicit is None else explicit) - RESUME_FREE
+    changed = sorted(k for k in compare if k in stored and stored[k] != current[k])
+    if changed:
+        raise ConfigError(
+            f"--resume with different settings ({', '.join(changed)}) than "
+            f"{run_dir / CONFIG_FILE}; drop them or rerun with the original values"
+        )
+    kept = {k: v for k, v in stored.items() if k in current and k not in RESUME_FREE}
+    return replace(settings, **kept)
+
+
+@dataclass
+class _Evaluation:
+    val_probs: np.ndarray
+    test_probs: np.ndarray
+    val: dict[str, Any]
+    test: dict[str, Any]
+
+
+class _Run:
+    """One training run from its first (or resumed) step to its written artifacts."""
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        unfreeze: tuple[int, ...] | str,
+        data: TrainingData,
+        workspace: Workspace,
+        run_id: str,
+        run_dir: Path,
+        progress: Progress | None,
+        notify: Notify | None,
+    ) -> None:
+        self.settings, self.unfreeze, self.data = settings, unfreeze, data
+        self.workspace, self.run_id, self.run_dir = workspace, run_id, run_dir
+        self.progress, self.notify = progress, notify
+        self.control = RunControl()
+        self.resumed_commit: Commit | None = None
+
+    def execute(self, strategy: Any) -> TrainResult:
+        started, start = now_iso(), time.perf_counter()
+        data = self.data.dataset
+        prepared = prepare(self.settings, self.data, self.workspace, strategy)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        store = CheckpointStore(self.run_dir / CHECKPOINTS_DIR)
+        restored = self._restore(store, prepared) if self.settings.resume else None
+        created = (store.created() if restored else None) or started
+        phases = plan_phases(self.settings, prepared.distribution["lr"])
+        atomic_write_json(
+            self.run_dir / CONFIG_FILE,
+            run_config(
+                self.run_id,
+                self.settings,
+                prepared.precision,
+                prepared.preprocessing,
+                phases,
+                prepared.distribution,
+                created,
+            ),
+        )
+        val_ds = shard_by_data(
+            make_eval_dataset(
+                data.x_train,
+                data.y_train,
+                self.data.val_indices,
+                data.num_classes,
+                **prepared.eval_args,
+            )
+        )
+        history = self._resumed_history(phases, restored[0] if restored else None)
+        fitter = _Fitter(self, prepared, store, val_ds, history, phases, created)
+        epochs_run = fitter.fit_all(restored)
+        if self.control.last_commit is not None and self.control.last_commit.best_file:
+            prepared.model.set_weights(store.best_weights(self.control.last_commit))
+        scores = self._evaluate(prepared, val_ds)
+        return self._write_results(prepared, phases, history, scores, epochs_run, started, start)
+
+    def _restore(self, store: CheckpointStore, prepared: Prepared) -> tuple[Commit, dict] | None:
+        """Put the last usable commit's variables back into the model (None: start afresh)."""
+        restored = store.latest_usable(self.notify)
+        if restored is None:
+            return None
+        commit, arrays = restored
+        assign_all(prepared.model.variables, arrays["model"], "model variables")
+        control = self.control
+        control.best, control.best_epoch = commit.best, commit.best_epoch
+        control.best_file, control.step = commit.best_file, commit.position.step
+        control.last_commit = commit
+        self.resumed_commit = commit
+        if self.notify:
+            self.notify(
+                f"resuming at {self.resumed_from(commit)} from {store.folder / commit.file}"
+            )
+        return restored
+
+    @staticmethod
+    def resumed_from(commit: Commit | None) -> str | None:
+        if commit is None:
+            return None
+        return f"{commit.position.describe()}, step {commit.position.step}"
+
+    def _resumed_history(self, phases: list[PhasePlan], commit: Commit | None) -> list[dict]:
+        """Rows after the commit resumed from are redone; a fresh run starts a fresh history."""
+        if commit is None:
+            return []
+        done = commit.position
+        done_epochs = sum(p.epochs for p in phases if p.index < done.phase) + done.epoch
+        path = self.run_dir / HISTORY_FILE
+        history = [row for row in read_history(path) if row["epoch"] <= done_epochs]
+        write_history(path, history)
+        return history
+
+    def _evaluate(self, prepared: Prepared, val_ds: Any) -> _Evaluation:
+        data = self.data.dataset
+        test_ds = make_eval_dataset(
+            data.x_test,
+            data.y_test,
+            np.arange(len(data.y_test)),
+            data.num_classes,
+            **prepared.eval_args,
+        )
+        val_probs = predict_probs(prepared.model, val_ds)
+        test_probs = predict_probs(prepared.model, test_ds)
+        val_labels = data.y_train[self.data.val_indices]
+        return _Evaluation(
+            val_probs,
+            test_probs,
+            _held_out(classification_scores(val_labels, val_probs, data.class_names)),
+            _held_out(classification_scores(data.y_test, test_probs, data.class_names)),
+        )
+
+    def _write_results(
+        self,
+        prepared: Prepared,
+        phases: list[PhasePlan],
+        history: list[dict[str, Any]],
+        scores: _Evaluation,
+        epochs_run: int,
+        started: str,
+        start: float,
+    ) -> TrainResult:
+        """model.keras, predictions.npz, metrics.json, then the manifest that vouches for them."""
+        data, run_dir, settings = self.data.dataset, self.run_dir, self.settings
+        passed = scores.test["accuracy"] >= settings.mva
+        save_classifier(prepared.model, run_dir / MODEL_FILE)
+        atomic_save_npz(
+            run_dir / PREDICTIONS_FILE,
+            test_probs=scores.test_probs,
+            test_labels=data.y_test,
+            test_indices=np.arange(len(data.y_test)),
+            val_probs=scores.val_probs,
+            val_labels=data.y_train[self.data.val_indices],
+            val_indices=self.data.val_indices,
+        )
+        result = TrainResult(
+            run_id=self.run_id,
+            run_dir=str(run_dir),
+            settings=asdict(settings),
+            phases=phases,
+            params=asdict(describe(prepared.model)),
+            precision=prepared.precision,
+            interpolation=prepared.preprocessing.interpolation,
+            train_images=len(self.data.train_indices),
+            epochs_run=epochs_run,
+            duration_s=round(time.perf_counter() - start, 1),
+            best_epoch=self.control.best_epoch,
+            val=scores.val,
+            test=scores.test,
+            mva=settings.mva,
+            passed=passed,
+            history=history,
+            resumed_from=self.resumed_from(self.resumed_commit),
+        )
+        atomic_write_json(
+            run_dir / METRICS_FILE, metrics_document(result, data.name, data.class_names)
+        )
+        self.workspace.write_manifest(
+            run_dir,
+            Manifest(
+                phase="train",
+                settings=asdict(settings),
+                seed=settings.seed,
+                inputs=self.data.inputs,
+                outputs={
+                    name: ""
+                    for name in (
+                        CONFIG_FILE,
+                        HISTORY_FILE,
+                        MODEL_FILE,
+                        METRICS_FILE,
+                        PREDICTIONS_FILE,
+                    )
+                },
+                started=started,
+                finished=now_iso(),
+                duration_s=result.duration_s,
+                extra={"dataset": data.name, "precision": prepared.precision},
+            ),
+        )
+        return result
+
+
+def _held_out(scores: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's view of classification_scores: the confusion matrix stays in interpret."""
+    return {k: v for k, v in scores.items() if k != "confusion"}
+
+
+def metrics_document(result: TrainResult, dataset: str, class_names: list[str]) -> dict[str, Any]:
+    """metrics.json: the held-out scores, the gate and the run's size."""
+    return {
+        "run_id": result.run_id,
+        "dataset": dataset,
+        "class_names": class_names,
+        "val": result.val,
+        "test": result.test,
+        "mva": result.mva,
+        "passed": result.passed,
+        "best_epoch": result.best_epoch,
+        "duration_s": result.duration_s,
+        "epochs_run": result.epochs_run,
+        "train_images": result.train_images,
+        "params": result.params,
+    }
+
+
+class _Fitter:
+    """The phases of one run, each a fit per epoch, with the callbacks that commit its state."""
+
+    def __init__(
+        self,
+        run: _Run,
+        prepared: Prepared,
+        store: CheckpointStore,
+        val_ds: Any,
+        history: list[dict[str, Any]],
+        phases: list[PhasePlan],
+        created: str,
+    ) -> None:
+        self.run, self.prepared, self.store = run, prepared, store
+        self.val_ds, self.history, self.phases, self.created = val_ds, history, phases, created
+        self.total_steps = prepared.steps_per_epoch * sum(p.epochs for p in phases)
+
+    def fit_all(self, restored: tuple[Commit, dict] | None) -> int:
+        """Every phase not yet done; returns the number of epochs the run has when finished."""
+        here = restored[0].position if restored else None
+        epoch_offset = 0
+        for phase in self.phases:
+            phase_end = self.run.run_dir / CHECKPOINTS_DIR / f"phase{phase.index}.end.weights.npz"
+            done = here is not None and (
+                phase.index < here.phase
+                or (phase.index == here.phase and here.epoch == phase.epochs)
+            )
+            if done:
+                if phase.index == here.phase and not phase_end.is_file():
+                    # Killed between this phase's last commit and its end file: the restored
+                    # model is that phase's end.
+                    save_weights_npz(self.prepared.model, phase_end)
+            else:
+                inside = restored if here is not None and phase.index == here.phase else None
+                self._fit_phase(phase, epoch_offset, inside)
+                save_weights_npz(self.prepared.model, phase_end)
+                restored = None  # later phases start from this one's end, with fresh optimizers
+            epoch_offset += phase.epochs
+        return epoch_offset
+
+    def _fit_phase(
+        self, phase: PhasePlan, epoch_offset: int, restored: tuple[Commit, dict] | None
+    ) -> None:
+        settings, prepared, control = self.run.settings, self.prepared, self.run.control
+        first_epoch, skip = (
+            (restored[0].position.epoch, restored[0].position.batch) if restored else (0, 0)
+        )
+        set_trainable(prepared.model, phase, settings, self.run.unfreeze)
+        schedule = OneCycle(
+            phase.peak_lr, prepared.steps_per_epoch * phase.epochs, pct_start=settings.pct_start
+        )
+        optimizer = phase_optimizer(settings, phase, schedule)
+        fit_model, fit_val, train_dataset = self._phase_inputs(phase)
+        fit_model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(),
+            metrics=training_metrics(self.run.data.dataset.num_classes),
+            jit_compile=False,
+        )
+        control.epoch, control.batch = first_epoch, skip
+        callbacks = self._callbacks(phase, epoch_offset)
+        if restored:
+            callbacks += self._restore_optimizer(fit_model, fit_val, optimizer, restored[1], skip)
+        if self.run.notify:
+            self.run.notify(
+                f"phase {phase.index}: {phase.name}, {phase.epochs} epochs of "
+                f"{prepared.steps_per_epoch} steps, peak lr {phase.peak_lr:g} "
+                f"(backbone x{phase.backbone_lr_mult:g})"
+            )
+        # One fit per epoch, each on that epoch's own batches (a pure function of the seed and
+        # the epoch number), so an epoch resumed mid-way sees the rest of the same batches.
+        for epoch in range(first_epoch, phase.epochs):
+            fit_model.fit(
+                train_dataset(
+                    first_epoch=epoch_offset + epoch,
+                    skip_batches=skip if epoch == first_epoch else 0,
+                ),
+                validation_data=fit_val,
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                callbacks=callbacks,
+                verbose=0,
+                shuffle=False,
+            )
+            if control.diverged_step is not None:
+                raise self._diverged(phase, epoch)
+
+    def _phase_inputs(self, phase: PhasePlan) -> tuple[Any, Any, Any]:
+        """The model fit in this phase and its data: the classifier on pixel batches, or for a
+        head phase without pixel augmentation its head on cached backbone features."""
+        settings, prepared, data = self.run.settings, self.prepared, self.run.data
+        if not (phase.trainable == "head" and can_cache_features(settings)):
+            return prepared.model, self.val_ds, prepared.train_dataset
+        dataset = data.dataset
+        cached = cached_head(
+            prepared.model,
+            dataset.x_train,
+            dataset.y_train,
+            data.train_indices,
+            data.val_indices,
+            dataset.num_classes,
+            prepared.eval_args,
+            prepared.distribution["global_batch"],
+            settings.seed,
+            prepared.class_weights,
+            settings.label_smoothing,
+        )
+        if self.run.notify:
+            self.run.notify("phase 1 uses cached backbone features (no pixel augmentation)")
+        return cached.head, cached.val_ds, cached.train_dataset
+
+    def _callbacks(self, phase: PhasePlan, epoch_offset: int) -> list[Any]:
+        run, control = self.run, self.run.control
+        return [
+            DivergenceGuard(control),
+            StepProgress(run.progress, run.notify, self.total_steps, control.step),
+            HistoryRecorder(run.run_dir / HISTORY_FILE, self.history, phase, epoch_offset, control),
+            Checkpointer(
+                self.store,
+                self.prepared.model,
+                control,
+                phase,
+                epoch_offset,
+                run.settings.checkpoint_minutes * 60,
+                self.prepared.steps_per_epoch,
+                self.created,
+            ),
+            keras.callbacks.TensorBoard(
+                str(run.run_dir / TENSORBOARD_DIR), write_graph=False, profile_batch=0
+            ),
+        ]
+
+    @staticmethod
+    def _restore_optimizer(
+        fit_model: Any, fit_val: Any, optimizer: Any, arrays: dict, skip: int
+    ) -> list[Any]:
+        """The optimizer's state as committed (its step, so the one-cycle rate; momenta), and
+        mid-epoch a callback that puts back the epoch's metric sums."""
+        optimizer.build(fit_model.trainable_variables)
+        assign_all(optimizer.variables, arrays["optimizer"], "optimizer variables")
+        if not skip:
+            return []
+        fit_model.evaluate(fit_val.take(1), verbose=0)  # builds the metrics' variables
+        return [RestoreMetrics(arrays["metrics"])]
+
+    def _diverged(self, phase: PhasePlan, epoch: int) -> ConfigError:
+        control, last = self.run.control, self.run.control.last_commit
+        kept = (
+            f"the last good checkpoint ({last.position.describe()}, step "
+            f"{last.position.step}) is kept in {self.store.folder}"
+            if last
+            else "nothing was saved"
+        )
+        return ConfigError(
+            f"loss became NaN or infinite at step {control.diverged_step} (phase "
+            f"{phase.index}, epoch {epoch + 1}); training stopped and "
+            f"{kept}; lower --lr and start a new run"
+        )
+
+
+def completed_run(workspace: Workspace, run_id: str) -> TrainResult:
+    """A finished run's result as its files record it (verified against the manifest)."""
+    record = RunRecord.load(workspace, run_id)
+    metrics = record.metrics
+    return TrainResult(
+        run_id=record.run_id,
+        run_dir=str(record.run_dir),
+        settings=record.config["settings"],
+        phases=record.phases,
+        params=metrics.get("params", {}),
+        precision=record.config["precision"],
+        interpolation=record.preprocessing.interpolation,
+        train_images=metrics.get("train_images", 0),
+        epochs_run=metrics.get("epochs_run", sum(p.epochs for p in record.phases)),
+        duration_s=metrics["duration_s"],
+        best_epoch=metrics["best_epoch"],
+        val=metrics["val"],
+        test=metrics["test"],
+        mva=metrics["mva"],
+        passed=metrics["passed"],
+        history=record.history(),
+        resumed_from="complete",
+    )

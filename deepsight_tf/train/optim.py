@@ -1,0 +1,306 @@
+"""Optimizers with differential (backbone vs head) learning rates, and mixed precision."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.settings import OPTIMIZERS, PRECISIONS
+from deepsight_tf.train.schedules import OneCycle
+
+# float16 tensor cores (and fast float16 maths at all) start with Volta, compute capability 7.0.
+MIN_FLOAT16_CAPABILITY = (7, 0)
+
+
+def is_head_variable(path: str, head_prefixes: Sequence[str]) -> bool:
+    """Whether a variable path ("layer/.../variable") lies in a layer named with a head prefix.
+
+    Every layer name along the path is checked, so a head nested in a sub-model still counts.
+    """
+    layer_names = path.split("/")[:-1]
+    return any(name.startswith(prefix) for name in layer_names for prefix in head_prefixes)
+
+
+class _DifferentialLR:
+    """Scales the learning rate of backbone variables by `backbone_lr_mult` inside update_step.
+
+    Keras 3 has no per-variable learning rate, so the multiplier of each variable is fixed
+    at build time from its path (the optimizer only sees bare tf.Variables in update_step,
+    which carry no path) and looked up by the variable's index. Decoupled weight decay,
+    which Keras scales by the learning rate, is moved into update_step so it scales by the
+    same multiplier: a backbone at multiplier 0 neither moves nor decays.
+    """
+
+    def _init_groups(
+        self, backbone_lr_mult: float, head_prefixes: Sequence[str], cycle_momentum: bool
+    ) -> None:
+        if not backbone_lr_mult >= 0:
+            raise ValueError(
+                f"`backbone_lr_mult` must be >= 0. Received: backbone_lr_mult={backbone_lr_mult}"
+            )
+        if isinstance(head_prefixes, str) or not all(
+            isinstance(p, str) and p for p in head_prefixes
+        ):
+            raise ValueError(
+                "`head_prefixes` must be a list of non-empty layer-name prefixes. "
+                f"Received: head_prefixes={head_prefixes!r}"
+            )
+        self.backbone_lr_mult = float(backbone_lr_mult)
+        self.head_prefixes = tuple(head_prefixes)
+        self.cycle_momentum = bool(cycle_momentum)
+
+    @property
+    def cycles_momentum(self) -> bool:
+        """True when momentum (beta_1) follows the OneCycle schedule instead of a constant."""
+        return self.cycle_momentum and isinstance(self._learning_rate, OneCycle)
+
+    def _momentum_now(self, constant: float) -> Any:
+        # The same step count as the learning rate this update uses (BaseOptimizer reads
+        # `_iterations` for the schedule), so lr and momentum stay in phase.
+        if self.cycles_momentum:
+            return self._learning_rate.momentum(self._iterations)
+        return constant
+
+    def build(self, variables: list[Any]) -> None:
+        if self.built:
+            return
+        super().build(variables)
+        paths = [getattr(v, "path", v.name) for v in variables]
+        heads = [is_head_variable(path, self.head_prefixes) for path in paths]
+        if self.backbone_lr_mult != 1.0 and variables and not any(heads):
+            raise ValueError(
+                f"No trainable variable lies in a layer named with {list(self.head_prefixes)}, "
+                f"so every variable would get the backbone rate. Received: paths={paths[:5]}"
+            )
+        self._lr_multipliers = [1.0 if head else self.backbone_lr_mult for head in heads]
+
+    def lr_multiplier(self, variable: Any) -> float:
+        """The factor applied to the learning rate (and weight decay) of `variable`."""
+        return self._lr_multipliers[self._get_variable_index(variable)]
+
+    def _apply_weight_decay(self, variables: list[Any]) -> None:
+        # Applied per variable in update_step with the scaled rate (see the class docstring).
+        return
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        lr = ops.cast(learning_rate, variable.dtype) * self.lr_multiplier(variable)
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            wd = ops.cast(self.weight_decay, variable.dtype)
+            self.assign_sub(variable, variable * wd * lr)
+        self._scaled_update_step(ops.cast(gradient, variable.dtype), variable, lr)
+
+    def _group_config(self) -> dict[str, Any]:
+        return {
+            "backbone_lr_mult": self.backbone_lr_mult,
+            "head_prefixes": list(self.head_prefixes),
+            "cycle_momentum": self.cycle_momentum,
+        }
+
+
+@keras.saving.register_keras_serializable(package="deepsight")
+class DifferentialSGD(_DifferentialLR, keras.optimizers.SGD):
+    """SGD (Keras's momentum convention) with a backbone rate multiplier and cycled momentum.
+
+    Update, with lr scaled by `backbone_lr_mult` for backbone variables and momentum `m_t`
+    taken from a OneCycle learning rate's `momentum(step)` when `cycle_momentum` is set:
+
+        v = m_t * v - lr * g;   w += v                    (nesterov=False)
+        v = m_t * v - lr * g;   w += m_t * v - lr * g     (nesterov=True)
+
+    preceded by decoupled weight decay `w -= w * weight_decay * lr`. Keras's SGD bakes a
+    float momentum into the traced step; this one reads it from the step counter each step.
+
+    Args:
+        momentum: the constant momentum when not cycled; must be > 0 for cycling, since it
+            also decides whether momentum slots exist.
+        backbone_lr_mult: factor on the rate of every variable outside the head.
+        head_prefixes: layer-name prefixes that mark head layers.
+        cycle_momentum: follow `learning_rate.momentum(step)` when it is a OneCycle.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 0.01,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        backbone_lr_mult: float = 1.0,
+        head_prefixes: Sequence[str] = ("head_",),
+        cycle_momentum: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            learning_rate=learning_rate, momentum=float(momentum), nesterov=nesterov, **kwargs
+        )
+        self._init_groups(backbone_lr_mult, head_prefixes, cycle_momentum)
+        if self.cycles_momentum and self.momentum == 0:
+            raise ValueError(
+                "Cycling momentum needs momentum slots: pass momentum > 0 or "
+                f"cycle_momentum=False. Received: momentum={momentum}"
+            )
+
+    def _scaled_update_step(self, gradient: Any, variable: Any, lr: Any) -> None:
+        if not self.momentums:
+            self.assign_sub(variable, gradient * lr)
+            return
+        velocity = self.momentums[self._get_variable_index(variable)]
+        momentum = ops.cast(self._momentum_now(self.momentum), variable.dtype)
+        self.assign(velocity, velocity * momentum - gradient * lr)
+        if self.nesterov:
+            self.assign_add(variable, velocity * momentum - gradient * lr)
+        else:
+            self.assign_add(variable, velocity)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self._group_config()}
+
+
+@keras.saving.register_keras_serializable(package="deepsight")
+class DifferentialAdamW(_DifferentialLR, keras.optimizers.AdamW):
+    """AdamW with a backbone rate multiplier and beta_1 cycled by a OneCycle schedule.
+
+    The Adam update of Keras (bias-corrected, `epsilon` outside the square root), with
+    beta_1 read from `learning_rate.momentum(step)` when cycled, as PyTorch's OneCycleLR
+    does for Adam; the bias correction then uses the current beta_1, as PyTorch's Adam does.
+    Decoupled weight decay `w -= w * weight_decay * lr` uses the group's scaled rate.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 0.001,
+        weight_decay: float = 0.004,
+        backbone_lr_mult: float = 1.0,
+        head_prefixes: Sequence[str] = ("head_",),
+        cycle_momentum: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
+        self._init_groups(backbone_lr_mult, head_prefixes, cycle_momentum)
+
+    def _scaled_update_step(self, gradient: Any, variable: Any, lr: Any) -> None:
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        beta_1 = self._momentum_now(self.beta_1)
+        # 1 - beta taken before the cast, as Keras's Adam does, so that uncycled updates
+        # round exactly like Keras's.
+        one_minus_beta_1 = ops.cast(1 - beta_1, variable.dtype)
+        one_minus_beta_2 = ops.cast(1 - self.beta_2, variable.dtype)
+        local_step = ops.cast(self.iterations + 1, variable.dtype)
+        beta_1_power = ops.power(ops.cast(beta_1, variable.dtype), local_step)
+        beta_2_power = ops.power(ops.cast(self.beta_2, variable.dtype), local_step)
+        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        self.assign_add(m, (gradient - m) * one_minus_beta_1)
+        self.assign_add(v, (ops.square(gradient) - v) * one_minus_beta_2)
+        if self.amsgrad:
+            v_hat = self._velocity_hats[index]
+            self.assign(v_hat, ops.maximum(v_hat, v))
+            v = v_hat
+        self.assign_sub(variable, m * alpha / (ops.sqrt(v) + self.epsilon))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self._group_config()}
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    *,
+    backbone_lr_mult: float = 1.0,
+    head_prefixes: Sequence[str] = ("head_",),
+    weight_decay: float | None = 5e-4,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    cycle_momentum: bool = True,
+    **kwargs: Any,
+) -> DifferentialSGD | DifferentialAdamW:
+    """The optimizer for `deepsight train` from its settings (defaults: DESIGN.md's recipe).
+
+    `learning_rate` (a float or a OneCycle) is the head's rate (`--lr`); variables outside
+    layers named with `head_prefixes` get it times `backbone_lr_mult`, weight decay included.
+    `name` is "sgd" (Nesterov momentum `momentum`) or "adamw" (`momentum` is beta_1). Under
+    a OneCycle rate, momentum/beta_1 follow its cycle unless `cycle_momentum` is False.
+    `kwargs` go to the Keras optimizer (clipnorm, beta_2, epsilon, ...).
+    """
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if not backbone_lr_mult >= 0:
+        raise ConfigError(f"--backbone-lr-mult must be >= 0, got {backbone_lr_mult}")
+    if isinstance(learning_rate, int | float) and not learning_rate > 0:
+        raise ConfigError(f"--lr must be > 0, got {learning_rate}")
+    if weight_decay is not None and not weight_decay >= 0:
+        raise ConfigError(f"weight decay must be >= 0, got {weight_decay}")
+    if not 0 <= momentum < 1:
+        raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
+    if isinstance(learning_rate, int):
+        learning_rate = float(learning_rate)
+    groups = {
+        "backbone_lr_mult": backbone_lr_mult,
+        "head_prefixes": head_prefixes,
+        "cycle_momentum": cycle_momentum,
+    }
+    if name == "sgd":
+        return DifferentialSGD(
+            learning_rate,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay or None,
+            **groups,
+            **kwargs,
+        )
+    return DifferentialAdamW(
+        learning_rate, weight_decay=weight_decay or 0.0, beta_1=momentum, **groups, **kwargs
+    )
+
+
+def gpu_compute_capabilities() -> list[tuple[int, int]]:
+    """Compute capability (major, minor) of each visible GPU; empty on a CPU-only machine."""
+    capabilities = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        capabilities.append(tuple(capability) if capability else (0, 0))
+    return capabilities
+
+
+def resolve_precision(flag: str, capabilities: Sequence[tuple[int, int]] | None = None) -> str:
+    """The Keras dtype policy for `--precision`: "auto" picks mixed_float16 or float32.
+
+    auto is mixed_float16 when every visible GPU has compute capability >= 7.0, else float32
+    (CPU: float16 maths there is emulated and slow). `capabilities` overrides detection.
+    """
+    if flag not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {flag!r}")
+    if flag != "auto":
+        return flag
+    if capabilities is None:
+        capabilities = gpu_compute_capabilities()
+    if capabilities and all(tuple(c) >= MIN_FLOAT16_CAPABILITY for c in capabilities):
+        return "mixed_float16"
+    return "float32"
+
+
+def apply_precision(policy: str) -> None:
+    """Set the global Keras dtype policy; call it before building the model.
+
+    Under mixed_float16, `model.compile` wraps the optimizer in a LossScaleOptimizer itself
+    (auto_scale_loss=True), so no explicit wrapping is needed for `model.fit`.
+    """
+    if policy not in PRECISIONS or policy == "auto":
+        raise ValueError(
+            f"`policy` must be a resolved precision {PRECISIONS[1:]}. Received: policy={policy!r}"
+        )
+    keras.config.set_dtype_policy(policy)
+
+
+def loss_scaled(optimizer: keras.optimizers.Optimizer, policy: str) -> keras.optimizers.Optimizer:
+    """`optimizer` wrapped in a LossScaleOptimizer when `policy` needs loss scaling.
+
+    Only float16 underflows; bfloat16 has float32's exponent range. For custom training
+    loops; `model.compile` does this itself.
+    """
+    if policy == "mixed_float16" and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

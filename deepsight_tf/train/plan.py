@@ -1,0 +1,103 @@
+"""What a run will do: its settings resolved against the weights, and its training phases."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.settings import TrainSettings
+
+
+@dataclass
+class PhasePlan:
+    """One fit call: which layers train, for how many epochs, at which peak rate."""
+
+    index: int
+    name: str
+    epochs: int
+    trainable: str  # "head" or the stages unfrozen, e.g. "3,4" / "all"
+    peak_lr: float  # the head's one-cycle peak, after scaling for the replicas
+    backbone_lr_mult: float
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PhasePlan:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def resolve_settings(settings: TrainSettings) -> TrainSettings:
+    """Fill the defaults that depend on other settings; the one place that decides them."""
+    pretrained = settings.weights != "none"
+    resolved = replace(
+        settings,
+        stem=settings.stem
+        or ("cifar" if not pretrained and settings.image_size <= 32 else "imagenet"),
+        frozen_epochs=settings.frozen_epochs
+        if settings.frozen_epochs is not None
+        else int(pretrained),
+        unfreeze=settings.unfreeze or ("3,4" if pretrained else "all"),
+        lr=settings.lr if settings.lr is not None else (0.05 if pretrained else 0.4),
+        backbone_lr_mult=(
+            settings.backbone_lr_mult
+            if settings.backbone_lr_mult is not None
+            else (0.1 if pretrained else 1.0)
+        ),
+    )
+    if resolved.focus_pairs and resolved.focus_pairs.startswith("@"):
+        # interpret writes the most-confused pairs to a file: --focus-pairs @focus_pairs.txt
+        path = Path(resolved.focus_pairs[1:])
+        try:
+            resolved = replace(resolved, focus_pairs=path.read_text().strip())
+        except OSError as exc:
+            raise ConfigError(f"--focus-pairs {resolved.focus_pairs}: cannot read {path}") from exc
+    if resolved.epochs + resolved.frozen_epochs <= 0:
+        raise ConfigError("--epochs and --frozen-epochs are both 0")
+    if resolved.frozen_epochs < 0:
+        raise ConfigError(f"--frozen-epochs {resolved.frozen_epochs} must be >= 0")
+    return resolved
+
+
+def parse_unfreeze(text: str) -> tuple[int, ...] | str:
+    if text == "all":
+        return "all"
+    try:
+        stages = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        stages = ()
+    if not stages or any(s < 1 for s in stages):
+        raise ConfigError(f"--unfreeze {text!r}: give stage numbers such as 3,4, or all")
+    return stages
+
+
+def plan_phases(settings: TrainSettings, peak_lr: float | None = None) -> list[PhasePlan]:
+    """The head phase (backbone frozen) when there are frozen epochs, then fine-tuning.
+
+    `peak_lr` is the head's rate after scaling for the replicas (train/distribute.py); the
+    plan is written into config.json, so every reader sees the rates the run really used.
+    """
+    lr = settings.lr if peak_lr is None else peak_lr
+    phases = []
+    if settings.frozen_epochs:
+        phases.append(
+            PhasePlan(1, "head (backbone frozen)", settings.frozen_epochs, "head", lr, 0.0)
+        )
+    if settings.epochs:
+        phases.append(
+            PhasePlan(
+                len(phases) + 1,
+                f"fine-tune (stages {settings.unfreeze})",
+                settings.epochs,
+                settings.unfreeze,
+                lr,
+                settings.backbone_lr_mult,
+            )
+        )
+    return phases
+
+
+def default_run_id(settings: TrainSettings) -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{settings.backbone}-{stamp}"

@@ -1,0 +1,161 @@
+"""Everything a run needs before its first step: seeds, precision, the model, its pipelines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.settings import TrainSettings
+from deepsight_tf.core.workspace import Workspace
+from deepsight_tf.model.preprocessing import Preprocessing
+from deepsight_tf.train.data import TrainingData, training_preprocessing
+from deepsight_tf.train.plan import PhasePlan
+
+EVAL_BATCH = 256  # evaluation batches hold no gradients: at least this many images each
+
+
+@dataclass
+class Prepared:
+    """What both training and the LR range test need: the model and its input pipelines."""
+
+    model: Any
+    preprocessing: Preprocessing
+    precision: str
+    train_dataset: Callable[..., Any]  # (first_epoch, epochs, skip_batches) -> batches
+    eval_args: dict[str, Any]  # batch_size and preprocessing, for make_eval_dataset
+    steps_per_epoch: int
+    class_weights: np.ndarray | None
+    distribution: dict[str, Any]  # the strategy, the global batch and the scaled rate
+
+
+def prepare(
+    settings: TrainSettings, data: TrainingData, workspace: Workspace, strategy: Any = None
+) -> Prepared:
+    """Seed, set the float policy, build the classifier and the batch streams of `data`."""
+    import keras
+    import tensorflow as tf
+
+    from deepsight_tf.model.classifier import build_classifier
+    from deepsight_tf.train.distribute import describe_strategy, scale_for_replicas
+    from deepsight_tf.train.optim import apply_precision, resolve_precision
+    from deepsight_tf.train.pipeline import class_weights_from
+
+    keras.utils.set_random_seed(settings.seed)
+    if settings.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    precision = resolve_precision(settings.precision)
+    apply_precision(precision)
+    dataset = data.dataset
+    class_weights = class_weights_from(
+        settings.class_weights, dataset.y_train[data.train_indices], dataset.class_names
+    )
+    preprocessing = training_preprocessing(settings, workspace, data)
+    model = build_classifier(
+        settings.backbone,
+        num_classes=dataset.num_classes,
+        image_size=settings.image_size,
+        weights=settings.weights,
+        stem=settings.stem,
+        dropout=settings.dropout,
+        width_multiplier=settings.width_multiplier,
+    )
+    strategy = strategy or tf.distribute.get_strategy()
+    global_batch, lr = scale_for_replicas(
+        settings.batch_size, settings.lr, strategy.num_replicas_in_sync
+    )
+    distribution = {
+        **describe_strategy(strategy),
+        "global_batch": global_batch,
+        "lr": lr,
+        "lr_rule": "linear",
+    }
+    if len(data.train_indices) < global_batch:
+        raise ConfigError(
+            f"--batch-size {settings.batch_size} is larger than the {len(data.train_indices)} "
+            "training images; lower it"
+        )
+    train_dataset = _train_stream(settings, data, preprocessing, class_weights, global_batch)
+    return Prepared(
+        model=model,
+        preprocessing=preprocessing,
+        precision=precision,
+        train_dataset=train_dataset,
+        eval_args={"batch_size": max(global_batch, EVAL_BATCH), "preprocessing": preprocessing},
+        steps_per_epoch=int(train_dataset().cardinality()),
+        class_weights=class_weights,
+        distribution=distribution,
+    )
+
+
+def _train_stream(
+    settings: TrainSettings,
+    data: TrainingData,
+    preprocessing: Preprocessing,
+    class_weights: np.ndarray | None,
+    global_batch: int,
+) -> Callable[..., Any]:
+    """(first_epoch, epochs, skip_batches) -> the training batches, sharded for the strategy."""
+    from deepsight_tf.train.distribute import shard_by_data
+    from deepsight_tf.train.pipeline import make_train_dataset, parse_focus_pairs
+
+    dataset = data.dataset
+    focus = parse_focus_pairs(settings.focus_pairs, dataset.class_names)
+
+    def train_dataset(first_epoch: int = 0, epochs: int = 1, skip_batches: int = 0) -> Any:
+        return shard_by_data(
+            make_train_dataset(
+                dataset.x_train,
+                dataset.y_train,
+                data.train_indices,
+                dataset.num_classes,
+                batch_size=global_batch,
+                preprocessing=preprocessing,
+                augment=settings.augment,
+                mix=settings.mix,
+                mix_alpha=settings.mix_alpha,
+                label_smoothing=settings.label_smoothing,
+                class_weights=class_weights,
+                focus_pairs=focus or None,
+                focus_factor=settings.focus_factor,
+                seed=settings.seed,
+                first_epoch=first_epoch,
+                epochs=epochs,
+                skip_batches=skip_batches,
+            )
+        )
+
+    return train_dataset
+
+
+def set_trainable(
+    model: Any, phase: PhasePlan, settings: TrainSettings, unfreeze: tuple[int, ...] | str
+) -> None:
+    """Freeze for the head phase; unfreeze the chosen stages (BN frozen) for fine-tuning."""
+    from deepsight_tf.model import classifier
+
+    if phase.trainable == "head":
+        classifier.freeze_backbone(model)
+    elif settings.weights == "none" and unfreeze == "all":
+        # From scratch every layer learns, BatchNorm included (batch statistics); BN is
+        # kept in inference mode only to protect pretrained statistics.
+        classifier.unfreeze_all(model)
+    else:
+        classifier.unfreeze_stages(model, unfreeze)
+
+
+def phase_optimizer(settings: TrainSettings, phase: PhasePlan, learning_rate: Any) -> Any:
+    """The phase's optimizer: the backbone at `backbone_lr_mult` times the head's rate."""
+    from deepsight_tf.model.backbones import HEAD_PREFIX
+    from deepsight_tf.train.optim import make_optimizer
+
+    return make_optimizer(
+        settings.optimizer,
+        learning_rate,
+        backbone_lr_mult=phase.backbone_lr_mult,
+        head_prefixes=(HEAD_PREFIX,),
+        weight_decay=settings.weight_decay,
+    )
