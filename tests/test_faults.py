@@ -162,6 +162,26 @@ def test_ctrl_c_stops_at_the_next_step_saves_and_resumes_exactly(
     assert_same_outcome(outcome(prepared.run_dir(run_id)), want)
 
 
+def test_sigterm_commits_exits_143_and_resumes_exactly(
+    prepared: Workspace, reference: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (a scheduler's or `docker stop`'s notice before SIGKILL) is taken like Ctrl-C:
+    the step finishes, the state is committed, and the exit code is the shell's 143."""
+    run_id = "sigterm"
+    at_step(7, lambda: os.kill(os.getpid(), signal.SIGTERM), monkeypatch)
+    with pytest.raises(TrainingInterrupted, match=f"train --run-id {run_id} --resume") as info:
+        train(two_phases(run_id=run_id), prepared)
+    monkeypatch.undo()
+    assert info.value.exit_code == 143
+    latest = CheckpointStore(prepared.run_dir(run_id) / CHECKPOINTS_DIR).commits()[0].position
+    assert latest.step == 8
+    result = CliRunner().invoke(
+        app, ["--workspace", str(prepared.root), "train", "--run-id", run_id, "--resume"]
+    )
+    assert result.exit_code == 0, result.output
+    assert_same_outcome(outcome(prepared.run_dir(run_id)), reference)
+
+
 def test_resume_refuses_a_flag_that_differs_from_the_stored_run(
     prepared: Workspace, reference: dict[str, object]
 ) -> None:
@@ -212,16 +232,17 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
 def test_a_crash_before_the_first_commit_resumes_from_the_start(
     prepared: Workspace, reference: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    at_step(3, crash, monkeypatch)
-    with pytest.raises(Crash):
-        train(two_phases(run_id="early"), prepared)
-    monkeypatch.undo()
-    assert not CheckpointStore(prepared.run_dir("early") / CHECKPOINTS_DIR).commits()
-    with pytest.raises(ConfigError, match="pass --resume"):
-        train(two_phases(run_id="early"), prepared)
-    result = train(two_phases(run_id="early", resume=True), prepared)
-    assert result.resumed_from is None
-    assert_same_outcome(outcome(Path(result.run_dir)), reference)
+    """Nothing was committed, so nothing blocks the id: the run starts over, with or without
+    --resume, and ends as an uninterrupted one."""
+    for run_id, resume in (("early", False), ("early-resumed", True)):
+        at_step(3, crash, monkeypatch)
+        with pytest.raises(Crash):
+            train(two_phases(run_id=run_id), prepared)
+        monkeypatch.undo()
+        assert not CheckpointStore(prepared.run_dir(run_id) / CHECKPOINTS_DIR).commits()
+        result = train(two_phases(run_id=run_id, resume=resume), prepared)
+        assert result.resumed_from is None
+        assert_same_outcome(outcome(Path(result.run_dir)), reference)
 
 
 def test_a_crash_after_the_last_commit_still_completes_every_artifact(

@@ -19,8 +19,9 @@ from deepsight_tf.core.errors import DeepsightError
 from deepsight_tf.core.storage import to_jsonable
 from deepsight_tf.core.workspace import Workspace
 
-console = Console()
-err_console = Console(stderr=True)
+# emoji=False: ":x:" in a path or a file must stay ":x:", never become an emoji.
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

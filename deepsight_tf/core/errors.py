@@ -68,7 +68,14 @@ class StorageError(DeepsightError):
 
 
 class TrainingInterrupted(DeepsightError):
-    """Ctrl-C during training: the state was saved; the message says how to resume."""
+    """Ctrl-C or SIGTERM during training: the state was saved; the message says how to resume.
 
-    exit_code = 130  # the shell's code for a process ended by SIGINT
+    The exit code is the shell's for the signal: 130 for SIGINT (the default), 143 for SIGTERM.
+    """
+
+    exit_code = 130
     kind = "interrupted"
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -14,14 +14,16 @@ from deepsight_tf.data.dataset import SPLITS
 from deepsight_tf.data.raw import RawDataset, SkippedFile, first_line, stack_images
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+# PIL's modes for 16-bit (and 32-bit integer) greyscale, which .convert("RGB") clips at 255.
+WIDE_GREY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
 
 class UnreadableImageError(Exception):
     """An image file that cannot be decoded; the message says why."""
 
 
-def decode_image(path: Path) -> tuple[np.ndarray, str]:
-    """RGB uint8 HWC pixels and the file's original mode; the one decoder of image files.
+def decode_image(path: Path) -> tuple[np.ndarray, str | None]:
+    """RGB uint8 HWC pixels and the conversion made (None for RGB): the one image decoder.
 
     Obtain reads image folders with it and predict reads new images with it, so a file gives
     the same pixels in a data set as at prediction time.
@@ -30,9 +32,13 @@ def decode_image(path: Path) -> tuple[np.ndarray, str]:
         with Image.open(path) as image:
             image.load()
             mode = image.mode
-            if mode != "RGB":
-                image = image.convert("RGB")
-            return np.asarray(image, dtype=np.uint8), mode
+            if mode in WIDE_GREY_MODES:
+                return _wide_grey_to_rgb(image, path), f"{mode} to RGB (16-bit levels scaled to 8)"
+            if mode == "F":
+                raise UnreadableImageError("32-bit float pixels; store 8- or 16-bit images")
+            if mode == "RGB":
+                return np.asarray(image, dtype=np.uint8), None
+            return np.asarray(image.convert("RGB"), dtype=np.uint8), f"{mode} to RGB"
     except Image.DecompressionBombError as exc:
         # PIL refuses images past ~179 megapixels (a decompression bomb, or just huge).
         raise UnreadableImageError(f"image too large to decode safely ({first_line(exc)})") from exc
@@ -40,8 +46,30 @@ def decode_image(path: Path) -> tuple[np.ndarray, str]:
         raise UnreadableImageError(f"corrupt or truncated image ({first_line(exc)})") from exc
 
 
-def _class_folders(split_dir: Path) -> list[Path]:
-    return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _wide_grey_to_rgb(image: Image.Image, path: Path) -> np.ndarray:
+    """16-bit greyscale to 8 bits by value / 257 (65535 -> 255), not PIL's clip at 255."""
+    values = np.asarray(image, dtype=np.int64)
+    if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+        raise UnreadableImageError(f"{image.mode} pixels outside 0..65535 in {path.name}")
+    grey = np.round(values / 257.0).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _class_folders(split_dir: Path, skipped: list[SkippedFile] | None = None) -> list[Path]:
+    """A split's class folders; hidden ones (.git, .ipynb_checkpoints) are listed as skipped."""
+    folders = []
+    for path in sorted(split_dir.iterdir()):
+        if not path.is_dir():
+            continue
+        if path.name.startswith("."):
+            if skipped is not None:
+                where = f"{split_dir.name}/{path.name}"
+                skipped.append(
+                    SkippedFile(where, "hidden folder (name starts with '.'), not a class")
+                )
+            continue
+        folders.append(path)
+    return folders
 
 
 def read_image_folder(
@@ -54,9 +82,9 @@ def read_image_folder(
     empty class folder, a test class unknown to train, or mixed image sizes (without
     `resize`) are refused.
     """
-    train_classes, test_classes, warnings = _classes(root)
-    index = {name: i for i, name in enumerate(train_classes)}
     skipped: list[SkippedFile] = []
+    train_classes, test_classes, warnings = _classes(root, skipped)
+    index = {name: i for i, name in enumerate(train_classes)}
     listing = {
         "train": _list_files(root, "train", train_classes, index, skipped),
         "test": _list_files(root, "test", test_classes, index, skipped),
@@ -87,15 +115,15 @@ def read_image_folder(
     )
 
 
-def _classes(root: Path) -> tuple[list[str], list[str], list[str]]:
+def _classes(root: Path, skipped: list[SkippedFile]) -> tuple[list[str], list[str], list[str]]:
     """Train and test class names (folder names), and warnings about classes without test."""
     if not (root / "test").is_dir():
         raise DataError(
             f"{root}: no test/ folder; an image-folder source needs train/<class>/ "
             "and test/<class>/"
         )
-    train_classes = [p.name for p in _class_folders(root / "train")]
-    test_classes = [p.name for p in _class_folders(root / "test")]
+    train_classes = [p.name for p in _class_folders(root / "train", skipped)]
+    test_classes = [p.name for p in _class_folders(root / "test", skipped)]
     if not train_classes:
         raise DataError(f"{root / 'train'}: no class folders; put images in train/<class>/")
     unknown = sorted(set(test_classes) - set(train_classes))
@@ -121,18 +149,30 @@ def _list_files(
         folder = root / split / name
         images = []
         for entry in sorted(folder.iterdir()):
-            if not entry.is_file():
-                continue
-            if entry.suffix.lower() in IMAGE_EXTENSIONS:
+            reason = _not_readable(entry)
+            if reason is None:
                 images.append((entry, index[name]))
             else:
-                skipped.append(SkippedFile(entry.relative_to(root).as_posix(), "not an image file"))
+                skipped.append(SkippedFile(entry.relative_to(root).as_posix(), reason))
         if not images:
             raise DataError(
                 f"{folder}: class folder holds no images; add images or remove the folder"
             )
         files.extend(images)
     return files
+
+
+def _not_readable(entry: Path) -> str | None:
+    """Why an entry of a class folder is not read as an image (None: it is)."""
+    if entry.is_symlink() and not entry.exists():
+        return "broken or looping symbolic link"
+    if entry.is_dir():
+        return "a folder inside a class folder; only its files are read"
+    if not entry.is_file():
+        return "not a regular file"
+    if entry.suffix.lower() not in IMAGE_EXTENSIONS:
+        return "not an image file"
+    return None
 
 
 def _decode_all(
@@ -151,12 +191,12 @@ def _decode_all(
         for path, label in files:
             rel = path.relative_to(root).as_posix()
             try:
-                array, mode = decode_image(path)
+                array, conversion = decode_image(path)
             except UnreadableImageError as exc:
                 skipped.append(SkippedFile(rel, str(exc)))
             else:
-                if mode != "RGB":
-                    conversions[f"{mode} to RGB"] += 1
+                if conversion is not None:
+                    conversions[conversion] += 1
                 images.append(array)
                 labels.append(label)
                 paths.append(rel)

@@ -137,6 +137,7 @@ def check_raw(raw: RawDataset, source: str) -> None:
             f"{raw.x_test.shape[1:]}; pass --resize N to bring both to NxN"
         )
     k = len(raw.class_names)
+    _check_class_names(raw.class_names, source)
     for split, y in (("train", raw.y_train), ("test", raw.y_test)):
         verify_labels(y, k, where=f"{source}: {split} labels ({k} class names)")
     missing = [
@@ -148,6 +149,23 @@ def check_raw(raw: RawDataset, source: str) -> None:
         raise DataError(
             f"{source}: classes {missing} have no training images; add images or drop the class"
         )
+
+
+def _check_class_names(names: list[str], source: str) -> None:
+    """At least two classes, each named once: a classifier of one class learns nothing, and a
+    repeated name would merge two classes' counts in every report."""
+    if len(names) < 2:
+        raise DataError(
+            f"{source}: {len(names)} class ({', '.join(names) or 'none'}); a classifier needs "
+            "at least 2 classes"
+        )
+    seen: set[str] = set()
+    for name in names:
+        if not name.strip():
+            raise DataError(f"{source}: a class name is empty; name every class")
+        if name in seen:
+            raise DataError(f"{source}: class name {name!r} is given twice; name each class once")
+        seen.add(name)
 
 
 def _summary(result: ObtainResult) -> dict:

@@ -12,6 +12,7 @@ import tarfile
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,8 @@ from deepsight_tf.data.raw import RawDataset, first_line, resize_all
 CIFAR10_ORIGIN = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_KERAS_FNAME = "cifar-10-batches-py-target"
 CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+# Without class_names, an .npz's classes are its labels 0..K-1; beyond this K it is a mistake.
+MAX_INFERRED_CLASSES = 10_000
 
 
 # Source detection ---------------------------------------------------------------------------
@@ -64,8 +67,11 @@ def fingerprint(path: Path) -> str:
         dirnames.sort()
         for name in sorted(filenames):
             full = Path(dirpath) / name
-            stat = full.stat()
             rel = full.relative_to(path).as_posix()
+            try:
+                stat = full.stat()
+            except OSError:  # a dangling or looping link: the reader lists it as skipped
+                stat = full.lstat()
             digest.update(f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return "listing:" + digest.hexdigest()
 
@@ -87,13 +93,37 @@ def read_source(
     return data
 
 
+class _AfterFirstWrite(io.TextIOBase):
+    """A stream that keeps its first write back and passes it on only once a second comes."""
+
+    def __init__(self, target: Any) -> None:
+        self.target, self.held = target, ""
+        self.passing = False
+
+    def write(self, text: str) -> int:
+        if self.passing:
+            return self.target.write(text)
+        if not self.held:
+            self.held = text
+            return len(text)
+        self.passing = True
+        self.target.write(self.held)
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        if self.passing:
+            self.target.flush()
+
+
 def download_cifar10() -> RawDataset:
     """CIFAR-10 through Keras's own download and cache, then read with the restricted reader."""
     from keras.utils import get_file  # deferred: importing Keras takes seconds
 
     try:
-        # Keras reports download progress on stdout; keep stdout for results (--json).
-        with contextlib.redirect_stdout(sys.stderr):
+        # Keras reports download progress on stdout; keep stdout for results (--json), and
+        # hold its "Downloading data from" line back until bytes arrive: offline, the error
+        # alone is the message.
+        with contextlib.redirect_stdout(_AfterFirstWrite(sys.stderr)):
             folder = get_file(
                 fname=CIFAR10_KERAS_FNAME,
                 origin=CIFAR10_ORIGIN,
@@ -143,6 +173,8 @@ def load_pickle(path: Path) -> dict[str, object]:
         with open(path, "rb") as handle:
             obj = RestrictedUnpickler(io.BufferedReader(handle), encoding="bytes").load()
     except pickle.UnpicklingError as exc:
+        if "truncated" in str(exc):
+            raise DataError(f"{path}: truncated ({exc}); re-download or re-extract it") from exc
         raise DataError(
             f"{path}: refused to unpickle ({exc}); only numpy arrays and built-in containers "
             "are loaded, so this is not an official CIFAR batch"
@@ -239,7 +271,11 @@ def read_archive(path: Path) -> RawDataset:
         batches = _find_batches_dir(Path(tmp))
         if batches is None:
             raise DataError(f"{path}: archive holds no CIFAR batches (batches.meta not found)")
-        data = read_batches(batches)
+        try:
+            data = read_batches(batches)
+        except DataError as exc:
+            # Name the archive and its member, not the temporary folder that is gone by now.
+            raise DataError(str(exc).replace(f"{tmp}/", f"{path}, member ")) from exc
     data.kind = "archive"
     return data
 
@@ -248,7 +284,13 @@ def read_archive(path: Path) -> RawDataset:
 def read_npz(path: Path) -> RawDataset:
     """An .npz with x_train, y_train, x_test, y_test (and optionally class_names); no pickles."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(
+                f"{path}: a single .npy array, not an .npz archive; save the four arrays with "
+                "numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+            )
+        with loaded as npz:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
             if missing:
                 raise DataError(
@@ -266,10 +308,7 @@ def read_npz(path: Path) -> RawDataset:
     x_test = _to_uint8_rgb(arrays["x_test"], path, "x_test", conversions)
     y_train = _labels(arrays["y_train"], len(x_train), path, "y_train")
     y_test = _labels(arrays["y_test"], len(x_test), path, "y_test")
-    if "class_names" in arrays:
-        names = [str(n) for n in arrays["class_names"].tolist()]
-    else:
-        names = [str(i) for i in range(int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1)]
+    names = _class_names(arrays, y_train, y_test, path)
     return RawDataset(
         x_train=x_train,
         y_train=y_train,
@@ -314,6 +353,28 @@ def _to_uint8_rgb(x: np.ndarray, path: Path, key: str, conversions: Counter[str]
     if np.issubdtype(x.dtype, np.integer) and x.min(initial=0) >= 0 and x.max(initial=0) <= 255:
         return x.astype(np.uint8)
     raise DataError(f"{path}: {key} has dtype {x.dtype} outside 0..255; store uint8 pixels")
+
+
+def _class_names(
+    arrays: dict[str, np.ndarray], y_train: np.ndarray, y_test: np.ndarray, path: Path
+) -> list[str]:
+    """class_names as stored, else "0".."K-1" for labels below MAX_INFERRED_CLASSES."""
+    if "class_names" in arrays:
+        names = arrays["class_names"]
+        if names.ndim != 1 or names.dtype.kind not in "US":
+            raise DataError(
+                f"{path}: class_names must be a 1-D array of strings, got "
+                f"{names.dtype}{names.shape}"
+            )
+        return [str(n) for n in names.tolist()]
+    top = int(max(y_train.max(initial=0), y_test.max(initial=0)))
+    if top >= MAX_INFERRED_CLASSES:
+        # Sized from the labels, a label of 2**40 would ask for terabytes of names and counts.
+        raise DataError(
+            f"{path}: labels reach {top} and there is no class_names array; store class_names "
+            f"(one per class) or use labels 0..K-1 with K <= {MAX_INFERRED_CLASSES}"
+        )
+    return [str(i) for i in range(top + 1)]
 
 
 def _labels(y: np.ndarray, n: int, path: Path, key: str) -> np.ndarray:

@@ -23,7 +23,7 @@ GRID_PAIR_IMAGES = 8  # images per most-confused pair in its CAM grid
 def explain_run(study: Study, losses: TopLosses, pairs: list[PairConfusion]) -> dict[str, Any]:
     """Faithfulness, the sanity check and context reliance as JSON, their figures drawn."""
     settings = study.settings
-    model = study.record.load_model()
+    model = study.model
     layer = explain_layer(study)
     predicted = study.probs.argmax(axis=1)
     sample = stratified_sample(study.labels, settings.max_images, settings.seed)

@@ -83,9 +83,10 @@ def interpret(
         record.manifest, {DATA_INPUT: data_sha}, f"run {settings.run_id}", "deepsight train"
     )
     out = workspace.interpret_dir(settings.run_id)
+    model = record.load_model()  # a model file safe_mode refuses stops here, before any write
     with workspace.lock(f"run-{settings.run_id}-interpret"):
         started, start = now_iso(), time.perf_counter()
-        study = Study(settings, workspace, record, data, record.predictions(), out, progress)
+        study = Study(settings, workspace, record, model, data, record.predictions(), out, progress)
         result = diagnose(study)
         result.duration_s = round(time.perf_counter() - start, 1)
         atomic_write_json(out / REPORT_JSON, result)

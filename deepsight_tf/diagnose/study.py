@@ -41,6 +41,7 @@ class Study:
     settings: InterpretSettings
     workspace: Workspace
     record: RunRecord
+    model: Any  # the run's classifier, loaded before anything is written
     data: Dataset
     predictions: dict[str, np.ndarray]
     out: Path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from deepsight_tf.train.checkpoints import CheckpointStore, Commit, Position
 from deepsight_tf.train.history import write_history
 from deepsight_tf.train.plan import PhasePlan
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 MONITOR = "val_macro_f1"  # the best epoch is the one with the highest validation macro-F1
 
 
@@ -41,6 +43,7 @@ class RunControl:
     best_file: str | None = None
     diverged_step: int | None = None
     stop_requested: bool = False
+    stop_signal: int | None = None  # SIGINT or SIGTERM, when one asked the run to stop
     last_commit: Commit | None = None
 
 
@@ -58,8 +61,10 @@ def assign_all(variables: list[Any], values: list[np.ndarray], what: str) -> Non
 
 @contextlib.contextmanager
 def stop_on_interrupt(control: RunControl, notify: Notify | None) -> Any:
-    """The first Ctrl-C asks training to stop after the current step and save; a second one
-    aborts at once (KeyboardInterrupt). Only the main thread can take signals."""
+    """Ctrl-C (SIGINT) or SIGTERM (what a batch scheduler, `docker stop` or a spot reclaim sends
+    before SIGKILL) asks training to stop after the current step and commit; a second one
+    aborts at once. `control.stop_signal` records which came. Only the main thread can take
+    signals."""
     import signal
     import threading
 
@@ -67,17 +72,23 @@ def stop_on_interrupt(control: RunControl, notify: Notify | None) -> Any:
         yield
         return
 
+    def abort(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
     def request_stop(signum: int, frame: Any) -> None:
         control.stop_requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        control.stop_signal = signum
+        for handled in STOP_SIGNALS:
+            signal.signal(handled, abort)
         if notify:
-            notify("stopping after this step to save; Ctrl-C again aborts without saving")
+            notify("stopping after this step to save; a second signal aborts without saving")
 
-    previous = signal.signal(signal.SIGINT, request_stop)
+    previous = {handled: signal.signal(handled, request_stop) for handled in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for handled, handler in previous.items():
+            signal.signal(handled, handler)
 
 
 class StepProgress(keras.callbacks.Callback):

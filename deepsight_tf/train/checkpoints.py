@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.errors import ConfigError, StaleArtifactError
 from deepsight_tf.core.manifest import now_iso
 from deepsight_tf.core.progress import Notify
 from deepsight_tf.core.storage import atomic_save_npz, atomic_write_json, read_json, sha256_file
@@ -75,18 +75,40 @@ class CheckpointStore:
     # Reading ------------------------------------------------------------------------------
     def commits(self) -> list[Commit]:
         """The kept commits, newest first; none for a run that has not committed yet."""
-        if not self.state_path.is_file():
+        state = self._state()
+        if state is None:
             return []
-        state = read_json(self.state_path)
         if state.get("format") != FORMAT:
             raise ConfigError(
                 f"{self.state_path} was written by an older deepsight and cannot be resumed; "
                 "start a new run with another --run-id"
             )
-        return [Commit.from_json(c) for c in state["commits"]]
+        try:
+            return [Commit.from_json(c) for c in state["commits"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._unreadable(exc) from exc
 
     def created(self) -> str | None:
-        return read_json(self.state_path).get("created") if self.state_path.is_file() else None
+        state = self._state()
+        return state.get("created") if state else None
+
+    def _state(self) -> dict[str, Any] | None:
+        """state.json as a dict (None before the first commit); StaleArtifactError if corrupt."""
+        if not self.state_path.is_file():
+            return None
+        try:
+            state = read_json(self.state_path)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise self._unreadable(exc) from exc
+        if not isinstance(state, dict):
+            raise self._unreadable(TypeError(f"a JSON {type(state).__name__}, not an object"))
+        return state
+
+    def _unreadable(self, exc: Exception) -> StaleArtifactError:
+        return StaleArtifactError(
+            f"{self.state_path} is unreadable ({type(exc).__name__}: {exc}); it cannot be "
+            "resumed: start a new run with another --run-id"
+        )
 
     def latest_usable(self, warn: Notify | None = None) -> tuple[Commit, dict[str, list]] | None:
         """The newest commit whose files are intact, with its arrays; older ones on failure."""

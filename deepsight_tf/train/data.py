@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from deepsight_tf.core.errors import PrerequisiteError
+from deepsight_tf.core.errors import DataError, PrerequisiteError
 from deepsight_tf.core.manifest import DATA_INPUT, SPLIT_INPUT
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.workspace import IMAGES_FILE, SPLIT_FILE, Workspace
@@ -33,6 +33,11 @@ def training_data(settings: TrainSettings, workspace: Workspace) -> TrainingData
     from deepsight_tf.data.scrub import load_scrub_report, load_split
 
     data, data_manifest = load_dataset(workspace, settings.dataset)
+    if data.num_classes < 2:
+        raise DataError(
+            f"data set {data.name} has {data.num_classes} class; a classifier needs at least 2 "
+            "(obtain refuses such a source now: rerun `deepsight obtain`)"
+        )
     split = load_split(workspace, data.name)
     report = load_scrub_report(workspace, data.name)
     interpolation = settings.interpolation or report["interpolation"]["selected"]

@@ -9,6 +9,7 @@ writes the run folder. Every file goes through an atomic write; the manifest com
 from __future__ import annotations
 
 import contextlib
+import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -22,7 +23,7 @@ from deepsight_tf.core.errors import ConfigError, GateFailedError, TrainingInter
 from deepsight_tf.core.manifest import Manifest, now_iso
 from deepsight_tf.core.progress import Notify, Progress
 from deepsight_tf.core.settings import TrainSettings
-from deepsight_tf.core.storage import atomic_save_npz, atomic_write_json, read_json
+from deepsight_tf.core.storage import atomic_save_npz, atomic_write_json, read_json, storage_error
 from deepsight_tf.core.workspace import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -57,6 +58,7 @@ from deepsight_tf.train.metrics import classification_scores, training_metrics
 from deepsight_tf.train.pipeline import make_eval_dataset
 from deepsight_tf.train.plan import (
     PhasePlan,
+    check_schedule,
     default_run_id,
     parse_unfreeze,
     plan_phases,
@@ -145,8 +147,8 @@ def train(
             if notify:
                 notify(f"run {run_id} is already complete; nothing to resume")
             return completed_run(workspace, run_id)
+    unfreeze = parse_unfreeze(settings.unfreeze, settings.backbone)
     strategy = make_strategy(settings.strategy)  # before TensorFlow builds anything
-    unfreeze = parse_unfreeze(settings.unfreeze)
     data = training_data(settings, workspace)
     lock = workspace.lock(f"run-{run_id}")
     if not is_chief(strategy):
@@ -165,11 +167,13 @@ def train(
                 f"interrupted at step {run.control.step} "
                 f"({where.describe() if where else ''}); saved in {run_dir / CHECKPOINTS_DIR}; "
                 f"continue with: deepsight --workspace {workspace.root} train --run-id "
-                f"{run_id} --resume"
+                f"{run_id} --resume",
+                run.control.stop_signal or signal.SIGINT,
             ) from None
         if run.control.stop_requested:  # Ctrl-C during the final evaluation: all of it is saved
             raise TrainingInterrupted(
-                f"interrupted after training; the run at {run_dir} is complete"
+                f"interrupted after training; the run at {run_dir} is complete",
+                run.control.stop_signal or signal.SIGINT,
             )
         return result
 
@@ -184,12 +188,22 @@ def check_gate(result: TrainResult) -> None:
         )
 
 
+def make_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(run_dir, exc) from exc
+
+
 def _refuse_existing(run_dir: Path, run_id: str, resume: bool) -> None:
+    """A complete run, or one with committed steps, keeps its id (--resume continues the
+    latter). A run that stopped before its first commit holds nothing to keep: it starts over,
+    so a rejected setting or an early crash never blocks its id."""
     if resume:
         return
     if (run_dir / MANIFEST).is_file():
         raise ConfigError(f"run {run_id} is already complete at {run_dir}; choose another --run-id")
-    if (run_dir / CONFIG_FILE).is_file():
+    if (run_dir / CONFIG_FILE).is_file() and CheckpointStore(run_dir / CHECKPOINTS_DIR).commits():
         raise ConfigError(
             f"run {run_id} exists at {run_dir} (unfinished); pass --resume to continue it "
             "or choose another --run-id"
@@ -246,11 +260,18 @@ class _Run:
         started, start = now_iso(), time.perf_counter()
         data = self.data.dataset
         prepared = prepare(self.settings, self.data, self.workspace, strategy)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        phases = plan_phases(self.settings, prepared.distribution["lr"])
+        check_schedule(
+            phases,
+            prepared.steps_per_epoch,
+            self.settings.pct_start,
+            len(self.data.train_indices),
+            prepared.distribution["global_batch"],
+        )
+        make_run_dir(self.run_dir)
         store = CheckpointStore(self.run_dir / CHECKPOINTS_DIR)
         restored = self._restore(store, prepared) if self.settings.resume else None
         created = (store.created() if restored else None) or started
-        phases = plan_phases(self.settings, prepared.distribution["lr"])
         atomic_write_json(
             self.run_dir / CONFIG_FILE,
             run_config(

@@ -313,23 +313,31 @@ def parse_focus_pairs(text: str | None, class_names: Sequence[str]) -> list[tupl
         return []
     index = {name: i for i, name in enumerate(class_names)}
     pairs = []
-    for item in text.split(","):
+    for item in text.replace("\n", ",").split(","):
+        if not item.strip():
+            continue
         parts = [p.strip() for p in item.split(":")]
         if len(parts) != 2 or not all(parts):
             raise ConfigError(
-                f"--focus-pairs: {item.strip()!r} is not a pair; write class:class, comma "
+                f"--focus-pairs: {_quote(item)} is not a pair; write class:class, comma "
                 "separated, e.g. cat:dog,automobile:truck"
             )
         unknown = [p for p in parts if p not in index]
         if unknown:
             raise ConfigError(
-                f"--focus-pairs: unknown class {', '.join(map(repr, unknown))}; "
+                f"--focus-pairs: unknown class {', '.join(_quote(u) for u in unknown)}; "
                 f"classes are {', '.join(class_names)}"
             )
         if parts[0] == parts[1]:
-            raise ConfigError(f"--focus-pairs: {item.strip()!r} pairs a class with itself")
+            raise ConfigError(f"--focus-pairs: {_quote(item)} pairs a class with itself")
         pairs.append((index[parts[0]], index[parts[1]]))
     return pairs
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    """A piece of user input in an error: stripped, at most `limit` characters, one line."""
+    text = text.strip()
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def oversample(

@@ -60,7 +60,9 @@ def resolve_settings(settings: TrainSettings) -> TrainSettings:
     return resolved
 
 
-def parse_unfreeze(text: str) -> tuple[int, ...] | str:
+def parse_unfreeze(text: str, backbone: str | None = None) -> tuple[int, ...] | str:
+    """The stages --unfreeze names ("all", or numbers), checked against the backbone's stages
+    (1 to 4 for the ResNets; 0 is the stem) before anything is built or written."""
     if text == "all":
         return "all"
     try:
@@ -69,7 +71,32 @@ def parse_unfreeze(text: str) -> tuple[int, ...] | str:
         stages = ()
     if not stages or any(s < 1 for s in stages):
         raise ConfigError(f"--unfreeze {text!r}: give stage numbers such as 3,4, or all")
+    if backbone is not None:
+        from deepsight_tf.model.backbones import get_backbone_spec
+
+        last = get_backbone_spec(backbone).stages[-1]
+        if stages[-1] > last:
+            raise ConfigError(
+                f"--unfreeze {text!r}: {backbone} has stages 1 to {last} (0 is the stem); "
+                "give numbers in that range, or all"
+            )
     return stages
+
+
+def check_schedule(
+    phases: list[PhasePlan], steps_per_epoch: int, pct_start: float, images: int, batch: int
+) -> None:
+    """Every phase's one-cycle schedule needs two steps and a warm-up step at least."""
+    for phase in phases:
+        steps = steps_per_epoch * phase.epochs
+        if steps < 2 or pct_start * steps <= 1:
+            raise ConfigError(
+                f"phase {phase.index} ({phase.name}) would have {steps} optimizer "
+                f"step{'' if steps == 1 else 's'} "
+                f"({images} training images at batch {batch}, {phase.epochs} epochs); a "
+                f"one-cycle schedule warming up for --pct-start {pct_start:g} needs more than "
+                f"{1 / pct_start:g}: lower --batch-size or add epochs"
+            )
 
 
 def plan_phases(settings: TrainSettings, peak_lr: float | None = None) -> list[PhasePlan]:

@@ -42,7 +42,7 @@ def prepare(
     from deepsight_tf.model.classifier import build_classifier
     from deepsight_tf.train.distribute import describe_strategy, scale_for_replicas
     from deepsight_tf.train.optim import apply_precision, resolve_precision
-    from deepsight_tf.train.pipeline import class_weights_from
+    from deepsight_tf.train.pipeline import class_weights_from, parse_focus_pairs
 
     keras.utils.set_random_seed(settings.seed)
     if settings.deterministic:
@@ -50,10 +50,21 @@ def prepare(
     precision = resolve_precision(settings.precision)
     apply_precision(precision)
     dataset = data.dataset
+    # Everything a flag or a file can get wrong is checked before the model is built.
     class_weights = class_weights_from(
         settings.class_weights, dataset.y_train[data.train_indices], dataset.class_names
     )
+    focus = parse_focus_pairs(settings.focus_pairs, dataset.class_names)
     preprocessing = training_preprocessing(settings, workspace, data)
+    strategy = strategy or tf.distribute.get_strategy()
+    global_batch, lr = scale_for_replicas(
+        settings.batch_size, settings.lr, strategy.num_replicas_in_sync
+    )
+    if len(data.train_indices) < global_batch:
+        raise ConfigError(
+            f"--batch-size {settings.batch_size} is larger than the {len(data.train_indices)} "
+            "training images; lower it"
+        )
     model = build_classifier(
         settings.backbone,
         num_classes=dataset.num_classes,
@@ -63,22 +74,13 @@ def prepare(
         dropout=settings.dropout,
         width_multiplier=settings.width_multiplier,
     )
-    strategy = strategy or tf.distribute.get_strategy()
-    global_batch, lr = scale_for_replicas(
-        settings.batch_size, settings.lr, strategy.num_replicas_in_sync
-    )
     distribution = {
         **describe_strategy(strategy),
         "global_batch": global_batch,
         "lr": lr,
         "lr_rule": "linear",
     }
-    if len(data.train_indices) < global_batch:
-        raise ConfigError(
-            f"--batch-size {settings.batch_size} is larger than the {len(data.train_indices)} "
-            "training images; lower it"
-        )
-    train_dataset = _train_stream(settings, data, preprocessing, class_weights, global_batch)
+    train_dataset = _train_stream(settings, data, preprocessing, class_weights, focus, global_batch)
     return Prepared(
         model=model,
         preprocessing=preprocessing,
@@ -96,14 +98,14 @@ def _train_stream(
     data: TrainingData,
     preprocessing: Preprocessing,
     class_weights: np.ndarray | None,
+    focus: list[tuple[int, int]],
     global_batch: int,
 ) -> Callable[..., Any]:
     """(first_epoch, epochs, skip_batches) -> the training batches, sharded for the strategy."""
     from deepsight_tf.train.distribute import shard_by_data
-    from deepsight_tf.train.pipeline import make_train_dataset, parse_focus_pairs
+    from deepsight_tf.train.pipeline import make_train_dataset
 
     dataset = data.dataset
-    focus = parse_focus_pairs(settings.focus_pairs, dataset.class_names)
 
     def train_dataset(first_epoch: int = 0, epochs: int = 1, skip_batches: int = 0) -> Any:
         return shard_by_data(

@@ -1,0 +1,311 @@
+"""Every hostile input through the command line: exit code, one line, no traceback, no loss.
+
+Each case builds its bad input from scratch in tmp_path, runs the CLI on a copy of a
+workspace that already holds a data set, a split and a finished run, and asserts the
+documented exit code, exactly one line on stderr (naming what is wrong), no traceback, and
+that every file stored before (and every file beside it that deepsight did not write) has the
+same SHA-256 after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import add_tar_member, official_batch, random_images, tree_digest, write_image_folder
+from PIL import Image
+from test_training import separable_workspace, tiny
+from typer.testing import CliRunner
+
+from deepsight_tf.cli import app
+from deepsight_tf.core.workspace import CHECKPOINTS_DIR, MODEL_FILE, STATE_FILE, Workspace
+from deepsight_tf.train.loop import train
+
+RUN = "base"
+
+
+@pytest.fixture(scope="module")
+def stocked(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A workspace with the separable data set obtained and scrubbed, and one finished run."""
+    ws = separable_workspace(tmp_path_factory.mktemp("stock"))
+    train(tiny(run_id=RUN, epochs=1), ws)
+    return ws
+
+
+@dataclass
+class Case:
+    """A hostile input: `make(tmp, ws)` builds it and returns the CLI arguments."""
+
+    name: str
+    make: Callable[[Path, Path], list[str]]
+    exit_code: int
+    says: str  # a piece of the one stderr line
+
+
+def _npz(tmp: Path, name: str = "bad.npz", **arrays: np.ndarray) -> Path:
+    path = tmp / name
+    np.savez(path, **arrays)
+    return path
+
+
+def _arrays(classes: int = 3, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    y = np.arange(12) % classes
+    out = {
+        "x_train": random_images(12),
+        "y_train": y,
+        "x_test": random_images(6, seed=1),
+        "y_test": y[:6],
+    }
+    if names is not None:
+        out["class_names"] = np.asarray(names)
+    return out
+
+
+def huge_labels(tmp: Path, ws: Path) -> list[str]:
+    """A few bytes whose label 2**40 would size 10**12 class names."""
+    arrays = _arrays()
+    arrays["y_train"] = np.full(12, 2**40, dtype=np.int64)
+    return ["obtain", "--source", str(_npz(tmp, **arrays)), "--name", "huge"]
+
+
+def npy_named_npz(tmp: Path, ws: Path) -> list[str]:
+    path = tmp / "arrays.npz"
+    with open(path, "wb") as handle:
+        np.save(handle, np.zeros(3))
+    return ["obtain", "--source", str(path), "--name", "npy"]
+
+
+def repeated_class_names(tmp: Path, ws: Path) -> list[str]:
+    path = _npz(tmp, **_arrays(names=["cat", "dog", "cat"]))
+    return ["obtain", "--source", str(path), "--name", "twice"]
+
+
+def one_class(tmp: Path, ws: Path) -> list[str]:
+    return ["obtain", "--source", str(_npz(tmp, **_arrays(classes=1))), "--name", "one"]
+
+
+def float_labels(tmp: Path, ws: Path) -> list[str]:
+    arrays = _arrays()
+    arrays["y_train"] = arrays["y_train"].astype(np.float32)
+    return ["obtain", "--source", str(_npz(tmp, **arrays)), "--name", "floats"]
+
+
+def object_array_npz(tmp: Path, ws: Path) -> list[str]:
+    arrays = _arrays()
+    arrays["class_names"] = np.asarray([{"a": 1}, "dog", "ship"], dtype=object)
+    return ["obtain", "--source", str(_npz(tmp, **arrays)), "--name", "objects"]
+
+
+def empty_file_npz(tmp: Path, ws: Path) -> list[str]:
+    (tmp / "empty.npz").write_bytes(b"")
+    return ["obtain", "--source", str(tmp / "empty.npz"), "--name", "empty"]
+
+
+def zip_that_is_not_npz(tmp: Path, ws: Path) -> list[str]:
+    with zipfile.ZipFile(tmp / "notes.npz", "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    return ["obtain", "--source", str(tmp / "notes.npz"), "--name", "zipped"]
+
+
+def evil_pickle_in_archive(tmp: Path, ws: Path) -> list[str]:
+    """A batch whose pickle calls os.system: refused, naming the archive and the member."""
+    evil = b"cos\nsystem\n(S'touch /tmp/deepsight-pwned'\ntR."
+    meta = official_batch(random_images(1, 32), [0]).replace(b"batch_label", b"label_names")
+    with tarfile.open(tmp / "cifar.tar.gz", "w:gz") as archive:
+        add_tar_member(archive, "cifar-10-batches-py/batches.meta", meta)
+        add_tar_member(archive, "cifar-10-batches-py/data_batch_1", evil)
+        add_tar_member(archive, "cifar-10-batches-py/test_batch", evil)
+    return ["obtain", "--source", str(tmp / "cifar.tar.gz"), "--name", "evil"]
+
+
+def truncated_batch(tmp: Path, ws: Path) -> list[str]:
+    folder = tmp / "cifar-10-batches-py"
+    folder.mkdir()
+    meta = {b"label_names": [b"cat", b"dog"]}
+    import pickle
+
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=3))
+    whole = official_batch(random_images(4, 32), [0, 1, 0, 1])
+    (folder / "data_batch_1").write_bytes(whole[: len(whole) // 2])
+    (folder / "test_batch").write_bytes(whole)
+    return ["obtain", "--source", str(folder), "--name", "cut"]
+
+
+def bomb_strict(tmp: Path, ws: Path) -> list[str]:
+    root = write_image_folder(tmp / "imgs")
+    # A 5000 x 5000 PNG of one colour: 75 MB of pixels from a file of a few KB; with PIL's
+    # limit lowered to 10 megapixels (see the test), it is the decompression bomb PIL refuses.
+    Image.new("RGB", (5000, 5000)).save(root / "train/cat/bomb.png", optimize=True)
+    return ["obtain", "--source", str(root), "--name", "bomb", "--strict"]
+
+
+def train_flag(*flags: str) -> Callable[[Path, Path], list[str]]:
+    def make(tmp: Path, ws: Path) -> list[str]:
+        return ["train", "--image-size", "16", "--width-multiplier", "0.0625", *flags]
+
+    return make
+
+
+def runs_not_a_folder(tmp: Path, ws: Path) -> list[str]:
+    shutil.rmtree(ws / "runs")
+    (ws / "runs").write_text("a file where the runs folder belongs")
+    return train_flag("--run-id", "fresh", "--epochs", "1", "--batch-size", "8")(tmp, ws)
+
+
+def corrupt_state_on_resume(tmp: Path, ws: Path) -> list[str]:
+    state = ws / "runs" / RUN / CHECKPOINTS_DIR / STATE_FILE
+    state.write_text('{"format": 2, "commits": [')
+    (ws / "runs" / RUN / "manifest.json").unlink()  # an unfinished run, as a kill leaves it
+    return ["train", "--run-id", RUN, "--resume"]
+
+
+def focus_pairs_file(tmp: Path, ws: Path) -> list[str]:
+    secret = tmp / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n" + "user:x:1:1::/home/user:/bin/sh\n" * 50)
+    return train_flag("--run-id", "focus", "--focus-pairs", f"@{secret}")(tmp, ws)
+
+
+def lambda_model(tmp: Path, ws: Path) -> list[str]:
+    """model.keras replaced by one with a Lambda layer, its manifest re-signed (as an attacker
+    with write access could): only safe_mode stops it, before interpret writes anything."""
+    from test_faults import lambda_model_file
+
+    run_dir = ws / "runs" / RUN
+    lambda_model_file(run_dir / MODEL_FILE)
+    workspace = Workspace(ws)
+    workspace.write_manifest(run_dir, workspace.read_manifest(run_dir, "deepsight train"))
+    return ["interpret", RUN, "--max-images", "2", "--context-images", "3", "--n-boot", "100"]
+
+
+def export_over_data(tmp: Path, ws: Path) -> list[str]:
+    return ["export", RUN, "--format", "savedmodel", "--out", str(ws / "data"), "--force"]
+
+
+def export_over_a_stranger(tmp: Path, ws: Path) -> list[str]:
+    stranger = tmp / "notes.keras"
+    stranger.write_text("not an export")
+    return ["export", RUN, "--format", "keras", "--out", str(stranger), "--force"]
+
+
+def bad_hypotheses(tmp: Path, ws: Path) -> list[str]:
+    path = tmp / "h.json"
+    path.write_text('{"groups": {"warm": ["red", "violet"]}}')
+    return ["explore", "--hypotheses", str(path)]
+
+
+CASES = [
+    Case("npz labels 2**40, no class names", huge_labels, 3, "labels reach 1099511627776"),
+    Case(".npy named .npz", npy_named_npz, 3, "a single .npy array"),
+    Case("npz class names repeated", repeated_class_names, 3, "'cat' is given twice"),
+    Case("npz of one class", one_class, 3, "needs at least 2 classes"),
+    Case("npz float labels", float_labels, 3, "integer labels"),
+    Case("npz object array", object_array_npz, 3, "unreadable .npz"),
+    Case("empty file named .npz", empty_file_npz, 3, "unreadable .npz"),
+    Case("zip that is no npz", zip_that_is_not_npz, 3, "missing arrays"),
+    Case("evil pickle in an archive", evil_pickle_in_archive, 3, "cifar.tar.gz, member"),
+    Case("truncated batch pickle", truncated_batch, 3, "data_batch_1: truncated"),
+    Case("decompression bomb, --strict", bomb_strict, 3, "too large to decode safely"),
+    Case("--lr -1", train_flag("--lr", "-1"), 7, "--lr -1: must be > 0"),
+    Case("--lr nan", train_flag("--lr", "nan"), 7, "--lr nan: give a finite number"),
+    Case("--max-train-images 0", train_flag("--max-train-images", "0"), 7, "must be >= 1"),
+    Case("--max-train-images -3", train_flag("--max-train-images", "-3"), 7, "must be >= 1"),
+    Case("--run-id ..", train_flag("--run-id", ".."), 7, "not a path"),
+    Case("--run-id a/b", train_flag("--run-id", "a/b"), 7, "not a path"),
+    Case("--unfreeze 9", train_flag("--unfreeze", "9", "--run-id", "u9"), 7, "stages 1 to 4"),
+    Case(
+        "schedule of 1 step",
+        train_flag(
+            "--run-id", "short", "--max-train-images", "30", "--batch-size", "16", "--epochs", "1"
+        ),
+        7,
+        "would have 1 optimizer step (30 training images at batch 16",
+    ),
+    Case("--checkpoint-minutes -1", train_flag("--checkpoint-minutes", "-1"), 7, "must be >= 0"),
+    Case("--weights missing", train_flag("--weights", "/nowhere/w.h5"), 7, "no such file"),
+    Case("--class-weights missing", train_flag("--class-weights", "/nowhere.json"), 7, "--class"),
+    Case("--focus-pairs @/etc/passwd", focus_pairs_file, 7, "'root:x:0:0:root:/root:/bin/bash'"),
+    Case("runs/ not a folder", runs_not_a_folder, 10, "could not write"),
+    Case("corrupt state.json on --resume", corrupt_state_on_resume, 5, "is unreadable"),
+    Case("interpret /etc", lambda tmp, ws: ["interpret", "/etc"], 7, "not a path"),
+    Case("interpret a Lambda model", lambda_model, 5, "cannot be loaded"),
+    Case("export --force over data/", export_over_data, 7, "not a deepsight savedmodel export"),
+    Case("export --force over a stranger", export_over_a_stranger, 7, "not a deepsight keras"),
+    Case("report ../base", lambda tmp, ws: ["report", "../base"], 7, "not a path"),
+    Case("hypotheses name an unknown class", bad_hypotheses, 7, "violet"),
+    Case("scrub --val-size 1.5", lambda tmp, ws: ["scrub", "--val-size", "1.5"], 7, "must be"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_one_line_with_its_exit_code_and_loses_nothing(
+    case: Case, stocked: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = tmp_path / "ws"
+    shutil.copytree(stocked.root, ws)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("a file deepsight did not write")
+    monkeypatch.setattr("PIL.Image.MAX_IMAGE_PIXELS", 10_000_000)
+    args = case.make(tmp_path, ws)
+    before = {**tree_digest(ws), **{f"outside/{k}": v for k, v in tree_digest(outside).items()}}
+    result = CliRunner().invoke(app, ["--workspace", str(ws), *args])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == case.exit_code, result.output
+    assert len(lines) == 1, result.stderr
+    assert case.says in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    after = {**tree_digest(ws), **{f"outside/{k}": v for k, v in tree_digest(outside).items()}}
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    made_by_case = {"runs"} if case.make is runs_not_a_folder else set()
+    assert changed <= made_by_case, sorted(changed)
+    assert not Path("/tmp/deepsight-pwned").exists()
+
+
+def test_a_rejected_or_crashed_run_does_not_block_its_id(stocked: Workspace, tmp_path) -> None:
+    ws = tmp_path / "ws"
+    shutil.copytree(stocked.root, ws)
+    base = ["--workspace", str(ws), "train", "--image-size", "16", "--width-multiplier", "0.0625"]
+    refused = CliRunner().invoke(app, [*base, "--run-id", "again", "--unfreeze", "9"])
+    assert refused.exit_code == 7 and not (ws / "runs" / "again").exists()
+    # A crash before the first commit leaves config.json and nothing else of value.
+    (ws / "runs" / "again").mkdir(parents=True)
+    (ws / "runs" / "again" / "config.json").write_text("{}")
+    flags = ["--run-id", "again", "--epochs", "1", "--batch-size", "8", "--augment", "none"]
+    done = CliRunner().invoke(app, [*base, *flags, "--mva", "0"])
+    assert done.exit_code == 0, done.output
+    assert (ws / "runs" / "again" / MODEL_FILE).is_file()
+
+
+def test_image_folder_oddities_are_read_or_listed(tmp_path: Path) -> None:
+    """Hidden class folders, looping links and non-files are listed as skipped with their
+    reason; 16-bit PNGs are scaled to 8 bits (not clipped) and counted as converted."""
+    root = write_image_folder(tmp_path / "imgs")
+    hidden = root / "train" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(hidden / "x.png")
+    os.symlink("loop.png", root / "train" / "cat" / "loop.png")
+    (root / "train" / "cat" / "nested").mkdir()
+    wide = np.full((8, 8), 31646, dtype=np.uint16)  # 48% of full scale
+    Image.fromarray(wide).save(root / "train" / "dog" / "wide.png")
+    ws = tmp_path / "ws"
+    result = CliRunner().invoke(
+        app, ["--workspace", str(ws), "--json", "obtain", "--source", str(root)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    reasons = {item["path"]: item["reason"] for item in report["skipped"]}
+    assert "not a class" in reasons["train/.ipynb_checkpoints"]
+    assert reasons["train/cat/loop.png"] == "broken or looping symbolic link"
+    assert "folder inside a class folder" in reasons["train/cat/nested"]
+    assert report["conversions"] == {"I;16 to RGB (16-bit levels scaled to 8)": 1}
+    data = np.load(ws / "data" / "imgs" / "images.npz")
+    index = list(data["train_paths"]).index("train/dog/wide.png")
+    assert (data["x_train"][index] == round(31646 / 257)).all()
