@@ -15,7 +15,7 @@ EPOCHS ?= 3
 TRAIN_FLAGS ?= --augment light
 RUN ?= make-all
 
-.PHONY: setup lock wheel-check test test-browser test-full lint all obtain scrub explore train interpret report clean
+.PHONY: setup lock wheel-check bench-setup test test-browser test-full lint all obtain scrub explore train interpret report clean
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,17 @@ wheel-check: setup
 	$(WHEEL_DIR)/venv/bin/pip install --quiet --disable-pip-version-check --no-deps $(WHEEL_DIR)/deepsight-*.whl
 	$(WHEEL_DIR)/venv/bin/pip check
 	.ci/wheel_chain.sh $(WHEEL_DIR)/venv
+
+# A separate environment for the benchmarks' peers (PyTorch, torchvision: several GB), so the
+# locked test environment never carries them.
+BENCH_VENV := .venv-bench
+bench-setup: $(BENCH_VENV)/.installed
+$(BENCH_VENV)/.installed: pyproject.toml $(LOCK)
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r $(LOCK)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	touch $@
 
 test-full: setup
 	$(BIN)/pytest -q

@@ -21,9 +21,9 @@ from deepsight_tf.data.dataset import load_dataset
 from deepsight_tf.model.backbones import choose_normalization
 from deepsight_tf.model.classifier import build_classifier, freeze_backbone
 from deepsight_tf.model.preprocessing import Preprocessing
-from deepsight_tf.train.feature_cache import cached_head
-from deepsight_tf.train.metrics import training_metrics
-from deepsight_tf.train.pipeline import make_eval_dataset, make_train_dataset
+from deepsight_tf.training.feature_cache import cached_head
+from deepsight_tf.training.metrics import training_metrics
+from deepsight_tf.training.pipeline import make_eval_dataset, make_train_dataset
 
 
 def compiled(model: keras.Model, num_classes: int) -> keras.Model:

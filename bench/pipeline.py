@@ -27,8 +27,8 @@ import tensorflow as tf
 from deepsight_tf.core.workspace import Workspace
 from deepsight_tf.data.dataset import load_dataset
 from deepsight_tf.model.preprocessing import Preprocessing, preprocess
-from deepsight_tf.train.augment import build_augmentation
-from deepsight_tf.train.pipeline import make_train_dataset
+from deepsight_tf.training.augment import build_augmentation
+from deepsight_tf.training.pipeline import make_train_dataset
 
 
 def to_unit_range(images: tf.Tensor) -> tf.Tensor:

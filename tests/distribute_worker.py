@@ -54,7 +54,7 @@ def main() -> None:
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus
         )
-    from deepsight_tf.train.distribute import (
+    from deepsight_tf.training.distribute import (
         describe_strategy,
         make_strategy,
         scale_for_replicas,
@@ -70,10 +70,10 @@ def main() -> None:
     import numpy as np
 
     from deepsight_tf.model.preprocessing import Preprocessing
-    from deepsight_tf.train.metrics import training_metrics
-    from deepsight_tf.train.optim import make_optimizer
-    from deepsight_tf.train.pipeline import make_eval_dataset, make_train_dataset
-    from deepsight_tf.train.schedules import OneCycle
+    from deepsight_tf.training.metrics import training_metrics
+    from deepsight_tf.training.optim import make_optimizer
+    from deepsight_tf.training.pipeline import make_eval_dataset, make_train_dataset
+    from deepsight_tf.training.schedules import OneCycle
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (IMAGES, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)

@@ -28,7 +28,7 @@ def main() -> None:
     args = sys.argv[sys.argv.index("--") + 1 :]
     import numpy as np
 
-    from deepsight_tf.train import checkpoints
+    from deepsight_tf.training import checkpoints
 
     seen = {"writes": 0}
     if where == "checkpoint":

@@ -22,10 +22,10 @@ LAYERS = {
     "plots": 1,
     "data": 2,
     "model": 3,
-    "train": 4,
+    "training": 4,
     "diagnose": 5,
     "serve": 6,
-    "report": 7,
+    "reporting": 7,
     "cli": 8,
 }
 MAX_MODULE_LINES = 700
@@ -179,7 +179,7 @@ def test_vocabularies_match_their_registries() -> None:
     from deepsight_tf.core import settings
     from deepsight_tf.diagnose.explain import _EXPLAINERS
     from deepsight_tf.model.backbones import BACKBONES
-    from deepsight_tf.train.augment import AUGMENT_PRESETS
+    from deepsight_tf.training.augment import AUGMENT_PRESETS
 
     assert tuple(BACKBONES) == settings.BACKBONES
     assert tuple(AUGMENT_PRESETS) == settings.AUGMENT_PRESETS

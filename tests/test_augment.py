@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deepsight_tf.core.errors import ConfigError
-from deepsight_tf.train.augment import (
+from deepsight_tf.training.augment import (
     AUGMENT_PRESETS,
     BatchAugmenter,
     build_augmentation,

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
 from deepsight_tf.core.workspace import CHECKPOINTS_DIR, MODEL_FILE, STATE_FILE, Workspace
-from deepsight_tf.train.loop import train
+from deepsight_tf.training.loop import train
 
 RUN = "base"
 

@@ -1,4 +1,4 @@
-"""deepsight_tf.train.distribute: strategy choice, TF_CONFIG checks, scaling, equivalence."""
+"""deepsight_tf.training.distribute: strategy choice, TF_CONFIG checks, scaling, equivalence."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from deepsight_tf.core.errors import ConfigError
-from deepsight_tf.train.distribute import (
+from deepsight_tf.training.distribute import (
     choose_strategy,
     cluster_workers,
     describe_strategy,
@@ -284,7 +284,7 @@ def test_deepsight_train_multiworker_matches_a_one_device_run(tmp_path: Path) ->
 
     from deepsight_tf.core.storage import read_json
     from deepsight_tf.core.workspace import HISTORY_FILE, PREDICTIONS_FILE
-    from deepsight_tf.train.history import read_history
+    from deepsight_tf.training.history import read_history
 
     ws = separable_workspace(tmp_path)
     common = [

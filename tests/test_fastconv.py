@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from deepsight_tf.model.classifier import build_classifier
-from deepsight_tf.model.fastconv import accelerate_convolutions, fast_conv2d
+from deepsight_tf.model.fastconv import accelerate_convolutions, fast_conv2d, onednn_enabled
 
 CASES = [
     (2, 3, 1, "SAME", 8, 4),
@@ -56,7 +56,7 @@ def test_a_resnet_trains_the_same_with_fast_gradients() -> None:
     fast = keras.models.clone_model(built)
     fast.set_weights(built.get_weights())
     convolutions = sum(isinstance(layer, keras.layers.Conv2D) for layer in plain.layers)
-    assert accelerate_convolutions(fast) == convolutions > 10
+    assert accelerate_convolutions(fast, every_convolution=True) == convolutions > 10
     x = tf.random.normal((4, 32, 32, 3), seed=1)
     y = tf.one_hot([0, 1, 2, 0], 3)
 
@@ -67,3 +67,16 @@ def test_a_resnet_trains_the_same_with_fast_gradients() -> None:
 
     for expected, got in zip(gradients(plain), gradients(fast), strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-5)
+
+
+def test_by_default_only_1x1_convolutions_change_where_onednn_runs() -> None:
+    """With oneDNN TensorFlow's own 3x3 and 7x7 gradients are the faster ones; without it,
+    every convolution takes fastconv's (the measurements in fastconv.py's docstring)."""
+    model = keras.models.clone_model(build_classifier("resnet18", 3, 32, width_multiplier=1 / 4))
+    convolutions = [la for la in model.layers if isinstance(la, keras.layers.Conv2D)]
+    one_by_one = [la for la in convolutions if tuple(la.kernel_size) == (1, 1)]
+    expected = len(one_by_one) if onednn_enabled() else len(convolutions)
+    assert accelerate_convolutions(model) == expected
+    assert 0 < len(one_by_one) < len(convolutions)
+    patched = {la.name for la in convolutions if "convolution_op" in vars(la)}
+    assert {la.name for la in one_by_one} <= patched

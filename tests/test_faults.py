@@ -38,9 +38,9 @@ from deepsight_tf.core.workspace import (
     STATE_FILE,
     Workspace,
 )
-from deepsight_tf.train.checkpoints import CheckpointStore
-from deepsight_tf.train.history import read_history
-from deepsight_tf.train.loop import train
+from deepsight_tf.training.checkpoints import CheckpointStore
+from deepsight_tf.training.history import read_history
+from deepsight_tf.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +250,7 @@ def test_a_crash_after_the_last_commit_still_completes_every_artifact(
 ) -> None:
     """Killed after the final epoch's commit but before the phase's end weights, the model
     and the predictions are written: resume finds training done and finishes the rest."""
-    import deepsight_tf.train.loop as training
+    import deepsight_tf.training.loop as training
 
     real = training.save_weights_npz
 
@@ -314,7 +314,7 @@ def test_a_full_disk_mid_checkpoint_keeps_the_previous_state_and_resume_complete
     flags = ["--frozen-epochs", "1", "--epochs", "2", "--augment", "light", "--deterministic"]
     flags += ["--checkpoint-minutes", "0", "--weights", "none", "--image-size", "16"]
     flags += ["--width-multiplier", "0.0625", "--batch-size", "8", "--lr", "0.05", "--seed", "1"]
-    flags += ["--mva", "0"]
+    flags += ["--mva", "0", "--keep-checkpoints"]
     result = CliRunner().invoke(app, [*args, *flags])
     monkeypatch.undo()
     assert result.exit_code == 10, result.output
@@ -334,7 +334,7 @@ def test_the_commit_is_the_state_file_rewrite(tmp_path: Path) -> None:
     garbage, the previous commit stays in force, and the next commit removes the file."""
     store = CheckpointStore(tmp_path)
     arrays = {"model": [np.arange(3.0)], "optimizer": [np.zeros(2)]}
-    from deepsight_tf.train.checkpoints import Position
+    from deepsight_tf.training.checkpoints import Position
 
     first = store.commit(Position(1, 1, 0, 13), arrays, 0.5, 1, None, "t0")
     state_before = (tmp_path / STATE_FILE).read_bytes()

@@ -154,7 +154,7 @@ def test_hard_examples_of_confused_pairs() -> None:
 
 
 def test_focus_pairs_file_is_what_train_parses(tmp_path: Path) -> None:
-    from deepsight_tf.train.pipeline import parse_focus_pairs
+    from deepsight_tf.training.pipeline import parse_focus_pairs
 
     path = fo.write_focus_pairs(
         tmp_path / "focus_pairs.txt", [("cat", "bird"), ("airplane", "automobile")]

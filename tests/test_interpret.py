@@ -27,8 +27,8 @@ from deepsight_tf.data.obtain import obtain
 from deepsight_tf.data.scrub import scrub
 from deepsight_tf.diagnose.interpret import interpret
 from deepsight_tf.diagnose.study import stratified_sample
-from deepsight_tf.train.loop import train
-from deepsight_tf.train.pipeline import parse_focus_pairs
+from deepsight_tf.training.loop import train
+from deepsight_tf.training.pipeline import parse_focus_pairs
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from deepsight_tf.train.metrics import MacroF1, training_metrics
+from deepsight_tf.training.metrics import MacroF1, training_metrics
 
 NUM_CLASSES = 5
 

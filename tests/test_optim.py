@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from deepsight_tf.core.errors import ConfigError
-from deepsight_tf.train.metrics import training_metrics
-from deepsight_tf.train.optim import (
+from deepsight_tf.training.metrics import training_metrics
+from deepsight_tf.training.optim import (
     DifferentialAdamW,
     DifferentialSGD,
     apply_precision,
@@ -21,7 +21,7 @@ from deepsight_tf.train.optim import (
     make_optimizer,
     resolve_precision,
 )
-from deepsight_tf.train.schedules import OneCycle
+from deepsight_tf.training.schedules import OneCycle
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from deepsight_tf.core.errors import ConfigError, DataError
 from deepsight_tf.model.preprocessing import Preprocessing, preprocess
-from deepsight_tf.train.pipeline import (
+from deepsight_tf.training.pipeline import (
     class_weights_from,
     cutmix,
     make_eval_dataset,

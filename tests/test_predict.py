@@ -223,7 +223,7 @@ def test_predict_and_export_agree_with_a_trained_runs_test_predictions(tmp_path:
     from deepsight_tf.data.obtain import obtain
     from deepsight_tf.data.scrub import scrub
     from deepsight_tf.serve.export import export_run
-    from deepsight_tf.train.loop import train
+    from deepsight_tf.training.loop import train
 
     rng = np.random.default_rng(0)
     source = tmp_path / "source"

@@ -31,11 +31,11 @@ from deepsight_tf.data.scrub import scrub
 from deepsight_tf.diagnose.bootstrap import batched_macro_f1, bootstrap_ci
 from deepsight_tf.diagnose.evaluation import classification_summary, per_class_recall
 from deepsight_tf.diagnose.interpret import interpret
-from deepsight_tf.report import report
-from deepsight_tf.report.compare import compare_predictions
-from deepsight_tf.report.html import Html, element, table
-from deepsight_tf.train.history import read_history
-from deepsight_tf.train.loop import train
+from deepsight_tf.reporting import report
+from deepsight_tf.reporting.compare import compare_predictions
+from deepsight_tf.reporting.html import Html, element, table
+from deepsight_tf.training.history import read_history
+from deepsight_tf.training.loop import train
 
 N_BOOT = 200
 # A group name with markup in it: the page must show it as text (escaped), never as markup.
@@ -216,8 +216,11 @@ def test_run_page_embeds_every_figure_of_every_phase(chain: Chain) -> None:
     scrub_figures = [
         f for f in read_json(ws.scrub_dir("rgb") / "report.json")["files"] if f.endswith(".png")
     ]
-    # The headline's figures, the training curves drawn by the report, and one per artifact.
-    expected = len(explore_figures) + len(scrub_figures) + 1 + len(interpret_figures)
+    # One per artifact, the run's own two (its first batch, its schedule) and the training
+    # curves the report draws.
+    run_figures = [k for k in ws.verify(ws.run_dir("a"), "train").outputs if k.endswith(".png")]
+    assert len(run_figures) == 2
+    expected = len(explore_figures) + len(scrub_figures) + 2 + 1 + len(interpret_figures)
     assert len(page.images) == expected == chain.results["a"].figures
     assert (ws.run_dir("a") / "figures" / "training_history.png").is_file()
 

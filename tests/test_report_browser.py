@@ -45,6 +45,9 @@ addEventListener("load", () => {
     widths: images.map((i) => i.naturalWidth),
     resources: performance.getEntriesByType("resource").map((e) => e.name),
     overflow: document.documentElement.scrollWidth - window.innerWidth,
+    clipped: [...document.querySelectorAll(".table-wrap")]
+      .filter((w) => w.scrollWidth > w.clientWidth + 1)
+      .map((w) => (w.querySelector("table") || {}).id || "?"),
   });
   document.body.append(probe);
 });
@@ -143,6 +146,7 @@ def test_every_image_loads(chain: Chain, which: str, tmp_path: Path) -> None:
     assert all(width > 0 for width in seen["widths"])
     assert seen["resources"] == []
     assert seen["overflow"] <= 0  # nothing wider than a laptop window
+    assert seen["clipped"] == []  # and no table scrolls sideways inside it
 
 
 def test_page_prints(chain: Chain, tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ import tensorflow as tf
 
 from deepsight_tf.plots import save_figure
 from deepsight_tf.plots.training import plot_history, plot_lr_finder, plot_schedule
-from deepsight_tf.train.lr_finder import LRFinderResult, lr_range_test, suggest_lr
-from deepsight_tf.train.optim import make_optimizer
-from deepsight_tf.train.schedules import OneCycle
+from deepsight_tf.training.lr_finder import LRFinderResult, lr_range_test, suggest_lr
+from deepsight_tf.training.optim import make_optimizer
+from deepsight_tf.training.schedules import OneCycle
 
 
 def one_cycle_reference(step, peak, total, pct=0.25, div=25.0, final_div=1e4, lo=0.85, hi=0.95):

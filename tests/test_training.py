@@ -16,11 +16,11 @@ from deepsight_tf.core.storage import read_json
 from deepsight_tf.core.workspace import HISTORY_FILE, MODEL_FILE, PREDICTIONS_FILE, Workspace
 from deepsight_tf.data.obtain import obtain
 from deepsight_tf.data.scrub import scrub
-from deepsight_tf.train.checkpoints import load_weights_npz
-from deepsight_tf.train.history import read_history
-from deepsight_tf.train.loop import train
-from deepsight_tf.train.metrics import classification_scores
-from deepsight_tf.train.plan import plan_phases, resolve_settings
+from deepsight_tf.training.checkpoints import load_weights_npz
+from deepsight_tf.training.history import read_history
+from deepsight_tf.training.loop import train
+from deepsight_tf.training.metrics import classification_scores
+from deepsight_tf.training.plan import plan_phases, resolve_settings
 
 CLASSES = ["red", "green", "blue"]
 
@@ -76,6 +76,8 @@ def tiny(**overrides: object) -> TrainSettings:
         lr=0.05,
         augment="none",
         seed=1,
+        keep_checkpoints=True,  # tests read the phase-end weights
+        estimate=False,  # a probe traces a step of its own: seconds per run (test_usability)
         # The gate is not what these runs test (test_gate_failure_exits_8 is): how well a
         # 13-step tiny network learns depends on the CPU's floating-point path.
         mva=0.0,
@@ -236,7 +238,7 @@ def test_training_from_a_saved_kerashub_preset(prepared: Workspace, tmp_path: Pa
 
 
 def test_find_lr_writes_a_curve_and_a_suggestion_inside_the_range(prepared: Workspace) -> None:
-    from deepsight_tf.train.lr_finder import find_lr
+    from deepsight_tf.training.lr_finder import find_lr
 
     report = find_lr(tiny(run_id="lr-test"), prepared, steps=30)
     saved = read_json(Path(report.run_dir) / "lr_finder.json")

@@ -22,12 +22,13 @@ from deepsight_tf.core.workspace import (
 from deepsight_tf.model import classifier as models
 from deepsight_tf.model.preprocessing import Normalization, Preprocessing, preprocess
 from deepsight_tf.model.saving import save_classifier
-from deepsight_tf.train.loop import predict_probs, run_config
-from deepsight_tf.train.metrics import training_metrics
-from deepsight_tf.train.optim import make_optimizer
-from deepsight_tf.train.pipeline import make_eval_dataset
-from deepsight_tf.train.plan import plan_phases, resolve_settings
-from deepsight_tf.train.schedules import OneCycle
+from deepsight_tf.training.loop import run_config
+from deepsight_tf.training.metrics import classification_scores, training_metrics
+from deepsight_tf.training.optim import make_optimizer
+from deepsight_tf.training.pipeline import make_eval_dataset
+from deepsight_tf.training.plan import plan_phases, resolve_settings
+from deepsight_tf.training.schedules import OneCycle
+from deepsight_tf.training.tta import predict_probs
 
 CLASS_NAMES = ["cat", "dog", "ship"]
 IMAGE_SIZE = 16  # the network's input size
@@ -93,9 +94,14 @@ def make_tiny_run(root: Path, n_test: int = 10, seed: int = 3) -> TinyRun:
         RUN_ID, settings, "float32", PREPROCESSING, plan_phases(settings), {}, "2026-01-01"
     )
     atomic_write_json(run_dir / CONFIG_FILE, config)
-    atomic_write_json(
-        run_dir / METRICS_FILE, {"run_id": RUN_ID, "dataset": "tiny", "class_names": CLASS_NAMES}
-    )
+    scores = {
+        k: v
+        for k, v in classification_scores(y_test, test_probs, CLASS_NAMES).items()
+        if k != "confusion"
+    }
+    metrics = {"run_id": RUN_ID, "dataset": "tiny", "class_names": CLASS_NAMES, "val": scores}
+    metrics.update(test=scores, mva=0.0, passed=True, best_epoch=None, duration_s=0.0)
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
     atomic_save_npz(
         run_dir / PREDICTIONS_FILE,
         test_probs=test_probs,

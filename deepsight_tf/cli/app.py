@@ -24,6 +24,7 @@ from deepsight_tf.cli.console import (
     state,
 )
 from deepsight_tf.cli.options import settings_options
+from deepsight_tf.cli.training_display import training_display
 from deepsight_tf.core.settings import (
     EXPORT_FORMATS,
     ExploreSettings,
@@ -141,8 +142,8 @@ def train(
 ) -> None:
     """Transfer learning: frozen head phase, then stages unfrozen with a OneCycle rate."""
     import_tensorflow_quietly()
-    from deepsight_tf.train.loop import check_gate
-    from deepsight_tf.train.loop import train as run_train
+    from deepsight_tf.training.loop import check_gate
+    from deepsight_tf.training.loop import train as run_train
 
     # With --resume the run's stored settings apply; only flags typed here are compared.
     # (By name: Typer ships its own copy of click, with its own ParameterSource enum.)
@@ -156,13 +157,13 @@ def train(
         err_console.print(f"[dim]{message}[/]", highlight=False, markup=True)
 
     if find_lr:
-        from deepsight_tf.train.lr_finder import find_lr as run_find_lr
+        from deepsight_tf.training.lr_finder import find_lr as run_find_lr
 
         _show(run_find_lr(settings, state.workspace), render.render_lr_finder)
         return
-    with progress_bar() as progress:
+    with training_display(err_console) as monitor:
         result = run_train(
-            settings, state.workspace, progress=progress, notify=notify, explicit=explicit
+            settings, state.workspace, notify=notify, explicit=explicit, monitor=monitor
         )
     _show(result, render.render_train)
     check_gate(result)
@@ -282,7 +283,7 @@ def report(
     """One self-contained HTML page: runs/<id>/report.html, or reports/compare-<a>-<b>.html."""
     if len(runs) == 1:
         import_tensorflow_quietly()  # the training curves are drawn by plots.training
-    from deepsight_tf.report import report as run_report
+    from deepsight_tf.reporting import report as run_report
 
     _show(run_report(state.workspace, runs, n_boot=n_boot, seed=seed), render.render_report)
 

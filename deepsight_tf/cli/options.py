@@ -42,7 +42,10 @@ def settings_parameters(
             raise TypeError(f"{cls.__name__}.{f.name} needs a default to become an option")
         choices = f.metadata.get("choices")
         annotation = _option_type(hints[f.name], choices, f.default)
-        option = typer.Option(flag_name(f.name), help=f.metadata["help"], show_default=True)
+        flag = flag_name(f.name)
+        if hints[f.name] is bool:  # both spellings, so a default of True can be turned off
+            flag = f"{flag}/--no-{flag.removeprefix('--')}"
+        option = typer.Option(flag, help=f.metadata["help"], show_default=True)
         parameters.append(
             inspect.Parameter(
                 f.name,

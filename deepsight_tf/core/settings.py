@@ -16,7 +16,7 @@ from typing import Any
 
 from deepsight_tf.core.checks import MAX_IMAGE_SIZE, check_image_size, check_name
 from deepsight_tf.core.errors import ConfigError
-from deepsight_tf.core.workspace import METRICS_FILE
+from deepsight_tf.core.workspace import METRICS_FILE, MODEL_FILE
 
 # Vocabularies: the values each choice-valued setting may take.
 BACKBONES = ("resnet18", "resnet50")
@@ -38,6 +38,7 @@ INTERPOLATIONS = (
 )
 EXPORT_FORMATS = ("savedmodel", "keras", "onnx")
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "layercam")
+TTA_MODES = ("none", "flip", "flip-shift")
 MAX_SAMPLES_PER_CLASS = 64
 
 
@@ -237,6 +238,21 @@ class TrainSettings(Settings):
     # end); a killed run loses at most this much. 0: at epoch ends only.
     checkpoint_minutes: float = setting(
         5.0, "Save the training state this often within an epoch (0: epoch ends only).", ge=0
+    )
+    keep_checkpoints: bool = setting(
+        False,
+        f"Keep checkpoints/ once the run is complete (default: dropped; {MODEL_FILE} holds "
+        "the best epoch).",
+    )
+    estimate: bool = setting(
+        True,
+        "Time a few training steps before the first epoch and print the run's expected time.",
+    )
+    tta: str = setting(
+        "none",
+        "Test-time augmentation for the final scoring: flip averages each image with its "
+        "mirror; flip-shift adds four 1/16-side shifts.",
+        choices=TTA_MODES,
     )
     max_train_images: int | None = setting(
         None, "Train on a stratified subset of this many images (quick runs).", ge=1

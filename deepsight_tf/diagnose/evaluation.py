@@ -34,7 +34,7 @@ def classification_summary(
     the confusion matrix is sklearn's, as counts and normalised by row (the true class), so a
     row of the normalised matrix sums to 1 and its diagonal is that class's recall.
     """
-    from deepsight_tf.train.metrics import classification_scores
+    from deepsight_tf.training.metrics import classification_scores
 
     labels, probs = check_labels_probs(labels, probs)
     class_names = check_class_names(class_names, probs.shape[1])

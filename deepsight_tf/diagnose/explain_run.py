@@ -152,6 +152,7 @@ def _class_grids(
                         study.data.x_test[sample][chosen],
                         cams[chosen],
                         titles,
+                        pairs_per_row=2,
                         suptitle=f"{method}: {name}, {kind}",
                     ),
                     f"cam_{name}_{kind}",

@@ -40,7 +40,7 @@ from deepsight_tf.diagnose.calibration import calibration_report
 from deepsight_tf.diagnose.explain_run import explain_run
 from deepsight_tf.diagnose.hypothesis_tests import subset_accuracy_gap, test_hypotheses
 from deepsight_tf.diagnose.study import Study
-from deepsight_tf.train.record import RunRecord
+from deepsight_tf.training.record import RunRecord
 
 HARD_PAIRS = 3  # most-confused pairs written for `deepsight train --focus-pairs @FILE`
 TOP_LOSSES = 16  # the most confidently wrong test images, shown and stored

@@ -14,7 +14,7 @@ from deepsight_tf.core.progress import Progress
 from deepsight_tf.core.settings import InterpretSettings
 from deepsight_tf.core.workspace import FIGURES_DIR, Workspace
 from deepsight_tf.data.dataset import Dataset
-from deepsight_tf.train.record import RunRecord
+from deepsight_tf.training.record import RunRecord
 
 
 def stratified_sample(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:

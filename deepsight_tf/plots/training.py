@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from deepsight_tf.plots import OKABE_ITO
 
 if TYPE_CHECKING:
-    from deepsight_tf.train.lr_finder import LRFinderResult
+    from deepsight_tf.training.lr_finder import LRFinderResult
 
 
 def plot_lr_finder(result: LRFinderResult) -> Figure:
@@ -38,8 +38,15 @@ def plot_lr_finder(result: LRFinderResult) -> Figure:
     return fig
 
 
-def plot_schedule(steps: np.ndarray, lrs: np.ndarray, momenta: np.ndarray) -> Figure:
-    """Learning rate and momentum per optimizer step (e.g. `OneCycle.curve()`)."""
+def plot_schedule(
+    steps: np.ndarray,
+    lrs: np.ndarray,
+    momenta: np.ndarray,
+    phase_starts: Sequence[int] = (),
+    title: str = "OneCycle schedule",
+) -> Figure:
+    """Learning rate and momentum per optimizer step (e.g. `OneCycle.curve()`); dashed lines
+    where a later phase (with its own cycle) starts."""
     fig = Figure(figsize=(6.4, 3.6))
     ax = fig.add_subplot()
     ax.plot(steps, lrs, color=OKABE_ITO[0], label="learning rate")
@@ -48,7 +55,30 @@ def plot_schedule(steps: np.ndarray, lrs: np.ndarray, momenta: np.ndarray) -> Fi
     twin = ax.twinx()
     twin.plot(steps, momenta, color=OKABE_ITO[1], label="momentum")
     twin.set_ylabel("momentum", color=OKABE_ITO[1])
-    ax.set_title("OneCycle schedule")
+    for start in phase_starts:
+        ax.axvline(start, color="0.5", linestyle="--", linewidth=1)
+    ax.set_title(title)
+    return fig
+
+
+def plot_batch(
+    images: np.ndarray, targets: np.ndarray, class_names: Sequence[str], title: str
+) -> Figure:
+    """A training batch as the model is fed it (uint8 after augmentation, resize and mixing),
+    each image titled with its target's largest shares ("cat 0.70 / dog 0.30" after mixing)."""
+    n = len(images)
+    cols = min(8, n)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(1.7 * cols, 1.9 * rows + 0.4))
+    for i in range(n):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(images[i], interpolation="nearest")
+        order = np.argsort(-targets[i])[:2]
+        shares = [f"{class_names[c]} {targets[i][c]:.2f}" for c in order if targets[i][c] >= 0.05]
+        ax.set_title("\n".join(shares), fontsize=7)
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return fig
 
 

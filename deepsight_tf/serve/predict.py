@@ -20,7 +20,7 @@ from deepsight_tf.core.workspace import CONFIG_FILE, Workspace
 # obtain's decoder, so that a file predicted on gives the pixels it would give in a data set.
 from deepsight_tf.data.image_folder import IMAGE_EXTENSIONS, UnreadableImageError, decode_image
 from deepsight_tf.model.preprocessing import Preprocessing
-from deepsight_tf.train.record import RunRecord
+from deepsight_tf.training.record import RunRecord
 
 # Same-sized images are resized together; past this many pixels a group is processed at once, so
 # a batch of large photos never holds more than ~200 MB of float32 pixels before resizing.

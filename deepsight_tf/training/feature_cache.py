@@ -36,7 +36,7 @@ def backbone_features(
     import keras
 
     from deepsight_tf.model.classifier import HEAD_POOL
-    from deepsight_tf.train.pipeline import make_eval_dataset
+    from deepsight_tf.training.pipeline import make_eval_dataset
 
     extractor = keras.Model(model.inputs, model.get_layer(HEAD_POOL).output)
     labels = np.zeros(len(x), dtype=np.int64)  # labels are not needed for features
@@ -64,7 +64,7 @@ def cached_head(
     import tensorflow as tf
 
     from deepsight_tf.model.classifier import HEAD_DROPOUT, HEAD_PREDICTIONS
-    from deepsight_tf.train.pipeline import epoch_batches, smooth_labels
+    from deepsight_tf.training.pipeline import epoch_batches, smooth_labels
 
     train_features = backbone_features(model, x, train_indices, num_classes, eval_args)
     val_features = backbone_features(model, x, val_indices, num_classes, eval_args)

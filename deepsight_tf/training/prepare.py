@@ -12,8 +12,8 @@ from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.workspace import Workspace
 from deepsight_tf.model.preprocessing import Preprocessing
-from deepsight_tf.train.data import TrainingData, training_preprocessing
-from deepsight_tf.train.plan import PhasePlan
+from deepsight_tf.training.data import TrainingData, training_preprocessing
+from deepsight_tf.training.plan import PhasePlan
 
 EVAL_BATCH = 256  # evaluation batches hold no gradients: at least this many images each
 
@@ -40,9 +40,9 @@ def prepare(
     import tensorflow as tf
 
     from deepsight_tf.model.classifier import build_classifier
-    from deepsight_tf.train.distribute import describe_strategy, scale_for_replicas
-    from deepsight_tf.train.optim import apply_precision, resolve_precision
-    from deepsight_tf.train.pipeline import class_weights_from, parse_focus_pairs
+    from deepsight_tf.training.distribute import describe_strategy, scale_for_replicas
+    from deepsight_tf.training.optim import apply_precision, resolve_precision
+    from deepsight_tf.training.pipeline import class_weights_from, parse_focus_pairs
 
     keras.utils.set_random_seed(settings.seed)
     if settings.deterministic:
@@ -102,8 +102,8 @@ def _train_stream(
     global_batch: int,
 ) -> Callable[..., Any]:
     """(first_epoch, epochs, skip_batches) -> the training batches, sharded for the strategy."""
-    from deepsight_tf.train.distribute import shard_by_data
-    from deepsight_tf.train.pipeline import make_train_dataset
+    from deepsight_tf.training.distribute import shard_by_data
+    from deepsight_tf.training.pipeline import make_train_dataset
 
     dataset = data.dataset
 
@@ -152,7 +152,7 @@ def set_trainable(
 def phase_optimizer(settings: TrainSettings, phase: PhasePlan, learning_rate: Any) -> Any:
     """The phase's optimizer: the backbone at `backbone_lr_mult` times the head's rate."""
     from deepsight_tf.model.backbones import HEAD_PREFIX
-    from deepsight_tf.train.optim import make_optimizer
+    from deepsight_tf.training.optim import make_optimizer
 
     return make_optimizer(
         settings.optimizer,

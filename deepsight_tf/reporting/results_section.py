@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from deepsight_tf.report.artifacts import Headline, RunArtifacts, interpret_hint
-from deepsight_tf.report.captions import CAPTIONS
-from deepsight_tf.report.html import (
+from deepsight_tf.reporting.artifacts import Headline, RunArtifacts, interpret_hint
+from deepsight_tf.reporting.captions import CAPTIONS
+from deepsight_tf.reporting.html import (
     Html,
     element,
     figure,
@@ -54,6 +54,19 @@ def _metric_tables(run: RunArtifacts, head: Headline) -> list[Any]:
             f"{head.n:,}",
         ]
     ]
+    tta = run.metrics.get("tta")
+    if tta:
+        plain = tta["test_without"]
+        rows.append(
+            [
+                f"test without TTA ({tta['mode']})",
+                f"{plain['accuracy']:.2%}",
+                "",
+                f"{plain['macro_f1']:.4f}",
+                "",
+                f"{plain['n']:,}",
+            ]
+        )
     if val:
         rows.append(
             [

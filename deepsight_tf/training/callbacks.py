@@ -18,10 +18,10 @@ import keras
 import numpy as np
 
 from deepsight_tf.core.errors import ConfigError
-from deepsight_tf.core.progress import Notify, Progress
-from deepsight_tf.train.checkpoints import CheckpointStore, Commit, Position
-from deepsight_tf.train.history import write_history
-from deepsight_tf.train.plan import PhasePlan
+from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor
+from deepsight_tf.training.checkpoints import CheckpointStore, Commit, Position
+from deepsight_tf.training.history import write_history
+from deepsight_tf.training.plan import PhasePlan
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 MONITOR = "val_macro_f1"  # the best epoch is the one with the highest validation macro-F1
@@ -92,34 +92,18 @@ def stop_on_interrupt(control: RunControl, notify: Notify | None) -> Any:
 
 
 class StepProgress(keras.callbacks.Callback):
-    """Reports every optimizer step to `progress`, and a run-time estimate after a few."""
-
-    ESTIMATE_AFTER = 8  # steps timed after the first (which includes tracing)
+    """Reports every optimizer step, with the epoch's running loss and accuracy."""
 
     def __init__(
-        self, progress: Progress | None, notify: Notify | None, total: int, done: int
+        self, progress: Progress | None, monitor: TrainingMonitor, total: int, done: int
     ) -> None:
         super().__init__()
-        self.progress, self.notify, self.total, self.done = progress, notify, total, done
-        self._t0: float | None = None
-        self._timed = 0
-        self.step_s: float | None = None
+        self.progress, self.monitor, self.total, self.done = progress, monitor, total, done
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.done += 1
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
-        else:
-            self._timed += 1
-            if self._timed == self.ESTIMATE_AFTER and self.step_s is None:
-                self.step_s = (time.perf_counter() - self._t0) / self._timed
-                if self.notify:
-                    remaining = self.step_s * (self.total - self.done)
-                    self.notify(
-                        f"estimate: {self.step_s * 1000:.0f} ms a step, about "
-                        f"{remaining / 60:.1f} min of training left "
-                        f"({self.total - self.done} steps)"
-                    )
+        running = {k: float(v) for k, v in (logs or {}).items() if k in ("loss", "accuracy")}
+        self.monitor.step(self.done, self.total, running)
         if self.progress:
             self.progress("training", self.done, self.total)
 
@@ -134,10 +118,11 @@ class HistoryRecorder(keras.callbacks.Callback):
         phase: PhasePlan,
         epoch_offset: int,
         control: RunControl,
+        monitor: TrainingMonitor,
     ) -> None:
         super().__init__()
         self.path, self.rows, self.phase, self.offset = path, rows, phase, epoch_offset
-        self.control = control
+        self.control, self.monitor = control, monitor
         self._start = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -158,6 +143,7 @@ class HistoryRecorder(keras.callbacks.Callback):
         # An epoch redone after a resume replaces its row, and any row after it.
         self.rows[:] = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
         write_history(self.path, self.rows)
+        self.monitor.epoch(row)
 
 
 class DivergenceGuard(keras.callbacks.Callback):

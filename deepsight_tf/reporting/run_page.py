@@ -10,7 +10,7 @@ from typing import Any
 from deepsight_tf.core.manifest import Manifest, now_iso
 from deepsight_tf.core.storage import atomic_write_text
 from deepsight_tf.core.workspace import REPORT_PAGE, Workspace
-from deepsight_tf.report.artifacts import (
+from deepsight_tf.reporting.artifacts import (
     Headline,
     RunArtifacts,
     UpstreamArtifacts,
@@ -20,8 +20,8 @@ from deepsight_tf.report.artifacts import (
     make_headline,
     scored_summary,
 )
-from deepsight_tf.report.data_section import data_section
-from deepsight_tf.report.html import (
+from deepsight_tf.reporting.data_section import data_section
+from deepsight_tf.reporting.html import (
     Html,
     badge,
     element,
@@ -33,9 +33,10 @@ from deepsight_tf.report.html import (
     value_span,
     version,
 )
-from deepsight_tf.report.interpretation import interpretation_section
-from deepsight_tf.report.results_section import pct_points, results_section
-from deepsight_tf.report.training_section import draw_history, training_section
+from deepsight_tf.reporting.interpretation import interpretation_section
+from deepsight_tf.reporting.results_section import pct_points, results_section
+from deepsight_tf.reporting.training_section import draw_history, training_section
+from deepsight_tf.reporting.warnings import Baselines, baselines, run_warnings
 
 SECTIONS = ("data", "training", "results", "interpretation")
 PROVENANCE_SUFFIXES = (".json", ".npz", ".csv")  # the artifacts a page's numbers come from
@@ -55,7 +56,13 @@ class ReportResult:
     duration_s: float = 0.0
 
 
-def headline_html(head: Headline, hypotheses: list[dict[str, Any]], note: str) -> Html:
+def headline_html(
+    head: Headline,
+    hypotheses: list[dict[str, Any]],
+    note: str,
+    base: Baselines,
+    warnings: list[str],
+) -> Html:
     level = f"{head.ci_level:.0%}"
     cards = [
         element(
@@ -64,6 +71,12 @@ def headline_html(head: Headline, hypotheses: list[dict[str, Any]], note: str) -
                 element("div", "Test accuracy", class_="label"),
                 element("div", value_span("test-accuracy", head.accuracy, f"{head.accuracy:.2%}")),
                 element("div", f"{level} CI {fmt_ci(head.accuracy_ci, '.2%')}", class_="ci"),
+                element(
+                    "div",
+                    f"chance {base.chance:.1%}; always {base.majority_class}: {base.majority:.1%}",
+                    class_="ci",
+                    id="baselines",
+                ),
             ],
             class_="metric-card",
         ),
@@ -108,12 +121,29 @@ def headline_html(head: Headline, hypotheses: list[dict[str, Any]], note: str) -
     )
     return join(
         [
+            *warning_box(warnings),
             element("div", cards, class_="headline"),
             element("h3", "Hypotheses registered before training"),
             element("ul", lines, class_="verdicts", id="verdicts"),
             paragraph(f"{head.n:,} test images; {source}.", css="note"),
         ]
     )
+
+
+def warning_box(warnings: list[str]) -> list[Html]:
+    """Above everything, when the run shows signs it did not learn (reporting/warnings.py)."""
+    if not warnings:
+        return []
+    items = [element("li", text) for text in warnings]
+    return [
+        element(
+            "div",
+            [element("strong", "Do not trust these numbers yet:"), element("ul", items)],
+            class_="warning",
+            id="warnings",
+            role="alert",
+        )
+    ]
 
 
 def gate_sentence(head: Headline) -> str:
@@ -185,7 +215,7 @@ def run_report(workspace: Workspace, run_id: str, n_boot: int, seed: int) -> Rep
     with workspace.lock(f"run-{run_id}-report"):
         history_figure = draw_history(run)
         sections = [
-            data_section(up, run.class_names),
+            data_section(up, run.class_names, run.record.preprocessing.image_size),
             training_section(run, history_figure),
             results_section(run, summary, head),
             interpretation_section(run),
@@ -205,7 +235,19 @@ def run_report(workspace: Workspace, run_id: str, n_boot: int, seed: int) -> Rep
         page = render_page(
             title=f"Run {run_id} on {run.dataset}",
             kicker="deepsight report",
-            headline=headline_html(head, hypotheses, _hypotheses_note(run, up)),
+            headline=headline_html(
+                head,
+                hypotheses,
+                _hypotheses_note(run, up),
+                baselines(run.predictions["test_labels"], run.class_names),
+                run_warnings(
+                    run.predictions["test_labels"],
+                    run.predictions["test_probs"],
+                    run.class_names,
+                    head.accuracy_ci,
+                    run.history,
+                ),
+            ),
             nav=[(s, s.capitalize()) for s in SECTIONS],
             body=sections,
             footer=provenance(sources),

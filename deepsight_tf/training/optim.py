@@ -11,7 +11,7 @@ from keras import ops
 
 from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.settings import OPTIMIZERS, PRECISIONS
-from deepsight_tf.train.schedules import OneCycle
+from deepsight_tf.training.schedules import OneCycle
 
 # float16 tensor cores (and fast float16 maths at all) start with Volta, compute capability 7.0.
 MIN_FLOAT16_CAPABILITY = (7, 0)

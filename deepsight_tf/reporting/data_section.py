@@ -6,12 +6,22 @@ from pathlib import Path
 from typing import Any
 
 from deepsight_tf.core.workspace import IMAGES_FILE
-from deepsight_tf.report.artifacts import UpstreamArtifacts
-from deepsight_tf.report.captions import CAPTIONS
-from deepsight_tf.report.html import Html, element, figure, fmt, missing, paragraph, section, table
+from deepsight_tf.reporting.artifacts import UpstreamArtifacts
+from deepsight_tf.reporting.captions import CAPTIONS
+from deepsight_tf.reporting.html import (
+    Html,
+    element,
+    figure,
+    fmt,
+    missing,
+    paragraph,
+    section,
+    table,
+)
 
 
-def data_section(up: UpstreamArtifacts, class_names: list[str]) -> Html:
+def data_section(up: UpstreamArtifacts, class_names: list[str], image_size: int) -> Html:
+    """`image_size`: what the run trained at; scrub's interpolation study shows only for it."""
     parts: list[Any] = []
     if up.obtain is None:
         return section("data", "Data", [missing(up.notes.get("obtain", "not available"))])
@@ -59,7 +69,7 @@ def data_section(up: UpstreamArtifacts, class_names: list[str]) -> Html:
     else:
         parts.append(missing(up.notes.get("explore", "not available")))
     if scrub is not None:
-        parts.extend(scrub_parts(up))
+        parts.extend(scrub_parts(up, image_size))
     else:
         parts.append(missing(up.notes.get("scrub", "not available")))
     return section("data", "Data", parts)
@@ -110,7 +120,7 @@ def balance_parts(up: UpstreamArtifacts) -> list[Any]:
     return parts
 
 
-def scrub_parts(up: UpstreamArtifacts) -> list[Any]:
+def scrub_parts(up: UpstreamArtifacts, image_size: int) -> list[Any]:
     s = up.scrub or {}
     scrub_dir = Path(up.scrub_dir or "")
     dup = s["duplicates"]
@@ -162,6 +172,16 @@ def scrub_parts(up: UpstreamArtifacts) -> list[Any]:
         stem = Path(rel).stem
         if stem != "interpolation":
             parts.append(figure(scrub_dir / rel, CAPTIONS.get(stem, stem), f"scrub: {stem}"))
+    if study["image_size"] != image_size:
+        return [
+            *parts,
+            element("h3", "Interpolation"),
+            paragraph(
+                f"scrub's interpolation study upsampled to {study['image_size']} px; this run "
+                f"trained at {image_size} px, so the study does not apply to it (rerun "
+                f"`deepsight scrub --image-size {image_size}` to measure that size)."
+            ),
+        ]
     return parts + interpolation_parts(study, figures, scrub_dir)
 
 

@@ -11,8 +11,8 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
-TEMPLATE_FILE = "page.html"  # deepsight_tf/report/assets/: the page skeleton
-CSS_FILE = "page.css"  # deepsight_tf/report/assets/: inlined into every page
+TEMPLATE_FILE = "page.html"  # deepsight_tf/reporting/assets/: the page skeleton
+CSS_FILE = "page.css"  # deepsight_tf/reporting/assets/: inlined into every page
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -142,12 +142,12 @@ def png_data_uri(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def figure(path: Path, caption: str, alt: str) -> Html:
+def figure(path: Path, caption: str, alt: str, css: str | None = None) -> Html:
     uri = png_data_uri(path)
     if uri is None:
         return missing(f"figure {Path(path).name} is missing; rerun the phase that draws it")
     image = Html(f'<img src="{esc(uri)}" alt="{esc(alt)}" loading="eager">')
-    return element("figure", [image, element("figcaption", caption)])
+    return element("figure", [image, element("figcaption", caption)], class_=css)
 
 
 def section(section_id: str, title: str, parts: Sequence[Any]) -> Html:
@@ -163,7 +163,7 @@ def render_page(
     footer: Html,
 ) -> str:
     """Fill the page template with the page's parts and inline the CSS."""
-    assets = resources.files("deepsight_tf.report") / "assets"
+    assets = resources.files("deepsight_tf.reporting") / "assets"
     template = string.Template((assets / TEMPLATE_FILE).read_text(encoding="utf-8"))
     css = (assets / CSS_FILE).read_text(encoding="utf-8")
     links = join((element("a", label, href=f"#{anchor}") for anchor, label in nav), "\n")

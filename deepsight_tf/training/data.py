@@ -76,7 +76,7 @@ def training_preprocessing(
     from deepsight_tf.data.explore import load_pixel_stats
     from deepsight_tf.model.backbones import choose_normalization
     from deepsight_tf.model.weights import weights_kind
-    from deepsight_tf.train.record import read_preprocessing
+    from deepsight_tf.training.record import read_preprocessing
 
     def sized(normalization: Normalization) -> Preprocessing:
         return Preprocessing(settings.image_size, data.interpolation, normalization)

@@ -16,9 +16,10 @@ from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.storage import atomic_write_json
 from deepsight_tf.core.workspace import LR_FINDER_FILE, Workspace
-from deepsight_tf.train.data import training_data
-from deepsight_tf.train.plan import default_run_id, parse_unfreeze, plan_phases, resolve_settings
-from deepsight_tf.train.prepare import phase_optimizer, prepare, set_trainable
+from deepsight_tf.training.data import training_data
+from deepsight_tf.training.plan import default_run_id, parse_unfreeze, plan_phases, resolve_settings
+from deepsight_tf.training.prepare import phase_optimizer, prepare, set_trainable
+from deepsight_tf.training.step import train_step_function, weighted_loss
 
 LR_FINDER_FIGURE = "lr_finder.png"
 
@@ -68,21 +69,6 @@ def suggest_lr(lrs: np.ndarray, smoothed: np.ndarray, stopped_early: bool) -> tu
     return float(lrs[int(np.argmin(smoothed))] / 10.0), "min/10"
 
 
-def _weighted_loss(loss: Callable[..., Any]) -> Callable[..., Any]:
-    # Loss objects weight and reduce themselves; bare loss functions ("categorical_crossentropy")
-    # return per-sample values, reduced here as Keras's default "sum_over_batch_size" does.
-    if isinstance(loss, keras.losses.Loss):
-        return loss
-
-    def reduce(y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-        per_sample = loss(y_true, y_pred)
-        if sample_weight is not None:
-            per_sample = per_sample * ops.cast(sample_weight, per_sample.dtype)
-        return ops.mean(per_sample)
-
-    return reduce
-
-
 def _check_range(
     min_lr: float, max_lr: float, steps: int, smoothing: float, divergence_factor: float
 ) -> None:
@@ -111,27 +97,6 @@ def _range_optimizer(
     ):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
-
-
-def _train_step(
-    model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn: Callable[..., Any]
-) -> Callable[..., Any]:
-    """One optimizer step on a batch, returning its (unscaled) loss; the model's compile state
-    is not used or touched."""
-
-    @tf.function(reduce_retracing=True)
-    def train_step(x: Any, y: Any, sample_weight: Any) -> Any:
-        with tf.GradientTape() as tape:
-            y_pred = model(x, training=True)
-            batch_loss = loss_fn(y, y_pred, sample_weight=sample_weight)
-            if model.losses:
-                batch_loss = batch_loss + ops.sum(ops.stack(model.losses))
-            scaled = optimizer.scale_loss(batch_loss)
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
-        return batch_loss
-
-    return train_step
 
 
 def lr_range_test(
@@ -169,7 +134,7 @@ def lr_range_test(
         min_lr, decay_steps=steps - 1, decay_rate=max_lr / min_lr
     )
     optimizer = _range_optimizer(model, schedule, optimizer_factory)
-    train_step = _train_step(model, optimizer, _weighted_loss(keras.losses.get(loss)))
+    train_step = train_step_function(model, optimizer, weighted_loss(keras.losses.get(loss)))
     initial_weights = model.get_weights()
     lrs: list[float] = []
     losses: list[float] = []

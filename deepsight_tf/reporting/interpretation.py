@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepsight_tf.report.artifacts import RunArtifacts, interpret_hint
-from deepsight_tf.report.captions import CAPTIONS, cam_caption
-from deepsight_tf.report.html import (
+from deepsight_tf.reporting.artifacts import RunArtifacts, interpret_hint
+from deepsight_tf.reporting.captions import CAPTIONS, cam_caption
+from deepsight_tf.reporting.html import (
     Html,
     badge,
     element,
@@ -92,19 +92,17 @@ def _faithfulness(rep: dict[str, Any], figures: _Figures) -> list[Any]:
         rows = [
             [
                 name,
-                f"{m['deletion_auc']:.3f}",
-                f"{m['random_deletion_auc']:.3f}",
+                f"{m['deletion_auc']:.3f} ({m['random_deletion_auc']:.3f})",
                 f"{m['deletion_gain']:+.3f} {fmt_ci(m['deletion_gain_ci'], '+.3f')}",
-                f"{m['insertion_auc']:.3f}",
-                f"{m['random_insertion_auc']:.3f}",
+                f"{m['insertion_auc']:.3f} ({m['random_insertion_auc']:.3f})",
                 f"{m['insertion_gain']:+.3f} {fmt_ci(m['insertion_gain_ci'], '+.3f')}",
                 f"{m['n_images']:,}",
                 badge(m["verdict"]),
             ]
             for name, m in faith["methods"].items()
         ]
-        headers = ["method", "deletion AUC", "random", "deletion gain [CI]", "insertion AUC"]
-        headers += ["random", "insertion gain [CI]", "images", "verdict"]
+        headers = ["method", "deletion AUC (random)", "deletion gain [CI]"]
+        headers += ["insertion AUC (random)", "insertion gain [CI]", "images", "verdict"]
         parts.append(
             table(
                 "Faithfulness: deletion and insertion AUC against a random order (gain > 0 is "
@@ -112,7 +110,7 @@ def _faithfulness(rep: dict[str, Any], figures: _Figures) -> list[Any]:
                 headers,
                 rows,
                 table_id="faithfulness",
-                numeric=range(1, 8),
+                numeric=range(1, 6),
             )
         )
         parts += figures.get("deletion_insertion", "deletion and insertion curves")
@@ -187,11 +185,13 @@ def _cam_gallery(run: RunArtifacts, figures: _Figures) -> list[Any]:
     names = run.class_names
     order = [f"cam_{n}_{k}" for n in names for k in ("correct", "wrong")]
     order += sorted(s for s in figures.stems if s.startswith("cam_") and s not in order)
+    # Per-class grids two to a row; the top losses and confused pairs (more images) span it.
     grids = [
         figure(
             figures.folder / f"{stem}.png",
             cam_caption(stem, method, names),
             stem.replace("_", " "),
+            css=None if stem.endswith(("_correct", "_wrong")) else "wide",
         )
         for stem in order
         if stem in figures.stems

@@ -13,15 +13,15 @@ from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.manifest import DATA_INPUT
 from deepsight_tf.core.storage import atomic_write_text
 from deepsight_tf.core.workspace import Workspace
-from deepsight_tf.report.artifacts import (
+from deepsight_tf.reporting.artifacts import (
     Headline,
     RunArtifacts,
     load_run_artifacts,
     make_headline,
     scored_summary,
 )
-from deepsight_tf.report.captions import CAPTIONS
-from deepsight_tf.report.html import (
+from deepsight_tf.reporting.captions import CAPTIONS
+from deepsight_tf.reporting.html import (
     Html,
     badge,
     element,
@@ -35,9 +35,9 @@ from deepsight_tf.report.html import (
     table,
     value_span,
 )
-from deepsight_tf.report.results_section import pct_points
-from deepsight_tf.report.run_page import PROVENANCE_SUFFIXES, ReportResult, provenance
-from deepsight_tf.report.training_section import SETTINGS_SHOWN, plain
+from deepsight_tf.reporting.results_section import pct_points
+from deepsight_tf.reporting.run_page import PROVENANCE_SUFFIXES, ReportResult, provenance
+from deepsight_tf.reporting.training_section import SETTINGS_SHOWN, plain
 
 TOP_CHANGES = 8  # confusion cells listed as got better / got worse
 

@@ -9,6 +9,7 @@ writes the run folder. Every file goes through an atomic write; the manifest com
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import tempfile
 import time
@@ -21,10 +22,11 @@ import numpy as np
 
 from deepsight_tf.core.errors import ConfigError, GateFailedError, TrainingInterrupted
 from deepsight_tf.core.manifest import Manifest, now_iso
-from deepsight_tf.core.progress import Notify, Progress
+from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.storage import atomic_save_npz, atomic_write_json, read_json, storage_error
 from deepsight_tf.core.workspace import (
+    BATCH_FIGURE,
     CHECKPOINTS_DIR,
     CONFIG_FILE,
     HISTORY_FILE,
@@ -32,13 +34,14 @@ from deepsight_tf.core.workspace import (
     METRICS_FILE,
     MODEL_FILE,
     PREDICTIONS_FILE,
+    SCHEDULE_FIGURE,
     TENSORBOARD_DIR,
     Workspace,
 )
 from deepsight_tf.model.classifier import describe
 from deepsight_tf.model.preprocessing import Preprocessing
 from deepsight_tf.model.saving import save_classifier
-from deepsight_tf.train.callbacks import (
+from deepsight_tf.training.callbacks import (
     Checkpointer,
     DivergenceGuard,
     HistoryRecorder,
@@ -49,14 +52,15 @@ from deepsight_tf.train.callbacks import (
     assign_all,
     stop_on_interrupt,
 )
-from deepsight_tf.train.checkpoints import CheckpointStore, Commit, save_weights_npz
-from deepsight_tf.train.data import TrainingData, training_data
-from deepsight_tf.train.distribute import is_chief, make_strategy, shard_by_data
-from deepsight_tf.train.feature_cache import cached_head, can_cache_features
-from deepsight_tf.train.history import read_history, write_history
-from deepsight_tf.train.metrics import classification_scores, training_metrics
-from deepsight_tf.train.pipeline import make_eval_dataset
-from deepsight_tf.train.plan import (
+from deepsight_tf.training.checkpoints import CheckpointStore, Commit, save_weights_npz
+from deepsight_tf.training.data import TrainingData, training_data
+from deepsight_tf.training.distribute import is_chief, make_strategy, shard_by_data
+from deepsight_tf.training.feature_cache import cached_head, can_cache_features
+from deepsight_tf.training.figures import draw_inputs
+from deepsight_tf.training.history import read_history, write_history
+from deepsight_tf.training.metrics import classification_scores, training_metrics
+from deepsight_tf.training.pipeline import make_eval_dataset
+from deepsight_tf.training.plan import (
     PhasePlan,
     check_schedule,
     default_run_id,
@@ -64,12 +68,14 @@ from deepsight_tf.train.plan import (
     plan_phases,
     resolve_settings,
 )
-from deepsight_tf.train.prepare import Prepared, phase_optimizer, prepare, set_trainable
-from deepsight_tf.train.record import RunRecord
-from deepsight_tf.train.schedules import OneCycle
+from deepsight_tf.training.prepare import Prepared, phase_optimizer, prepare, set_trainable
+from deepsight_tf.training.record import RunRecord
+from deepsight_tf.training.schedules import OneCycle
+from deepsight_tf.training.timing import estimate_run
+from deepsight_tf.training.tta import predict_probs
 
 # Settings that may differ on --resume: they do not change what the run computes.
-RESUME_FREE = frozenset({"resume", "run_id", "checkpoint_minutes"})
+RESUME_FREE = frozenset({"resume", "run_id", "checkpoint_minutes", "keep_checkpoints", "estimate"})
 
 
 @dataclass
@@ -114,10 +120,6 @@ def run_config(
     }
 
 
-def predict_probs(model: Any, dataset: Any) -> np.ndarray:
-    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
-
-
 # The phase --------------------------------------------------------------------------------
 def train(
     settings: TrainSettings,
@@ -125,6 +127,7 @@ def train(
     progress: Progress | None = None,
     notify: Notify | None = None,
     explicit: set[str] | None = None,
+    monitor: TrainingMonitor | None = None,
 ) -> TrainResult:
     """Train a classifier on scrub's split, evaluate it on the test set, apply the MVA gate.
 
@@ -132,7 +135,8 @@ def train(
     so a run below the gate still keeps its model, metrics and predictions for `interpret`.
     With `resume`, an unfinished run continues from its last commit (see checkpoints.py)
     with its stored settings; `explicit` names the settings the user gave, which must agree
-    with them (None: all of `settings` must).
+    with them (None: all of `settings` must). `monitor` hears the pre-flight estimate, every
+    step (with the running loss and accuracy) and every epoch's history row.
     """
     if settings.resume and not settings.run_id:
         raise ConfigError("--resume needs the --run-id of the run to continue")
@@ -155,7 +159,7 @@ def train(
         # Other workers of a multi-worker run write to scratch; only the chief owns the run.
         run_dir = Path(tempfile.mkdtemp(prefix="deepsight-worker-")) / run_id
         lock = contextlib.nullcontext()
-    run = _Run(settings, unfreeze, data, workspace, run_id, run_dir, progress, notify)
+    run = _Run(settings, unfreeze, data, workspace, run_id, run_dir, progress, notify, monitor)
     with lock:
         _refuse_existing(run_dir, run_id, settings.resume)
         try:
@@ -217,14 +221,16 @@ def _resumable_settings(
     the result, such as how often to checkpoint, may differ)."""
     stored = read_json(run_dir / CONFIG_FILE)["settings"]
     current = asdict(settings)
-    compare = (set(current) if explicit is None else explicit) - RESUME_FREE
-    changed = sorted(k for k in compare if k in stored and stored[k] != current[k])
+    given = set(current) if explicit is None else explicit
+    changed = sorted(k for k in given - RESUME_FREE if k in stored and stored[k] != current[k])
     if changed:
         raise ConfigError(
             f"--resume with different settings ({', '.join(changed)}) than "
             f"{run_dir / CONFIG_FILE}; drop them or rerun with the original values"
         )
-    kept = {k: v for k, v in stored.items() if k in current and k not in RESUME_FREE}
+    # Free settings typed now win; every other setting is the stored run's.
+    overridden = (given & RESUME_FREE) | {"resume", "run_id"}
+    kept = {k: v for k, v in stored.items() if k in current and k not in overridden}
     return replace(settings, **kept)
 
 
@@ -234,6 +240,8 @@ class _Evaluation:
     test_probs: np.ndarray
     val: dict[str, Any]
     test: dict[str, Any]
+    test_probs_plain: np.ndarray | None = None  # without test-time augmentation, when used
+    plain: dict[str, Any] | None = None
 
 
 class _Run:
@@ -249,10 +257,12 @@ class _Run:
         run_dir: Path,
         progress: Progress | None,
         notify: Notify | None,
+        monitor: TrainingMonitor | None,
     ) -> None:
         self.settings, self.unfreeze, self.data = settings, unfreeze, data
         self.workspace, self.run_id, self.run_dir = workspace, run_id, run_dir
         self.progress, self.notify = progress, notify
+        self.monitor = monitor or TrainingMonitor()
         self.control = RunControl()
         self.resumed_commit: Commit | None = None
 
@@ -294,12 +304,31 @@ class _Run:
             )
         )
         history = self._resumed_history(phases, restored[0] if restored else None)
+        draw_inputs(self.run_dir, prepared, phases, data.class_names, self.settings.pct_start)
+        self._announce_estimate(prepared, phases, strategy)
         fitter = _Fitter(self, prepared, store, val_ds, history, phases, created)
         epochs_run = fitter.fit_all(restored)
         if self.control.last_commit is not None and self.control.last_commit.best_file:
             prepared.model.set_weights(store.best_weights(self.control.last_commit))
         scores = self._evaluate(prepared, val_ds)
         return self._write_results(prepared, phases, history, scores, epochs_run, started, start)
+
+    def _announce_estimate(
+        self, prepared: Prepared, phases: list[PhasePlan], strategy: Any
+    ) -> None:
+        """The pre-flight estimate, to the monitor and as a note (one device only: a probe
+        outside the strategy's replica context would not be the step it runs)."""
+        if not self.settings.estimate or strategy.num_replicas_in_sync > 1:
+            return
+        estimate = estimate_run(
+            prepared,
+            phases,
+            self.settings,
+            self.unfreeze,
+            (len(self.data.val_indices), len(self.data.dataset.y_test)),
+            steps_done=self.control.step,
+        )
+        self.monitor.estimate(estimate)
 
     def _restore(self, store: CheckpointStore, prepared: Prepared) -> tuple[Commit, dict] | None:
         """Put the last usable commit's variables back into the model (None: start afresh)."""
@@ -345,15 +374,21 @@ class _Run:
             data.num_classes,
             **prepared.eval_args,
         )
-        val_probs = predict_probs(prepared.model, val_ds)
-        test_probs = predict_probs(prepared.model, test_ds)
+        mode = self.settings.tta
+        val_probs = predict_probs(prepared.model, val_ds, mode)
+        test_probs = predict_probs(prepared.model, test_ds, mode)
         val_labels = data.y_train[self.data.val_indices]
-        return _Evaluation(
+        scores = _Evaluation(
             val_probs,
             test_probs,
             _held_out(classification_scores(val_labels, val_probs, data.class_names)),
             _held_out(classification_scores(data.y_test, test_probs, data.class_names)),
         )
+        if mode != "none":
+            plain = predict_probs(prepared.model, test_ds)
+            scores.test_probs_plain = plain
+            scores.plain = _held_out(classification_scores(data.y_test, plain, data.class_names))
+        return scores
 
     def _write_results(
         self,
@@ -369,6 +404,9 @@ class _Run:
         data, run_dir, settings = self.data.dataset, self.run_dir, self.settings
         passed = scores.test["accuracy"] >= settings.mva
         save_classifier(prepared.model, run_dir / MODEL_FILE)
+        plain = {}
+        if scores.test_probs_plain is not None:
+            plain["test_probs_plain"] = scores.test_probs_plain
         atomic_save_npz(
             run_dir / PREDICTIONS_FILE,
             test_probs=scores.test_probs,
@@ -377,6 +415,7 @@ class _Run:
             val_probs=scores.val_probs,
             val_labels=data.y_train[self.data.val_indices],
             val_indices=self.data.val_indices,
+            **plain,
         )
         result = TrainResult(
             run_id=self.run_id,
@@ -397,9 +436,10 @@ class _Run:
             history=history,
             resumed_from=self.resumed_from(self.resumed_commit),
         )
-        atomic_write_json(
-            run_dir / METRICS_FILE, metrics_document(result, data.name, data.class_names)
-        )
+        document = metrics_document(result, data.name, data.class_names)
+        if scores.plain is not None:
+            document["tta"] = {"mode": settings.tta, "test_without": scores.plain}
+        atomic_write_json(run_dir / METRICS_FILE, document)
         self.workspace.write_manifest(
             run_dir,
             Manifest(
@@ -407,23 +447,28 @@ class _Run:
                 settings=asdict(settings),
                 seed=settings.seed,
                 inputs=self.data.inputs,
-                outputs={
-                    name: ""
-                    for name in (
-                        CONFIG_FILE,
-                        HISTORY_FILE,
-                        MODEL_FILE,
-                        METRICS_FILE,
-                        PREDICTIONS_FILE,
-                    )
-                },
+                outputs={name: "" for name in RUN_OUTPUTS},
                 started=started,
                 finished=now_iso(),
                 duration_s=result.duration_s,
                 extra={"dataset": data.name, "precision": prepared.precision},
             ),
         )
+        if not settings.keep_checkpoints:
+            # The run is complete and vouched for: its commits have nothing left to resume.
+            shutil.rmtree(run_dir / CHECKPOINTS_DIR, ignore_errors=True)
         return result
+
+
+RUN_OUTPUTS = (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    BATCH_FIGURE,
+    SCHEDULE_FIGURE,
+)
 
 
 def _held_out(scores: dict[str, Any]) -> dict[str, Any]:
@@ -564,8 +609,10 @@ class _Fitter:
         run, control = self.run, self.run.control
         return [
             DivergenceGuard(control),
-            StepProgress(run.progress, run.notify, self.total_steps, control.step),
-            HistoryRecorder(run.run_dir / HISTORY_FILE, self.history, phase, epoch_offset, control),
+            StepProgress(run.progress, run.monitor, self.total_steps, control.step),
+            HistoryRecorder(
+                run.run_dir / HISTORY_FILE, self.history, phase, epoch_offset, control, run.monitor
+            ),
             Checkpointer(
                 self.store,
                 self.prepared.model,

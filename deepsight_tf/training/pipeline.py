@@ -16,7 +16,7 @@ from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.settings import MIX_MODES
 from deepsight_tf.core.workspace import METRICS_FILE
 from deepsight_tf.model.preprocessing import Preprocessing
-from deepsight_tf.train.augment import BatchAugmenter, check_preset
+from deepsight_tf.training.augment import BatchAugmenter, check_preset
 
 # A class the previous run never got right would otherwise get an infinite weight; 0.05 caps the
 # ratio between the largest and the smallest weight from a recall file at 20.

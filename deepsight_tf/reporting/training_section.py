@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deepsight_tf.core.workspace import FIGURES_DIR, HISTORY_FILE
-from deepsight_tf.report.artifacts import RunArtifacts
-from deepsight_tf.report.captions import CAPTIONS
-from deepsight_tf.report.html import (
+from deepsight_tf.core.workspace import BATCH_FIGURE, HISTORY_FIGURE, HISTORY_FILE, SCHEDULE_FIGURE
+from deepsight_tf.reporting.artifacts import RunArtifacts
+from deepsight_tf.reporting.captions import CAPTIONS
+from deepsight_tf.reporting.html import (
     Html,
     element,
     figure,
@@ -18,9 +18,8 @@ from deepsight_tf.report.html import (
     paragraph,
     section,
 )
-from deepsight_tf.report.html import table as html_table
+from deepsight_tf.reporting.html import table as html_table
 
-HISTORY_FIGURE = f"{FIGURES_DIR}/training_history.png"  # in runs/<id>/, drawn by the report
 SETTINGS_SHOWN = (
     "backbone",
     "weights",
@@ -93,6 +92,7 @@ def training_section(run: RunArtifacts, history_figure: Path | None) -> Html:
             table_id="phases",
             numeric=(0, 3, 4, 5, 6),
         ),
+        *_input_figures(run),
         element("h3", "Curves"),
     ]
     if history_figure is not None:
@@ -101,6 +101,15 @@ def training_section(run: RunArtifacts, history_figure: Path | None) -> Html:
         parts.append(figure(history_figure, caption, "training history"))
     parts.append(_history_table(run))
     return section("training", "Training", parts)
+
+
+def _input_figures(run: RunArtifacts) -> list[Any]:
+    """What the model was fed (a real batch) and the schedule each phase followed."""
+    shown = [
+        figure(run.run_dir / BATCH_FIGURE, CAPTIONS["batch"], "a training batch"),
+        figure(run.run_dir / SCHEDULE_FIGURE, CAPTIONS["schedule"], "one-cycle schedules"),
+    ]
+    return [element("div", shown, class_="side-by-side")]
 
 
 def _config_pairs(run: RunArtifacts) -> list[tuple[str, str]]:

@@ -26,10 +26,12 @@ from deepsight_tf.core.workspace import (
     Workspace,
 )
 from deepsight_tf.model.preprocessing import Preprocessing
-from deepsight_tf.train.history import read_history
-from deepsight_tf.train.plan import PhasePlan
+from deepsight_tf.training.history import read_history
+from deepsight_tf.training.plan import PhasePlan
 
 TRAIN_HINT = "deepsight train"
+# What every reader of metrics.json relies on (training/loop.py's metrics_document writes it).
+METRICS_KEYS = ("dataset", "class_names", "val", "test", "mva", "passed", "duration_s")
 
 
 def read_preprocessing(run_dir: Path) -> Preprocessing:
@@ -86,6 +88,9 @@ class RunRecord:
             settings = TrainSettings(**{k: v for k, v in config["settings"].items() if k in fields})
             preprocessing = Preprocessing.from_dict(config["preprocessing"])
             phases = [PhasePlan.from_dict(p) for p in config["phases"]]
+            missing = [key for key in METRICS_KEYS if key not in metrics]
+            if missing:
+                raise KeyError(f"{METRICS_FILE} lacks {', '.join(missing)}")
             metrics["class_names"] = [str(name) for name in metrics["class_names"]]
         except FileNotFoundError as exc:
             raise PrerequisiteError(

@@ -22,7 +22,7 @@ from deepsight_tf.core.workspace import (
     SPLIT_FILE,
     Workspace,
 )
-from deepsight_tf.train.record import RunRecord
+from deepsight_tf.training.record import RunRecord
 
 
 def interpret_hint(run_id: str) -> str:

@@ -20,6 +20,11 @@ CAPTIONS = {
     "airplanes, water behind ships) is a shortcut the model can learn without the object.",
     "brightness_contrast": "Brightness and contrast per class. Classes that differ here can be "
     "told apart by global statistics, without looking at shapes.",
+    "batch": "The run's first training batch as the model was fed it: after augmentation, "
+    "resizing and mixing (normalisation undone for display), each image with its target. "
+    "Check that the augmentation keeps the object recognisable and that the labels fit.",
+    "schedule": "Learning rate and momentum of every optimizer step, one cycle per phase "
+    "(dashed lines: a phase starts). The rate warms up, peaks, then anneals towards zero.",
     "training_history": "Loss, macro-F1 and learning rate per epoch, training against validation. "
     "Look for validation loss rising while training loss falls (over-fitting), a gap that keeps "
     "widening, and jumps at the start of a phase.",

@@ -1,0 +1,53 @@
+"""Test-time augmentation: the model's probabilities averaged over mirrored and shifted views.
+
+Views are made from the preprocessed batch (after resize and normalisation), so every view
+is what the model could have been fed in training: a horizontal mirror, and for flip-shift
+the image moved by 1/16 of its side up, down, left and right (reflect-padded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from deepsight_tf.core.settings import TTA_MODES
+
+View = Callable[[tf.Tensor], tf.Tensor]
+
+
+def _shift(dy: int, dx: int) -> View:
+    def view(images: tf.Tensor) -> tf.Tensor:
+        size = images.shape[1]
+        pad = max(abs(dy), abs(dx))
+        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        return padded[:, pad + dy : pad + dy + size, pad + dx : pad + dx + size, :]
+
+    return view
+
+
+def views(mode: str, image_size: int) -> list[View]:
+    """The views of `mode`; "none" is the image alone."""
+    if mode not in TTA_MODES:
+        raise ValueError(f"mode must be one of {TTA_MODES}. Received: {mode!r}")
+    out: list[View] = [lambda images: images]
+    if mode in ("flip", "flip-shift"):
+        out.append(tf.image.flip_left_right)
+    if mode == "flip-shift":
+        step = max(1, image_size // 16)
+        out += [_shift(step, 0), _shift(-step, 0), _shift(0, step), _shift(0, -step)]
+    return out
+
+
+def predict_probs(model: Any, dataset: tf.data.Dataset, mode: str = "none") -> np.ndarray:
+    """Mean softmax over the views of `mode`, for an evaluation dataset of (images, labels)."""
+    image_size = int(dataset.element_spec[0].shape[1])
+    total = None
+    chosen = views(mode, image_size)
+    for view in chosen:
+        images = dataset.map(lambda x, _y, view=view: view(x))
+        probs = np.asarray(model.predict(images, verbose=0), dtype=np.float64)
+        total = probs if total is None else total + probs
+    return (total / len(chosen)).astype(np.float32)
