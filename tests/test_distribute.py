@@ -290,7 +290,7 @@ def test_deepsight_train_multiworker_matches_a_one_device_run(tmp_path: Path) ->
     common = [
         *("--weights", "none", "--image-size", "16", "--width-multiplier", "0.0625"),
         *("--frozen-epochs", "2", "--epochs", "0", "--dropout", "0", "--augment", "light"),
-        *("--seed", "4", "--mva", "0"),
+        *("--seed", "4", "--mva", "0", "--precision", "float32"),
     ]
     cli = [sys.executable, "-m", "deepsight_tf", "--workspace", str(ws.root), "train"]
     one = [*cli, "--run-id", "one", "--strategy", "one", "--batch-size", "16", "--lr", "0.1"]

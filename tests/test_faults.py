@@ -127,8 +127,8 @@ def crash() -> None:
 
 @pytest.mark.parametrize(
     ("step", "augment"),
-    [(5, "light"), (20, "light"), (5, "none")],
-    ids=["phase1-pixels", "phase2", "phase1-cached-features"],
+    [(5, "light"), (12, "light"), (20, "light"), (5, "none")],
+    ids=["phase1-pixels", "epoch-end", "phase2", "phase1-cached-features"],
 )
 def test_ctrl_c_stops_at_the_next_step_saves_and_resumes_exactly(
     prepared: Workspace,
@@ -250,7 +250,7 @@ def test_a_crash_after_the_last_commit_still_completes_every_artifact(
 ) -> None:
     """Killed after the final epoch's commit but before the phase's end weights, the model
     and the predictions are written: resume finds training done and finishes the rest."""
-    import deepsight_tf.training.loop as training
+    import deepsight_tf.training.fitting as training
 
     real = training.save_weights_npz
 
@@ -314,7 +314,7 @@ def test_a_full_disk_mid_checkpoint_keeps_the_previous_state_and_resume_complete
     flags = ["--frozen-epochs", "1", "--epochs", "2", "--augment", "light", "--deterministic"]
     flags += ["--checkpoint-minutes", "0", "--weights", "none", "--image-size", "16"]
     flags += ["--width-multiplier", "0.0625", "--batch-size", "8", "--lr", "0.05", "--seed", "1"]
-    flags += ["--mva", "0", "--keep-checkpoints"]
+    flags += ["--mva", "0", "--keep-checkpoints", "--precision", "float32"]
     result = CliRunner().invoke(app, [*args, *flags])
     monkeypatch.undo()
     assert result.exit_code == 10, result.output
@@ -450,6 +450,7 @@ KILL_RUN_FLAGS = [
     *("--weights", "none", "--image-size", "16", "--width-multiplier", "0.0625"),
     *("--batch-size", "4", "--frozen-epochs", "1", "--epochs", "2", "--lr", "0.03"),
     *("--augment", "light", "--seed", "1", "--mva", "0.0", "--deterministic"),
+    *("--precision", "float32"),
 ]
 
 

@@ -16,6 +16,7 @@ from deepsight_tf.training.optim import (
     DifferentialAdamW,
     DifferentialSGD,
     apply_precision,
+    cpu_bfloat16_native,
     is_head_variable,
     loss_scaled,
     make_optimizer,
@@ -366,11 +367,13 @@ def test_resolve_precision():
     assert resolve_precision("auto", capabilities=[(7, 0)]) == "mixed_float16"
     assert resolve_precision("auto", capabilities=[(9, 0), (8, 6)]) == "mixed_float16"
     assert resolve_precision("auto", capabilities=[(8, 0), (6, 1)]) == "float32"
-    assert resolve_precision("auto", capabilities=[]) == "float32"
+    assert resolve_precision("auto", capabilities=[], cpu_bfloat16=False) == "float32"
+    assert resolve_precision("auto", capabilities=[], cpu_bfloat16=True) == "mixed_bfloat16"
     for flag in ("float32", "mixed_float16", "mixed_bfloat16"):
         assert resolve_precision(flag, capabilities=[]) == flag
     if not tf.config.list_physical_devices("GPU"):
-        assert resolve_precision("auto") == "float32"
+        expected = "mixed_bfloat16" if cpu_bfloat16_native() else "float32"
+        assert resolve_precision("auto") == expected
     with pytest.raises(ConfigError, match="--precision"):
         resolve_precision("fp16")
 

@@ -78,6 +78,7 @@ def tiny(**overrides: object) -> TrainSettings:
         seed=1,
         keep_checkpoints=True,  # tests read the phase-end weights
         estimate=False,  # a probe traces a step of its own: seconds per run (test_usability)
+        precision="float32",  # auto is bfloat16 on some CPUs only: the same maths everywhere
         # The gate is not what these runs test (test_gate_failure_exits_8 is): how well a
         # 13-step tiny network learns depends on the CPU's floating-point path.
         mva=0.0,
@@ -117,8 +118,11 @@ def test_metrics_equal_sklearn() -> None:
     assert got["macro_f1"] == pytest.approx(f1_score(labels, probs.argmax(1), average="macro"))
 
 
-def test_a_run_writes_consistent_artifacts(prepared: Workspace) -> None:
-    result = train(tiny(run_id="basic"), prepared)
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_a_run_writes_consistent_artifacts(prepared: Workspace, precision: str) -> None:
+    """Also under bfloat16 compute: the run is scored and stored as its float32 copy, so the
+    stored model reproduces the stored probabilities and diagnostics run at full precision."""
+    result = train(tiny(run_id=f"basic-{precision}", precision=precision), prepared)
     run = Path(result.run_dir)
     assert result.passed  # mva 0
     history = read_history(run / HISTORY_FILE)
@@ -132,6 +136,7 @@ def test_a_run_writes_consistent_artifacts(prepared: Workspace) -> None:
     assert metrics["test"]["accuracy"] == recomputed["accuracy"] == result.test["accuracy"]
     assert metrics["test"]["macro_f1"] == pytest.approx(recomputed["macro_f1"])
     model = keras.saving.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
+    assert {layer.dtype_policy.compute_dtype for layer in model.layers} == {"float32"}
     from deepsight_tf.model.preprocessing import Normalization, preprocess
 
     config = read_json(run / "config.json")

@@ -75,6 +75,26 @@ def check_image_size(size: int, flag: str = "--image-size") -> None:
         )
 
 
+_NUMBER = r"(\d+(?:\.\d+)?)"
+_DURATION = re.compile(rf"^(?:{_NUMBER}h)?\s*(?:{_NUMBER}m)?\s*(?:{_NUMBER}s)?$")
+
+
+def parse_duration(text: str, flag: str = "--budget") -> float:
+    """Seconds in a duration such as 10m, 1h30m, 90s or 1.5h (a bare number is minutes)."""
+    stripped = str(text).strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", stripped):
+        seconds = float(stripped) * 60
+    else:
+        match = _DURATION.match(stripped)
+        if not stripped or match is None or not any(match.groups()):
+            raise ConfigError(f"{flag} {text!r}: give a duration such as 10m, 1h30m or 600s")
+        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if seconds <= 0:
+        raise ConfigError(f"{flag} {text!r}: give a duration above zero")
+    return seconds
+
+
 # Data set names and run ids name folders in the workspace: no separators, no leading dot.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 Progress = Callable[[str, int, int], None]
@@ -11,6 +14,9 @@ Progress = Callable[[str, int, int], None]
 
 Notify = Callable[[str], None]
 """notify(message): a one-line note for the user (an estimate, a phase starting, a warning)."""
+
+
+_IMPORTED = time.monotonic()
 
 
 @dataclass
@@ -79,3 +85,15 @@ def epoch_line(row: Mapping[str, Any]) -> str:
     parts = [f"phase {row.get('phase')} epoch {row.get('epoch')}"]
     parts += [f"{short} {row[key]:{spec}}" for key, short, spec in EPOCH_FIELDS if key in row]
     return "  ".join(parts)
+
+
+def command_seconds() -> float:
+    """Seconds since this process started (Linux's /proc), else since deepsight was imported:
+    a --budget counts the whole command, imports and data loading included."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(uptime - int(fields[19]) / ticks, 0.0)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from deepsight_tf.core.checks import MAX_IMAGE_SIZE, check_image_size, check_name
+from deepsight_tf.core.checks import MAX_IMAGE_SIZE, check_image_size, check_name, parse_duration
 from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.workspace import METRICS_FILE, MODEL_FILE
 
@@ -213,6 +213,14 @@ class TrainSettings(Settings):
         None, "Head-only epochs (phase 1). Default: 1 with pretrained weights, else 0.", ge=0
     )
     epochs: int = setting(4, "Epochs with stages unfrozen (phase 2).", ge=0)
+    budget: str | None = setting(
+        None,
+        "Wall time for the whole command, e.g. 10m, 1h30m, 600s: sets --epochs (and the steps "
+        "of the last epoch) from the pre-flight step timing.",
+    )
+    last_epoch_steps: int | None = setting(
+        None, "Steps in the last epoch of phase 2 (set by --budget).", ge=1, cli=False
+    )
     unfreeze: str | None = setting(
         None, "Stages to unfreeze: 3,4 or all. Default: 3,4 pretrained, all from scratch."
     )
@@ -263,6 +271,8 @@ class TrainSettings(Settings):
 
     def check(self) -> None:
         check_image_size(self.image_size)
+        if self.budget is not None:
+            parse_duration(self.budget)
         if self.unfreeze is not None and not _UNFREEZE.match(self.unfreeze):
             raise ConfigError(
                 f"--unfreeze {self.unfreeze!r}: give stage numbers such as 3,4, or all"

@@ -145,3 +145,27 @@ def describe(model: keras.Model) -> ModelDescription:
         backbone_trainable_params=count(backbone_variables(model)),
         head_trainable_params=count(head_variables(model)),
     )
+
+
+def float32_classifier(model: keras.Model) -> keras.Model:
+    """The same classifier computing in float32 throughout, with the same weights.
+
+    A mixed-precision run (bfloat16 or float16 compute, float32 variables) is scored and
+    stored as this copy: the test metrics, predict, export and every diagnostic then see one
+    model, and Grad-CAM's gradients are taken at full precision. A float32 model is returned
+    as it is.
+    """
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        return model
+
+    def retyped(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")  # the input layer takes the global policy
+    try:
+        copy = keras.models.clone_model(model, clone_function=retyped)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy

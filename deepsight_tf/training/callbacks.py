@@ -192,15 +192,20 @@ class Checkpointer(keras.callbacks.Callback):
         if self.control.diverged_step is not None:
             return
         if self.control.stop_requested:
+            if self.control.batch >= self._epoch_steps():
+                return  # the epoch's last step: on_epoch_end validates, commits and stops
             self._commit(with_metrics=True)
             if self.control.diverged_step is None:
                 raise StopRequested
         if (
             self.interval_s
             and time.monotonic() - self._last >= self.interval_s
-            and self.control.batch < self.steps_per_epoch  # the epoch end commits next
+            and self.control.batch < self._epoch_steps()  # the epoch end commits next
         ):
             self._commit(with_metrics=True)
+
+    def _epoch_steps(self) -> int:
+        return self.phase.epoch_steps(self.control.epoch, self.steps_per_epoch)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.control.diverged_step is not None:

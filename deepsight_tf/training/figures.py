@@ -37,7 +37,7 @@ def draw_inputs(
     save_figure(figure, run_dir / BATCH_FIGURE)
     curves, starts, offset = [], [], 0
     for phase in phases:
-        total = prepared.steps_per_epoch * phase.epochs
+        total = phase.total_steps(prepared.steps_per_epoch)
         steps, lrs, momenta = OneCycle(phase.peak_lr, total, pct_start=pct_start).curve()
         curves.append((steps + offset, lrs, momenta))
         starts.append(offset)

@@ -20,9 +20,10 @@ from typing import Any
 import keras
 import numpy as np
 
+from deepsight_tf.core.checks import parse_duration
 from deepsight_tf.core.errors import ConfigError, GateFailedError, TrainingInterrupted
 from deepsight_tf.core.manifest import Manifest, now_iso
-from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor
+from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor, command_seconds
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.storage import atomic_save_npz, atomic_write_json, read_json, storage_error
 from deepsight_tf.core.workspace import (
@@ -35,30 +36,24 @@ from deepsight_tf.core.workspace import (
     MODEL_FILE,
     PREDICTIONS_FILE,
     SCHEDULE_FIGURE,
-    TENSORBOARD_DIR,
     Workspace,
 )
-from deepsight_tf.model.classifier import describe
+from deepsight_tf.model.classifier import describe, float32_classifier
 from deepsight_tf.model.preprocessing import Preprocessing
 from deepsight_tf.model.saving import save_classifier
 from deepsight_tf.training.callbacks import (
-    Checkpointer,
-    DivergenceGuard,
-    HistoryRecorder,
-    RestoreMetrics,
     RunControl,
-    StepProgress,
     StopRequested,
     assign_all,
     stop_on_interrupt,
 )
-from deepsight_tf.training.checkpoints import CheckpointStore, Commit, save_weights_npz
+from deepsight_tf.training.checkpoints import CheckpointStore, Commit
 from deepsight_tf.training.data import TrainingData, training_data
 from deepsight_tf.training.distribute import is_chief, make_strategy, shard_by_data
-from deepsight_tf.training.feature_cache import cached_head, can_cache_features
 from deepsight_tf.training.figures import draw_inputs
+from deepsight_tf.training.fitting import PhaseFitter
 from deepsight_tf.training.history import read_history, write_history
-from deepsight_tf.training.metrics import classification_scores, training_metrics
+from deepsight_tf.training.metrics import classification_scores
 from deepsight_tf.training.pipeline import make_eval_dataset
 from deepsight_tf.training.plan import (
     PhasePlan,
@@ -68,10 +63,9 @@ from deepsight_tf.training.plan import (
     plan_phases,
     resolve_settings,
 )
-from deepsight_tf.training.prepare import Prepared, phase_optimizer, prepare, set_trainable
+from deepsight_tf.training.prepare import Prepared, prepare
 from deepsight_tf.training.record import RunRecord
-from deepsight_tf.training.schedules import OneCycle
-from deepsight_tf.training.timing import estimate_run
+from deepsight_tf.training.timing import StepCosts, estimate_run, probe, size_to_budget
 from deepsight_tf.training.tta import predict_probs
 
 # Settings that may differ on --resume: they do not change what the run computes.
@@ -160,6 +154,7 @@ def train(
         run_dir = Path(tempfile.mkdtemp(prefix="deepsight-worker-")) / run_id
         lock = contextlib.nullcontext()
     run = _Run(settings, unfreeze, data, workspace, run_id, run_dir, progress, notify, monitor)
+    policy = keras.config.dtype_policy()  # the run sets its own; the caller gets theirs back
     with lock:
         _refuse_existing(run_dir, run_id, settings.resume)
         try:
@@ -174,6 +169,8 @@ def train(
                 f"{run_id} --resume",
                 run.control.stop_signal or signal.SIGINT,
             ) from None
+        finally:
+            keras.config.set_dtype_policy(policy)
         if run.control.stop_requested:  # Ctrl-C during the final evaluation: all of it is saved
             raise TrainingInterrupted(
                 f"interrupted after training; the run at {run_dir} is complete",
@@ -270,7 +267,11 @@ class _Run:
         started, start = now_iso(), time.perf_counter()
         data = self.data.dataset
         prepared = prepare(self.settings, self.data, self.workspace, strategy)
+        costs = self._probe(prepared, strategy)
         phases = plan_phases(self.settings, prepared.distribution["lr"])
+        if self.settings.budget and self.settings.last_epoch_steps is None and costs:
+            # Sized once; config.json keeps the epochs and steps, so a resume repeats them.
+            phases = self._fit_to_budget(costs, prepared, phases)
         check_schedule(
             phases,
             prepared.steps_per_epoch,
@@ -305,30 +306,57 @@ class _Run:
         )
         history = self._resumed_history(phases, restored[0] if restored else None)
         draw_inputs(self.run_dir, prepared, phases, data.class_names, self.settings.pct_start)
-        self._announce_estimate(prepared, phases, strategy)
-        fitter = _Fitter(self, prepared, store, val_ds, history, phases, created)
+        if costs is not None and self.settings.estimate:
+            self.monitor.estimate(
+                estimate_run(
+                    costs, prepared, phases, self.settings, self._eval_images(), self.control.step
+                )
+            )
+        fitter = PhaseFitter(self, prepared, store, val_ds, history, phases, created)
         epochs_run = fitter.fit_all(restored)
         if self.control.last_commit is not None and self.control.last_commit.best_file:
             prepared.model.set_weights(store.best_weights(self.control.last_commit))
-        scores = self._evaluate(prepared, val_ds)
-        return self._write_results(prepared, phases, history, scores, epochs_run, started, start)
-
-    def _announce_estimate(
-        self, prepared: Prepared, phases: list[PhasePlan], strategy: Any
-    ) -> None:
-        """The pre-flight estimate, to the monitor and as a note (one device only: a probe
-        outside the strategy's replica context would not be the step it runs)."""
-        if not self.settings.estimate or strategy.num_replicas_in_sync > 1:
-            return
-        estimate = estimate_run(
-            prepared,
-            phases,
-            self.settings,
-            self.unfreeze,
-            (len(self.data.val_indices), len(self.data.dataset.y_test)),
-            steps_done=self.control.step,
+        final = float32_classifier(prepared.model)  # scored and stored at full precision
+        scores = self._evaluate(final, prepared, val_ds)
+        return self._write_results(
+            final, prepared, phases, history, scores, epochs_run, started, start
         )
-        self.monitor.estimate(estimate)
+
+    def _probe(self, prepared: Prepared, strategy: Any) -> StepCosts | None:
+        """Timed steps for the estimate and the budget (one device only: a probe outside the
+        strategy's replica context would not be the step the run takes)."""
+        wanted = self.settings.estimate or (
+            self.settings.budget and self.settings.last_epoch_steps is None
+        )
+        if not wanted:
+            return None
+        if strategy.num_replicas_in_sync > 1:
+            if self.settings.budget and self.settings.last_epoch_steps is None:
+                raise ConfigError("--budget times the step on one device; give --epochs instead")
+            return None
+        phases = plan_phases(self.settings, prepared.distribution["lr"])
+        return probe(prepared, phases, self.settings, self.unfreeze)
+
+    def _eval_images(self) -> tuple[int, int]:
+        return len(self.data.val_indices), len(self.data.dataset.y_test)
+
+    def _fit_to_budget(
+        self, costs: StepCosts, prepared: Prepared, phases: list[PhasePlan]
+    ) -> list[PhasePlan]:
+        """The last phase's epochs and last-epoch steps that end the command within --budget."""
+        settings = self.settings
+        left = parse_duration(settings.budget) - command_seconds()
+        epochs, last = size_to_budget(costs, prepared, phases, settings, self._eval_images(), left)
+        self.settings = replace(settings, epochs=epochs, last_epoch_steps=last)
+        phases = plan_phases(self.settings, prepared.distribution["lr"])
+        if self.notify:
+            steps = phases[-1].total_steps(prepared.steps_per_epoch)
+            self.notify(
+                f"--budget {settings.budget}: {epochs} epochs of phase {phases[-1].index} "
+                f"({steps} steps, the last epoch {last} of {prepared.steps_per_epoch}) in the "
+                f"{left:.0f} s left"
+            )
+        return phases
 
     def _restore(self, store: CheckpointStore, prepared: Prepared) -> tuple[Commit, dict] | None:
         """Put the last usable commit's variables back into the model (None: start afresh)."""
@@ -365,7 +393,7 @@ class _Run:
         write_history(path, history)
         return history
 
-    def _evaluate(self, prepared: Prepared, val_ds: Any) -> _Evaluation:
+    def _evaluate(self, model: Any, prepared: Prepared, val_ds: Any) -> _Evaluation:
         data = self.data.dataset
         test_ds = make_eval_dataset(
             data.x_test,
@@ -375,8 +403,8 @@ class _Run:
             **prepared.eval_args,
         )
         mode = self.settings.tta
-        val_probs = predict_probs(prepared.model, val_ds, mode)
-        test_probs = predict_probs(prepared.model, test_ds, mode)
+        val_probs = predict_probs(model, val_ds, mode)
+        test_probs = predict_probs(model, test_ds, mode)
         val_labels = data.y_train[self.data.val_indices]
         scores = _Evaluation(
             val_probs,
@@ -385,13 +413,14 @@ class _Run:
             _held_out(classification_scores(data.y_test, test_probs, data.class_names)),
         )
         if mode != "none":
-            plain = predict_probs(prepared.model, test_ds)
+            plain = predict_probs(model, test_ds)
             scores.test_probs_plain = plain
             scores.plain = _held_out(classification_scores(data.y_test, plain, data.class_names))
         return scores
 
     def _write_results(
         self,
+        model: Any,
         prepared: Prepared,
         phases: list[PhasePlan],
         history: list[dict[str, Any]],
@@ -403,7 +432,7 @@ class _Run:
         """model.keras, predictions.npz, metrics.json, then the manifest that vouches for them."""
         data, run_dir, settings = self.data.dataset, self.run_dir, self.settings
         passed = scores.test["accuracy"] >= settings.mva
-        save_classifier(prepared.model, run_dir / MODEL_FILE)
+        save_classifier(model, run_dir / MODEL_FILE)
         plain = {}
         if scores.test_probs_plain is not None:
             plain["test_probs_plain"] = scores.test_probs_plain
@@ -492,168 +521,6 @@ def metrics_document(result: TrainResult, dataset: str, class_names: list[str]) 
         "train_images": result.train_images,
         "params": result.params,
     }
-
-
-class _Fitter:
-    """The phases of one run, each a fit per epoch, with the callbacks that commit its state."""
-
-    def __init__(
-        self,
-        run: _Run,
-        prepared: Prepared,
-        store: CheckpointStore,
-        val_ds: Any,
-        history: list[dict[str, Any]],
-        phases: list[PhasePlan],
-        created: str,
-    ) -> None:
-        self.run, self.prepared, self.store = run, prepared, store
-        self.val_ds, self.history, self.phases, self.created = val_ds, history, phases, created
-        self.total_steps = prepared.steps_per_epoch * sum(p.epochs for p in phases)
-
-    def fit_all(self, restored: tuple[Commit, dict] | None) -> int:
-        """Every phase not yet done; returns the number of epochs the run has when finished."""
-        here = restored[0].position if restored else None
-        epoch_offset = 0
-        for phase in self.phases:
-            phase_end = self.run.run_dir / CHECKPOINTS_DIR / f"phase{phase.index}.end.weights.npz"
-            done = here is not None and (
-                phase.index < here.phase
-                or (phase.index == here.phase and here.epoch == phase.epochs)
-            )
-            if done:
-                if phase.index == here.phase and not phase_end.is_file():
-                    # Killed between this phase's last commit and its end file: the restored
-                    # model is that phase's end.
-                    save_weights_npz(self.prepared.model, phase_end)
-            else:
-                inside = restored if here is not None and phase.index == here.phase else None
-                self._fit_phase(phase, epoch_offset, inside)
-                save_weights_npz(self.prepared.model, phase_end)
-                restored = None  # later phases start from this one's end, with fresh optimizers
-            epoch_offset += phase.epochs
-        return epoch_offset
-
-    def _fit_phase(
-        self, phase: PhasePlan, epoch_offset: int, restored: tuple[Commit, dict] | None
-    ) -> None:
-        settings, prepared, control = self.run.settings, self.prepared, self.run.control
-        first_epoch, skip = (
-            (restored[0].position.epoch, restored[0].position.batch) if restored else (0, 0)
-        )
-        set_trainable(prepared.model, phase, settings, self.run.unfreeze)
-        schedule = OneCycle(
-            phase.peak_lr, prepared.steps_per_epoch * phase.epochs, pct_start=settings.pct_start
-        )
-        optimizer = phase_optimizer(settings, phase, schedule)
-        fit_model, fit_val, train_dataset = self._phase_inputs(phase)
-        fit_model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.CategoricalCrossentropy(),
-            metrics=training_metrics(self.run.data.dataset.num_classes),
-            jit_compile=False,
-        )
-        control.epoch, control.batch = first_epoch, skip
-        callbacks = self._callbacks(phase, epoch_offset)
-        if restored:
-            callbacks += self._restore_optimizer(fit_model, fit_val, optimizer, restored[1], skip)
-        if self.run.notify:
-            self.run.notify(
-                f"phase {phase.index}: {phase.name}, {phase.epochs} epochs of "
-                f"{prepared.steps_per_epoch} steps, peak lr {phase.peak_lr:g} "
-                f"(backbone x{phase.backbone_lr_mult:g})"
-            )
-        # One fit per epoch, each on that epoch's own batches (a pure function of the seed and
-        # the epoch number), so an epoch resumed mid-way sees the rest of the same batches.
-        for epoch in range(first_epoch, phase.epochs):
-            fit_model.fit(
-                train_dataset(
-                    first_epoch=epoch_offset + epoch,
-                    skip_batches=skip if epoch == first_epoch else 0,
-                ),
-                validation_data=fit_val,
-                initial_epoch=epoch,
-                epochs=epoch + 1,
-                callbacks=callbacks,
-                verbose=0,
-                shuffle=False,
-            )
-            if control.diverged_step is not None:
-                raise self._diverged(phase, epoch)
-
-    def _phase_inputs(self, phase: PhasePlan) -> tuple[Any, Any, Any]:
-        """The model fit in this phase and its data: the classifier on pixel batches, or for a
-        head phase without pixel augmentation its head on cached backbone features."""
-        settings, prepared, data = self.run.settings, self.prepared, self.run.data
-        if not (phase.trainable == "head" and can_cache_features(settings)):
-            return prepared.model, self.val_ds, prepared.train_dataset
-        dataset = data.dataset
-        cached = cached_head(
-            prepared.model,
-            dataset.x_train,
-            dataset.y_train,
-            data.train_indices,
-            data.val_indices,
-            dataset.num_classes,
-            prepared.eval_args,
-            prepared.distribution["global_batch"],
-            settings.seed,
-            prepared.class_weights,
-            settings.label_smoothing,
-        )
-        if self.run.notify:
-            self.run.notify("phase 1 uses cached backbone features (no pixel augmentation)")
-        return cached.head, cached.val_ds, cached.train_dataset
-
-    def _callbacks(self, phase: PhasePlan, epoch_offset: int) -> list[Any]:
-        run, control = self.run, self.run.control
-        return [
-            DivergenceGuard(control),
-            StepProgress(run.progress, run.monitor, self.total_steps, control.step),
-            HistoryRecorder(
-                run.run_dir / HISTORY_FILE, self.history, phase, epoch_offset, control, run.monitor
-            ),
-            Checkpointer(
-                self.store,
-                self.prepared.model,
-                control,
-                phase,
-                epoch_offset,
-                run.settings.checkpoint_minutes * 60,
-                self.prepared.steps_per_epoch,
-                self.created,
-            ),
-            keras.callbacks.TensorBoard(
-                str(run.run_dir / TENSORBOARD_DIR), write_graph=False, profile_batch=0
-            ),
-        ]
-
-    @staticmethod
-    def _restore_optimizer(
-        fit_model: Any, fit_val: Any, optimizer: Any, arrays: dict, skip: int
-    ) -> list[Any]:
-        """The optimizer's state as committed (its step, so the one-cycle rate; momenta), and
-        mid-epoch a callback that puts back the epoch's metric sums."""
-        optimizer.build(fit_model.trainable_variables)
-        assign_all(optimizer.variables, arrays["optimizer"], "optimizer variables")
-        if not skip:
-            return []
-        fit_model.evaluate(fit_val.take(1), verbose=0)  # builds the metrics' variables
-        return [RestoreMetrics(arrays["metrics"])]
-
-    def _diverged(self, phase: PhasePlan, epoch: int) -> ConfigError:
-        control, last = self.run.control, self.run.control.last_commit
-        kept = (
-            f"the last good checkpoint ({last.position.describe()}, step "
-            f"{last.position.step}) is kept in {self.store.folder}"
-            if last
-            else "nothing was saved"
-        )
-        return ConfigError(
-            f"loss became NaN or infinite at step {control.diverged_step} (phase "
-            f"{phase.index}, epoch {epoch + 1}); training stopped and "
-            f"{kept}; lower --lr and start a new run"
-        )
 
 
 def completed_run(workspace: Workspace, run_id: str) -> TrainResult:

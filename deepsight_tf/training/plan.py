@@ -22,10 +22,25 @@ class PhasePlan:
     trainable: str  # "head" or the stages unfrozen, e.g. "3,4" / "all"
     peak_lr: float  # the head's one-cycle peak, after scaling for the replicas
     backbone_lr_mult: float
+    last_epoch_steps: int | None = None  # a shorter last epoch (--budget); None: a full one
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PhasePlan:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def epoch_steps(self, epoch: int, steps_per_epoch: int) -> int:
+        """Optimizer steps in this phase's `epoch` (0-based)."""
+        if epoch == self.epochs - 1 and self.last_epoch_steps is not None:
+            return min(self.last_epoch_steps, steps_per_epoch)
+        return steps_per_epoch
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps in the whole phase: its one-cycle schedule's length."""
+        if self.epochs <= 0:
+            return 0
+        return (self.epochs - 1) * steps_per_epoch + self.epoch_steps(
+            self.epochs - 1, steps_per_epoch
+        )
 
 
 def resolve_settings(settings: TrainSettings) -> TrainSettings:
@@ -88,7 +103,7 @@ def check_schedule(
 ) -> None:
     """Every phase's one-cycle schedule needs two steps and a warm-up step at least."""
     for phase in phases:
-        steps = steps_per_epoch * phase.epochs
+        steps = phase.total_steps(steps_per_epoch)
         if steps < 2 or pct_start * steps <= 1:
             raise ConfigError(
                 f"phase {phase.index} ({phase.name}) would have {steps} optimizer "
@@ -120,6 +135,7 @@ def plan_phases(settings: TrainSettings, peak_lr: float | None = None) -> list[P
                 settings.unfreeze,
                 lr,
                 settings.backbone_lr_mult,
+                settings.last_epoch_steps,
             )
         )
     return phases

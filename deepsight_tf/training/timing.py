@@ -8,13 +8,16 @@ cost of the final scoring and of each epoch's validation is a third of a step pe
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 
+from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.progress import RunEstimate
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.training.feature_cache import can_cache_features
@@ -22,27 +25,43 @@ from deepsight_tf.training.optim import loss_scaled
 from deepsight_tf.training.plan import PhasePlan
 from deepsight_tf.training.prepare import Prepared, phase_optimizer, set_trainable
 from deepsight_tf.training.step import train_step_function
+from deepsight_tf.training.tta import views
 
 WARMUP_STEPS = 1  # traces the step
 TIMED_STEPS = 3
 # A training step costs about three forward passes (forward, then gradients of activations
 # and of weights): the forward cost of scoring is taken as a third of a step, per image.
 STEP_PER_FORWARD = 3.0
+# A budget keeps back a share of itself for what the probe cannot see (callbacks, a slower
+# epoch) and some seconds for writing the model, predictions and figures.
+BUDGET_MARGIN = 0.04
+WRITE_SECONDS = 10.0
 
 
-def estimate_run(
+@dataclass
+class StepCosts:
+    """Seconds per optimizer step for each kind of phase ("head", "3,4", "all"), and per
+    image of a forward pass (scoring)."""
+
+    per_step: dict[str, float]
+    forward: float
+    batch: int
+
+    @property
+    def measured(self) -> str:
+        return (
+            f"{TIMED_STEPS} training steps timed after {WARMUP_STEPS} warm-up step per kind "
+            f"of phase (batch {self.batch}, {os.cpu_count()} CPUs); scoring at a third of a step"
+        )
+
+
+def probe(
     prepared: Prepared,
     phases: list[PhasePlan],
     settings: TrainSettings,
     unfreeze: tuple[int, ...] | str,
-    eval_images: tuple[int, int],
-    steps_done: int = 0,
-) -> RunEstimate:
-    """The whole run's time on this machine; `steps_done` counts the steps a resume skips.
-
-    `eval_images` is (validation, test): validation is scored after every epoch, both at the
-    end. A head phase on cached features costs one forward pass over the training images.
-    """
+) -> StepCosts:
+    """Time each kind of phase on the run's own model, then put every variable back."""
     model = prepared.model
     saved = [variable.numpy() for variable in model.variables]
     batch = prepared.distribution["global_batch"]
@@ -55,36 +74,86 @@ def estimate_run(
     finally:
         for variable, value in zip(model.variables, saved, strict=True):
             variable.assign(value)
-    n_val, n_test = eval_images
     if per_step:
         forward = max(per_step.values()) / batch / STEP_PER_FORWARD
     else:  # only cached-feature head phases: time the backbone's forward pass itself
         forward = _forward_seconds_per_image(prepared)
+    return StepCosts(per_step, forward, batch)
+
+
+def estimate_run(
+    costs: StepCosts,
+    prepared: Prepared,
+    phases: list[PhasePlan],
+    settings: TrainSettings,
+    eval_images: tuple[int, int],
+    steps_done: int = 0,
+) -> RunEstimate:
+    """The whole run's time on this machine; `steps_done` counts the steps a resume skips.
+
+    `eval_images` is (validation, test): validation is scored after every epoch, both at the
+    end. A head phase on cached features costs one forward pass over the training images.
+    """
+    n_val, n_test = eval_images
+    per_epoch = prepared.steps_per_epoch
     train_seconds, steps, skip = 0.0, 0, steps_done
     for phase in phases:
-        phase_steps = prepared.steps_per_epoch * phase.epochs
-        todo = max(phase_steps - skip, 0)
-        skip = max(skip - phase_steps, 0)
+        total = phase.total_steps(per_epoch)
+        todo = max(total - skip, 0)
+        skip = max(skip - total, 0)
         if _cached(phase, settings):
             # One pass of the backbone over the training images; the head's steps are tiny.
-            train_seconds += (todo > 0) * prepared.steps_per_epoch * batch * forward
+            train_seconds += (todo > 0) * per_epoch * costs.batch * costs.forward
         else:
-            train_seconds += todo * per_step[phase.trainable]
-        epochs_left = todo / prepared.steps_per_epoch
-        train_seconds += epochs_left * n_val * forward
+            train_seconds += todo * costs.per_step[phase.trainable]
+        train_seconds += todo / per_epoch * n_val * costs.forward
         steps += todo
-    eval_seconds = (n_val + n_test) * forward
+    eval_seconds = _final_scoring_images(settings, n_val, n_test) * costs.forward
+    per_step = costs.per_step
     return RunEstimate(
         seconds_per_step=(sum(per_step.values()) / len(per_step)) if per_step else 0.0,
         steps=steps,
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
         total_seconds=train_seconds + eval_seconds,
-        measured=(
-            f"{TIMED_STEPS} training steps timed after {WARMUP_STEPS} warm-up step per kind "
-            f"of phase (batch {batch}, {os.cpu_count()} CPUs); scoring at a third of a step"
-        ),
+        measured=costs.measured,
     )
+
+
+def size_to_budget(
+    costs: StepCosts,
+    prepared: Prepared,
+    phases: list[PhasePlan],
+    settings: TrainSettings,
+    eval_images: tuple[int, int],
+    seconds: float,
+) -> tuple[int, int]:
+    """(epochs, steps in the last epoch) of the last phase that fill `seconds` of wall time,
+    the earlier phases (a head phase) and the scoring taken out first."""
+    last = phases[-1]
+    fixed = estimate_run(costs, prepared, phases[:-1], settings, eval_images).total_seconds
+    usable = seconds * (1 - BUDGET_MARGIN) - WRITE_SECONDS
+    n_val = eval_images[0]
+    per_epoch = prepared.steps_per_epoch
+    per_step = costs.per_step.get(last.trainable, 0.0) + n_val * costs.forward / per_epoch
+    steps = int((usable - fixed) / per_step) if per_step > 0 else 0
+    needed = max(2, math.floor(1 / settings.pct_start) + 1)  # one-cycle's minimum
+    if steps < needed:
+        short = (fixed + needed * per_step + WRITE_SECONDS) / (1 - BUDGET_MARGIN) - seconds
+        raise ConfigError(
+            f"--budget {settings.budget}: the {seconds:.0f} s left leave room for "
+            f"{max(steps, 0)} optimizer steps of {per_step * 1000:.0f} ms after {fixed:.0f} s "
+            f"of scoring and earlier phases; raise it by {math.ceil(short / 60)} min at least"
+        )
+    epochs = math.ceil(steps / per_epoch)
+    return epochs, steps - (epochs - 1) * per_epoch
+
+
+def _final_scoring_images(settings: TrainSettings, n_val: int, n_test: int) -> int:
+    """Images the final scoring passes through the model: every view of test-time
+    augmentation of validation and test, and the test set once more without it."""
+    n_views = len(views(settings.tta, settings.image_size))
+    return (n_val + n_test) * n_views + (n_test if n_views > 1 else 0)
 
 
 def _cached(phase: PhasePlan, settings: TrainSettings) -> bool:

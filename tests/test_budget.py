@@ -1,0 +1,170 @@
+"""--budget: a wall-time budget sized into epochs and last-epoch steps from the step timing.
+
+The sizing is tested on planted step costs (the arithmetic), and a run on planted costs is
+checked to take exactly the planned steps, store them in config.json, and resume to the same
+bits after an interruption inside its shortened last epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from test_faults import assert_same_outcome, at_step, outcome, two_phases
+from test_training import separable_workspace, tiny
+from typer.testing import CliRunner
+
+from deepsight_tf.cli import app
+from deepsight_tf.core.checks import parse_duration
+from deepsight_tf.core.errors import ConfigError, TrainingInterrupted
+from deepsight_tf.core.settings import TrainSettings
+from deepsight_tf.core.storage import read_json
+from deepsight_tf.core.workspace import CONFIG_FILE, HISTORY_FILE, Workspace
+from deepsight_tf.training import loop
+from deepsight_tf.training.history import read_history
+from deepsight_tf.training.plan import PhasePlan, plan_phases, resolve_settings
+from deepsight_tf.training.timing import (
+    BUDGET_MARGIN,
+    WRITE_SECONDS,
+    StepCosts,
+    estimate_run,
+    size_to_budget,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("10m", 600), ("1h30m", 5400), ("1h 30m", 5400), ("600s", 600), ("1.5h", 5400), ("15", 900)],
+)
+def test_durations_parse_to_seconds(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "10x", "0m", "m", "-5m"])
+def test_a_bad_duration_is_refused_while_parsing_the_settings(text: str) -> None:
+    with pytest.raises(ConfigError, match="--budget"):
+        TrainSettings(budget=text)
+
+
+def test_a_shorter_last_epoch_counts_in_the_phase_and_its_schedule() -> None:
+    phase = PhasePlan(1, "fine-tune", 3, "all", 0.1, 1.0, last_epoch_steps=4)
+    assert [phase.epoch_steps(e, 10) for e in range(3)] == [10, 10, 4]
+    assert phase.total_steps(10) == 24
+    assert replace(phase, last_epoch_steps=None).total_steps(10) == 30
+    assert replace(phase, last_epoch_steps=99).total_steps(10) == 30  # never above an epoch
+    # Only the last phase (fine-tuning) is shortened; a head phase keeps whole epochs.
+    settings = resolve_settings(
+        TrainSettings(weights="none", frozen_epochs=1, epochs=3, last_epoch_steps=4)
+    )
+    head, tune = plan_phases(settings)
+    assert (head.last_epoch_steps, tune.last_epoch_steps) == (None, 4)
+
+
+COSTS = StepCosts(per_step={"head": 0.05, "all": 0.5}, forward=0.002, batch=8)
+
+
+def sized(seconds: float, **overrides: object) -> tuple[list[PhasePlan], TrainSettings]:
+    settings = resolve_settings(TrainSettings(weights="none", **overrides))  # type: ignore[arg-type]
+    prepared = SimpleNamespace(steps_per_epoch=10)
+    epochs, last = size_to_budget(
+        COSTS, prepared, plan_phases(settings), settings, (40, 60), seconds
+    )
+    settings = replace(settings, epochs=epochs, last_epoch_steps=last)
+    return plan_phases(settings), settings
+
+
+@pytest.mark.parametrize(
+    ("seconds", "overrides"),
+    [
+        (120.0, {}),
+        (300.0, {"tta": "flip-shift"}),
+        (200.0, {"frozen_epochs": 2, "augment": "light"}),
+        (47.0, {}),
+    ],
+)
+def test_the_budget_is_filled_and_one_more_step_would_overrun_it(
+    seconds: float, overrides: dict[str, object]
+) -> None:
+    phases, settings = sized(seconds, **overrides)
+    prepared = SimpleNamespace(steps_per_epoch=10)
+    usable = seconds * (1 - BUDGET_MARGIN) - WRITE_SECONDS
+    planned = estimate_run(COSTS, prepared, phases, settings, (40, 60)).total_seconds
+    last = phases[-1]
+    steps = last.total_steps(10)
+    longer = replace(
+        last,
+        epochs=(steps + 1 + 9) // 10,
+        last_epoch_steps=(steps + 1) - ((steps + 1 + 9) // 10 - 1) * 10,
+    )
+    assert longer.total_steps(10) == steps + 1
+    over = estimate_run(COSTS, prepared, [*phases[:-1], longer], settings, (40, 60)).total_seconds
+    assert planned <= usable < over
+    assert 1 <= last.last_epoch_steps <= 10  # type: ignore[operator]
+
+
+def test_test_time_augmentation_leaves_fewer_steps() -> None:
+    plain, _ = sized(300.0)
+    flipped, _ = sized(300.0, tta="flip-shift")
+    assert flipped[-1].total_steps(10) < plain[-1].total_steps(10)
+
+
+def test_a_budget_too_short_for_a_schedule_says_by_how_much() -> None:
+    with pytest.raises(ConfigError, match=r"--budget 1m: .* raise it by \d+ min"):
+        sized(12.0, budget="1m")
+
+
+# --- a run on planted step costs ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return separable_workspace(tmp_path_factory.mktemp("budget"))
+
+
+@pytest.fixture
+def planted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step costs 1 s and scoring nothing, the command has just started: a budget of
+    40 s leaves 40 * 0.96 - 10 = 28.4 s, so 28 steps: 13 + 13 + 2 at 13 steps an epoch."""
+    monkeypatch.setattr(loop, "command_seconds", lambda: 0.0)
+    monkeypatch.setattr(
+        loop,
+        "probe",
+        lambda *_: StepCosts(per_step={"all": 1.0, "head": 1.0}, forward=0.0, batch=8),
+    )
+
+
+def test_a_budget_run_takes_the_planned_steps_and_stores_them(
+    prepared: Workspace, planted: None
+) -> None:
+    steps = []
+    monitor = type("M", (loop.TrainingMonitor,), {"step": lambda self, *a: steps.append(a)})()
+    result = loop.train(tiny(run_id="budget", epochs=1, budget="40s"), prepared, monitor=monitor)
+    stored = read_json(Path(result.run_dir) / CONFIG_FILE)
+    assert (stored["settings"]["epochs"], stored["settings"]["last_epoch_steps"]) == (3, 2)
+    assert stored["phases"][-1]["last_epoch_steps"] == 2
+    assert len(steps) == 28 and steps[-1][:2] == (28, 28)
+    assert len(read_history(Path(result.run_dir) / HISTORY_FILE)) == 3
+
+
+def test_a_budget_run_interrupted_in_its_short_epoch_resumes_exactly(
+    prepared: Workspace, planted: None
+) -> None:
+    """Head phase: 13 steps of 1 s, leaving 15.4 s: 15 steps (13 + 2); Ctrl-C after step 27,
+    the first of the shortened last epoch."""
+    want = outcome(
+        Path(loop.train(two_phases(run_id="budget-ref", budget="40s"), prepared).run_dir)
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        at_step(27, lambda: os.kill(os.getpid(), signal.SIGINT), patch)
+        with pytest.raises(TrainingInterrupted):
+            loop.train(two_phases(run_id="budget-cut", budget="40s"), prepared)
+    result = CliRunner().invoke(
+        app, ["--workspace", str(prepared.root), "train", "--run-id", "budget-cut", "--resume"]
+    )
+    assert result.exit_code == 0, result.output
+    assert_same_outcome(outcome(prepared.run_dir("budget-cut")), want)
+    assert len(want["history"]) == 1 + 2  # type: ignore[arg-type]
