@@ -27,8 +27,11 @@ from deepsight_tf.training.prepare import Prepared, phase_optimizer, set_trainab
 from deepsight_tf.training.step import train_step_function
 from deepsight_tf.training.tta import views
 
-WARMUP_STEPS = 1  # traces the step
-TIMED_STEPS = 3
+# The first step traces; the second still creates oneDNN primitives and fills the input
+# pipeline's buffers. The median of the timed steps ignores a stall from a noisy neighbour: on
+# this project's 2-core machines, the mean of 3 steps once read 892 ms for a 580 ms step.
+WARMUP_STEPS = 2
+TIMED_STEPS = 7
 # A training step costs about three forward passes (forward, then gradients of activations
 # and of weights): the forward cost of scoring is taken as a third of a step, per image.
 STEP_PER_FORWARD = 3.0
@@ -50,8 +53,8 @@ class StepCosts:
     @property
     def measured(self) -> str:
         return (
-            f"{TIMED_STEPS} training steps timed after {WARMUP_STEPS} warm-up step per kind "
-            f"of phase (batch {self.batch}, {os.cpu_count()} CPUs); scoring at a third of a step"
+            f"the median of {TIMED_STEPS} training steps timed after {WARMUP_STEPS} warm-up "
+            f"steps per kind of phase (batch {self.batch}, {os.cpu_count()} CPUs); scoring at a third of a step"
         )
 
 
@@ -169,10 +172,12 @@ def _step_seconds(prepared: Prepared, settings: TrainSettings, phase: PhasePlan)
     batches = iter(prepared.train_dataset(first_epoch=0).repeat())
     for _ in range(WARMUP_STEPS):
         float(step(*next(batches)))
-    start = time.perf_counter()
+    seconds = []
     for _ in range(TIMED_STEPS):
+        start = time.perf_counter()
         float(step(*next(batches)))
-    return (time.perf_counter() - start) / TIMED_STEPS
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))
 
 
 def _forward_seconds_per_image(prepared: Prepared) -> float:
