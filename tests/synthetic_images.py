@@ -70,3 +70,34 @@ COPIES = {
     "JPEG quality 40": lambda p: jpeg(view(p), 40),
     "shift, colour and JPEG": lambda p: jpeg(recoloured(view(p, 1, -2), 1.1, 0.9, 1.3), 60),
 }
+
+
+def blurred(image: np.ndarray, radius: float) -> np.ndarray:
+    from PIL import ImageFilter
+
+    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius)))
+
+
+def posterised(image: np.ndarray, levels: int) -> np.ndarray:
+    """The image with only `levels` grey levels of luminance left (tint kept)."""
+    grey = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    step = 256 / levels
+    flat = (np.floor(grey / step) + 0.5) * step
+    return np.clip(np.rint(np.repeat(flat[..., None], 3, axis=-1)), 0, 255).astype(np.uint8)
+
+
+def flattened(image: np.ndarray, seed: int) -> np.ndarray:
+    """The image's mean colour everywhere, with +-1 grey level of noise (a failed decode)."""
+    noise = np.random.default_rng(seed).integers(-1, 2, image.shape[:2])[..., None]
+    mean = image.reshape(-1, 3).mean(axis=0)
+    return np.clip(np.rint(mean + noise), 0, 255).astype(np.uint8)
+
+
+# The planted quality defects, by the issue data/quality.py must report for them.
+DEFECTS = {
+    "dark": lambda im, i: np.rint(im * 0.2).astype(np.uint8),
+    "light": lambda im, i: np.rint(204 + im * 0.2).astype(np.uint8),
+    "near_constant": lambda im, i: flattened(im, i),
+    "low_information": lambda im, i: posterised(im, 4),
+    "blurry": lambda im, i: blurred(im, 2.0),
+}

@@ -104,7 +104,35 @@ def test_forensic_files_are_usable(interpreted) -> None:
     with open(folder / "label_issues.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == result.label_issues["count"]
+    with open(folder / "train_label_issues.csv", newline="") as handle:
+        train_rows = list(csv.DictReader(handle))
+    train = result.label_issues["train"]
+    assert len(train_rows) == train["count"] and train["images"] > 0
+    data = np.load(ws.images_path("rgb"))
+    for row in train_rows:  # indices into x_train, with the stored label
+        assert CLASSES[int(data["y_train"][int(row["index"])])] == row["given_label"]
     assert result.leakage is not None and result.leakage["in_mask"]["n"] == 0
+
+
+def test_error_attribution_counts_the_stored_errors(interpreted) -> None:
+    """By value, whatever the tiny model got wrong: the error count, the label-issue row from
+    label_issues.csv, the confusable-pair row from the registered green/blue pair."""
+    ws, result = interpreted
+    predictions = np.load(ws.run_dir("run") / "predictions.npz")
+    labels, predicted = predictions["test_labels"], predictions["test_probs"].argmax(1)
+    wrong = predicted != labels
+    attribution = read_json(Path(result.folder) / "report.json")["error_attribution"]
+    assert attribution["errors"] == int(wrong.sum())
+    rows = {row["cause"]: row for row in attribution["rows"]}
+    assert all(rows[c]["measured"] for c in rows)
+    with open(Path(result.folder) / "label_issues.csv", newline="") as handle:
+        flagged = {int(r["index"]) for r in csv.DictReader(handle)}
+    assert rows["label_issue"]["errors"] == sum(wrong[i] for i in flagged)
+    green, blue = CLASSES.index("green"), CLASSES.index("blue")
+    swapped = {(green, blue), (blue, green)}
+    in_pair = [(int(t), int(p)) in swapped for t, p in zip(labels, predicted, strict=True)]
+    assert rows["confusable_pair"]["errors"] == sum(in_pair)
+    assert rows["conflicting_twin"]["errors"] == 0  # the separable data set has no duplicates
 
 
 def test_explanations_are_measured(interpreted) -> None:

@@ -27,6 +27,7 @@ from deepsight_tf.cli.options import settings_options
 from deepsight_tf.cli.training_display import training_display
 from deepsight_tf.core.settings import (
     EXPORT_FORMATS,
+    ExperimentSettings,
     ExploreSettings,
     InterpretSettings,
     ObtainSettings,
@@ -167,6 +168,35 @@ def train(
         )
     _show(result, render.render_train)
     check_gate(result)
+
+
+@app.command(
+    epilog=_examples(
+        "deepsight experiment seed-ideas --budget 10m",
+        "deepsight experiment quick --arms baseline,cutmix --epochs 2 --baseline-seeds 2",
+    )
+)
+@handle_errors
+@settings_options(TrainSettings, exclude=frozenset({"run_id", "resume"}))
+@settings_options(ExperimentSettings, param="plan")
+def experiment(
+    name: Annotated[str, typer.Argument(help="Experiment name (a folder under experiments/).")],
+    settings: TrainSettings,
+    plan: ExperimentSettings,
+) -> None:
+    """Interventions against a baseline on the same split, seeds and budget, with verdicts."""
+    from dataclasses import replace
+
+    import_tensorflow_quietly()
+    from deepsight_tf.diagnose.experiment import run_experiment
+
+    def notify(message: str) -> None:
+        err_console.print(f"[dim]{message}[/]", highlight=False, markup=True)
+
+    plan = replace(plan, name=name)
+    with training_display(err_console) as monitor:
+        result = run_experiment(plan, settings, state.workspace, notify, lambda arm: monitor)
+    _show(result, render.render_experiment)
 
 
 @app.command(

@@ -58,17 +58,18 @@ def settings_parameters(
 
 
 def settings_options(
-    cls: type, exclude: frozenset[str] = frozenset()
+    cls: type, exclude: frozenset[str] = frozenset(), param: str = "settings"
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a command `def cmd(own params..., settings)`: Typer sees the own parameters and
-    one option per settings field; the command is called with `settings=cls(**those values)`."""
+    one option per settings field; the command is called with `settings=cls(**those values)`.
+    `param` names the command's parameter, so that two settings classes can be stacked."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         own_hints = typing.get_type_hints(func, include_extras=True)
         own = [
             p.replace(annotation=own_hints.get(p.name, p.annotation))
             for p in inspect.signature(func).parameters.values()
-            if p.name != "settings"
+            if p.name != param
         ]
         generated = settings_parameters(cls, exclude)
         names = {p.name for p in generated}
@@ -76,7 +77,7 @@ def settings_options(
         @functools.wraps(func)
         def command(*args: Any, **kwargs: Any) -> Any:
             values = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
-            return func(*args, settings=cls(**values), **kwargs)
+            return func(*args, **{param: cls(**values)}, **kwargs)
 
         del command.__wrapped__  # Typer must read the signature below, not func's
         command.__signature__ = inspect.Signature([*own, *generated])  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from deepsight_tf.cli.console import console
-from deepsight_tf.core.workspace import FIGURES_DIR, IMAGES_FILE, REPORT_JSON
+from deepsight_tf.core.workspace import FIGURES_DIR, IMAGES_FILE, QUALITY_FILE, REPORT_JSON
 
 
 def render_obtain(result: Any) -> None:
@@ -35,6 +35,18 @@ def render_obtain(result: Any) -> None:
         console.print(f"[yellow]warning[/]: {warning}")
 
 
+def quality_line(quality: dict[str, Any]) -> None:
+    """Scrub's image-quality counts on one line per split."""
+    counts = quality.get("counts", {})
+    for split, per_issue in counts.items():
+        found = ", ".join(f"{issue} {n:,}" for issue, n in per_issue.items() if issue != "any")
+        colour = "yellow" if per_issue.get("any") else "green"
+        console.print(
+            f"[{colour}]quality[/] ({split}): {per_issue.get('any', 0):,} images flagged "
+            f"({found}); listed in {QUALITY_FILE}"
+        )
+
+
 def render_scrub(result: Any) -> None:
     integrity = result.integrity
     h, w, c = integrity["image_shape"]
@@ -48,6 +60,7 @@ def render_scrub(result: Any) -> None:
         f"{integrity['test']['images']:,} test images are {h}x{w}x{c} uint8, labels in range; "
         f"{constant} constant (one-colour) images"
     )
+    quality_line(result.quality)
     dup = result.duplicates
     table = Table(title=f"Duplicates (near: distance <= {dup['threshold']})")
     for column in ("where", "exact pairs", "exact images", "near pairs", "near images"):
@@ -279,15 +292,96 @@ def render_interpret(result: Any) -> None:
             f"{', '.join(ctx['holds_without_object']) or 'none'}; relying on context: "
             f"{', '.join(ctx['relies_on_context']) or 'none'}"
         )
-    issues = result.label_issues
-    console.print(
-        f"label issues: {issues['count']} test images flagged ({issues['csv']}); "
-        f"hard pairs for --focus-pairs @{issues['focus_pairs_file']}"
-    )
+    if result.error_attribution:
+        attribution_table(result.error_attribution)
+    label_issue_lines(result.label_issues)
     console.print(
         f"{len(result.figures)} figures and {REPORT_JSON} in {result.folder} "
         f"({result.duration_s / 60:.1f} min)"
     )
+
+
+def label_issue_lines(issues: dict[str, Any]) -> None:
+    """Where interpret's label issues are, for the test and the training images."""
+    console.print(
+        f"label issues: {issues['count']} test images flagged ({issues['csv']}); "
+        f"hard pairs for --focus-pairs @{issues['focus_pairs_file']}"
+    )
+    train = issues.get("train")
+    if train:
+        console.print(
+            f"training label issues: {train['count']:,} of {train['images']:,} flagged by "
+            f"{train['folds']}-fold linear probes (accuracy {train['probe_accuracy']:.1%}; "
+            f"{train['csv']})"
+        )
+
+
+def attribution_table(attribution: dict[str, Any]) -> None:
+    """Interpret's error attribution: one row per cause, then the claim's verdict."""
+    table = Table(title=f"What the {attribution['errors']:,} test errors have in common")
+    for column in ("cause", "errors", "share of errors", "95% CI", "error rate with / without"):
+        table.add_column(column, justify="left" if column == "cause" else "right")
+    for row in attribution["rows"]:
+        if not row["measured"]:
+            table.add_row(row["cause"], "not measured", "", "", "")
+            continue
+        low, high = row.get("share_ci") or (0.0, 0.0)
+        rates = ""
+        if row.get("error_rate_with") is not None and row.get("error_rate_without") is not None:
+            rates = f"{row['error_rate_with']:.1%} / {row['error_rate_without']:.1%}"
+        table.add_row(
+            row["cause"],
+            f"{row['errors']:,}",
+            f"{row.get('share', 0.0):.1%}",
+            f"[{low:.1%}, {high:.1%}]",
+            rates,
+        )
+    console.print(table)
+    claim = attribution["claim"]
+    if claim["verdict"] == "not tested":
+        console.print(f'claim "{claim["claim"]}": not tested ({claim["why"]})')
+        return
+    low, high = claim["difference_ci"]
+    console.print(
+        f'claim "{claim["claim"]}": {claim["verdict"]} (semantic '
+        f"{claim['semantic_share']:.1%} minus data quality {claim['data_quality_share']:.1%} "
+        f"= {claim['difference']:+.1%} [{low:+.1%}, {high:+.1%}])"
+    )
+
+
+def render_experiment(result: Any) -> None:
+    """Per arm: its scores, the paired change against the baseline, the verdict."""
+    comparison = result.comparison
+    noise = comparison["noise"]
+    table = Table(
+        title=f"Experiment {result.name}: paired changes against the baseline "
+        f"({comparison['n']:,} test images)"
+    )
+    columns = ("arm", "accuracy", "macro-F1", "Δ macro-F1", "95% CI", "verdict")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("arm", "verdict") else "right")
+    for name, score in result.scores.items():
+        arm = comparison["arms"].get(name)
+        cells = [name, f"{score['accuracy']:.2%}", f"{score['macro_f1']:.4f}"]
+        if arm is None:
+            cells += ["", "", "baseline" if name == "baseline" else "seed (noise)"]
+        else:
+            low, high = arm["macro_f1"]["ci"]
+            cells += [f"{arm['macro_f1']['change']:+.4f}", f"[{low:+.4f}, {high:+.4f}]"]
+            cells.append(arm["verdict"])
+        table.add_row(*cells)
+    console.print(table)
+    console.print(
+        f"noise: the baseline's {noise['seeds']} other seed(s) moved macro-F1 by up to "
+        f"{noise['macro_f1']:.4f}; a verdict needs an interval clear of 0 and a larger change"
+    )
+    for name, arm in comparison["arms"].items():
+        pairs = ", ".join(
+            f"{pair} {p['change']:+.1%} ({p['verdict']})" for pair, p in arm["pairs"].items()
+        )
+        if pairs:
+            console.print(f"{name}: confusion of {pairs}")
+    console.print(f"plan and comparison in {result.folder} ({result.duration_s / 60:.1f} min)")
 
 
 def render_predict(result: Any) -> None:

@@ -282,6 +282,45 @@ class TrainSettings(Settings):
                 check_name(name, flag)
 
 
+EXPERIMENT_ARMS = (
+    "baseline",
+    "cutmix",
+    "mixup",
+    "focus-pairs",
+    "class-weights",
+    "label-smoothing",
+    "resnet50",
+)
+
+
+@dataclass
+class ExperimentSettings(Settings):
+    name: str = setting("", "Experiment name (a folder under experiments/).", cli=False)
+    arms: str = setting(
+        "baseline,cutmix,mixup,focus-pairs,class-weights,resnet50",
+        f"Arms, comma-separated, from: {', '.join(EXPERIMENT_ARMS)}. focus-pairs and "
+        "class-weights are derived from the baseline's validation predictions.",
+    )
+    baseline_seeds: int = setting(
+        2, "Baseline runs with different seeds: their spread is the run-to-run noise.", ge=1
+    )
+    n_boot: int = setting(2000, "Paired bootstrap resamples for every interval.", ge=100)
+
+    def check(self) -> None:
+        if self.name:
+            check_name(self.name, "experiment name")
+        arms = self.arm_list()
+        unknown = [a for a in arms if a not in EXPERIMENT_ARMS]
+        if unknown or "baseline" not in arms:
+            raise ConfigError(
+                f"--arms {self.arms!r}: give baseline and any of {', '.join(EXPERIMENT_ARMS)}"
+                + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+            )
+
+    def arm_list(self) -> list[str]:
+        return list(dict.fromkeys(a.strip() for a in self.arms.split(",") if a.strip()))
+
+
 @dataclass
 class InterpretSettings(Settings):
     run_id: str = setting("", "Run to interpret (a folder under runs/).", cli=False)
@@ -296,6 +335,11 @@ class InterpretSettings(Settings):
     grid_per_class: int = setting(4, "CAM grid: correct and wrong images per class.", ge=0)
     n_boot: int = setting(2000, "Bootstrap resamples for every confidence interval.", ge=100)
     seed: int = setting(0, "Random seed.", ge=0)
+    train_issues: bool = setting(
+        True,
+        "Label issues in the training images too, from K-fold linear probes on the run's "
+        "features (a forward pass over the training set).",
+    )
 
     def check(self) -> None:
         if self.run_id:

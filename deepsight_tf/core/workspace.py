@@ -26,6 +26,7 @@ FIGURES_DIR = "figures"
 IMAGES_FILE = "images.npz"  # data/<name>/: the stored data set
 SPLIT_FILE = "split.json"  # scrub/<name>/: train and validation indices
 DUPLICATES_FILE = "duplicates.csv"  # scrub/<name>/
+QUALITY_FILE = "quality.csv"  # scrub/<name>/: images flagged dark, blurry, ...
 HYPOTHESES_FILE = "hypotheses.json"  # explore/<name>/
 CONFIG_FILE = "config.json"  # runs/<id>/: resolved settings, preprocessing, phases
 HISTORY_FILE = "history.csv"  # runs/<id>/: one row per epoch
@@ -41,9 +42,13 @@ SCHEDULE_FIGURE = f"{FIGURES_DIR}/schedule.png"  # runs/<id>/: each phase's one-
 HISTORY_FIGURE = f"{FIGURES_DIR}/training_history.png"  # runs/<id>/: drawn by the report
 INTERPRET_DIR = "interpret"  # runs/<id>/interpret/
 LABEL_ISSUES_FILE = "label_issues.csv"  # runs/<id>/interpret/
+TRAIN_LABEL_ISSUES_FILE = "train_label_issues.csv"  # runs/<id>/interpret/: K-fold probes
 FOCUS_PAIRS_FILE = "focus_pairs.txt"  # runs/<id>/interpret/: for train --focus-pairs @FILE
 REPORT_PAGE = "report.html"  # runs/<id>/report.html
 REPORTS_DIR = "reports"  # workspace/reports/: pages comparing runs
+EXPERIMENTS_DIR = "experiments"  # workspace/experiments/<name>/: plan and comparison
+PLAN_FILE = "plan.json"  # experiments/<name>/: the arms, their flags and run ids
+BASELINE_RECALL_FILE = "baseline_val_recall.json"  # experiments/<name>/: class-weights arm
 LOCKS_DIR = ".locks"
 DEFAULT_LOCK_TIMEOUT_S = 120.0
 
@@ -81,6 +86,9 @@ class Workspace:
 
     def reports_dir(self) -> Path:
         return self.root / REPORTS_DIR
+
+    def experiment_dir(self, name: str) -> Path:
+        return self.root / EXPERIMENTS_DIR / name
 
     def relative(self, path: Path) -> str:
         """`path` inside the workspace as manifests record it (data/cifar10/images.npz)."""

@@ -19,12 +19,14 @@ from deepsight_tf.core.storage import atomic_write_json, atomic_write_text, read
 from deepsight_tf.core.workspace import (
     DUPLICATES_FILE,
     IMAGES_FILE,
+    QUALITY_FILE,
     REPORT_JSON,
     SPLIT_FILE,
     Workspace,
 )
 from deepsight_tf.data.dataset import SPLITS, Dataset, dataset_sha256, load_dataset
 from deepsight_tf.data.interpolation import InterpolationStudy, interpolation_study
+from deepsight_tf.data.quality import QUALITY_COLUMNS, QualityFlag, assess_quality
 
 DUPLICATES_FIGURE = "figures/duplicates.png"
 BORDERLINE_FIGURE = "figures/duplicates_borderline.png"
@@ -103,6 +105,7 @@ class ScrubResult:
     leakage: dict[str, Any]
     split: dict[str, Any]
     interpolation: InterpolationStudy
+    quality: dict[str, Any] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
     top_pairs: list[dict[str, Any]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
@@ -144,6 +147,37 @@ def load_test_twins(workspace: Workspace, dataset: str) -> np.ndarray:
     """Indices into x_test of the test images with an exact or near duplicate in train."""
     report = load_scrub_report(workspace, dataset)
     return np.asarray(report["leakage"]["test_indices_with_train_twin"], dtype=np.int64)
+
+
+def load_conflicting_test_twins(workspace: Workspace, dataset: str) -> np.ndarray:
+    """Indices into x_test of the test images whose exact or near duplicate in train carries a
+    different label (from duplicates.csv)."""
+    _verified_manifest(workspace, dataset)
+    with open(workspace.scrub_dir(dataset) / DUPLICATES_FILE, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    found = {
+        int(row["index_b"] if row["split_b"] == "test" else row["index_a"])
+        for row in rows
+        if {row["split_a"], row["split_b"]} == {"train", "test"} and row["same_label"] == "0"
+    }
+    return np.asarray(sorted(found), dtype=np.int64)
+
+
+def load_quality_flags(
+    workspace: Workspace, dataset: str, split: str
+) -> dict[str, np.ndarray] | None:
+    """For each quality issue, the indices of the split's images scrub flagged (quality.csv;
+    None when that scrub predates the quality checks)."""
+    _verified_manifest(workspace, dataset)
+    path = workspace.scrub_dir(dataset) / QUALITY_FILE
+    if not path.is_file():
+        return None
+    flagged: dict[str, list[int]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["split"] == split:
+                flagged.setdefault(row["issue"], []).append(int(row["index"]))
+    return {issue: np.asarray(sorted(v), dtype=np.int64) for issue, v in flagged.items()}
 
 
 # Integrity ----------------------------------------------------------------------------------
@@ -255,6 +289,16 @@ def write_duplicates_csv(path: Any, pairs: list[DuplicatePair]) -> None:
     for p in pairs:
         row = asdict(p)
         writer.writerow([*(row[c] for c in CSV_COLUMNS[:-1]), int(p.same_label)])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_quality_csv(path: Any, flags: list[QualityFlag]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(QUALITY_COLUMNS)
+    for flag in flags:
+        row = asdict(flag)
+        writer.writerow([row[c] for c in QUALITY_COLUMNS])
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -390,6 +434,12 @@ def scrub(
     with workspace.lock(f"scrub-{data.name}"):
         started = now_iso()
         integrity = check_integrity(data)
+        quality, quality_flags = assess_quality(
+            {s: data.split(s)[0] for s in SPLITS},
+            {s: data.split(s)[1] for s in SPLITS},
+            {s: data.paths(s) for s in SPLITS},
+            list(data.class_names),
+        )
         found = find_duplicates(data, settings.near_threshold, settings.neighbours, progress)
         leaks = leakage(found)
         split = _split(data, settings, found, leaks)
@@ -401,6 +451,7 @@ def scrub(
         if progress is not None:
             progress("interpolation study", 1, 1)
         write_duplicates_csv(folder / DUPLICATES_FILE, found.pairs)
+        write_quality_csv(folder / QUALITY_FILE, quality_flags)
         atomic_write_json(folder / SPLIT_FILE, _split_document(data, sha, split, settings))
         figures = _draw(data, found, study, settings.image_size, folder)
         duplicates_summary = summarize_duplicates(found)
@@ -417,9 +468,10 @@ def scrub(
             leakage=leaks,
             split=describe_split(data, split, found),
             interpolation=study,
+            quality=quality,
             class_names=list(data.class_names),
             top_pairs=[_row(p) for p in found.pairs[:10]],
-            files=[REPORT_JSON, SPLIT_FILE, DUPLICATES_FILE, *figures],
+            files=[REPORT_JSON, SPLIT_FILE, DUPLICATES_FILE, QUALITY_FILE, *figures],
         )
         result.duration_s = round(time.perf_counter() - start, 2)
         atomic_write_json(folder / REPORT_JSON, result)

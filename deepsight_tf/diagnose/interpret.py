@@ -32,10 +32,12 @@ from deepsight_tf.core.workspace import (
     MODEL_FILE,
     PREDICTIONS_FILE,
     REPORT_JSON,
+    TRAIN_LABEL_ISSUES_FILE,
     Workspace,
 )
 from deepsight_tf.data.dataset import load_dataset
 from deepsight_tf.diagnose import evaluation, forensics
+from deepsight_tf.diagnose.attribution import attribute_errors
 from deepsight_tf.diagnose.calibration import calibration_report
 from deepsight_tf.diagnose.explain_run import explain_run
 from deepsight_tf.diagnose.hypothesis_tests import subset_accuracy_gap, test_hypotheses
@@ -64,6 +66,7 @@ class InterpretResult:
     faithfulness: dict[str, Any] | None
     sanity: dict[str, Any] | None
     context: dict[str, Any] | None
+    error_attribution: dict[str, Any] | None = None
     figures: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -91,6 +94,8 @@ def interpret(
         result.duration_s = round(time.perf_counter() - start, 1)
         atomic_write_json(out / REPORT_JSON, result)
         outputs = {REPORT_JSON: "", LABEL_ISSUES_FILE: "", FOCUS_PAIRS_FILE: ""}
+        if result.label_issues.get("train") is not None:
+            outputs[TRAIN_LABEL_ISSUES_FILE] = ""
         outputs.update({str(Path(f).relative_to(out)): "" for f in result.figures})
         run_dir = record.run_dir
         inputs = {
@@ -125,6 +130,8 @@ def diagnose(study: Study) -> InterpretResult:
     leakage = _leakage(study)
     hypotheses, note = _hypotheses(study)
     issues, hard = _forensics(study, scores["pairs"])
+    train_issues = _train_label_issues(study) if study.settings.train_issues else None
+    attribution = study.timed("error_attribution", lambda: _attribution(study, issues))
     explained = explain_run(study, scores["losses"], scores["pairs"][:HARD_PAIRS])
     return InterpretResult(
         run_id=study.settings.run_id,
@@ -144,10 +151,12 @@ def diagnose(study: Study) -> InterpretResult:
             "top": [asdict(i) for i in issues[:20]],
             "hard_examples": len(hard),
             "focus_pairs_file": str(study.out / FOCUS_PAIRS_FILE),
+            "train": train_issues,
         },
         faithfulness=explained["faithfulness"],
         sanity=explained["sanity"],
         context=explained["context"],
+        error_attribution=attribution,
         figures=study.figures,
         timings=study.timings,
     )
@@ -266,3 +275,56 @@ def _forensics(study: Study, pairs: list[Any]) -> tuple[list[Any], list[Any]]:
     )
     forensics.write_focus_pairs(study.out / FOCUS_PAIRS_FILE, hard_pairs)
     return issues, hard
+
+
+def _attribution(study: Study, issues: list[Any]) -> dict[str, Any]:
+    """Each test error's likely causes: label issue, conflicting train twin, low quality
+    (scrub's lists, when scrub ran), confusable pair (explore's, when it ran)."""
+    from deepsight_tf.data.explore import load_hypotheses
+    from deepsight_tf.data.scrub import load_conflicting_test_twins, load_quality_flags
+
+    causes: dict[str, np.ndarray] = {"label_issue": np.array([i.index for i in issues], int)}
+    try:
+        causes["conflicting_twin"] = load_conflicting_test_twins(study.workspace, study.data.name)
+        flags = load_quality_flags(study.workspace, study.data.name, "test")
+    except PrerequisiteError:
+        flags = None
+    if flags is not None:
+        causes["low_quality"] = np.unique(np.concatenate([np.zeros(0, int), *flags.values()]))
+    try:
+        pairs = load_hypotheses(study.workspace, study.data.name).confusable_pairs
+    except PrerequisiteError:
+        pairs = []
+    return attribute_errors(study.labels, study.probs, study.names, causes, pairs, **study.boot)
+
+
+def _train_label_issues(study: Study) -> dict[str, Any]:
+    """Label issues among the training images: cleanlab on K-fold linear-probe probabilities
+    from the run's pooled features (train_label_issues.csv, indices into x_train)."""
+    from deepsight_tf.data.scrub import load_split
+    from deepsight_tf.diagnose.label_scores import PROBE_FOLDS, kfold_probe_probs, run_features
+
+    data = study.data
+    indices = load_split(study.workspace, data.name).train
+    features = study.timed(
+        "train_features",
+        lambda: run_features(study.model, study.record.preprocessing, data.x_train[indices]),
+    )
+    labels = data.y_train[indices]
+    probs = study.timed(
+        "train_probes",
+        lambda: kfold_probe_probs(features, labels, data.num_classes, seed=study.settings.seed),
+    )
+    paths = [data.train_paths[i] for i in indices]
+    found = forensics.find_label_issues(labels, probs, study.names, paths=paths)
+    for issue in found:  # positions in the split -> indices into x_train
+        issue.index = int(indices[issue.index])
+    forensics.write_label_issues_csv(study.out / TRAIN_LABEL_ISSUES_FILE, found)
+    return {
+        "count": len(found),
+        "images": len(indices),
+        "csv": str(study.out / TRAIN_LABEL_ISSUES_FILE),
+        "probe_accuracy": float((probs.argmax(axis=1) == labels).mean()),
+        "folds": PROBE_FOLDS,
+        "top": [asdict(i) for i in found[:20]],
+    }

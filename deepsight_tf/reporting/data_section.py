@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deepsight_tf.core.workspace import IMAGES_FILE
+from deepsight_tf.core.workspace import IMAGES_FILE, QUALITY_FILE
 from deepsight_tf.reporting.artifacts import UpstreamArtifacts
 from deepsight_tf.reporting.captions import CAPTIONS
 from deepsight_tf.reporting.html import (
@@ -166,6 +166,7 @@ def scrub_parts(up: UpstreamArtifacts, image_size: int) -> list[Any]:
             f"{overlap['near'].get('train-val', 0)}, exact {overlap['exact'].get('train-val', 0)}."
         ),
         paragraph(dup["method"], css="note"),
+        *quality_parts(s.get("quality") or {}),
     ]
     figures = [f for f in s.get("files", []) if f.endswith(".png")]
     for rel in figures:
@@ -183,6 +184,30 @@ def scrub_parts(up: UpstreamArtifacts, image_size: int) -> list[Any]:
             ),
         ]
     return parts + interpolation_parts(study, figures, scrub_dir)
+
+
+def quality_parts(quality: dict[str, Any]) -> list[Any]:
+    """Scrub's image-quality checks: per issue, the rule and the images flagged per split."""
+    counts = quality.get("counts")
+    if not counts:
+        return []
+    splits = list(counts)
+    rows = [
+        [check["issue"], check["rule"], *(f"{counts[s].get(check['issue'], 0):,}" for s in splits)]
+        for check in quality["checks"]
+    ]
+    rows.append(["any", "flagged by one check or more", *(f"{counts[s]['any']:,}" for s in splits)])
+    return [
+        element("h3", "Image quality"),
+        table(
+            f"Images flagged by each quality check (listed in {QUALITY_FILE})",
+            ["issue", "rule", *splits],
+            rows,
+            table_id="quality",
+            numeric=range(2, 2 + len(splits)),
+        ),
+        paragraph(quality["method"], css="note"),
+    ]
 
 
 def interpolation_parts(study: dict[str, Any], figures: list[str], scrub_dir: Path) -> list[Any]:

@@ -53,6 +53,7 @@ def interpretation_section(run: RunArtifacts) -> Html:
         *_context(rep, figures),
         *_cam_gallery(run, figures),
         *_label_issues(run, rep, figures),
+        *_attribution(rep),
         *_top_losses(run, rep, figures),
     ]
     return section("interpretation", "Interpretation", parts)
@@ -236,7 +237,95 @@ def _label_issues(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> 
                 numeric=(0, 1, 5, 6),
             )
         )
-    return parts + figures.get("label_issues", "label issues")
+    return parts + figures.get("label_issues", "label issues") + _train_label_issues(issues)
+
+
+def _train_label_issues(issues: dict[str, Any]) -> list[Any]:
+    """Label issues among the training images (K-fold linear probes on the run's features)."""
+    train = issues.get("train")
+    if not train:
+        return []
+    rows = [
+        [
+            str(i["rank"] + 1),
+            str(i["index"]),
+            i.get("path") or "—",
+            i["given_label"],
+            i["suggested_label"],
+            f"{i['suggested_probability']:.3f}",
+            f"{i['score']:.3f}",
+        ]
+        for i in train.get("top", [])
+    ]
+    parts: list[Any] = [
+        paragraph(
+            f"In the training images: {train['count']:,} of {train['images']:,} flagged, from "
+            f"{train['folds']}-fold linear probes on the run's pooled features (probe accuracy "
+            f"{train['probe_accuracy']:.1%}); all are in ",
+            element("code", Path(train["csv"]).name),
+            ". The features were learned with these labels, so a wrong label the network "
+            "memorised can still look right.",
+        )
+    ]
+    if rows:
+        parts.append(
+            table(
+                "The most doubtful training labels",
+                ["rank", "train index", "file", "given", "suggested", "p(suggested)", "score"],
+                rows,
+                table_id="train-label-issues",
+                numeric=(0, 1, 5, 6),
+            )
+        )
+    return parts
+
+
+def _attribution(rep: dict[str, Any]) -> list[Any]:
+    """Each test error's likely causes, and the verdict on "semantic overlap, not data"."""
+    attribution = rep.get("error_attribution")
+    if not attribution:
+        return []
+    rows = []
+    for row in attribution["rows"]:
+        if not row["measured"]:
+            rows.append([row["cause"], "not measured", "", "", ""])
+            continue
+        rates = "—"
+        if row.get("error_rate_with") is not None and row.get("error_rate_without") is not None:
+            rates = f"{row['error_rate_with']:.1%} / {row['error_rate_without']:.1%}"
+        rows.append(
+            [
+                row["cause"],
+                f"{row['errors']:,}",
+                f"{row.get('share', 0.0):.1%}",
+                fmt_ci(row.get("share_ci"), ".1%"),
+                rates,
+            ]
+        )
+    claim = attribution["claim"]
+    if claim["verdict"] == "not tested":
+        verdict: list[Any] = [f"Not tested: {claim['why']}."]
+    else:
+        verdict = [
+            f"Semantic overlap (a registered confusable pair) explains "
+            f"{claim['semantic_share']:.1%} of the errors, data quality "
+            f"({', '.join(claim['data_quality_causes'])}) {claim['data_quality_share']:.1%}; "
+            f"the difference is {claim['difference']:+.1%} "
+            f"{fmt_ci(claim['difference_ci'], '+.1%')}: ",
+            badge(claim["verdict"]),
+        ]
+    return [
+        element("h3", "What the errors have in common"),
+        table(
+            f"The {attribution['errors']:,} test errors by likely cause",
+            ["cause", "errors", "share of errors", "95% CI", "error rate with / without"],
+            rows,
+            table_id="error-attribution",
+            numeric=(1, 2, 3, 4),
+        ),
+        paragraph(f"Claim: {claim['claim']}. ", *verdict),
+        paragraph(attribution["note"], css="note"),
+    ]
 
 
 def _top_losses(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> list[Any]:

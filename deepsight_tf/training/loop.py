@@ -66,7 +66,7 @@ from deepsight_tf.training.plan import (
 from deepsight_tf.training.prepare import Prepared, prepare
 from deepsight_tf.training.record import RunRecord
 from deepsight_tf.training.timing import StepCosts, estimate_run, probe, size_to_budget
-from deepsight_tf.training.tta import predict_probs
+from deepsight_tf.training.tta import mean_of_views, predict_probs, predict_views
 
 # Settings that may differ on --resume: they do not change what the run computes.
 RESUME_FREE = frozenset({"resume", "run_id", "checkpoint_minutes", "keep_checkpoints", "estimate"})
@@ -404,7 +404,8 @@ class _Run:
         )
         mode = self.settings.tta
         val_probs = predict_probs(model, val_ds, mode)
-        test_probs = predict_probs(model, test_ds, mode)
+        test_views = predict_views(model, test_ds, mode)  # the plain image is the first view
+        test_probs = mean_of_views(test_views)
         val_labels = data.y_train[self.data.val_indices]
         scores = _Evaluation(
             val_probs,
@@ -413,7 +414,7 @@ class _Run:
             _held_out(classification_scores(data.y_test, test_probs, data.class_names)),
         )
         if mode != "none":
-            plain = predict_probs(model, test_ds)
+            plain = test_views[0].astype(np.float32)
             scores.test_probs_plain = plain
             scores.plain = _held_out(classification_scores(data.y_test, plain, data.class_names))
         return scores

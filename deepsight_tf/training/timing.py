@@ -20,6 +20,7 @@ import numpy as np
 from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.progress import RunEstimate
 from deepsight_tf.core.settings import TrainSettings
+from deepsight_tf.model.classifier import float32_classifier
 from deepsight_tf.training.feature_cache import can_cache_features
 from deepsight_tf.training.optim import loss_scaled
 from deepsight_tf.training.plan import PhasePlan
@@ -49,12 +50,21 @@ class StepCosts:
     per_step: dict[str, float]
     forward: float
     batch: int
+    # The final scoring runs on the float32 copy of a mixed-precision model (what is stored):
+    # its own timing, slower than the mixed-precision forward pass (None: the same model).
+    final_forward: float | None = None
+
+    @property
+    def scoring(self) -> float:
+        return self.forward if self.final_forward is None else self.final_forward
 
     @property
     def measured(self) -> str:
         return (
             f"the median of {TIMED_STEPS} training steps timed after {WARMUP_STEPS} warm-up "
-            f"steps per kind of phase (batch {self.batch}, {os.cpu_count()} CPUs); scoring at a third of a step"
+            f"steps per kind of phase (batch {self.batch}, {os.cpu_count()} CPUs); validation at "
+            "a third of a step"
+            + ("; final scoring timed on the float32 model" if self.final_forward else "")
         )
 
 
@@ -80,8 +90,11 @@ def probe(
     if per_step:
         forward = max(per_step.values()) / batch / STEP_PER_FORWARD
     else:  # only cached-feature head phases: time the backbone's forward pass itself
-        forward = _forward_seconds_per_image(prepared)
-    return StepCosts(per_step, forward, batch)
+        forward = _forward_seconds_per_image(prepared, model)
+    final_forward = None
+    if keras.config.dtype_policy().name != "float32":
+        final_forward = _forward_seconds_per_image(prepared, float32_classifier(model))
+    return StepCosts(per_step, forward, batch, final_forward)
 
 
 def estimate_run(
@@ -111,7 +124,7 @@ def estimate_run(
             train_seconds += todo * costs.per_step[phase.trainable]
         train_seconds += todo / per_epoch * n_val * costs.forward
         steps += todo
-    eval_seconds = _final_scoring_images(settings, n_val, n_test) * costs.forward
+    eval_seconds = _final_scoring_images(settings, n_val, n_test) * costs.scoring
     per_step = costs.per_step
     return RunEstimate(
         seconds_per_step=(sum(per_step.values()) / len(per_step)) if per_step else 0.0,
@@ -154,9 +167,8 @@ def size_to_budget(
 
 def _final_scoring_images(settings: TrainSettings, n_val: int, n_test: int) -> int:
     """Images the final scoring passes through the model: every view of test-time
-    augmentation of validation and test, and the test set once more without it."""
-    n_views = len(views(settings.tta, settings.image_size))
-    return (n_val + n_test) * n_views + (n_test if n_views > 1 else 0)
+    augmentation of validation and test (the plain test scores are the first view's)."""
+    return (n_val + n_test) * len(views(settings.tta, settings.image_size))
 
 
 def _cached(phase: PhasePlan, settings: TrainSettings) -> bool:
@@ -180,9 +192,8 @@ def _step_seconds(prepared: Prepared, settings: TrainSettings, phase: PhasePlan)
     return float(np.median(seconds))
 
 
-def _forward_seconds_per_image(prepared: Prepared) -> float:
+def _forward_seconds_per_image(prepared: Prepared, model: Any) -> float:
     images = next(iter(prepared.train_dataset(first_epoch=0)))[0]
-    model: Any = prepared.model
     np.asarray(model(images, training=False))  # traces
     start = time.perf_counter()
     np.asarray(model(images, training=False))

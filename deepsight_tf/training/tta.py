@@ -41,13 +41,24 @@ def views(mode: str, image_size: int) -> list[View]:
     return out
 
 
+def predict_views(model: Any, dataset: tf.data.Dataset, mode: str = "none") -> list[np.ndarray]:
+    """Softmax of every view of `mode` (the image itself first), for an evaluation dataset of
+    (images, labels)."""
+    image_size = int(dataset.element_spec[0].shape[1])
+    out = []
+    for view in views(mode, image_size):
+        images = dataset.map(lambda x, _y, view=view: view(x))
+        out.append(np.asarray(model.predict(images, verbose=0), dtype=np.float64))
+    return out
+
+
+def mean_of_views(per_view: list[np.ndarray]) -> np.ndarray:
+    total = per_view[0]
+    for probs in per_view[1:]:
+        total = total + probs
+    return (total / len(per_view)).astype(np.float32)
+
+
 def predict_probs(model: Any, dataset: tf.data.Dataset, mode: str = "none") -> np.ndarray:
     """Mean softmax over the views of `mode`, for an evaluation dataset of (images, labels)."""
-    image_size = int(dataset.element_spec[0].shape[1])
-    total = None
-    chosen = views(mode, image_size)
-    for view in chosen:
-        images = dataset.map(lambda x, _y, view=view: view(x))
-        probs = np.asarray(model.predict(images, verbose=0), dtype=np.float64)
-        total = probs if total is None else total + probs
-    return (total / len(chosen)).astype(np.float32)
+    return mean_of_views(predict_views(model, dataset, mode))

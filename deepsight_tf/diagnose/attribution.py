@@ -1,0 +1,184 @@
+"""Error attribution: each test error assigned to the causes that may explain it, with counts
+and bootstrap intervals, and a verdict on "errors come from semantic overlap, not data
+quality".
+
+The causes of an error (an image may have several):
+
+    label_issue       cleanlab flags the image's label (interpret's label_issues.csv)
+    conflicting_twin  the image has an exact or near duplicate in train with another label
+                      (scrub's duplicates.csv)
+    low_quality       scrub's quality checks flag the image (dark, light, near-constant, low
+                      information, blurry; quality.csv)
+    confusable_pair   the true and the predicted class form a registered confusable pair
+                      (explore's hypotheses)
+
+Semantic overlap is the last cause. For the claim, data quality is the evidence that does not
+come from the model under test: a conflicting twin or a low-quality image. Label issues come
+from the same model's probabilities, so they are errors by construction (a confident vote for
+another class, which a semantic confusion gives just as well): the table shows their share,
+but counting them as data quality would decide the claim by definition. The claim's
+statistic is (share of errors in a confusable pair) - (share of errors with a data-quality
+cause), bootstrapped over the test images: "supported" when its interval lies above 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from deepsight_tf.diagnose.bootstrap import (
+    DEFAULT_ALPHA,
+    DEFAULT_N_BOOT,
+    bootstrap_ci,
+    verdict_from_ci,
+)
+from deepsight_tf.diagnose.checks import check_class_names, check_labels_probs
+
+IMAGE_CAUSES = ("label_issue", "conflicting_twin", "low_quality")
+CAUSES = (*IMAGE_CAUSES, "confusable_pair")
+DATA_QUALITY = ("conflicting_twin", "low_quality")  # evidence from outside the model
+CLAIM = "the primary sources of error are semantic overlap, not data quality"
+
+
+def pair_mask(
+    labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str], pairs: Sequence[tuple]
+) -> np.ndarray:
+    """True where the image is wrong and (true, predicted) is a registered pair, either way."""
+    index = {name: i for i, name in enumerate(class_names)}
+    registered = {frozenset((index[a], index[b])) for a, b in pairs if a in index and b in index}
+    return np.array(
+        [
+            t != p and frozenset((t, p)) in registered
+            for t, p in zip(labels, predicted, strict=True)
+        ],
+        dtype=bool,
+    )
+
+
+def attribute_errors(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    image_causes: Mapping[str, np.ndarray],
+    confusable_pairs: Sequence[tuple[str, str]],
+    n_boot: int = DEFAULT_N_BOOT,
+    alpha: float = DEFAULT_ALPHA,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The attribution table and the claim's verdict.
+
+    `image_causes` maps each of IMAGE_CAUSES to the indices of the test images that have it
+    (a missing cause: not measured, shown as such).
+    """
+    labels, probs = check_labels_probs(labels, probs)
+    check_class_names(class_names, probs.shape[1])
+    n = len(labels)
+    predicted = probs.argmax(axis=1)
+    wrong = predicted != labels
+    masks: dict[str, np.ndarray] = {}
+    for cause in IMAGE_CAUSES:
+        if cause in image_causes:
+            mask = np.zeros(n, dtype=bool)
+            mask[np.asarray(image_causes[cause], dtype=np.int64)] = True
+            masks[cause] = mask
+    if confusable_pairs:
+        masks["confusable_pair"] = pair_mask(labels, predicted, class_names, confusable_pairs)
+    any_cause = np.zeros(n, dtype=bool)
+    for mask in masks.values():
+        any_cause |= mask
+    n_errors = int(wrong.sum())
+    rows = []
+    for cause in CAUSES:
+        if cause not in masks:
+            rows.append({"cause": cause, "measured": False})
+            continue
+        rows.append(
+            _row(
+                cause,
+                masks[cause],
+                wrong,
+                n_boot,
+                alpha,
+                seed + len(rows),
+                image_level=cause in IMAGE_CAUSES,
+            )
+        )
+    rows.append(_row("none of these", ~any_cause, wrong, n_boot, alpha, seed + 9, False))
+    return {
+        "n": n,
+        "errors": n_errors,
+        "rows": rows,
+        "claim": _claim(masks, wrong, n_boot, alpha, seed + 17),
+        "ci_level": 1 - alpha,
+        "note": "an error may have several causes, so the shares can add up to more than 1; "
+        "label issues come from this model's probabilities and are errors by construction, so "
+        "the claim's data-quality side counts only conflicting train twins and low-quality "
+        "images, evidence from outside the model",
+    }
+
+
+def _row(
+    cause: str,
+    mask: np.ndarray,
+    wrong: np.ndarray,
+    n_boot: int,
+    alpha: float,
+    seed: int,
+    image_level: bool,
+) -> dict[str, Any]:
+    """Errors with the cause, their share of all errors (CI), and for a cause that belongs to
+    the image, the error rate of the images with it against those without."""
+    count = int((mask & wrong).sum())
+    row: dict[str, Any] = {"cause": cause, "measured": True, "errors": count}
+    if wrong.any():
+        share, low, high = bootstrap_ci(
+            _share_of_errors, mask, wrong, n_boot=n_boot, alpha=alpha, seed=seed
+        )
+        row.update(share=share, share_ci=[low, high])
+    if image_level:
+        row["images"] = int(mask.sum())
+        row["error_rate_with"] = float(wrong[mask].mean()) if mask.any() else None
+        row["error_rate_without"] = float(wrong[~mask].mean()) if (~mask).any() else None
+    return row
+
+
+def _share_of_errors(mask: np.ndarray, wrong: np.ndarray) -> np.ndarray:
+    errors = wrong.sum(axis=-1)
+    return np.divide(
+        (mask & wrong).sum(axis=-1), errors, out=np.zeros(errors.shape), where=errors > 0
+    )
+
+
+def _claim(
+    masks: Mapping[str, np.ndarray], wrong: np.ndarray, n_boot: int, alpha: float, seed: int
+) -> dict[str, Any]:
+    """Share of errors in confusable pairs minus share with a data-quality cause."""
+    measured = [c for c in DATA_QUALITY if c in masks]
+    if "confusable_pair" not in masks or not measured or not wrong.any():
+        return {
+            "claim": CLAIM,
+            "verdict": "not tested",
+            "why": "needs registered confusable pairs, a data-quality cause and some errors",
+        }
+    data = np.zeros_like(wrong)
+    for cause in measured:
+        data |= masks[cause]
+    semantic = masks["confusable_pair"]
+
+    def difference(semantic: np.ndarray, data: np.ndarray, wrong: np.ndarray) -> np.ndarray:
+        return _share_of_errors(semantic, wrong) - _share_of_errors(data, wrong)
+
+    point, low, high = bootstrap_ci(
+        difference, semantic, data, wrong, n_boot=n_boot, alpha=alpha, seed=seed
+    )
+    return {
+        "claim": CLAIM,
+        "semantic_share": float(_share_of_errors(semantic, wrong)),
+        "data_quality_share": float(_share_of_errors(data, wrong)),
+        "data_quality_causes": measured,
+        "difference": point,
+        "difference_ci": [low, high],
+        "verdict": verdict_from_ci(low, high),
+    }

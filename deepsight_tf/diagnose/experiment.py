@@ -1,0 +1,247 @@
+"""`deepsight experiment`: named interventions against a baseline, measured.
+
+Every arm is an ordinary run (runs/<experiment>-<arm>/) of the same data split, seed and
+settings (with --budget: the same wall time each) but for the arm's own change; the
+baseline runs again with other seeds to measure the run-to-run noise. plan.json records the
+arms, their flags and run ids; running the command again skips finished arms and resumes an
+interrupted one. The comparison (report.json) holds, per arm, the paired changes against the
+baseline on the shared test set and a verdict each (comparison.py).
+
+The arms' derived flags come from the baseline's validation predictions, never from the test
+set they are judged on: focus-pairs oversamples its three most-confused validation pairs,
+class-weights weighs classes by 1 / validation recall.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from deepsight_tf.core.errors import ConfigError, PrerequisiteError
+from deepsight_tf.core.manifest import now_iso
+from deepsight_tf.core.progress import Notify, TrainingMonitor
+from deepsight_tf.core.settings import ExperimentSettings, TrainSettings
+from deepsight_tf.core.storage import atomic_write_json, read_json
+from deepsight_tf.core.workspace import (
+    BASELINE_RECALL_FILE,
+    CONFIG_FILE,
+    PLAN_FILE,
+    REPORT_JSON,
+    Workspace,
+)
+from deepsight_tf.diagnose.comparison import compare_arms
+from deepsight_tf.diagnose.evaluation import most_confused_pairs
+from deepsight_tf.training.record import RunRecord
+
+FOCUS_PAIRS = 3
+
+# The change each named arm makes to the baseline's settings (derived arms filled later).
+ARM_CHANGES: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "cutmix": {"mix": "cutmix"},
+    "mixup": {"mix": "mixup"},
+    "focus-pairs": {},  # focus_pairs: the baseline's most-confused validation pairs
+    "class-weights": {},  # class_weights: 1 / the baseline's validation recall
+    "label-smoothing": {"label_smoothing": 0.1},
+    "resnet50": {"backbone": "resnet50"},
+}
+DERIVED = ("focus-pairs", "class-weights")
+
+
+@dataclass
+class Arm:
+    name: str
+    run_id: str
+    changes: dict[str, Any]
+    status: str = "planned"  # planned, running (started, maybe interrupted), done
+
+
+@dataclass
+class ExperimentResult:
+    name: str
+    folder: str
+    arms: list[dict[str, Any]]
+    comparison: dict[str, Any]
+    scores: dict[str, dict[str, float]]
+    duration_s: float
+    started: str
+    files: list[str] = field(default_factory=list)
+
+
+def plan_arms(settings: ExperimentSettings, base: TrainSettings) -> list[Arm]:
+    """The baseline, its reruns with the next seeds, then each other arm in the given order."""
+    name = settings.name
+    arms = [Arm("baseline", f"{name}-baseline", {})]
+    for i in range(1, settings.baseline_seeds):
+        arm = f"baseline-seed{i + 1}"
+        arms.append(Arm(arm, f"{name}-{arm}", {"seed": base.seed + i}))
+    arms += [
+        Arm(arm, f"{name}-{arm}", dict(ARM_CHANGES[arm]))
+        for arm in settings.arm_list()
+        if arm != "baseline"
+    ]
+    return arms
+
+
+def run_experiment(
+    settings: ExperimentSettings,
+    base: TrainSettings,
+    workspace: Workspace,
+    notify: Notify | None = None,
+    monitor: Callable[[str], TrainingMonitor | None] | None = None,
+) -> ExperimentResult:
+    """Train every arm that is not done yet, then compare them all with the baseline."""
+    from deepsight_tf.training.loop import train
+
+    if not settings.name:
+        raise ConfigError("name the experiment: deepsight experiment NAME")
+    folder = workspace.experiment_dir(settings.name)
+    arms = plan_arms(settings, base)
+    started, start = now_iso(), time.perf_counter()
+    with workspace.lock(f"experiment-{settings.name}"):
+        stored = _stored_plan(folder, settings, base)
+        for arm in arms:
+            if arm.name in DERIVED:
+                arm.changes = _derived_changes(arm.name, workspace, arms[0].run_id, folder)
+            done = _finished(workspace, arm.run_id)
+            if stored and arm.name in stored and stored[arm.name] != arm.changes:
+                raise ConfigError(
+                    f"{folder / PLAN_FILE}: arm {arm.name} was planned with {stored[arm.name]}, "
+                    f"now {arm.changes}; use another experiment name"
+                )
+            if not done:
+                arm.status = "running"
+                _write_plan(folder, settings, base, arms)
+                if notify:
+                    notify(f"experiment {settings.name}: arm {arm.name} (run {arm.run_id})")
+                resume = (workspace.run_dir(arm.run_id) / CONFIG_FILE).is_file()
+                run_settings = replace(base, run_id=arm.run_id, resume=resume, **arm.changes)
+                train(
+                    run_settings,
+                    workspace,
+                    notify=notify,
+                    explicit={"run_id", "resume"} if resume else None,
+                    monitor=monitor(arm.name) if monitor else None,
+                )
+            arm.status = "done"
+            _write_plan(folder, settings, base, arms)
+        comparison, scores = _compare(workspace, arms, settings)
+        result = ExperimentResult(
+            name=settings.name,
+            folder=str(folder),
+            arms=[asdict(a) for a in arms],
+            comparison=comparison,
+            scores=scores,
+            duration_s=round(time.perf_counter() - start, 1),
+            started=started,
+            files=[PLAN_FILE, REPORT_JSON],
+        )
+        atomic_write_json(folder / REPORT_JSON, result)
+    return result
+
+
+def _finished(workspace: Workspace, run_id: str) -> bool:
+    try:
+        RunRecord.load(workspace, run_id)
+    except PrerequisiteError:
+        return False
+    return True
+
+
+def _stored_plan(
+    folder: Any, settings: ExperimentSettings, base: TrainSettings
+) -> dict[str, dict[str, Any]] | None:
+    """The arms an earlier invocation planned, after checking it ran the same settings."""
+    path = folder / PLAN_FILE
+    if not path.is_file():
+        return None
+    plan = read_json(path)
+    if plan.get("base") != _base_document(base):
+        raise ConfigError(
+            f"{path}: this experiment ran with other train settings; repeat them or use "
+            "another experiment name"
+        )
+    return {
+        arm["name"]: arm["changes"] for arm in plan.get("arms", []) if arm["status"] != "planned"
+    }
+
+
+def _base_document(base: TrainSettings) -> dict[str, Any]:
+    return {k: v for k, v in asdict(base).items() if k not in ("run_id", "resume")}
+
+
+def _write_plan(
+    folder: Any, settings: ExperimentSettings, base: TrainSettings, arms: list[Arm]
+) -> None:
+    atomic_write_json(
+        folder / PLAN_FILE,
+        {
+            "name": settings.name,
+            "arms": [asdict(a) for a in arms],
+            "baseline_seeds": settings.baseline_seeds,
+            "base": _base_document(base),
+        },
+    )
+
+
+def _derived_changes(arm: str, workspace: Workspace, baseline: str, folder: Any) -> dict[str, Any]:
+    """focus-pairs and class-weights from the baseline's validation predictions."""
+    record = RunRecord.load(workspace, baseline)
+    predictions = record.predictions()
+    labels, predicted = predictions["val_labels"], predictions["val_probs"].argmax(axis=1)
+    names = record.class_names
+    k = len(names)
+    if arm == "focus-pairs":
+        confusion = np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
+        pairs = most_confused_pairs(confusion, names, top=FOCUS_PAIRS)
+        chosen = [f"{p.a}:{p.b}" for p in pairs if p.count > 0]
+        if not chosen:
+            raise ConfigError(
+                f"run {baseline} confuses no pair of classes on validation; drop focus-pairs"
+            )
+        return {"focus_pairs": ",".join(chosen)}
+    recalls = {
+        name: float((predicted[labels == c] == c).mean()) if (labels == c).any() else 1.0
+        for c, name in enumerate(names)
+    }
+    atomic_write_json(folder / BASELINE_RECALL_FILE, recalls)
+    return {"class_weights": str(folder / BASELINE_RECALL_FILE)}
+
+
+def _compare(
+    workspace: Workspace, arms: list[Arm], settings: ExperimentSettings
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """Each arm's test predictions against the baseline's, with the seeds as noise."""
+    from deepsight_tf.data.explore import load_hypotheses
+
+    records = {arm.name: RunRecord.load(workspace, arm.run_id) for arm in arms}
+    predictions = {name: r.predictions() for name, r in records.items()}
+    labels = predictions["baseline"]["test_labels"]
+    for name, p in predictions.items():
+        if not np.array_equal(p["test_labels"], labels):
+            raise ConfigError(f"arm {name} was scored on other test images than the baseline")
+    predicted = {name: p["test_probs"].argmax(axis=1) for name, p in predictions.items()}
+    names = records["baseline"].class_names
+    try:
+        pairs = load_hypotheses(workspace, records["baseline"].dataset).confusable_pairs
+    except PrerequisiteError:
+        pairs = []
+    seeds = [predicted[a.name] for a in arms if a.name.startswith("baseline-seed")]
+    others = {a.name: predicted[a.name] for a in arms if not a.name.startswith("baseline")}
+    comparison = compare_arms(
+        labels, predicted["baseline"], others, seeds, names, pairs, n_boot=settings.n_boot
+    )
+    scores = {
+        name: {
+            "accuracy": float(records[name].metrics["test"]["accuracy"]),
+            "macro_f1": float(records[name].metrics["test"]["macro_f1"]),
+            "epochs": int(records[name].metrics.get("epochs_run", 0)),
+            "duration_s": float(records[name].metrics.get("duration_s", 0.0)),
+        }
+        for name in records
+    }
+    return comparison, scores

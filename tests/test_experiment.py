@@ -1,0 +1,125 @@
+"""deepsight experiment: verdicts from paired intervals on planted predictions, the plan,
+and an interrupted experiment that resumes without retraining what was done."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+from test_faults import at_step
+from test_training import separable_workspace, tiny
+
+from deepsight_tf.core.errors import ConfigError, TrainingInterrupted
+from deepsight_tf.core.settings import ExperimentSettings
+from deepsight_tf.core.storage import read_json
+from deepsight_tf.core.workspace import PLAN_FILE, REPORT_JSON
+from deepsight_tf.diagnose.comparison import compare_arms, pair_confusion, verdict
+from deepsight_tf.diagnose.experiment import plan_arms, run_experiment
+
+NAMES = ["cat", "dog", "ship", "truck"]
+
+
+def planted(seed: int = 0):
+    """A baseline with 30% errors, half of them cat<->dog swaps; arms built from it."""
+    rng = np.random.default_rng(seed)
+    n = 2000
+    labels = rng.integers(0, 4, n)
+    base = labels.copy()
+    wrong = rng.choice(n, 600, replace=False)
+    base[wrong] = (labels[wrong] + rng.integers(1, 4, len(wrong))) % 4
+    cats_dogs = np.flatnonzero(labels < 2)[:300]
+    base[cats_dogs] = 1 - labels[cats_dogs]
+    better = base.copy()
+    fixed = np.flatnonzero(base != labels)[::2]
+    better[fixed] = labels[fixed]  # half of all errors corrected, many cat/dog among them
+    worse = base.copy()
+    broken = np.flatnonzero(base == labels)[:300]
+    worse[broken] = (labels[broken] + 2) % 4  # 300 right answers made wrong, never cat<->dog
+    same = base.copy()
+    same[rng.choice(n, 10, replace=False)] = rng.integers(0, 4, 10)
+    seed_run = base.copy()
+    moved = rng.choice(n, 20, replace=False)
+    seed_run[moved] = labels[moved]  # another seed: a few more right
+    return labels, base, {"better": better, "worse": worse, "same": same}, [seed_run]
+
+
+def test_verdicts_come_from_the_paired_intervals_and_the_seed_noise() -> None:
+    labels, base, arms, seeds = planted()
+    result = compare_arms(labels, base, arms, seeds, NAMES, [("cat", "dog")], n_boot=400)
+    verdicts = {name: arm["verdict"] for name, arm in result["arms"].items()}
+    assert verdicts == {"better": "helps", "worse": "hurts", "same": "inconclusive"}
+    better = result["arms"]["better"]
+    assert better["accuracy"]["change"] == pytest.approx(
+        (arms["better"] == labels).mean() - (base == labels).mean()
+    )
+    low, high = better["accuracy"]["ci"]
+    assert low <= better["accuracy"]["change"] <= high
+    # cat/dog confusion falls with "better" (a lower rate is the improvement), not with "worse".
+    assert better["pairs"]["cat/dog"]["verdict"] == "helps"
+    assert result["arms"]["worse"]["pairs"]["cat/dog"]["change"] == pytest.approx(0.0)
+    noise = (seeds[0] == labels).mean() - (base == labels).mean()
+    assert noise > 0 and result["noise"]["accuracy"] == pytest.approx(noise)
+
+
+def test_a_change_smaller_than_the_seed_noise_is_inconclusive() -> None:
+    assert verdict(0.001, 0.01, 0.005, noise=0.0) == "helps"
+    assert verdict(0.001, 0.01, 0.005, noise=0.006) == "inconclusive"
+    assert verdict(-0.03, -0.01, -0.02, noise=0.0, better="lower") == "helps"
+    assert verdict(-0.03, 0.01, -0.02, noise=0.0) == "inconclusive"
+
+
+def test_pair_confusion_counts_both_directions() -> None:
+    labels = np.array([0, 0, 1, 1, 2])
+    predicted = np.array([1, 0, 0, 2, 1])
+    assert pair_confusion(labels, predicted, 0, 1) == pytest.approx(2 / 4)
+
+
+def test_plan_names_every_arm_and_refuses_unknown_ones() -> None:
+    settings = ExperimentSettings(name="e", arms="baseline,cutmix,resnet50", baseline_seeds=2)
+    arms = plan_arms(settings, tiny(seed=5))
+    assert [(a.name, a.run_id, a.changes) for a in arms] == [
+        ("baseline", "e-baseline", {}),
+        ("baseline-seed2", "e-baseline-seed2", {"seed": 6}),
+        ("cutmix", "e-cutmix", {"mix": "cutmix"}),
+        ("resnet50", "e-resnet50", {"backbone": "resnet50"}),
+    ]
+    with pytest.raises(ConfigError, match="unknown: cutmx"):
+        ExperimentSettings(name="e", arms="baseline,cutmx")
+    with pytest.raises(ConfigError, match="give baseline"):
+        ExperimentSettings(name="e", arms="cutmix")
+
+
+def test_an_interrupted_experiment_resumes_and_compares(tmp_path, monkeypatch) -> None:
+    ws = separable_workspace(tmp_path)
+    base = tiny(epochs=2, checkpoint_minutes=0)
+    settings = ExperimentSettings(
+        name="e", arms="baseline,class-weights", baseline_seeds=2, n_boot=200
+    )
+    # Ctrl-C during the third arm (after 2 x 26 steps of the baselines, 5 into class-weights).
+    at_step(26 * 2 + 5, lambda: os.kill(os.getpid(), signal.SIGINT), monkeypatch)
+    with pytest.raises(TrainingInterrupted):
+        run_experiment(settings, base, ws)
+    monkeypatch.undo()
+    plan = read_json(ws.experiment_dir("e") / PLAN_FILE)
+    assert [(a["name"], a["status"]) for a in plan["arms"]] == [
+        ("baseline", "done"),
+        ("baseline-seed2", "done"),
+        ("class-weights", "running"),
+    ]
+    assert ws.run_dir("e-class-weights").is_dir()  # interrupted mid-run: resumed below
+    baseline_model = ws.run_dir("e-baseline") / "model.keras"
+    before = baseline_model.stat().st_mtime_ns
+    result = run_experiment(settings, base, ws)
+    assert baseline_model.stat().st_mtime_ns == before  # done arms are not trained again
+    assert [a["status"] for a in result.arms] == ["done"] * 3
+    weights = result.arms[2]["changes"]["class_weights"]
+    assert weights.endswith("baseline_val_recall.json")
+    assert set(result.comparison["arms"]) == {"class-weights"}
+    arm = result.comparison["arms"]["class-weights"]
+    assert arm["verdict"] in {"helps", "hurts", "inconclusive"}
+    assert read_json(ws.experiment_dir("e") / REPORT_JSON)["name"] == "e"
+    # The same name with other train settings is refused, not mixed in.
+    with pytest.raises(ConfigError, match="other train settings"):
+        run_experiment(settings, tiny(epochs=3), ws)
