@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from deepsight_tf.core.storage import read_json
 from deepsight_tf.core.workspace import PLAN_FILE, REPORT_JSON
 from deepsight_tf.diagnose.comparison import compare_arms, pair_confusion, verdict
 from deepsight_tf.diagnose.experiment import plan_arms, run_experiment
+from deepsight_tf.reporting.experiment_page import experiment_page
 
 NAMES = ["cat", "dog", "ship", "truck"]
 
@@ -120,6 +122,10 @@ def test_an_interrupted_experiment_resumes_and_compares(tmp_path, monkeypatch) -
     arm = result.comparison["arms"]["class-weights"]
     assert arm["verdict"] in {"helps", "hurts", "inconclusive"}
     assert read_json(ws.experiment_dir("e") / REPORT_JSON)["name"] == "e"
+    page = Path(experiment_page(ws, "e")).read_text()
+    verdict = arm["verdict"]
+    assert 'id="arms"' in page and "class-weights" in page and f"badge {verdict}" in page
+    assert f"{arm['macro_f1']['change']:+.4f}" in page
     # The same name with other train settings is refused, not mixed in.
     with pytest.raises(ConfigError, match="other train settings"):
         run_experiment(settings, tiny(epochs=3), ws)

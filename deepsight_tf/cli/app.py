@@ -193,9 +193,12 @@ def experiment(
     def notify(message: str) -> None:
         err_console.print(f"[dim]{message}[/]", highlight=False, markup=True)
 
+    from deepsight_tf.reporting.experiment_page import experiment_page
+
     plan = replace(plan, name=name)
     with training_display(err_console) as monitor:
         result = run_experiment(plan, settings, state.workspace, notify, lambda arm: monitor)
+    result.files.append(experiment_page(state.workspace, name))
     _show(result, render.render_experiment)
 
 

@@ -381,7 +381,10 @@ def render_experiment(result: Any) -> None:
         )
         if pairs:
             console.print(f"{name}: confusion of {pairs}")
-    console.print(f"plan and comparison in {result.folder} ({result.duration_s / 60:.1f} min)")
+    console.print(
+        f"plan, comparison and page in {result.folder} ({result.duration_s / 60:.1f} min): "
+        f"{result.files[-1]}"
+    )
 
 
 def render_predict(result: Any) -> None:
