@@ -168,3 +168,15 @@ def test_a_budget_run_interrupted_in_its_short_epoch_resumes_exactly(
     assert result.exit_code == 0, result.output
     assert_same_outcome(outcome(prepared.run_dir("budget-cut")), want)
     assert len(want["history"]) == 1 + 2  # type: ignore[arg-type]
+
+
+def test_a_budget_counts_from_budget_from_when_given(prepared: Workspace, planted: None) -> None:
+    """The process has just started (planted), but the caller's clock says 30 of the 40 s are
+    gone (as for an experiment's second arm): about 10 s are left, and 10 * 0.96 - 10 s of
+    writing leaves no step, so it is refused before anything is written."""
+    import time
+
+    late = time.monotonic() - 30.0
+    with pytest.raises(ConfigError, match=r"--budget 40s: the \d+ s left leave room for 0 "):
+        loop.train(tiny(run_id="budget-late", budget="40s"), prepared, budget_from=late)
+    assert not prepared.run_dir("budget-late").exists()

@@ -129,3 +129,28 @@ def test_an_interrupted_experiment_resumes_and_compares(tmp_path, monkeypatch) -
     # The same name with other train settings is refused, not mixed in.
     with pytest.raises(ConfigError, match="other train settings"):
         run_experiment(settings, tiny(epochs=3), ws)
+
+
+def test_with_a_budget_the_seed_reruns_take_the_baselines_schedule(tmp_path, monkeypatch) -> None:
+    """The baseline is sized by --budget (planted: 1 s a step, 40 s: about 27 steps, as the
+    arm's own clock runs from its start); its rerun with the next seed is given that schedule,
+    not a budget of its own."""
+    from deepsight_tf.training import loop
+    from deepsight_tf.training.timing import StepCosts
+
+    monkeypatch.setattr(loop, "command_seconds", lambda: 0.0)
+    monkeypatch.setattr(
+        loop, "probe", lambda *_: StepCosts(per_step={"all": 1.0}, forward=0.0, batch=8)
+    )
+    ws = separable_workspace(tmp_path)
+    settings = ExperimentSettings(name="b", arms="baseline", baseline_seeds=2, n_boot=100)
+    result = run_experiment(settings, tiny(epochs=1, budget="40s"), ws)
+    stored = {
+        arm["name"]: read_json(ws.run_dir(arm["run_id"]) / "config.json")["settings"]
+        for arm in result.arms
+    }
+    base, rerun = stored["baseline"], stored["baseline-seed2"]
+    assert base["budget"] == "40s" and base["last_epoch_steps"] is not None
+    schedule = (base["epochs"], base["last_epoch_steps"])
+    assert (rerun["epochs"], rerun["last_epoch_steps"], rerun["budget"]) == (*schedule, None)
+    assert rerun["seed"] == base["seed"] + 1

@@ -137,6 +137,14 @@ def test_a_run_writes_consistent_artifacts(prepared: Workspace, precision: str) 
     assert metrics["test"]["macro_f1"] == pytest.approx(recomputed["macro_f1"])
     model = keras.saving.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
     assert {layer.dtype_policy.compute_dtype for layer in model.layers} == {"float32"}
+    import io
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(run / MODEL_FILE) as archive:  # the network only: no optimizer state
+        weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+        assert "optimizer" not in weights
     from deepsight_tf.model.preprocessing import Normalization, preprocess
 
     config = read_json(run / "config.json")

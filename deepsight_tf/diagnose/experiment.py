@@ -7,9 +7,11 @@ arms, their flags and run ids; running the command again skips finished arms and
 interrupted one. The comparison (report.json) holds, per arm, the paired changes against the
 baseline on the shared test set and a verdict each (comparison.py).
 
-The arms' derived flags come from the baseline's validation predictions, never from the test
-set they are judged on: focus-pairs oversamples its three most-confused validation pairs,
-class-weights weighs classes by 1 / validation recall.
+The baseline's reruns take the baseline's schedule (with --budget: the epochs and steps it was
+sized to), so that their spread is the seed's alone. The arms' derived flags come from the
+baseline's validation predictions, never from the test set they are judged on: focus-pairs
+oversamples its three most-confused validation pairs, class-weights weighs classes by
+1 / validation recall.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ def run_experiment(
         for arm in arms:
             if arm.name in DERIVED:
                 arm.changes = _derived_changes(arm.name, workspace, arms[0].run_id, folder)
+            elif arm.name.startswith("baseline-seed") and base.budget:
+                arm.changes.update(_baseline_schedule(workspace, arms[0].run_id))
             done = _finished(workspace, arm.run_id)
             if stored and arm.name in stored and stored[arm.name] != arm.changes:
                 raise ConfigError(
@@ -126,6 +130,7 @@ def run_experiment(
                     notify=notify,
                     explicit={"run_id", "resume"} if resume else None,
                     monitor=monitor(arm.name) if monitor else None,
+                    budget_from=time.monotonic(),  # each arm its own --budget
                 )
             arm.status = "done"
             _write_plan(folder, settings, base, arms)
@@ -186,6 +191,13 @@ def _write_plan(
             "base": _base_document(base),
         },
     )
+
+
+def _baseline_schedule(workspace: Workspace, baseline: str) -> dict[str, Any]:
+    """The baseline's schedule as --budget sized it, for its reruns with other seeds: their
+    difference from the baseline is then the seed's alone, not also a probe's."""
+    stored = RunRecord.load(workspace, baseline).settings
+    return {"budget": None, "epochs": stored.epochs, "last_epoch_steps": stored.last_epoch_steps}
 
 
 def _derived_changes(arm: str, workspace: Workspace, baseline: str, folder: Any) -> dict[str, Any]:

@@ -28,9 +28,13 @@ def load_classifier(path: Path) -> keras.Model:
 
 
 def save_classifier(model: keras.Model, path: Path) -> None:
-    """model.save needs a .keras name, so write `.<name>.<pid>.tmp.keras` then rename it."""
+    """The network alone (no optimizer state: a compiled model is saved through an uncompiled
+    functional view of the same layers; a ResNet-18's SGD momenta doubled the file to 90 MB).
+    model.save needs a .keras name, so write `.<name>.<pid>.tmp.keras` then rename it."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    if getattr(model, "compiled", False):
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
     try:
         model.save(tmp)
         os.replace(tmp, path)

@@ -166,13 +166,13 @@ def scrub_parts(up: UpstreamArtifacts, image_size: int) -> list[Any]:
             f"{overlap['near'].get('train-val', 0)}, exact {overlap['exact'].get('train-val', 0)}."
         ),
         paragraph(dup["method"], css="note"),
-        *quality_parts(s.get("quality") or {}),
     ]
     figures = [f for f in s.get("files", []) if f.endswith(".png")]
     for rel in figures:
         stem = Path(rel).stem
         if stem != "interpolation":
             parts.append(figure(scrub_dir / rel, CAPTIONS.get(stem, stem), f"scrub: {stem}"))
+    parts += quality_parts(s.get("quality") or {})
     if study["image_size"] != image_size:
         return [
             *parts,

@@ -122,6 +122,7 @@ def train(
     notify: Notify | None = None,
     explicit: set[str] | None = None,
     monitor: TrainingMonitor | None = None,
+    budget_from: float | None = None,
 ) -> TrainResult:
     """Train a classifier on scrub's split, evaluate it on the test set, apply the MVA gate.
 
@@ -130,7 +131,9 @@ def train(
     With `resume`, an unfinished run continues from its last commit (see checkpoints.py)
     with its stored settings; `explicit` names the settings the user gave, which must agree
     with them (None: all of `settings` must). `monitor` hears the pre-flight estimate, every
-    step (with the running loss and accuracy) and every epoch's history row.
+    step (with the running loss and accuracy) and every epoch's history row. `budget_from`
+    is the time.monotonic() a --budget counts from (None: the process's start, so the
+    command's imports and data loading count; deepsight experiment gives each arm its own).
     """
     if settings.resume and not settings.run_id:
         raise ConfigError("--resume needs the --run-id of the run to continue")
@@ -154,6 +157,7 @@ def train(
         run_dir = Path(tempfile.mkdtemp(prefix="deepsight-worker-")) / run_id
         lock = contextlib.nullcontext()
     run = _Run(settings, unfreeze, data, workspace, run_id, run_dir, progress, notify, monitor)
+    run.budget_from = budget_from
     policy = keras.config.dtype_policy()  # the run sets its own; the caller gets theirs back
     with lock:
         _refuse_existing(run_dir, run_id, settings.resume)
@@ -262,6 +266,7 @@ class _Run:
         self.monitor = monitor or TrainingMonitor()
         self.control = RunControl()
         self.resumed_commit: Commit | None = None
+        self.budget_from: float | None = None
 
     def execute(self, strategy: Any) -> TrainResult:
         started, start = now_iso(), time.perf_counter()
@@ -345,7 +350,10 @@ class _Run:
     ) -> list[PhasePlan]:
         """The last phase's epochs and last-epoch steps that end the command within --budget."""
         settings = self.settings
-        left = parse_duration(settings.budget) - command_seconds()
+        used = (
+            command_seconds() if self.budget_from is None else time.monotonic() - self.budget_from
+        )
+        left = parse_duration(settings.budget) - used
         epochs, last = size_to_budget(costs, prepared, phases, settings, self._eval_images(), left)
         self.settings = replace(settings, epochs=epochs, last_epoch_steps=last)
         phases = plan_phases(self.settings, prepared.distribution["lr"])

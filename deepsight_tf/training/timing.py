@@ -193,8 +193,13 @@ def _step_seconds(prepared: Prepared, settings: TrainSettings, phase: PhasePlan)
 
 
 def _forward_seconds_per_image(prepared: Prepared, model: Any) -> float:
+    """One batch through `model` compiled as predict compiles it (an eager call pays Python's
+    dispatch per layer: it read 4.5 ms an image where scoring took about 1.8)."""
+    import tensorflow as tf
+
     images = next(iter(prepared.train_dataset(first_epoch=0)))[0]
-    np.asarray(model(images, training=False))  # traces
+    forward = tf.function(lambda x: model(x, training=False))
+    np.asarray(forward(images))  # traces
     start = time.perf_counter()
-    np.asarray(model(images, training=False))
+    np.asarray(forward(images))
     return (time.perf_counter() - start) / int(images.shape[0])
