@@ -58,7 +58,7 @@ def _arms(result: dict[str, Any]) -> Html:
                 fmt_ci(arm["macro_f1"]["ci"], "+.4f"),
                 badge(arm["verdict"]),
             ]
-        row.append(f"{score['duration_s'] / 60:.1f} min, {score['epochs']} epochs")
+        row.append(f"{score['duration_s'] / 60:.1f} min, epochs: {score['epochs']}")
         rows.append(row)
     return section(
         "arms",
