@@ -204,18 +204,7 @@ def _cam_gallery(run: RunArtifacts, figures: _Figures) -> list[Any]:
 def _label_issues(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> list[Any]:
     issues = rep["label_issues"]
     focus_file = run.interpret_dir / Path(issues["focus_pairs_file"]).name
-    rows = [
-        [
-            str(i["rank"] + 1),
-            str(i["index"]),
-            i.get("path") or "—",
-            i["given_label"],
-            i["suggested_label"],
-            f"{i['suggested_probability']:.3f}",
-            f"{i['score']:.3f}",
-        ]
-        for i in issues.get("top", [])
-    ]
+    rows = _issue_rows(issues.get("top", []))
     parts: list[Any] = [
         element("h3", "Label issues"),
         paragraph(
@@ -240,12 +229,9 @@ def _label_issues(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> 
     return parts + figures.get("label_issues", "label issues") + _train_label_issues(issues)
 
 
-def _train_label_issues(issues: dict[str, Any]) -> list[Any]:
-    """Label issues among the training images (K-fold linear probes on the run's features)."""
-    train = issues.get("train")
-    if not train:
-        return []
-    rows = [
+def _issue_rows(top: list[dict[str, Any]]) -> list[list[str]]:
+    """Table rows of label issues (label_issues.csv's top rows, test or training)."""
+    return [
         [
             str(i["rank"] + 1),
             str(i["index"]),
@@ -255,8 +241,16 @@ def _train_label_issues(issues: dict[str, Any]) -> list[Any]:
             f"{i['suggested_probability']:.3f}",
             f"{i['score']:.3f}",
         ]
-        for i in train.get("top", [])
+        for i in top
     ]
+
+
+def _train_label_issues(issues: dict[str, Any]) -> list[Any]:
+    """Label issues among the training images (K-fold linear probes on the run's features)."""
+    train = issues.get("train")
+    if not train:
+        return []
+    rows = _issue_rows(train.get("top", []))
     parts: list[Any] = [
         paragraph(
             f"In the training images: {train['count']:,} of {train['images']:,} flagged, from "
