@@ -173,6 +173,18 @@ def focus_pairs_file(tmp: Path, ws: Path) -> list[str]:
     return train_flag("--run-id", "focus", "--focus-pairs", f"@{secret}")(tmp, ws)
 
 
+def drop_train_of_another_data_set(tmp: Path, ws: Path) -> list[str]:
+    issues = tmp / "train_label_issues.csv"
+    issues.write_text("index,given\n3,cat\n900000,dog\n")
+    return train_flag("--run-id", "drop", "--drop-train", str(issues))(tmp, ws)
+
+
+def drop_train_passwd(tmp: Path, ws: Path) -> list[str]:
+    secret = tmp / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    return train_flag("--run-id", "drop", "--drop-train", str(secret))(tmp, ws)
+
+
 def lambda_model(tmp: Path, ws: Path) -> list[str]:
     """model.keras replaced by one with a Lambda layer, its manifest re-signed (as an attacker
     with write access could): only safe_mode stops it, before interpret writes anything."""
@@ -232,6 +244,9 @@ CASES = [
     Case("--weights missing", train_flag("--weights", "/nowhere/w.h5"), 7, "no such file"),
     Case("--class-weights missing", train_flag("--class-weights", "/nowhere.json"), 7, "--class"),
     Case("--focus-pairs @/etc/passwd", focus_pairs_file, 7, "'root:x:0:0:root:/root:/bin/bash'"),
+    Case("--drop-train of another data set", drop_train_of_another_data_set, 3, "index 900000"),
+    Case("--drop-train /etc/passwd", drop_train_passwd, 3, "no 'index' column"),
+    Case("--drop-train missing", train_flag("--drop-train", "/nowhere.csv"), 7, "no such file"),
     Case("runs/ not a folder", runs_not_a_folder, 10, "could not write"),
     Case("corrupt state.json on --resume", corrupt_state_on_resume, 5, "is unreadable"),
     Case("interpret /etc", lambda tmp, ws: ["interpret", "/etc"], 7, "not a path"),

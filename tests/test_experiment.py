@@ -12,13 +12,15 @@ import pytest
 from test_faults import at_step
 from test_training import separable_workspace, tiny
 
-from deepsight_tf.core.errors import ConfigError, TrainingInterrupted
+from deepsight_tf.core.errors import ConfigError, DataError, PrerequisiteError, TrainingInterrupted
+from deepsight_tf.core.manifest import DROPPED_INPUT
 from deepsight_tf.core.settings import ExperimentSettings
-from deepsight_tf.core.storage import read_json
-from deepsight_tf.core.workspace import PLAN_FILE, REPORT_JSON
+from deepsight_tf.core.storage import read_json, sha256_file
+from deepsight_tf.core.workspace import DROPPED_TRAIN_FILE, PLAN_FILE, REPORT_JSON
 from deepsight_tf.diagnose.comparison import compare_arms, pair_confusion, verdict
-from deepsight_tf.diagnose.experiment import plan_arms, run_experiment
+from deepsight_tf.diagnose.experiment import plan_arms, run_experiment, shares_baseline_schedule
 from deepsight_tf.reporting.experiment_page import experiment_page
+from deepsight_tf.training.data import dropped_indices
 
 NAMES = ["cat", "dog", "ship", "truck"]
 
@@ -154,3 +156,65 @@ def test_with_a_budget_the_seed_reruns_take_the_baselines_schedule(tmp_path, mon
     schedule = (base["epochs"], base["last_epoch_steps"])
     assert (rerun["epochs"], rerun["last_epoch_steps"], rerun["budget"]) == (*schedule, None)
     assert rerun["seed"] == base["seed"] + 1
+
+
+def test_only_arms_that_change_the_step_get_a_schedule_of_their_own() -> None:
+    settings = ExperimentSettings(
+        name="e", arms="baseline,cutmix,class-weights,resnet50", baseline_seeds=2
+    )
+    shared = {a.name: shares_baseline_schedule(a) for a in plan_arms(settings, tiny())}
+    assert shared == {
+        "baseline": False,
+        "baseline-seed2": True,
+        "cutmix": True,
+        "class-weights": True,
+        "resnet50": False,  # a ResNet-50 step costs more: its own probe sizes it
+    }
+
+
+def test_drop_train_reads_the_first_rows_of_a_ranked_index_csv(tmp_path) -> None:
+    path = tmp_path / "issues.csv"
+    path.write_text("index,label\n7,cat\n3,dog\n7,cat\n12,ship\n")
+    assert dropped_indices(path, None, 20).tolist() == [3, 7, 12]
+    assert dropped_indices(path, 2, 20).tolist() == [3, 7]
+    with pytest.raises(DataError, match=r"index 12 is outside the 10 stored"):
+        dropped_indices(path, None, 10)
+    path.write_text("row,label\n7,cat\n")
+    with pytest.raises(DataError, match="no 'index' column"):
+        dropped_indices(path, None, 20)
+    path.write_text("index\nseven\n")
+    with pytest.raises(DataError, match="non-integer"):
+        dropped_indices(path, None, 20)
+    with pytest.raises(ConfigError, match="no such file"):
+        dropped_indices(tmp_path / "absent.csv", None, 20)
+    with pytest.raises(ConfigError, match="--drop-top counts rows of --drop-train"):
+        tiny(drop_top=5)
+
+
+def test_clean_labels_leaves_out_the_flagged_training_images(tmp_path) -> None:
+    """The arm trains on the baseline's split without the images a run flagged; the flagged
+    validation image stays in validation; a missing issues file fails before any training."""
+    from deepsight_tf.data.scrub import load_split
+
+    ws = separable_workspace(tmp_path)
+    settings = ExperimentSettings(
+        name="c", arms="baseline,clean-labels", baseline_seeds=1, issues_from="src", n_boot=100
+    )
+    with pytest.raises(PrerequisiteError, match="deepsight interpret src"):
+        run_experiment(settings, tiny(epochs=1), ws)
+    assert not ws.run_dir("c-baseline").exists()
+    split = load_split(ws, "rgb")
+    flagged = [int(i) for i in split.train[[5, 0, 9, 2]]] + [int(split.val[0])]
+    source = ws.interpret_dir("src") / "train_label_issues.csv"
+    source.parent.mkdir(parents=True)
+    source.write_text("index,given\n" + "".join(f"{i},x\n" for i in flagged))
+    result = run_experiment(settings, tiny(epochs=1), ws)
+    copy = ws.experiment_dir("c") / DROPPED_TRAIN_FILE
+    assert copy.read_bytes() == source.read_bytes()
+    assert result.arms[1]["changes"] == {"drop_train": str(copy)}
+    images = {name: score["train_images"] for name, score in result.scores.items()}
+    assert images == {"baseline": len(split.train), "clean-labels": len(split.train) - 4}
+    predictions = np.load(ws.run_dir("c-clean-labels") / "predictions.npz")
+    assert predictions["val_indices"].tolist() == list(split.val)  # validation untouched
+    manifest = read_json(ws.run_dir("c-clean-labels") / "manifest.json")
+    assert manifest["inputs"][DROPPED_INPUT]["sha256"] == sha256_file(copy)

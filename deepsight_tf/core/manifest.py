@@ -61,5 +61,6 @@ class Manifest:
 # The labels under which manifests record their inputs; a later phase checks an input by label.
 DATA_INPUT = "data set"  # data/<name>/images.npz
 SPLIT_INPUT = "split"  # scrub/<name>/split.json
+DROPPED_INPUT = "dropped training images"  # --drop-train's CSV
 MODEL_INPUT = "model"  # runs/<id>/model.keras
 PREDICTIONS_INPUT = "predictions"  # runs/<id>/predictions.npz

@@ -208,6 +208,14 @@ class TrainSettings(Settings):
         None, "Oversample confusable classes: cat:dog,automobile:truck, or @FILE."
     )
     focus_factor: float = setting(2.0, "How much more often focus classes are drawn.", ge=1)
+    drop_train: str | None = setting(
+        None,
+        "Leave these training images out: a CSV with an index column (interpret's "
+        "train_label_issues.csv, most doubtful first).",
+    )
+    drop_top: int | None = setting(
+        None, "With --drop-train: only the file's first N rows. Default: all.", ge=1
+    )
     batch_size: int = setting(128, "Images per step (per replica).", ge=1)
     frozen_epochs: int | None = setting(
         None, "Head-only epochs (phase 1). Default: 1 with pretrained weights, else 0.", ge=0
@@ -280,6 +288,8 @@ class TrainSettings(Settings):
         for name, flag in ((self.run_id, "--run-id"), (self.dataset, "--dataset")):
             if name is not None:
                 check_name(name, flag)
+        if self.drop_top is not None and self.drop_train is None:
+            raise ConfigError("--drop-top counts rows of --drop-train: give --drop-train FILE")
 
 
 EXPERIMENT_ARMS = (
@@ -290,6 +300,7 @@ EXPERIMENT_ARMS = (
     "class-weights",
     "label-smoothing",
     "resnet50",
+    "clean-labels",
 )
 
 
@@ -299,16 +310,24 @@ class ExperimentSettings(Settings):
     arms: str = setting(
         "baseline,cutmix,mixup,focus-pairs,class-weights,resnet50",
         f"Arms, comma-separated, from: {', '.join(EXPERIMENT_ARMS)}. focus-pairs and "
-        "class-weights are derived from the baseline's validation predictions.",
+        "class-weights are derived from the baseline's validation predictions, clean-labels "
+        "leaves out a run's training label issues (--issues-from).",
     )
     baseline_seeds: int = setting(
         2, "Baseline runs with different seeds: their spread is the run-to-run noise.", ge=1
     )
     n_boot: int = setting(2000, "Paired bootstrap resamples for every interval.", ge=100)
+    issues_from: str | None = setting(
+        None,
+        "Run whose interpret/train_label_issues.csv the clean-labels arm leaves out. "
+        "Default: the baseline's (run `deepsight interpret NAME-baseline` once it is trained).",
+    )
 
     def check(self) -> None:
         if self.name:
             check_name(self.name, "experiment name")
+        if self.issues_from is not None:
+            check_name(self.issues_from, "--issues-from")
         arms = self.arm_list()
         unknown = [a for a in arms if a not in EXPERIMENT_ARMS]
         if unknown or "baseline" not in arms:

@@ -49,6 +49,7 @@ REPORTS_DIR = "reports"  # workspace/reports/: pages comparing runs
 EXPERIMENTS_DIR = "experiments"  # workspace/experiments/<name>/: plan and comparison
 PLAN_FILE = "plan.json"  # experiments/<name>/: the arms, their flags and run ids
 BASELINE_RECALL_FILE = "baseline_val_recall.json"  # experiments/<name>/: class-weights arm
+DROPPED_TRAIN_FILE = "dropped_train.csv"  # experiments/<name>/: clean-labels arm
 LOCKS_DIR = ".locks"
 DEFAULT_LOCK_TIMEOUT_S = 120.0
 

@@ -7,11 +7,15 @@ arms, their flags and run ids; running the command again skips finished arms and
 interrupted one. The comparison (report.json) holds, per arm, the paired changes against the
 baseline on the shared test set and a verdict each (comparison.py).
 
-The baseline's reruns take the baseline's schedule (with --budget: the epochs and steps it was
-sized to), so that their spread is the seed's alone. The arms' derived flags come from the
-baseline's validation predictions, never from the test set they are judged on: focus-pairs
-oversamples its three most-confused validation pairs, class-weights weighs classes by
-1 / validation recall.
+With --budget the baseline is sized to it; its reruns and every arm whose change leaves the
+step's cost alone take the baseline's sized schedule (its epochs and steps), so that neither
+the seeds' spread nor an arm's change holds the probe's noise (how fast the machine was that
+minute). Arms that change the step (resnet50) are sized by their own probe to the same budget.
+The arms' derived flags come from the baseline's validation predictions, never from the test
+set they are judged on: focus-pairs oversamples its three most-confused validation pairs,
+class-weights weighs classes by 1 / validation recall; clean-labels leaves out the training
+images a run's interpret flagged as label issues (train_label_issues.csv, copied into the
+experiment when the arm starts).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,12 +32,14 @@ from deepsight_tf.core.errors import ConfigError, PrerequisiteError
 from deepsight_tf.core.manifest import now_iso
 from deepsight_tf.core.progress import Notify, TrainingMonitor
 from deepsight_tf.core.settings import ExperimentSettings, TrainSettings
-from deepsight_tf.core.storage import atomic_write_json, read_json
+from deepsight_tf.core.storage import atomic_write_bytes, atomic_write_json, read_json
 from deepsight_tf.core.workspace import (
     BASELINE_RECALL_FILE,
     CONFIG_FILE,
+    DROPPED_TRAIN_FILE,
     PLAN_FILE,
     REPORT_JSON,
+    TRAIN_LABEL_ISSUES_FILE,
     Workspace,
 )
 from deepsight_tf.diagnose.comparison import compare_arms
@@ -50,8 +57,13 @@ ARM_CHANGES: dict[str, dict[str, Any]] = {
     "class-weights": {},  # class_weights: 1 / the baseline's validation recall
     "label-smoothing": {"label_smoothing": 0.1},
     "resnet50": {"backbone": "resnet50"},
+    "clean-labels": {},  # drop_train: a run's training label issues (--issues-from)
 }
-DERIVED = ("focus-pairs", "class-weights")
+DERIVED = ("focus-pairs", "class-weights", "clean-labels")
+# Changes that make a step cost more or less: with --budget such an arm is sized by its own
+# probe; every other arm takes the baseline's sized schedule (the same steps), so that the
+# probe's noise (the machine's speed that minute) is not part of the arm's change.
+OWN_SCHEDULE = ("backbone", "image_size", "width_multiplier", "batch_size")
 
 
 @dataclass
@@ -105,14 +117,20 @@ def run_experiment(
     arms = plan_arms(settings, base)
     started, start = now_iso(), time.perf_counter()
     with workspace.lock(f"experiment-{settings.name}"):
-        stored = _stored_plan(folder, settings, base)
+        stored = _stored_plan(folder, settings, base) or {}
+        if "clean-labels" in settings.arm_list() and settings.issues_from:
+            _issues_file(workspace, settings.issues_from)  # fail before training anything
         for arm in arms:
-            if arm.name in DERIVED:
-                arm.changes = _derived_changes(arm.name, workspace, arms[0].run_id, folder)
-            elif arm.name.startswith("baseline-seed") and base.budget:
-                arm.changes.update(_baseline_schedule(workspace, arms[0].run_id))
             done = _finished(workspace, arm.run_id)
-            if stored and arm.name in stored and stored[arm.name] != arm.changes:
+            if arm.name == "clean-labels":
+                arm.changes = _clean_labels(
+                    workspace, settings.issues_from or arms[0].run_id, folder, arm.name in stored
+                )
+            elif arm.name in DERIVED:
+                arm.changes = _derived_changes(arm.name, workspace, arms[0].run_id, folder)
+            if base.budget and shares_baseline_schedule(arm):
+                arm.changes.update(_baseline_schedule(workspace, arms[0].run_id))
+            if arm.name in stored and stored[arm.name] != arm.changes:
                 raise ConfigError(
                     f"{folder / PLAN_FILE}: arm {arm.name} was planned with {stored[arm.name]}, "
                     f"now {arm.changes}; use another experiment name"
@@ -147,6 +165,12 @@ def run_experiment(
         )
         atomic_write_json(folder / REPORT_JSON, result)
     return result
+
+
+def shares_baseline_schedule(arm: Arm) -> bool:
+    """With --budget: does the arm train the baseline's sized schedule (its change leaves the
+    step's cost alone), or is it sized by a probe of its own (OWN_SCHEDULE)?"""
+    return arm.name != "baseline" and not set(arm.changes) & set(OWN_SCHEDULE)
 
 
 def _finished(workspace: Workspace, run_id: str) -> bool:
@@ -198,6 +222,27 @@ def _baseline_schedule(workspace: Workspace, baseline: str) -> dict[str, Any]:
     difference from the baseline is then the seed's alone, not also a probe's."""
     stored = RunRecord.load(workspace, baseline).settings
     return {"budget": None, "epochs": stored.epochs, "last_epoch_steps": stored.last_epoch_steps}
+
+
+def _issues_file(workspace: Workspace, run_id: str) -> Path:
+    path = workspace.interpret_dir(run_id) / TRAIN_LABEL_ISSUES_FILE
+    if not path.is_file():
+        raise PrerequisiteError(
+            f"{path} is missing: the clean-labels arm leaves out run {run_id}'s training label "
+            f"issues; run `deepsight interpret {run_id}` first (or name another run with "
+            "--issues-from)"
+        )
+    return path
+
+
+def _clean_labels(workspace: Workspace, source: str, folder: Path, started: bool) -> dict[str, Any]:
+    """clean-labels: the baseline's settings without the training images that run `source`
+    flagged as label issues. The list is copied into the experiment once the arm starts, so a
+    resumed arm leaves out the same images."""
+    copy = folder / DROPPED_TRAIN_FILE
+    if not (started and copy.is_file()):
+        atomic_write_bytes(copy, _issues_file(workspace, source).read_bytes())
+    return {"drop_train": str(copy)}
 
 
 def _derived_changes(arm: str, workspace: Workspace, baseline: str, folder: Any) -> dict[str, Any]:
@@ -253,6 +298,7 @@ def _compare(
             "macro_f1": float(records[name].metrics["test"]["macro_f1"]),
             "epochs": int(records[name].metrics.get("epochs_run", 0)),
             "duration_s": float(records[name].metrics.get("duration_s", 0.0)),
+            "train_images": int(records[name].metrics.get("train_images", 0)),
         }
         for name in records
     }

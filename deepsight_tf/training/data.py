@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from deepsight_tf.core.errors import DataError, PrerequisiteError
-from deepsight_tf.core.manifest import DATA_INPUT, SPLIT_INPUT
+from deepsight_tf.core.errors import ConfigError, DataError, PrerequisiteError
+from deepsight_tf.core.manifest import DATA_INPUT, DROPPED_INPUT, SPLIT_INPUT
 from deepsight_tf.core.settings import TrainSettings
+from deepsight_tf.core.storage import sha256_file
 from deepsight_tf.core.workspace import IMAGES_FILE, SPLIT_FILE, Workspace
 from deepsight_tf.data.dataset import Dataset, load_dataset
 from deepsight_tf.model.preprocessing import Normalization, Preprocessing
@@ -42,6 +43,8 @@ def training_data(settings: TrainSettings, workspace: Workspace) -> TrainingData
     report = load_scrub_report(workspace, data.name)
     interpolation = settings.interpolation or report["interpolation"]["selected"]
     train = np.asarray(split.train)
+    if settings.drop_train is not None:
+        train = _without(train, settings, len(data.y_train))
     if settings.max_train_images is not None and settings.max_train_images < len(train):
         train = stratified_subset(
             train, data.y_train[train], settings.max_train_images, settings.seed
@@ -55,7 +58,50 @@ def training_data(settings: TrainSettings, workspace: Workspace) -> TrainingData
             workspace.split_path(data.name), scrub_manifest.outputs.get(SPLIT_FILE)
         ),
     }
+    if settings.drop_train is not None:
+        inputs[DROPPED_INPUT] = workspace.input_record(
+            Path(settings.drop_train), sha256_file(Path(settings.drop_train))
+        )
     return TrainingData(data, train, np.asarray(split.val), interpolation, inputs)
+
+
+def dropped_indices(path: Path, top: int | None, n_images: int) -> np.ndarray:
+    """The `index` column of a ranked CSV (interpret's train_label_issues.csv), first `top`
+    rows: indices into the stored training images."""
+    import csv
+    import itertools
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if "index" not in (reader.fieldnames or []):
+                raise DataError(
+                    f"{path}: no 'index' column; give a CSV of training-image indices such as "
+                    "interpret's train_label_issues.csv"
+                )
+            rows = [row["index"] for row in itertools.islice(reader, top)]
+    except FileNotFoundError:
+        raise ConfigError(f"--drop-train {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read it as CSV ({exc})") from None
+    try:
+        indices = np.asarray([int(r) for r in rows], dtype=np.int64)
+    except ValueError:
+        raise DataError(f"{path}: the 'index' column holds a non-integer") from None
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_images):
+        raise DataError(
+            f"{path}: index {int(indices.max() if indices.max() >= n_images else indices.min())} "
+            f"is outside the {n_images} stored training images (a CSV of another data set?)"
+        )
+    return np.unique(indices)
+
+
+def _without(train: np.ndarray, settings: TrainSettings, n_images: int) -> np.ndarray:
+    """Scrub's training split without --drop-train's images (validation is never touched)."""
+    dropped = dropped_indices(Path(settings.drop_train or ""), settings.drop_top, n_images)
+    kept = train[~np.isin(train, dropped)]
+    log.info("--drop-train: %d of %d training images left out", len(train) - len(kept), len(train))
+    return kept
 
 
 def stratified_subset(indices: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
