@@ -27,6 +27,10 @@ class Dataset:
     y_test: np.ndarray
     train_paths: list[str]
     test_paths: list[str]
+    # (N, 2) height and width of each image at its source, before any resizing (obtain); None:
+    # every image was stored at the size it came in (a batches folder, an npz, a uniform tree).
+    train_sizes: np.ndarray | None = None
+    test_sizes: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -44,6 +48,14 @@ class Dataset:
     def paths(self, split: str) -> list[str]:
         return self.train_paths if split == "train" else self.test_paths
 
+    def source_sizes(self, split: str) -> np.ndarray:
+        """(N, 2) height and width of the split's images at their source."""
+        x, _ = self.split(split)
+        stored = self.train_sizes if split == "train" else self.test_sizes
+        if stored is not None:
+            return stored
+        return np.tile(np.asarray(x.shape[1:3], dtype=np.int64), (len(x), 1))
+
     def counts(self, split: str) -> dict[str, int]:
         _, y = self.split(split)
         per_class = np.bincount(y, minlength=self.num_classes)
@@ -60,6 +72,8 @@ def save_dataset(path: Path, data: Dataset) -> None:
         class_names=np.asarray(data.class_names, dtype=str),
         train_paths=np.asarray(data.train_paths, dtype=str),
         test_paths=np.asarray(data.test_paths, dtype=str),
+        train_sizes=data.source_sizes("train").astype(np.int64),
+        test_sizes=data.source_sizes("test").astype(np.int64),
     )
 
 
@@ -75,6 +89,9 @@ def read_dataset(path: Path, name: str) -> Dataset:
                 y_test=npz["y_test"],
                 train_paths=[str(p) for p in npz["train_paths"].tolist()],
                 test_paths=[str(p) for p in npz["test_paths"].tolist()],
+                # stores written before obtain kept source sizes: the stored size
+                train_sizes=npz["train_sizes"] if "train_sizes" in npz.files else None,
+                test_sizes=npz["test_sizes"] if "test_sizes" in npz.files else None,
             )
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{path}: unreadable data set ({exc}); rerun `deepsight obtain`") from exc

@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from deepsight_tf.core.errors import DataError
 from deepsight_tf.core.progress import Progress
 from deepsight_tf.data.dataset import SPLITS
-from deepsight_tf.data.raw import RawDataset, SkippedFile, first_line, stack_images
+from deepsight_tf.data.raw import RawDataset, SkippedFile, first_line, image_sizes, stack_images
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 # PIL's modes for 16-bit (and 32-bit integer) greyscale, which .convert("RGB") clips at 255.
@@ -112,6 +112,8 @@ def read_image_folder(
         skipped=skipped,
         conversions=dict(conversions),
         warnings=warnings,
+        train_sizes=image_sizes(decoded["train"][0]),
+        test_sizes=image_sizes(decoded["test"][0]),
     )
 
 

@@ -94,6 +94,8 @@ def obtain(
             y_test=raw.y_test,
             train_paths=raw.train_paths,
             test_paths=raw.test_paths,
+            train_sizes=raw.train_sizes,
+            test_sizes=raw.test_sizes,
         )
         save_dataset(folder / IMAGES_FILE, data)
         duration = time.perf_counter() - start

@@ -1,5 +1,5 @@
 """Image quality, as cleanvision checks it: too dark, too bright, near-constant, low
-information, blurry; one score per image and issue, a fixed threshold each.
+information, blurry, odd size or aspect; one score per image and issue, a fixed threshold each.
 
 Every score is computed on the luminance (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B) of
 the stored image, in chunks, with numpy alone:
@@ -16,6 +16,15 @@ the stored image, in chunks, with numpy alone:
     blurry          the contrast-normalised sharpness std(Laplacian) / std(luminance): a
                     Gaussian blur of 1.5 px takes a 32 px photo from a median of 1.0 to 0.19,
                     while 99.5% of sharp CIFAR-10 photos score over 0.47
+
+and from each image's size at its source (before obtain resized anything), against the data
+set's median:
+
+    odd_size        linear size sqrt(w * h) over 2x off the median: resizing scales it by
+                    more than twice (or less than half) the common factor, so its detail
+                    differs from its class mates' (an upsampled thumbnail is a blurred one)
+    odd_aspect      w / h over 2x off the median: the square resize squeezes its content by
+                    more than half
 
 The thresholds are set by principle above and checked on planted cases (real images
 darkened, brightened, flattened, posterised, blurred): `bench/image_quality.py` prints each
@@ -54,7 +63,11 @@ CHECKS = (
     Check("low_information", "entropy", 3.0, True, "luminance entropy under 3 bits"),
     Check("blurry", "sharpness", 0.4, True, "std(Laplacian) / std(luminance) under 0.4"),
 )
-ISSUES = tuple(check.issue for check in CHECKS)
+SIZE_CHECKS = (
+    Check("odd_size", "size_factor", 2.0, False, "linear size over 2x off the median at source"),
+    Check("odd_aspect", "aspect_factor", 2.0, False, "aspect ratio over 2x off the median"),
+)
+ISSUES = tuple(check.issue for check in CHECKS + SIZE_CHECKS)
 
 
 def luminance(images: np.ndarray) -> np.ndarray:
@@ -74,6 +87,22 @@ def quality_scores(images: np.ndarray) -> dict[str, np.ndarray]:
         for key, values in chunk.items():
             out[key][start : start + len(values)] = values
     return out
+
+
+def size_scores(sizes: np.ndarray, reference: np.ndarray) -> dict[str, np.ndarray]:
+    """How many times each image's linear size and aspect ratio are off the reference images'
+    medians (>= 1: 1 is the median itself). sizes, reference: (N, 2) heights and widths."""
+    size, aspect = _size_and_aspect(sizes)
+    ref_size, ref_aspect = (np.median(v) for v in _size_and_aspect(reference))
+    return {
+        "size_factor": np.exp(np.abs(np.log(size) - np.log(ref_size))),
+        "aspect_factor": np.exp(np.abs(np.log(aspect) - np.log(ref_aspect))),
+    }
+
+
+def _size_and_aspect(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    h, w = (np.maximum(sizes[:, i].astype(np.float64), 1.0) for i in (0, 1))
+    return np.sqrt(h * w), w / h
 
 
 def _chunk_scores(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -127,7 +156,7 @@ def describe_checks() -> list[dict[str, object]]:
             "flagged": "below" if c.below else "above",
             "rule": c.meaning,
         }
-        for c in CHECKS
+        for c in CHECKS + SIZE_CHECKS
     ]
 
 
@@ -151,15 +180,20 @@ def assess_quality(
     labels: dict[str, np.ndarray],
     paths: dict[str, list[str]],
     class_names: list[str],
+    sizes: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, object], list[QualityFlag]]:
     """Scrub's quality section (checks, counts per split and issue) and every flag, most
-    extreme first within each issue."""
+    extreme first within each issue. `sizes`: each split's (N, 2) sizes at the source (None:
+    as stored); size and aspect are judged against the median of all splits together."""
+    if sizes is None:
+        sizes = {split: np.tile(x.shape[1:3], (len(x), 1)) for split, x in images.items()}
+    reference = np.concatenate([sizes[split] for split in images])
     flags: list[QualityFlag] = []
     counts: dict[str, dict[str, int]] = {}
     for split, x in images.items():
-        scores = quality_scores(x)
+        scores = quality_scores(x) | size_scores(sizes[split], reference)
         counts[split] = {}
-        for check in CHECKS:
+        for check in CHECKS + SIZE_CHECKS:
             values = scores[check.score]
             hits = np.flatnonzero(check.flags(values))
             hits = hits[np.argsort(values[hits] if check.below else -values[hits], kind="stable")]
@@ -180,7 +214,7 @@ def assess_quality(
         "checks": describe_checks(),
         "counts": counts,
         "method": "luminance (BT.601) percentiles, std, histogram entropy and Laplacian "
-        "sharpness per image; thresholds fixed (data/quality.py), checked on planted cases "
-        "by bench/image_quality.py",
+        "sharpness per image; size and aspect at the source against the median; thresholds "
+        "fixed (data/quality.py), checked on planted cases by bench/image_quality.py",
     }
     return summary, flags

@@ -33,6 +33,8 @@ class RawDataset:
     skipped: list[SkippedFile] = field(default_factory=list)
     conversions: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    train_sizes: np.ndarray | None = None  # (N, 2) height, width before any resizing
+    test_sizes: np.ndarray | None = None
 
 
 def first_line(exc: BaseException) -> str:
@@ -68,8 +70,14 @@ def stack_images(
     return np.stack(images) if images else np.empty((0, 0, 0, 3), dtype=np.uint8)
 
 
+def image_sizes(images: list[np.ndarray] | np.ndarray) -> np.ndarray:
+    """(N, 2) height and width of each image."""
+    return np.asarray([image.shape[:2] for image in images], dtype=np.int64).reshape(-1, 2)
+
+
 def resize_all(data: RawDataset, size: int) -> None:
     conversions: Counter[str] = Counter(data.conversions)
+    data.train_sizes, data.test_sizes = image_sizes(data.x_train), image_sizes(data.x_test)
     data.x_train = stack_images(
         ([*data.x_train], [], data.train_paths), Path("."), size, conversions
     )

@@ -439,6 +439,7 @@ def scrub(
             {s: data.split(s)[1] for s in SPLITS},
             {s: data.paths(s) for s in SPLITS},
             list(data.class_names),
+            {s: data.source_sizes(s) for s in SPLITS},
         )
         found = find_duplicates(data, settings.near_threshold, settings.neighbours, progress)
         leaks = leakage(found)
