@@ -16,7 +16,7 @@ from typing import Any
 
 from deepsight_tf.core.checks import MAX_IMAGE_SIZE, check_image_size, check_name, parse_duration
 from deepsight_tf.core.errors import ConfigError
-from deepsight_tf.core.workspace import METRICS_FILE, MODEL_FILE
+from deepsight_tf.core.workspace import METRICS_FILE, MODEL_FILE, TRAIN_LABEL_ISSUES_FILE
 
 # Vocabularies: the values each choice-valued setting may take.
 BACKBONES = ("resnet18", "resnet50")
@@ -211,7 +211,7 @@ class TrainSettings(Settings):
     drop_train: str | None = setting(
         None,
         "Leave these training images out: a CSV with an index column (interpret's "
-        "train_label_issues.csv, most doubtful first).",
+        f"{TRAIN_LABEL_ISSUES_FILE}, most doubtful first).",
     )
     drop_top: int | None = setting(
         None, "With --drop-train: only the file's first N rows. Default: all.", ge=1
@@ -319,7 +319,7 @@ class ExperimentSettings(Settings):
     n_boot: int = setting(2000, "Paired bootstrap resamples for every interval.", ge=100)
     issues_from: str | None = setting(
         None,
-        "Run whose interpret/train_label_issues.csv the clean-labels arm leaves out. "
+        f"Run whose interpret/{TRAIN_LABEL_ISSUES_FILE} the clean-labels arm leaves out. "
         "Default: the baseline's (run `deepsight interpret NAME-baseline` once it is trained).",
     )
 

@@ -13,7 +13,12 @@ from deepsight_tf.core.errors import ConfigError, DataError, PrerequisiteError
 from deepsight_tf.core.manifest import DATA_INPUT, DROPPED_INPUT, SPLIT_INPUT
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.storage import sha256_file
-from deepsight_tf.core.workspace import IMAGES_FILE, SPLIT_FILE, Workspace
+from deepsight_tf.core.workspace import (
+    IMAGES_FILE,
+    SPLIT_FILE,
+    TRAIN_LABEL_ISSUES_FILE,
+    Workspace,
+)
 from deepsight_tf.data.dataset import Dataset, load_dataset
 from deepsight_tf.model.preprocessing import Normalization, Preprocessing
 
@@ -77,7 +82,7 @@ def dropped_indices(path: Path, top: int | None, n_images: int) -> np.ndarray:
             if "index" not in (reader.fieldnames or []):
                 raise DataError(
                     f"{path}: no 'index' column; give a CSV of training-image indices such as "
-                    "interpret's train_label_issues.csv"
+                    f"interpret's {TRAIN_LABEL_ISSUES_FILE}"
                 )
             rows = [row["index"] for row in itertools.islice(reader, top)]
     except FileNotFoundError:
