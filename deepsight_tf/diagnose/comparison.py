@@ -9,7 +9,8 @@ images).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,17 +38,25 @@ def _recall(labels: np.ndarray, predicted: np.ndarray, c: int) -> np.ndarray:
     return np.divide(hits, total, out=np.zeros(total.shape), where=total > 0)
 
 
-def metrics(labels: np.ndarray, predicted: np.ndarray, k: int, pairs: Sequence[tuple[int, int]]):
-    """Every compared metric of (b, n) arrays as (b,) arrays, by name."""
-    out = {
-        "accuracy": (labels == predicted).mean(axis=-1),
-        "macro_f1": batched_macro_f1(labels, predicted, k),
+def metric_functions(
+    k: int, pairs: Sequence[tuple[int, int]]
+) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    """Every compared metric by name, each a function of (..., n) labels and predictions
+    returning (...) values: accuracy, macro_f1, recall:<class>, pair:<a>:<b> (confusion)."""
+    out: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+        "accuracy": lambda y, p: (y == p).mean(axis=-1),
+        "macro_f1": lambda y, p: batched_macro_f1(y, p, k),
     }
     for c in range(k):
-        out[f"recall:{c}"] = _recall(labels, predicted, c)
+        out[f"recall:{c}"] = functools.partial(_recall, c=c)
     for a, b in pairs:
-        out[f"pair:{a}:{b}"] = pair_confusion(labels, predicted, a, b)
+        out[f"pair:{a}:{b}"] = functools.partial(pair_confusion, a=a, b=b)
     return out
+
+
+def metrics(labels: np.ndarray, predicted: np.ndarray, k: int, pairs: Sequence[tuple[int, int]]):
+    """Every compared metric of (b, n) arrays as (b,) arrays, by name."""
+    return {name: fn(labels, predicted) for name, fn in metric_functions(k, pairs).items()}
 
 
 def paired_differences(
@@ -60,16 +69,16 @@ def paired_differences(
     alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
 ) -> dict[str, tuple[float, float, float]]:
-    """(other - base, low, high) for every metric, from one paired bootstrap of the images."""
-    names = list(metrics(labels[None], base[None], k, pairs))
+    """(other - base, low, high) for every metric, from one paired bootstrap of the images:
+    every metric sees the same resamples (one seed), so their intervals are of one experiment."""
     out = {}
-    for i, name in enumerate(names):
+    for name, fn in metric_functions(k, pairs).items():
 
-        def difference(y: np.ndarray, p0: np.ndarray, p1: np.ndarray, name: str = name):
-            return metrics(y, p1, k, pairs)[name] - metrics(y, p0, k, pairs)[name]
+        def difference(y: np.ndarray, p0: np.ndarray, p1: np.ndarray, fn=fn) -> np.ndarray:
+            return fn(y, p1) - fn(y, p0)
 
         out[name] = bootstrap_ci(
-            difference, labels, base, other, n_boot=n_boot, alpha=alpha, seed=seed + i
+            difference, labels, base, other, n_boot=n_boot, alpha=alpha, seed=seed
         )
     return out
 

@@ -116,7 +116,7 @@ def compare_predictions(
     """
     from sklearn.metrics import confusion_matrix, f1_score
 
-    from deepsight_tf.diagnose.bootstrap import batched_macro_f1, bootstrap_ci
+    from deepsight_tf.diagnose.comparison import paired_differences
 
     labels_a = np.asarray(labels)
     labels_b = labels_a if labels_b is None else np.asarray(labels_b)
@@ -125,41 +125,26 @@ def compare_predictions(
     k, ids = len(class_names), list(range(len(class_names)))
     pred_a, pred_b = np.asarray(probs_a).argmax(1), np.asarray(probs_b).argmax(1)
     hits_a, hits_b = pred_a == labels_a, pred_b == labels_b
-    boot = {"n_boot": n_boot, "seed": seed}
+    cis = (
+        paired_differences(labels_a, pred_a, pred_b, k, (), n_boot=n_boot, seed=seed)
+        if paired
+        else {}
+    )
 
     def delta(name: str, a: float, b: float, ci: tuple[float, float, float] | None) -> Delta:
         low, high = (ci[1], ci[2]) if ci is not None else (None, None)
         return Delta(name, a, b, b - a, low, high, _change(low, high))
 
+    accuracy_a, accuracy_b = float(hits_a.mean()), float(hits_b.mean())
     f1_a = float(f1_score(labels_a, pred_a, labels=ids, average="macro", zero_division=0))
     f1_b = float(f1_score(labels_b, pred_b, labels=ids, average="macro", zero_division=0))
-    accuracy_ci = f1_ci = None
-    if paired:
-        accuracy_ci = bootstrap_ci(
-            lambda x, y: y.mean(axis=-1) - x.mean(axis=-1), hits_a, hits_b, **boot
-        )
-        f1_ci = bootstrap_ci(
-            lambda y, a, b: batched_macro_f1(y, b, k) - batched_macro_f1(y, a, k),
-            labels_a,
-            pred_a,
-            pred_b,
-            **boot,
-        )
     recall = []
     for c, name in enumerate(class_names):
         in_a, in_b = labels_a == c, labels_b == c
         if not in_a.any() or not in_b.any():
             continue
-        ci = None
-        if paired:
-            ci = bootstrap_ci(
-                lambda x, y: y.mean(axis=-1) - x.mean(axis=-1),
-                hits_a[in_a],
-                hits_b[in_b],
-                n_boot=n_boot,
-                seed=seed + 1 + c,
-            )
-        recall.append(delta(name, float(hits_a[in_a].mean()), float(hits_b[in_b].mean()), ci))
+        a, b = float(hits_a[in_a].mean()), float(hits_b[in_b].mean())
+        recall.append(delta(name, a, b, cis.get(f"recall:{c}")))
     conf_a = confusion_matrix(labels_a, pred_a, labels=ids)
     conf_b = confusion_matrix(labels_b, pred_b, labels=ids)
     moved = conf_b - conf_a
@@ -170,8 +155,8 @@ def compare_predictions(
     ]
     return {
         "n": len(labels_a),
-        "accuracy": delta("accuracy", float(hits_a.mean()), float(hits_b.mean()), accuracy_ci),
-        "macro_f1": delta("macro-F1", f1_a, f1_b, f1_ci),
+        "accuracy": delta("accuracy", accuracy_a, accuracy_b, cis.get("accuracy")),
+        "macro_f1": delta("macro-F1", f1_a, f1_b, cis.get("macro_f1")),
         "recall": recall,
         "worse": sorted((c for c in cells if c.delta > 0), key=lambda c: -c.delta)[:TOP_CHANGES],
         "better": sorted((c for c in cells if c.delta < 0), key=lambda c: c.delta)[:TOP_CHANGES],
