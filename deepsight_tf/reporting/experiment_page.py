@@ -58,7 +58,8 @@ def _arms(result: dict[str, Any]) -> Html:
                 fmt_ci(arm["macro_f1"]["ci"], "+.4f"),
                 badge(arm["verdict"]),
             ]
-        row.append(f"{score['duration_s'] / 60:.1f} min, epochs: {score['epochs']}")
+        images = f", {score['train_images']:,} images" if score.get("train_images") else ""
+        row.append(f"{score['duration_s'] / 60:.1f} min, epochs: {score['epochs']}{images}")
         rows.append(row)
     return section(
         "arms",
