@@ -207,6 +207,7 @@ def test_resume_of_a_complete_run_reports_it_and_rewrites_nothing(
 # --- crashes and corrupt checkpoints ---------------------------------------------------------
 
 
+@pytest.mark.slow  # 33 s: keeps `make test` under 15 minutes; `make test-full` runs it
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
     prepared: Workspace, reference: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -229,6 +230,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
     assert_same_outcome(outcome(Path(result.run_dir)), reference)
 
 
+@pytest.mark.slow  # 33 s: keeps `make test` under 15 minutes; `make test-full` runs it
 def test_a_crash_before_the_first_commit_resumes_from_the_start(
     prepared: Workspace, reference: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
