@@ -11,6 +11,7 @@ from deepsight_tf.core.errors import DataError
 from deepsight_tf.core.manifest import Manifest
 from deepsight_tf.core.storage import atomic_save_npz
 from deepsight_tf.core.workspace import IMAGES_FILE, Workspace
+from deepsight_tf.data.quality import stored_sizes
 
 SPLITS = ("train", "test")
 
@@ -54,7 +55,7 @@ class Dataset:
         stored = self.train_sizes if split == "train" else self.test_sizes
         if stored is not None:
             return stored
-        return np.tile(np.asarray(x.shape[1:3], dtype=np.int64), (len(x), 1))
+        return stored_sizes(x)
 
     def counts(self, split: str) -> dict[str, int]:
         _, y = self.split(split)

@@ -89,6 +89,11 @@ def quality_scores(images: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def stored_sizes(images: np.ndarray) -> np.ndarray:
+    """(N, 2) heights and widths of an NHWC batch as stored: every image the batch's size."""
+    return np.tile(np.asarray(images.shape[1:3], dtype=np.int64), (len(images), 1))
+
+
 def size_scores(sizes: np.ndarray, reference: np.ndarray) -> dict[str, np.ndarray]:
     """How many times each image's linear size and aspect ratio are off the reference images'
     medians (>= 1: 1 is the median itself). sizes, reference: (N, 2) heights and widths."""
@@ -186,7 +191,7 @@ def assess_quality(
     extreme first within each issue. `sizes`: each split's (N, 2) sizes at the source (None:
     as stored); size and aspect are judged against the median of all splits together."""
     if sizes is None:
-        sizes = {split: np.tile(x.shape[1:3], (len(x), 1)) for split, x in images.items()}
+        sizes = {split: stored_sizes(x) for split, x in images.items()}
     reference = np.concatenate([sizes[split] for split in images])
     flags: list[QualityFlag] = []
     counts: dict[str, dict[str, int]] = {}
