@@ -16,9 +16,11 @@ mean over seeds; random ranking finds flips at the flip rate. The scores (lower 
   combined           the mean of self-confidence and kNN agreement
   cleanlab set       cleanlab.filter.find_label_issues' flagged set (its size varies)
 
-The test probabilities are the run's stored ones (averaged over test-time views when the
-run used --tta); --plain uses those without test-time augmentation instead. Real CIFAR-10
-test labels that are already wrong count against every score alike.
+Every set of test probabilities the run stored is ranked, one table each: the kept model's
+(averaged over test-time views when the run used --tta), those without test-time
+augmentation, and for a run trained with --ema the weight average's and the best epoch's
+(both test-time augmented) and their mean. The kNN features are the kept model's. Real
+CIFAR-10 test labels that are already wrong count against every score alike.
 """
 
 from __future__ import annotations
@@ -68,16 +70,13 @@ def main() -> None:
     parser.add_argument("--flip", type=float, default=0.02)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--neighbours", type=int, default=10)
-    parser.add_argument("--plain", action="store_true", help="probabilities without TTA")
     args = parser.parse_args()
     ws = Workspace(args.workspace)
     record = RunRecord.load(ws, args.run)
     data, _ = load_dataset(ws, record.dataset)
     split = load_split(ws, data.name)
     predictions = record.predictions()
-    key = "test_probs_plain" if args.plain and "test_probs_plain" in predictions else "test_probs"
-    probs = predictions[key].astype(np.float64)
-    probs /= probs.sum(axis=1, keepdims=True)
+    sources = probability_sources(predictions)
     labels = predictions["test_labels"]
     start = time.perf_counter()
     model = record.load_model()
@@ -85,18 +84,52 @@ def main() -> None:
     reference = run_features(model, record.preprocessing, data.x_train[split.train])
     reference_labels = data.y_train[split.train]
     print(
-        f"run {args.run}: test accuracy {np.mean(probs.argmax(1) == labels):.2%} ({key}); "
-        f"features of {len(data.x_test):,} test and {len(reference):,} training images in "
-        f"{time.perf_counter() - start:.0f} s"
+        f"run {args.run}: features of {len(data.x_test):,} test and {len(reference):,} "
+        f"training images in {time.perf_counter() - start:.0f} s"
     )
     neighbours = knn_label_agreement(
         test_features, reference, reference_labels, data.num_classes, args.neighbours
     )
+    for name, probs in sources.items():
+        accuracy = np.mean(probs.argmax(1) == labels)
+        print(f"\n== test probabilities: {name} (test accuracy {accuracy:.2%})")
+        bench_scores(probs, labels, neighbours, data.num_classes, args)
+
+
+def probability_sources(predictions: dict) -> dict[str, np.ndarray]:
+    """Each distinct set of stored test probabilities, normalised, by what it is."""
+    named = {
+        "kept model": "test_probs",
+        "kept model, no test-time augmentation": "test_probs_plain",
+        "weight average (--ema)": "average_test_probs",
+        "best epoch": "best_epoch_test_probs",
+    }
+    sources: dict[str, np.ndarray] = {}
+    for name, key in named.items():
+        if key not in predictions:
+            continue
+        probs = predictions[key].astype(np.float64)
+        probs /= probs.sum(axis=1, keepdims=True)
+        if not any(np.array_equal(probs, seen) for seen in sources.values()):
+            sources[name] = probs
+    if "average_test_probs" in predictions and "best_epoch_test_probs" in predictions:
+        both = (predictions["average_test_probs"] + predictions["best_epoch_test_probs"]) / 2
+        sources["mean of weight average and best epoch"] = both / both.sum(1, keepdims=True)
+    return sources
+
+
+def bench_scores(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    neighbours: np.ndarray,
+    num_classes: int,
+    args: argparse.Namespace,
+) -> None:
     results: dict[str, list[tuple[float, float, float]]] = {}
     cleanlab_set: list[tuple[float, float, int]] = []
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
-        noisy, flipped = flip_labels(labels, data.num_classes, args.flip, rng)
+        noisy, flipped = flip_labels(labels, num_classes, args.flip, rng)
         is_flip = np.zeros(len(labels), dtype=bool)
         is_flip[flipped] = True
         for name, score_fn in LABEL_SCORES.items():

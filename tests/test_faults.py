@@ -62,15 +62,16 @@ def two_phases(**overrides: object) -> TrainSettings:
     return tiny(**base)
 
 
-def outcome(run_dir: Path) -> dict[str, object]:
-    """Everything a run produces that must not depend on interruptions."""
+def outcome(run_dir: Path, final: str = "phase2.end.weights.npz") -> dict[str, object]:
+    """Everything a run produces that must not depend on interruptions (`final`: the last
+    phase's end weights)."""
     predictions = np.load(run_dir / PREDICTIONS_FILE)
     metrics = read_json(run_dir / METRICS_FILE)
     history = [
         {k: v for k, v in row.items() if k != "seconds"}
         for row in read_history(run_dir / HISTORY_FILE)
     ]
-    final = np.load(run_dir / CHECKPOINTS_DIR / "phase2.end.weights.npz")
+    final = np.load(run_dir / CHECKPOINTS_DIR / final)
     return {
         "test_probs": predictions["test_probs"],
         "val_probs": predictions["val_probs"],

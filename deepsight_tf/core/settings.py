@@ -240,6 +240,14 @@ class TrainSettings(Settings):
         None, "Backbone rate as a multiple of --lr. Default: 1 from scratch, 0.1 pretrained.", ge=0
     )
     weight_decay: float = setting(5e-4, "Decoupled weight decay.", ge=0)
+    ema: float = setting(
+        0.0,
+        "Decay per step of an exponential moving average of the last phase's weights (0: "
+        "off; e.g. 0.999). Its BatchNorm statistics re-estimated, it is kept when its "
+        "validation macro-F1 beats the best epoch's; both are scored on the test set.",
+        ge=0,
+        lt=1,
+    )
     pct_start: float = setting(0.25, "Fraction of each phase spent warming up.", gt=0, lt=1)
     precision: str = setting(
         "auto", "Float policy. auto: mixed_float16 on a capable GPU.", choices=PRECISIONS

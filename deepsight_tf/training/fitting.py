@@ -12,6 +12,7 @@ from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.workspace import CHECKPOINTS_DIR, HISTORY_FILE, TENSORBOARD_DIR
+from deepsight_tf.training.averaging import Average, reestimate_batchnorm, reestimation_batches
 from deepsight_tf.training.callbacks import (
     Checkpointer,
     DivergenceGuard,
@@ -59,6 +60,7 @@ class PhaseFitter:
         self.run, self.prepared, self.store = run, prepared, store
         self.val_ds, self.history, self.phases, self.created = val_ds, history, phases, created
         self.total_steps = sum(p.total_steps(prepared.steps_per_epoch) for p in phases)
+        self.average: Average | None = None  # the last phase's weight average (--ema)
 
     def fit_all(self, restored: tuple[Commit, dict] | None) -> int:
         """Every phase not yet done; returns the number of epochs the run has when finished."""
@@ -71,7 +73,12 @@ class PhaseFitter:
                 or (phase.index == here.phase and here.epoch == phase.epochs)
             )
             if done:
-                if phase.index == here.phase and not phase_end.is_file():
+                if phase.index == here.phase and self._averages(phase):
+                    # The average is in the optimizer's committed state: put it in again (the
+                    # restored model holds the raw weights, whether or not the end file exists).
+                    self._average_from_commit(phase, epoch_offset, restored[1])
+                    save_weights_npz(self.prepared.model, phase_end)
+                elif phase.index == here.phase and not phase_end.is_file():
                     # Killed between this phase's last commit and its end file: the restored
                     # model is that phase's end.
                     save_weights_npz(self.prepared.model, phase_end)
@@ -90,20 +97,8 @@ class PhaseFitter:
         first_epoch, skip = (
             (restored[0].position.epoch, restored[0].position.batch) if restored else (0, 0)
         )
-        set_trainable(prepared.model, phase, settings, self.run.unfreeze)
-        schedule = OneCycle(
-            phase.peak_lr,
-            phase.total_steps(prepared.steps_per_epoch),
-            pct_start=settings.pct_start,
-        )
-        optimizer = phase_optimizer(settings, phase, schedule)
-        fit_model, fit_val, train_dataset = self._phase_inputs(phase)
-        fit_model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.CategoricalCrossentropy(),
-            metrics=training_metrics(self.run.data.dataset.num_classes),
-            jit_compile=False,
-        )
+        ema = settings.ema if self._averages(phase) else 0.0
+        fit_model, fit_val, train_dataset, optimizer = self._compiled(phase, ema)
         control.epoch, control.batch = first_epoch, skip
         callbacks = self._callbacks(phase, epoch_offset)
         if restored:
@@ -139,6 +134,68 @@ class PhaseFitter:
             )
             if control.diverged_step is not None:
                 raise self._diverged(phase, epoch)
+        if ema:
+            self._put_in_average(phase, epoch_offset, fit_model, optimizer, fit_val)
+
+    def _compiled(self, phase: PhasePlan, ema: float) -> tuple[Any, Any, Any, Any]:
+        """The phase's model (its trainable stages set), validation and training data, and
+        fresh optimizer on the phase's one-cycle schedule, compiled together."""
+        settings, prepared = self.run.settings, self.prepared
+        set_trainable(prepared.model, phase, settings, self.run.unfreeze)
+        schedule = OneCycle(
+            phase.peak_lr,
+            phase.total_steps(prepared.steps_per_epoch),
+            pct_start=settings.pct_start,
+        )
+        optimizer = phase_optimizer(settings, phase, schedule, ema)
+        fit_model, fit_val, train_dataset = self._phase_inputs(phase)
+        fit_model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(),
+            metrics=training_metrics(self.run.data.dataset.num_classes),
+            jit_compile=False,
+        )
+        return fit_model, fit_val, train_dataset, optimizer
+
+    # The weight average (--ema) -----------------------------------------------------------
+    def _averages(self, phase: PhasePlan) -> bool:
+        """Whether this phase keeps a weight average: the last phase, fit on pixels."""
+        return bool(
+            self.run.settings.ema
+            and phase is self.phases[-1]
+            and not (phase.trainable == "head" and can_cache_features(self.run.settings))
+        )
+
+    def _put_in_average(
+        self, phase: PhasePlan, epoch_offset: int, fit_model: Any, optimizer: Any, fit_val: Any
+    ) -> None:
+        """The average into the model, BatchNorm statistics re-estimated on the next epoch's
+        batches (a pure function of the seed, so a resume gets the same), then its
+        validation macro-F1, which the run weighs against the best epoch's."""
+        model, prepared = self.prepared.model, self.prepared
+        getattr(optimizer, "inner_optimizer", optimizer).apply_average(
+            fit_model.trainable_variables
+        )
+        count = reestimation_batches(model, prepared.steps_per_epoch)
+        batches = prepared.train_dataset(first_epoch=epoch_offset + phase.epochs)
+        used = reestimate_batchnorm(model, batches, count)
+        scores = fit_model.evaluate(fit_val, return_dict=True, verbose=0)
+        self.average = Average(
+            self.run.settings.ema, float(scores["macro_f1"]), model.get_weights()
+        )
+        if self.run.notify:
+            self.run.notify(
+                f"weight average (decay {self.run.settings.ema:g}) put in; BatchNorm statistics "
+                f"re-estimated on {used} batches; validation macro-F1 "
+                f"{self.average.val_macro_f1:.4f}"
+            )
+
+    def _average_from_commit(self, phase: PhasePlan, epoch_offset: int, arrays: dict) -> None:
+        """The finished phase's average from its committed optimizer state (a resume after
+        the last commit)."""
+        fit_model, fit_val, _, optimizer = self._compiled(phase, self.run.settings.ema)
+        self._restore_optimizer(fit_model, fit_val, optimizer, arrays, skip=0)
+        self._put_in_average(phase, epoch_offset, fit_model, optimizer, fit_val)
 
     def _phase_inputs(self, phase: PhasePlan) -> tuple[Any, Any, Any]:
         """The model fit in this phase and its data: the classifier on pixel batches, or for a

@@ -41,6 +41,7 @@ from deepsight_tf.core.workspace import (
 from deepsight_tf.model.classifier import describe, float32_classifier
 from deepsight_tf.model.preprocessing import Preprocessing
 from deepsight_tf.model.saving import save_classifier
+from deepsight_tf.training.averaging import Average
 from deepsight_tf.training.callbacks import (
     RunControl,
     StopRequested,
@@ -243,6 +244,33 @@ class _Evaluation:
     test: dict[str, Any]
     test_probs_plain: np.ndarray | None = None  # without test-time augmentation, when used
     plain: dict[str, Any] | None = None
+    # With --ema: the test probabilities of the weight average and of the best epoch, and
+    # metrics.json's "ema" section (which was kept, each one's validation and test scores).
+    candidates: dict[str, np.ndarray] = field(default_factory=dict)
+    ema: dict[str, Any] | None = None
+
+    def add_average(
+        self,
+        average: Average,
+        kept: bool,
+        other: np.ndarray | None,
+        best_val: float | None,
+        data: TrainingData,
+    ) -> None:
+        dataset = data.dataset
+        probs = {"average": self.test_probs if kept else other}
+        probs["best_epoch"] = other if kept else self.test_probs
+        self.candidates = {f"{k}_test_probs": v for k, v in probs.items() if v is not None}
+        self.ema = {
+            "decay": average.decay,
+            "kept": "average" if kept else "best_epoch",
+            "val_macro_f1": {"average": average.val_macro_f1, "best_epoch": best_val},
+            "test": {
+                name: _held_out(classification_scores(dataset.y_test, p, dataset.class_names))
+                for name, p in probs.items()
+                if p is not None
+            },
+        }
 
 
 class _Run:
@@ -319,10 +347,32 @@ class _Run:
             )
         fitter = PhaseFitter(self, prepared, store, val_ds, history, phases, created)
         epochs_run = fitter.fit_all(restored)
+        best = None
         if self.control.last_commit is not None and self.control.last_commit.best_file:
-            prepared.model.set_weights(store.best_weights(self.control.last_commit))
+            best = store.best_weights(self.control.last_commit)
+        average = fitter.average
+        keep_average = average is not None and (
+            best is None or self.control.best is None or average.val_macro_f1 > self.control.best
+        )
+        other = None
+        if average is not None and best is not None:
+            # The candidate not kept is scored on the test set too (the average's ablation).
+            prepared.model.set_weights(best if keep_average else average.weights)
+            other = self._test_probs(float32_classifier(prepared.model), prepared)
+        if keep_average:
+            prepared.model.set_weights(average.weights)
+        elif best is not None:
+            prepared.model.set_weights(best)
         final = float32_classifier(prepared.model)  # scored and stored at full precision
         scores = self._evaluate(final, prepared, val_ds)
+        if average is not None:
+            scores.add_average(average, keep_average, other, self.control.best, self.data)
+            if self.notify:
+                self.notify(
+                    f"kept the {'weight average' if keep_average else 'best epoch'} "
+                    f"(validation macro-F1 {average.val_macro_f1:.4f} averaged, "
+                    f"{self.control.best or float('nan'):.4f} best epoch)"
+                )
         return self._write_results(
             final, prepared, phases, history, scores, epochs_run, started, start
         )
@@ -401,15 +451,23 @@ class _Run:
         write_history(path, history)
         return history
 
-    def _evaluate(self, model: Any, prepared: Prepared, val_ds: Any) -> _Evaluation:
+    def _test_dataset(self, prepared: Prepared) -> Any:
         data = self.data.dataset
-        test_ds = make_eval_dataset(
+        return make_eval_dataset(
             data.x_test,
             data.y_test,
             np.arange(len(data.y_test)),
             data.num_classes,
             **prepared.eval_args,
         )
+
+    def _test_probs(self, model: Any, prepared: Prepared) -> np.ndarray:
+        """Test probabilities as the run scores them (averaged over --tta's views)."""
+        return predict_probs(model, self._test_dataset(prepared), self.settings.tta)
+
+    def _evaluate(self, model: Any, prepared: Prepared, val_ds: Any) -> _Evaluation:
+        data = self.data.dataset
+        test_ds = self._test_dataset(prepared)
         mode = self.settings.tta
         val_probs = predict_probs(model, val_ds, mode)
         test_views = predict_views(model, test_ds, mode)  # the plain image is the first view
@@ -454,6 +512,7 @@ class _Run:
             val_labels=data.y_train[self.data.val_indices],
             val_indices=self.data.val_indices,
             **plain,
+            **scores.candidates,
         )
         result = TrainResult(
             run_id=self.run_id,
@@ -477,6 +536,8 @@ class _Run:
         document = metrics_document(result, data.name, data.class_names)
         if scores.plain is not None:
             document["tta"] = {"mode": settings.tta, "test_without": scores.plain}
+        if scores.ema is not None:
+            document["ema"] = scores.ema
         atomic_write_json(run_dir / METRICS_FILE, document)
         self.workspace.write_manifest(
             run_dir,

@@ -96,6 +96,34 @@ class _DifferentialLR:
             self.assign_sub(variable, variable * wd * lr)
         self._scaled_update_step(ops.cast(gradient, variable.dtype), variable, lr)
 
+    # The weight average (use_ema). Keras overwrites the weights with it at the end of every
+    # fit; deepsight fits once per epoch, so that would restart training from the average
+    # each epoch. The fitter calls `apply_average` once, at the end of the phase, instead.
+    def finalize_variable_values(self, var_list: list[Any]) -> None:
+        return
+
+    def apply_average(self, variables: list[Any]) -> None:
+        """Overwrite `variables` (the phase's trainable ones) with their moving average."""
+        self._overwrite_model_variables_with_average_value(variables)
+
+    def _update_model_variables_moving_average(self, trainable_variables: list[Any]) -> None:
+        # TensorFlow's ExponentialMovingAverage(num_updates=step) warm-up: the decay is
+        # min(ema_momentum, (1 + t) / (10 + t)) at step t (0 at the first, which copies the
+        # weights), so the average soon forgets the starting weights; Keras's constant decay
+        # would still give the random initial weights 0.999^3700 = 2% of the average at the
+        # end of a 30-minute run.
+        if not self.use_ema:
+            return
+        t = ops.cast(self.iterations, "float32")
+        warm = ops.minimum(ops.cast(self.ema_momentum, "float32"), (1.0 + t) / (10.0 + t))
+        decay = ops.where(ops.equal(t, 0.0), 0.0, warm)
+        for var, average in zip(
+            trainable_variables, self._model_variables_moving_average, strict=True
+        ):
+            if average is not None:
+                d = ops.cast(decay, var.dtype)
+                average.assign(d * average + (1 - d) * var)
+
     def _group_config(self) -> dict[str, Any]:
         return {
             "backbone_lr_mult": self.backbone_lr_mult,
@@ -217,6 +245,7 @@ def make_optimizer(
     momentum: float = 0.9,
     nesterov: bool = True,
     cycle_momentum: bool = True,
+    ema: float = 0.0,
     **kwargs: Any,
 ) -> DifferentialSGD | DifferentialAdamW:
     """The optimizer for `deepsight train` from its settings (defaults: DESIGN.md's recipe).
@@ -225,7 +254,9 @@ def make_optimizer(
     layers named with `head_prefixes` get it times `backbone_lr_mult`, weight decay included.
     `name` is "sgd" (Nesterov momentum `momentum`) or "adamw" (`momentum` is beta_1). Under
     a OneCycle rate, momentum/beta_1 follow its cycle unless `cycle_momentum` is False.
-    `kwargs` go to the Keras optimizer (clipnorm, beta_2, epsilon, ...).
+    `ema` > 0 keeps a moving average of the weights with that decay per step (Keras's
+    use_ema, warmed up as TensorFlow's ExponentialMovingAverage; `apply_average` puts it
+    in). `kwargs` go to the Keras optimizer (clipnorm, beta_2, epsilon, ...).
     """
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -237,6 +268,10 @@ def make_optimizer(
         raise ConfigError(f"weight decay must be >= 0, got {weight_decay}")
     if not 0 <= momentum < 1:
         raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
+    if not 0 <= ema < 1:
+        raise ConfigError(f"--ema must be in [0, 1), got {ema}")
+    if ema:
+        kwargs = {"use_ema": True, "ema_momentum": float(ema), **kwargs}
     if isinstance(learning_rate, int):
         learning_rate = float(learning_rate)
     groups = {

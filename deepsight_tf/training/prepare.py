@@ -149,8 +149,11 @@ def set_trainable(
         classifier.unfreeze_stages(model, unfreeze)
 
 
-def phase_optimizer(settings: TrainSettings, phase: PhasePlan, learning_rate: Any) -> Any:
-    """The phase's optimizer: the backbone at `backbone_lr_mult` times the head's rate."""
+def phase_optimizer(
+    settings: TrainSettings, phase: PhasePlan, learning_rate: Any, ema: float = 0.0
+) -> Any:
+    """The phase's optimizer: the backbone at `backbone_lr_mult` times the head's rate, with
+    a moving average of the weights of decay `ema` (0: none)."""
     from deepsight_tf.model.backbones import HEAD_PREFIX
     from deepsight_tf.training.optim import make_optimizer
 
@@ -160,4 +163,5 @@ def phase_optimizer(settings: TrainSettings, phase: PhasePlan, learning_rate: An
         backbone_lr_mult=phase.backbone_lr_mult,
         head_prefixes=(HEAD_PREFIX,),
         weight_decay=settings.weight_decay,
+        ema=ema,
     )

@@ -21,6 +21,7 @@ from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.progress import RunEstimate
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.model.classifier import float32_classifier
+from deepsight_tf.training.averaging import reestimation_batches
 from deepsight_tf.training.feature_cache import can_cache_features
 from deepsight_tf.training.optim import loss_scaled
 from deepsight_tf.training.plan import PhasePlan
@@ -125,6 +126,12 @@ def estimate_run(
         train_seconds += todo / per_epoch * n_val * costs.forward
         steps += todo
     eval_seconds = _final_scoring_images(settings, n_val, n_test) * costs.scoring
+    if settings.ema:
+        # The average's BatchNorm re-estimation and validation score, and the test scoring
+        # of the candidate not kept.
+        batches = reestimation_batches(prepared.model, per_epoch)
+        eval_seconds += (batches * costs.batch + n_val) * costs.forward
+        eval_seconds += n_test * len(views(settings.tta, settings.image_size)) * costs.scoring
     per_step = costs.per_step
     return RunEstimate(
         seconds_per_step=(sum(per_step.values()) / len(per_step)) if per_step else 0.0,
