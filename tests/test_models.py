@@ -236,6 +236,39 @@ def test_transfer_from_a_previous_run_skips_the_head(tmp_path):
         build_classifier("resnet50", 5, 32, weights=str(run), stem="cifar", width_multiplier=NARROW)
 
 
+@pytest.mark.parametrize(("name", "blocks"), [("resnet18", 8), ("resnet50", 16)])
+def test_zero_init_residual_starts_every_block_as_the_identity(name, blocks, tmp_path):
+    model = build_classifier(
+        name, 3, 32, stem="cifar", width_multiplier=NARROW, zero_init_residual=True
+    )
+    ends = set(get_backbone_spec(name).residual_end_batchnorms)
+    assert len(ends) == blocks
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma = layer.gamma.numpy()
+            np.testing.assert_array_equal(gamma, 0.0 if layer.name in ends else 1.0)
+    # A block whose shortcut is the identity passes its (post-ReLU) input through unchanged.
+    block_in = model.get_layer("stack0_block0_1_conv").input
+    probe = keras.Model(model.inputs, [block_in, model.get_layer("stack0_block0_out").output])
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    inputs, outputs = probe(x, training=False)
+    if name == "resnet18":  # ResNet-50's first block has a projection shortcut
+        np.testing.assert_array_equal(outputs.numpy(), inputs.numpy())
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    with pytest.raises(ConfigError, match="from scratch"):
+        build_classifier(
+            name,
+            3,
+            32,
+            weights=str(run),
+            stem="cifar",
+            width_multiplier=NARROW,
+            zero_init_residual=True,
+        )
+
+
 def test_saves_and_loads_in_safe_mode(tmp_path):
     model = build_classifier("resnet18", 4, 32, stem="cifar", width_multiplier=NARROW)
     x = images()

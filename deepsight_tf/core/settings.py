@@ -197,6 +197,11 @@ class TrainSettings(Settings):
         1.0, "Channel width factor (<1: a narrow network; from scratch only).", gt=0, le=4
     )
     dropout: float = setting(0.2, "Dropout rate before the head.", ge=0, lt=1)
+    zero_init_residual: bool = setting(
+        False,
+        "Start each residual block as the identity: the BatchNorm gamma ending its branch at "
+        "zero (from scratch only).",
+    )
     augment: str = setting("standard", "Pixel augmentation preset.", choices=AUGMENT_PRESETS)
     mix: str = setting("none", "Batch mixing.", choices=MIX_MODES)
     mix_alpha: float = setting(1.0, "Beta(alpha, alpha) of the mixing ratio.", gt=0)

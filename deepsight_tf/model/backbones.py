@@ -76,6 +76,17 @@ class BackboneSpec:
         return f"stack{last_stack}_block{last_block}_out"
 
     @property
+    def residual_end_batchnorms(self) -> tuple[str, ...]:
+        """The BatchNorm that ends each block's residual branch, just before the shortcut add:
+        KerasHub's `_2_bn` of a basic block, `_3_bn` of a bottleneck."""
+        last = 2 if self.block_type == "basic_block" else 3
+        return tuple(
+            f"stack{stack}_block{block}_{last}_bn"
+            for stack, blocks in enumerate(self.stackwise_num_blocks)
+            for block in range(blocks)
+        )
+
+    @property
     def normalization(self) -> Normalization:
         """What the ImageNet weights expect: the preset image converter's mean and std."""
         return Normalization(

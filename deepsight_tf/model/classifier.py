@@ -41,6 +41,7 @@ def build_classifier(
     stem: str = "imagenet",
     dropout: float = 0.2,
     width_multiplier: float = 1.0,
+    zero_init_residual: bool = False,
 ) -> keras.Model:
     """A flat functional classifier: backbone layers, then pool, dropout and a float32 softmax.
 
@@ -48,6 +49,9 @@ def build_classifier(
     deepsight run folder (its model.keras); pretrained backbone weights are copied layer by
     layer by name and the head always starts fresh. Everything is trainable on return, BN
     included, as training from scratch wants; fine-tuning calls freeze_backbone() first.
+    `zero_init_residual` (from scratch only) starts the gamma of the BatchNorm that ends each
+    residual branch at zero, so every block begins as the identity (Goyal et al. 2017;
+    torchvision's `zero_init_residual`).
     """
     spec = get_backbone_spec(backbone)
     if num_classes < 2:
@@ -57,6 +61,10 @@ def build_classifier(
         raise ConfigError(f"the head dropout must be in [0, 1), not {dropout}")
     # Resolve and load the weights before building, so a bad --weights fails fast.
     source = load_source_weights(spec, weights, stem, width_multiplier)
+    if zero_init_residual and source is not None:
+        raise ConfigError(
+            "--zero-init-residual starts a network from scratch; drop it or use --weights none"
+        )
 
     images = keras.Input(shape=(image_size, image_size, 3), name="images")
     features = spec.build_features(images, stem=stem, width_multiplier=width_multiplier)
@@ -69,6 +77,10 @@ def build_classifier(
     model = keras.Model(images, outputs, name=f"{backbone}_classifier")
     if source is not None:
         copy_backbone_weights(source, model, label=weights)
+    if zero_init_residual:
+        for name in spec.residual_end_batchnorms:
+            gamma = model.get_layer(name).gamma
+            gamma.assign(keras.ops.zeros_like(gamma))
     accelerate_convolutions(model)
     return model
 

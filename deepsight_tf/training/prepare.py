@@ -73,6 +73,7 @@ def prepare(
         stem=settings.stem,
         dropout=settings.dropout,
         width_multiplier=settings.width_multiplier,
+        zero_init_residual=settings.zero_init_residual,
     )
     distribution = {
         **describe_strategy(strategy),
