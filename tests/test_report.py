@@ -67,8 +67,9 @@ def build_chain(root: Path) -> Chain:
     )
     explore(ExploreSettings(hypotheses=str(hypotheses)), ws)
     train(tiny(run_id="a"), ws)
-    # Fewer, larger steps: a different model of the same test images, for the comparison.
-    train(tiny(run_id="b", epochs=1, lr=0.02), ws)
+    # Fewer, larger steps: a different model of the same test images, for the comparison;
+    # with a weight average, so the page shows both candidates.
+    train(tiny(run_id="b", epochs=1, lr=0.02, ema=0.9), ws)
     interpret(
         InterpretSettings(
             run_id="a",
@@ -317,6 +318,17 @@ def test_top_losses_are_the_most_confidently_wrong(chain: Chain) -> None:
         # An underflowed probability of 0 reads as log(smallest float64) = 708.40, not inf.
         true_probability = max(float(probs[i, labels[i]]), np.finfo(np.float64).tiny)
         assert row[-1] == f"{-np.log(true_probability):.2f}"
+
+
+def test_the_weight_averages_candidates_are_rows_of_the_metrics_table(chain: Chain) -> None:
+    ema = read_json(chain.workspace.run_dir("b") / "metrics.json")["ema"]
+    rows = {r[0]: r for r in read_page(chain.plain_page).body("metrics")}
+    for name, label in (("average", "weight average"), ("best_epoch", "best epoch")):
+        kept = " (kept)" if ema["kept"] == name else ""
+        title = f"test, {label}{kept}; validation macro-F1 {ema['val_macro_f1'][name]:.4f}"
+        scores = ema["test"][name]
+        assert rows[title][1] == f"{scores['accuracy']:.2%}"
+        assert rows[title][3] == f"{scores['macro_f1']:.4f}"
 
 
 def test_run_without_interpret_says_so_and_bootstraps_its_own_intervals(chain: Chain) -> None:

@@ -67,6 +67,25 @@ def _metric_tables(run: RunArtifacts, head: Headline) -> list[Any]:
                 f"{plain['n']:,}",
             ]
         )
+    ema = run.metrics.get("ema")
+    if ema:
+        for name, label in (("average", "weight average"), ("best_epoch", "best epoch")):
+            scores = ema["test"].get(name)
+            if scores is None:
+                continue
+            kept = " (kept)" if ema["kept"] == name else ""
+            val_f1 = ema["val_macro_f1"].get(name)
+            rows.append(
+                [
+                    f"test, {label}{kept}; validation macro-F1 "
+                    + ("n/a" if val_f1 is None else f"{val_f1:.4f}"),
+                    f"{scores['accuracy']:.2%}",
+                    "",
+                    f"{scores['macro_f1']:.4f}",
+                    "",
+                    f"{scores['n']:,}",
+                ]
+            )
     if val:
         rows.append(
             [
