@@ -112,6 +112,25 @@ def test_test_time_augmentation_leaves_fewer_steps() -> None:
     assert flipped[-1].total_steps(10) < plain[-1].total_steps(10)
 
 
+def test_the_weight_average_costs_its_reestimation_its_validation_and_a_second_test() -> None:
+    """--ema adds the BatchNorm re-estimation batches and the average's validation pass (at
+    the training forward cost) and the test scoring of the candidate not kept (every view)."""
+    from deepsight_tf.model.classifier import build_classifier
+
+    model = build_classifier("resnet18", 3, 16, width_multiplier=1 / 16, stem="cifar")
+    prepared = SimpleNamespace(steps_per_epoch=10, model=model)
+    costs = replace(COSTS, final_forward=0.003)
+    plain = resolve_settings(TrainSettings(weights="none", epochs=2, tta="flip"))
+    averaged = replace(plain, ema=0.999)
+    phases = plan_phases(plain)
+    base = estimate_run(costs, prepared, phases, plain, (40, 60))
+    extra = estimate_run(costs, prepared, phases, averaged, (40, 60))
+    batches = 10  # 44 batches for BatchNorm momentum 0.9, at most the epoch's 10
+    want = (batches * 8 + 40) * 0.002 + 60 * 2 * 0.003  # two views of the test set
+    assert extra.train_seconds == base.train_seconds
+    assert extra.eval_seconds - base.eval_seconds == pytest.approx(want)
+
+
 def test_a_budget_too_short_for_a_schedule_says_by_how_much() -> None:
     with pytest.raises(ConfigError, match=r"--budget 1m: .* raise it by \d+ min"):
         sized(12.0, budget="1m")
