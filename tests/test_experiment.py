@@ -81,13 +81,17 @@ def test_pair_confusion_counts_both_directions() -> None:
 
 
 def test_plan_names_every_arm_and_refuses_unknown_ones() -> None:
-    settings = ExperimentSettings(name="e", arms="baseline,cutmix,resnet50", baseline_seeds=2)
+    settings = ExperimentSettings(
+        name="e", arms="baseline,cutmix,resnet50,ema,zero-init", baseline_seeds=2
+    )
     arms = plan_arms(settings, tiny(seed=5))
     assert [(a.name, a.run_id, a.changes) for a in arms] == [
         ("baseline", "e-baseline", {}),
         ("baseline-seed2", "e-baseline-seed2", {"seed": 6}),
         ("cutmix", "e-cutmix", {"mix": "cutmix"}),
         ("resnet50", "e-resnet50", {"backbone": "resnet50"}),
+        ("ema", "e-ema", {"ema": 0.999}),
+        ("zero-init", "e-zero-init", {"zero_init_residual": True}),
     ]
     with pytest.raises(ConfigError, match="unknown: cutmx"):
         ExperimentSettings(name="e", arms="baseline,cutmx")

@@ -314,6 +314,8 @@ EXPERIMENT_ARMS = (
     "label-smoothing",
     "resnet50",
     "clean-labels",
+    "ema",
+    "zero-init",
 )
 
 

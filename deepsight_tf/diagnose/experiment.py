@@ -58,6 +58,8 @@ ARM_CHANGES: dict[str, dict[str, Any]] = {
     "label-smoothing": {"label_smoothing": 0.1},
     "resnet50": {"backbone": "resnet50"},
     "clean-labels": {},  # drop_train: a run's training label issues (--issues-from)
+    "ema": {"ema": 0.999},
+    "zero-init": {"zero_init_residual": True},
 }
 DERIVED = ("focus-pairs", "class-weights", "clean-labels")
 # Changes that make a step cost more or less: with --budget such an arm is sized by its own
