@@ -347,35 +347,44 @@ class _Run:
             )
         fitter = PhaseFitter(self, prepared, store, val_ds, history, phases, created)
         epochs_run = fitter.fit_all(restored)
-        best = None
-        if self.control.last_commit is not None and self.control.last_commit.best_file:
-            best = store.best_weights(self.control.last_commit)
-        average = fitter.average
-        keep_average = average is not None and (
-            best is None or self.control.best is None or average.val_macro_f1 > self.control.best
-        )
-        other = None
-        if average is not None and best is not None:
-            # The candidate not kept is scored on the test set too (the average's ablation).
-            prepared.model.set_weights(best if keep_average else average.weights)
-            other = self._test_probs(float32_classifier(prepared.model), prepared)
-        if keep_average:
-            prepared.model.set_weights(average.weights)
-        elif best is not None:
-            prepared.model.set_weights(best)
+        keep_average, other = self._keep_final_weights(store, prepared, fitter.average)
         final = float32_classifier(prepared.model)  # scored and stored at full precision
         scores = self._evaluate(final, prepared, val_ds)
-        if average is not None:
-            scores.add_average(average, keep_average, other, self.control.best, self.data)
-            if self.notify:
-                self.notify(
-                    f"kept the {'weight average' if keep_average else 'best epoch'} "
-                    f"(validation macro-F1 {average.val_macro_f1:.4f} averaged, "
-                    f"{self.control.best or float('nan'):.4f} best epoch)"
-                )
+        if fitter.average is not None:
+            scores.add_average(fitter.average, keep_average, other, self.control.best, self.data)
         return self._write_results(
             final, prepared, phases, history, scores, epochs_run, started, start
         )
+
+    def _keep_final_weights(
+        self, store: CheckpointStore, prepared: Prepared, average: Average | None
+    ) -> tuple[bool, np.ndarray | None]:
+        """Put the weights the run keeps into the model: the best epoch by validation
+        macro-F1, or with --ema the weight average when it scores higher there. Returns
+        whether the average was kept and, with --ema, the test probabilities of the other
+        candidate (so one run holds the average's ablation)."""
+        best = None
+        if self.control.last_commit is not None and self.control.last_commit.best_file:
+            best = store.best_weights(self.control.last_commit)
+        best_val = self.control.best
+        keep_average = average is not None and (
+            best is None or best_val is None or average.val_macro_f1 > best_val
+        )
+        other = None
+        if average is not None and best is not None:
+            prepared.model.set_weights(best if keep_average else average.weights)
+            other = self._test_probs(float32_classifier(prepared.model), prepared)
+        if keep_average:
+            prepared.model.set_weights(average.weights)  # type: ignore[union-attr]
+        elif best is not None:
+            prepared.model.set_weights(best)
+        if average is not None and self.notify:
+            self.notify(
+                f"kept the {'weight average' if keep_average else 'best epoch'} (validation "
+                f"macro-F1 {average.val_macro_f1:.4f} averaged, "
+                f"{best_val if best_val is not None else float('nan'):.4f} best epoch)"
+            )
+        return keep_average, other
 
     def _probe(self, prepared: Prepared, strategy: Any) -> StepCosts | None:
         """Timed steps for the estimate and the budget (one device only: a probe outside the
