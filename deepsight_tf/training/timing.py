@@ -84,7 +84,9 @@ def probe(
         for phase in phases:
             if phase.trainable not in per_step and not _cached(phase, settings):
                 set_trainable(model, phase, settings, unfreeze)
-                per_step[phase.trainable] = _step_seconds(prepared, settings, phase)
+                # The last phase's step with the weight average's update, when --ema.
+                ema = settings.ema if phase is phases[-1] else 0.0
+                per_step[phase.trainable] = _step_seconds(prepared, settings, phase, ema)
     finally:
         for variable, value in zip(model.variables, saved, strict=True):
             variable.assign(value)
@@ -182,10 +184,12 @@ def _cached(phase: PhasePlan, settings: TrainSettings) -> bool:
     return phase.trainable == "head" and can_cache_features(settings)
 
 
-def _step_seconds(prepared: Prepared, settings: TrainSettings, phase: PhasePlan) -> float:
+def _step_seconds(
+    prepared: Prepared, settings: TrainSettings, phase: PhasePlan, ema: float = 0.0
+) -> float:
     """Seconds per optimizer step of this phase's kind, on the run's first batches."""
     optimizer = loss_scaled(
-        phase_optimizer(settings, phase, 1e-3), keras.config.dtype_policy().name
+        phase_optimizer(settings, phase, 1e-3, ema), keras.config.dtype_policy().name
     )
     step = train_step_function(prepared.model, optimizer, keras.losses.CategoricalCrossentropy())
     batches = iter(prepared.train_dataset(first_epoch=0).repeat())
