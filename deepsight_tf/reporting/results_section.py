@@ -41,6 +41,29 @@ def _interpret_figure(run: RunArtifacts, stem: str, alt: str) -> list[Any]:
     return [figure(run.interpret_figures / f"{stem}.png", CAPTIONS[stem], alt)]
 
 
+def _weight_average_rows(ema: dict[str, Any] | None) -> list[list[str]]:
+    """With --ema: the test scores of the weight average and of the best epoch, which kept."""
+    rows: list[list[str]] = []
+    for name, label in (("average", "weight average"), ("best_epoch", "best epoch")):
+        scores = (ema or {}).get("test", {}).get(name)
+        if scores is None:
+            continue
+        kept = " (kept)" if ema["kept"] == name else ""  # type: ignore[index]
+        val_f1 = ema["val_macro_f1"].get(name)  # type: ignore[index]
+        rows.append(
+            [
+                f"test, {label}{kept}; validation macro-F1 "
+                + ("n/a" if val_f1 is None else f"{val_f1:.4f}"),
+                f"{scores['accuracy']:.2%}",
+                "",
+                f"{scores['macro_f1']:.4f}",
+                "",
+                f"{scores['n']:,}",
+            ]
+        )
+    return rows
+
+
 def _metric_tables(run: RunArtifacts, head: Headline) -> list[Any]:
     """Accuracy and macro-F1 on test (with intervals) and validation, and the MVA gate."""
     val = run.metrics.get("val", {})
@@ -67,25 +90,7 @@ def _metric_tables(run: RunArtifacts, head: Headline) -> list[Any]:
                 f"{plain['n']:,}",
             ]
         )
-    ema = run.metrics.get("ema")
-    if ema:
-        for name, label in (("average", "weight average"), ("best_epoch", "best epoch")):
-            scores = ema["test"].get(name)
-            if scores is None:
-                continue
-            kept = " (kept)" if ema["kept"] == name else ""
-            val_f1 = ema["val_macro_f1"].get(name)
-            rows.append(
-                [
-                    f"test, {label}{kept}; validation macro-F1 "
-                    + ("n/a" if val_f1 is None else f"{val_f1:.4f}"),
-                    f"{scores['accuracy']:.2%}",
-                    "",
-                    f"{scores['macro_f1']:.4f}",
-                    "",
-                    f"{scores['n']:,}",
-                ]
-            )
+    rows += _weight_average_rows(run.metrics.get("ema"))
     if val:
         rows.append(
             [
