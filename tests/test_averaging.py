@@ -144,6 +144,7 @@ def assert_same_averaged(got: dict[str, object], want: dict[str, object]) -> Non
     assert got["ema"] == want["ema"]
 
 
+@pytest.mark.slow  # 21-25 s: keeps `make test` under 15 minutes; `make test-full` runs it
 def test_a_resume_mid_phase_carries_the_average_exactly(
     prepared: Workspace, reference: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -157,6 +158,7 @@ def test_a_resume_mid_phase_carries_the_average_exactly(
     assert_same_averaged(ema_outcome(run), ema_outcome(reference))
 
 
+@pytest.mark.slow  # 21-25 s: keeps `make test` under 15 minutes; `make test-full` runs it
 def test_a_resume_after_the_last_commit_puts_the_average_in_again(
     prepared: Workspace, reference: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
