@@ -99,6 +99,7 @@ def test_plan_names_every_arm_and_refuses_unknown_ones() -> None:
         ExperimentSettings(name="e", arms="cutmix")
 
 
+@pytest.mark.slow  # 40 s: keeps `make test` under 15 minutes; `make test-full` runs it
 def test_an_interrupted_experiment_resumes_and_compares(tmp_path, monkeypatch) -> None:
     ws = separable_workspace(tmp_path)
     base = tiny(epochs=2, checkpoint_minutes=0)
