@@ -82,7 +82,7 @@ def test_pair_confusion_counts_both_directions() -> None:
 
 def test_plan_names_every_arm_and_refuses_unknown_ones() -> None:
     settings = ExperimentSettings(
-        name="e", arms="baseline,cutmix,resnet50,ema,zero-init", baseline_seeds=2
+        name="e", arms="baseline,cutmix,resnet50,ema,zero-init,progressive", baseline_seeds=2
     )
     arms = plan_arms(settings, tiny(seed=5))
     assert [(a.name, a.run_id, a.changes) for a in arms] == [
@@ -92,6 +92,7 @@ def test_plan_names_every_arm_and_refuses_unknown_ones() -> None:
         ("resnet50", "e-resnet50", {"backbone": "resnet50"}),
         ("ema", "e-ema", {"ema": 0.999}),
         ("zero-init", "e-zero-init", {"zero_init_residual": True}),
+        ("progressive", "e-progressive", {"progressive_resize": 8}),  # 16 px: two thirds, 8 px
     ]
     with pytest.raises(ConfigError, match="unknown: cutmx"):
         ExperimentSettings(name="e", arms="baseline,cutmx")
@@ -165,7 +166,7 @@ def test_with_a_budget_the_seed_reruns_take_the_baselines_schedule(tmp_path, mon
 
 def test_only_arms_that_change_the_step_get_a_schedule_of_their_own() -> None:
     settings = ExperimentSettings(
-        name="e", arms="baseline,cutmix,class-weights,resnet50", baseline_seeds=2
+        name="e", arms="baseline,cutmix,class-weights,resnet50,progressive", baseline_seeds=2
     )
     shared = {a.name: shares_baseline_schedule(a) for a in plan_arms(settings, tiny())}
     assert shared == {
@@ -174,6 +175,7 @@ def test_only_arms_that_change_the_step_get_a_schedule_of_their_own() -> None:
         "cutmix": True,
         "class-weights": True,
         "resnet50": False,  # a ResNet-50 step costs more: its own probe sizes it
+        "progressive": False,  # smaller images first: cheaper steps, more of them
     }
 
 

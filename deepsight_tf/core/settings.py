@@ -188,6 +188,11 @@ class TrainSettings(Settings):
         choices=STEMS,
     )
     image_size: int = setting(64, "Pixels fed to the network (bicubic upsampling from 32).")
+    progressive_resize: int | None = setting(
+        None,
+        "Progressive resizing: the first epoch at this many pixels, growing in steps of 8 to "
+        "--image-size, which the last quarter of the epochs keeps. Default: off.",
+    )
     interpolation: str | None = setting(
         None,
         "Resize method. Default: the one scrub's interpolation study selected.",
@@ -292,6 +297,13 @@ class TrainSettings(Settings):
 
     def check(self) -> None:
         check_image_size(self.image_size)
+        if self.progressive_resize is not None:
+            check_image_size(self.progressive_resize, "--progressive-resize")
+        if self.progressive_resize is not None and self.progressive_resize >= self.image_size:
+            raise ConfigError(
+                f"--progressive-resize {self.progressive_resize} must be below --image-size "
+                f"{self.image_size} (it is the size the run starts at); lower it or drop it"
+            )
         if self.budget is not None:
             parse_duration(self.budget)
         if self.unfreeze is not None and not _UNFREEZE.match(self.unfreeze):
@@ -316,6 +328,7 @@ EXPERIMENT_ARMS = (
     "clean-labels",
     "ema",
     "zero-init",
+    "progressive",
 )
 
 

@@ -44,6 +44,7 @@ from deepsight_tf.core.workspace import (
 )
 from deepsight_tf.diagnose.comparison import compare_arms
 from deepsight_tf.diagnose.evaluation import most_confused_pairs
+from deepsight_tf.training.plan import progressive_start
 from deepsight_tf.training.record import RunRecord
 
 FOCUS_PAIRS = 3
@@ -60,12 +61,13 @@ ARM_CHANGES: dict[str, dict[str, Any]] = {
     "clean-labels": {},  # drop_train: a run's training label issues (--issues-from)
     "ema": {"ema": 0.999},
     "zero-init": {"zero_init_residual": True},
+    "progressive": {},  # progressive_resize: two thirds of the baseline's image size
 }
 DERIVED = ("focus-pairs", "class-weights", "clean-labels")
 # Changes that make a step cost more or less: with --budget such an arm is sized by its own
 # probe; every other arm takes the baseline's sized schedule (the same steps), so that the
 # probe's noise (the machine's speed that minute) is not part of the arm's change.
-OWN_SCHEDULE = ("backbone", "image_size", "width_multiplier", "batch_size")
+OWN_SCHEDULE = ("backbone", "image_size", "width_multiplier", "batch_size", "progressive_resize")
 
 
 @dataclass
@@ -96,11 +98,18 @@ def plan_arms(settings: ExperimentSettings, base: TrainSettings) -> list[Arm]:
         arm = f"baseline-seed{i + 1}"
         arms.append(Arm(arm, f"{name}-{arm}", {"seed": base.seed + i}))
     arms += [
-        Arm(arm, f"{name}-{arm}", dict(ARM_CHANGES[arm]))
+        Arm(arm, f"{name}-{arm}", _changes(arm, base))
         for arm in settings.arm_list()
         if arm != "baseline"
     ]
     return arms
+
+
+def _changes(arm: str, base: TrainSettings) -> dict[str, Any]:
+    """An arm's changes to the baseline's settings that need no baseline run."""
+    if arm == "progressive":
+        return {"progressive_resize": progressive_start(base.image_size)}
+    return dict(ARM_CHANGES[arm])
 
 
 def run_experiment(

@@ -42,6 +42,7 @@ def build_classifier(
     dropout: float = 0.2,
     width_multiplier: float = 1.0,
     zero_init_residual: bool = False,
+    any_size: bool = False,
 ) -> keras.Model:
     """A flat functional classifier: backbone layers, then pool, dropout and a float32 softmax.
 
@@ -51,7 +52,9 @@ def build_classifier(
     included, as training from scratch wants; fine-tuning calls freeze_backbone() first.
     `zero_init_residual` (from scratch only) starts the gamma of the BatchNorm that ends each
     residual branch at zero, so every block begins as the identity (Goyal et al. 2017;
-    torchvision's `zero_init_residual`).
+    torchvision's `zero_init_residual`). `any_size` leaves the input's height and width open
+    (progressive resizing feeds smaller images first); `image_size` is then the size the
+    classifier is scored at.
     """
     spec = get_backbone_spec(backbone)
     if num_classes < 2:
@@ -66,7 +69,8 @@ def build_classifier(
             "--zero-init-residual starts a network from scratch; drop it or use --weights none"
         )
 
-    images = keras.Input(shape=(image_size, image_size, 3), name="images")
+    side = None if any_size else image_size
+    images = keras.Input(shape=(side, side, 3), name="images")
     features = spec.build_features(images, stem=stem, width_multiplier=width_multiplier)
     x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(features)
     x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
@@ -179,5 +183,18 @@ def float32_classifier(model: keras.Model) -> keras.Model:
         copy = keras.models.clone_model(model, clone_function=retyped)
     finally:
         keras.config.set_dtype_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def stored_classifier(model: keras.Model, image_size: int) -> keras.Model:
+    """What a run scores and stores: the classifier in float32 (`float32_classifier`) with
+    its input fixed at `image_size`, also when it trained with an open one (progressive
+    resizing), so every consumer sees the same model whatever the recipe."""
+    model = float32_classifier(model)
+    if tuple(model.input_shape[1:3]) == (image_size, image_size):
+        return model
+    images = keras.Input(shape=(image_size, image_size, 3), name=model.inputs[0].name)
+    copy = keras.models.clone_model(model, input_tensors=images)
     copy.set_weights(model.get_weights())
     return copy

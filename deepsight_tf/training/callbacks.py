@@ -139,6 +139,8 @@ class HistoryRecorder(keras.callbacks.Callback):
             "lr_end": float(np.asarray(lr)),
             "seconds": round(time.perf_counter() - self._start, 2),
         }
+        if self.phase.image_sizes:  # progressive resizing: the epoch's training pixels
+            row["image_size"] = self.phase.image_sizes[epoch]
         row.update({k: float(v) for k, v in sorted(logs.items()) if k != "learning_rate"})
         # An epoch redone after a resume replaces its row, and any row after it.
         self.rows[:] = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]

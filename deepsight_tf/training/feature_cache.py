@@ -26,7 +26,12 @@ class CachedHead:
 
 def can_cache_features(settings: TrainSettings) -> bool:
     """Only when every epoch would feed the frozen backbone the very same pixels."""
-    return settings.augment == "none" and settings.mix == "none" and not settings.focus_pairs
+    return (
+        settings.augment == "none"
+        and settings.mix == "none"
+        and not settings.focus_pairs
+        and settings.progressive_resize is None  # other sizes, other pixels
+    )
 
 
 def backbone_features(

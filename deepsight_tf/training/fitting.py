@@ -117,9 +117,15 @@ class PhaseFitter:
             )
         # One fit per epoch, each on that epoch's own batches (a pure function of the seed and
         # the epoch number), so an epoch resumed mid-way sees the rest of the same batches.
+        traced_size = None
         for epoch in range(first_epoch, phase.epochs):
             skipped = skip if epoch == first_epoch else 0
-            batches = train_dataset(first_epoch=epoch_offset + epoch, skip_batches=skipped)
+            size = phase.epoch_size(epoch, settings.image_size)
+            if size != traced_size:
+                traced_size = self._new_size(fit_model, phase, epoch, size, epoch_offset)
+            batches = train_dataset(
+                first_epoch=epoch_offset + epoch, skip_batches=skipped, image_size=size
+            )
             steps = phase.epoch_steps(epoch, prepared.steps_per_epoch)
             if steps < prepared.steps_per_epoch:  # a budget's shorter last epoch
                 batches = batches.take(max(steps - skipped, 0))
@@ -136,6 +142,18 @@ class PhaseFitter:
                 raise self._diverged(phase, epoch)
         if ema:
             self._put_in_average(phase, epoch_offset, fit_model, optimizer, fit_val)
+
+    def _new_size(
+        self, fit_model: Any, phase: PhasePlan, epoch: int, size: int, epoch_offset: int
+    ) -> int:
+        """A fresh training function for a new image size (progressive resizing): traced for
+        that shape alone, where Keras's one function would relax to unknown sizes."""
+        if phase.image_sizes is None:
+            return size
+        fit_model.train_function = None
+        if self.run.notify:
+            self.run.notify(f"epoch {epoch_offset + epoch + 1}: training images at {size} px")
+        return size
 
     def _compiled(self, phase: PhasePlan, ema: float) -> tuple[Any, Any, Any, Any]:
         """The phase's model (its trainable stages set), validation and training data, and

@@ -38,7 +38,7 @@ from deepsight_tf.core.workspace import (
     SCHEDULE_FIGURE,
     Workspace,
 )
-from deepsight_tf.model.classifier import describe, float32_classifier
+from deepsight_tf.model.classifier import describe, stored_classifier
 from deepsight_tf.model.preprocessing import Preprocessing
 from deepsight_tf.model.saving import save_classifier
 from deepsight_tf.training.averaging import Average
@@ -348,7 +348,7 @@ class _Run:
         fitter = PhaseFitter(self, prepared, store, val_ds, history, phases, created)
         epochs_run = fitter.fit_all(restored)
         keep_average, other = self._keep_final_weights(store, prepared, fitter.average)
-        final = float32_classifier(prepared.model)  # scored and stored at full precision
+        final = stored_classifier(prepared.model, self.settings.image_size)  # full precision
         scores = self._evaluate(final, prepared, val_ds)
         if fitter.average is not None:
             scores.add_average(fitter.average, keep_average, other, self.control.best, self.data)
@@ -373,7 +373,9 @@ class _Run:
         other = None
         if average is not None and best is not None:
             prepared.model.set_weights(best if keep_average else average.weights)
-            other = self._test_probs(float32_classifier(prepared.model), prepared)
+            other = self._test_probs(
+                stored_classifier(prepared.model, self.settings.image_size), prepared
+            )
         if keep_average:
             prepared.model.set_weights(average.weights)  # type: ignore[union-attr]
         elif best is not None:
@@ -528,7 +530,7 @@ class _Run:
             run_dir=str(run_dir),
             settings=asdict(settings),
             phases=phases,
-            params=asdict(describe(prepared.model)),
+            params=asdict(describe(model)),  # the stored model: its input at full size
             precision=prepared.precision,
             interpolation=prepared.preprocessing.interpolation,
             train_images=len(self.data.train_indices),

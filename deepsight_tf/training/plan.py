@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -10,6 +11,13 @@ from typing import Any
 
 from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.settings import TrainSettings
+
+# Progressive resizing: sizes between the first and the last are multiples of this many
+# pixels (each new size traces the step once), and this share of the epochs, one at least,
+# trains at the full --image-size, so the last epochs and the one-cycle anneal see the size
+# the model is scored at.
+SIZE_STEP = 8
+FULL_SIZE_SHARE = 0.25
 
 
 @dataclass
@@ -23,10 +31,19 @@ class PhasePlan:
     peak_lr: float  # the head's one-cycle peak, after scaling for the replicas
     backbone_lr_mult: float
     last_epoch_steps: int | None = None  # a shorter last epoch (--budget); None: a full one
+    # Pixels of each epoch's training images (--progressive-resize); None: --image-size.
+    image_sizes: tuple[int, ...] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PhasePlan:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        plan = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        if plan.image_sizes is not None:
+            plan.image_sizes = tuple(int(size) for size in plan.image_sizes)
+        return plan
+
+    def epoch_size(self, epoch: int, image_size: int) -> int:
+        """Pixels of this phase's `epoch` (0-based) of training images."""
+        return self.image_sizes[epoch] if self.image_sizes else image_size
 
     def epoch_steps(self, epoch: int, steps_per_epoch: int) -> int:
         """Optimizer steps in this phase's `epoch` (0-based)."""
@@ -114,17 +131,66 @@ def check_schedule(
             )
 
 
+def epoch_image_sizes(start: int | None, final: int, epochs: int) -> tuple[int, ...]:
+    """Training-image pixels of each of a run's `epochs` under progressive resizing (fastai's,
+    FFCV's): `start` at the first epoch, rising linearly to `final` at the last quarter of the
+    epochs, which keeps it; between them the largest multiple of SIZE_STEP not above the line.
+    Without `start` (or with `start` >= `final`) every epoch is at `final`."""
+    if start is None or start >= final:
+        return (final,) * epochs
+    ramp = epochs - max(1, math.ceil(FULL_SIZE_SHARE * epochs))  # epochs below `final`
+    sizes = []
+    for epoch in range(epochs):
+        if epoch >= ramp:
+            sizes.append(final)
+            continue
+        line = start + (final - start) * epoch / ramp
+        sizes.append(min(final, max(start, SIZE_STEP * math.floor(line / SIZE_STEP))))
+    return tuple(sizes)
+
+
+def progressive_start(image_size: int) -> int:
+    """A starting size for progressive resizing: two thirds of the side (under half the
+    pixels), a multiple of SIZE_STEP, SIZE_STEP at least (48 px: 32; 64 px: 40)."""
+    return max(SIZE_STEP, SIZE_STEP * math.floor(image_size * 2 / 3 / SIZE_STEP))
+
+
+def ramp_sizes(start: int | None, final: int) -> tuple[int, ...]:
+    """Every size `epoch_image_sizes` can give, whatever the number of epochs (what the
+    pre-flight probe times for a budget)."""
+    if start is None or start >= final:
+        return (final,)
+    steps = range(SIZE_STEP * math.floor(start / SIZE_STEP) + SIZE_STEP, final, SIZE_STEP)
+    return (start, *(size for size in steps if size > start), final)
+
+
 def plan_phases(settings: TrainSettings, peak_lr: float | None = None) -> list[PhasePlan]:
     """The head phase (backbone frozen) when there are frozen epochs, then fine-tuning.
 
     `peak_lr` is the head's rate after scaling for the replicas (train/distribute.py); the
     plan is written into config.json, so every reader sees the rates the run really used.
+    Progressive resizing runs over the epochs of all phases together.
     """
     lr = settings.lr if peak_lr is None else peak_lr
+    sizes: tuple[int, ...] | None = None
+    if settings.progressive_resize is not None:
+        sizes = epoch_image_sizes(
+            settings.progressive_resize,
+            settings.image_size,
+            settings.frozen_epochs + settings.epochs,
+        )
     phases = []
     if settings.frozen_epochs:
         phases.append(
-            PhasePlan(1, "head (backbone frozen)", settings.frozen_epochs, "head", lr, 0.0)
+            PhasePlan(
+                1,
+                "head (backbone frozen)",
+                settings.frozen_epochs,
+                "head",
+                lr,
+                0.0,
+                image_sizes=sizes[: settings.frozen_epochs] if sizes else None,
+            )
         )
     if settings.epochs:
         phases.append(
@@ -136,6 +202,7 @@ def plan_phases(settings: TrainSettings, peak_lr: float | None = None) -> list[P
                 lr,
                 settings.backbone_lr_mult,
                 settings.last_epoch_steps,
+                image_sizes=sizes[settings.frozen_epochs :] if sizes else None,
             )
         )
     return phases

@@ -25,7 +25,8 @@ class Prepared:
     model: Any
     preprocessing: Preprocessing
     precision: str
-    train_dataset: Callable[..., Any]  # (first_epoch, epochs, skip_batches) -> batches
+    # (first_epoch, epochs, skip_batches, image_size) -> batches; image_size None: the run's
+    train_dataset: Callable[..., Any]
     eval_args: dict[str, Any]  # batch_size and preprocessing, for make_eval_dataset
     steps_per_epoch: int
     class_weights: np.ndarray | None
@@ -74,6 +75,7 @@ def prepare(
         dropout=settings.dropout,
         width_multiplier=settings.width_multiplier,
         zero_init_residual=settings.zero_init_residual,
+        any_size=settings.progressive_resize is not None,
     )
     distribution = {
         **describe_strategy(strategy),
@@ -102,13 +104,21 @@ def _train_stream(
     focus: list[tuple[int, int]],
     global_batch: int,
 ) -> Callable[..., Any]:
-    """(first_epoch, epochs, skip_batches) -> the training batches, sharded for the strategy."""
+    """(first_epoch, epochs, skip_batches, image_size) -> the training batches, sharded for the
+    strategy; `image_size` (progressive resizing) resizes to other than the run's size."""
+    from dataclasses import replace
+
     from deepsight_tf.training.distribute import shard_by_data
     from deepsight_tf.training.pipeline import make_train_dataset
 
     dataset = data.dataset
 
-    def train_dataset(first_epoch: int = 0, epochs: int = 1, skip_batches: int = 0) -> Any:
+    def train_dataset(
+        first_epoch: int = 0, epochs: int = 1, skip_batches: int = 0, image_size: int | None = None
+    ) -> Any:
+        sized = preprocessing
+        if image_size is not None and image_size != preprocessing.image_size:
+            sized = replace(preprocessing, image_size=image_size)
         return shard_by_data(
             make_train_dataset(
                 dataset.x_train,
@@ -116,7 +126,7 @@ def _train_stream(
                 data.train_indices,
                 dataset.num_classes,
                 batch_size=global_batch,
-                preprocessing=preprocessing,
+                preprocessing=sized,
                 augment=settings.augment,
                 mix=settings.mix,
                 mix_alpha=settings.mix_alpha,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import keras
@@ -20,11 +20,11 @@ import numpy as np
 from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.progress import RunEstimate
 from deepsight_tf.core.settings import TrainSettings
-from deepsight_tf.model.classifier import float32_classifier
+from deepsight_tf.model.classifier import stored_classifier
 from deepsight_tf.training.averaging import reestimation_batches
 from deepsight_tf.training.feature_cache import can_cache_features
 from deepsight_tf.training.optim import loss_scaled
-from deepsight_tf.training.plan import PhasePlan
+from deepsight_tf.training.plan import PhasePlan, plan_phases, ramp_sizes
 from deepsight_tf.training.prepare import Prepared, phase_optimizer, set_trainable
 from deepsight_tf.training.step import train_step_function
 from deepsight_tf.training.tta import views
@@ -54,6 +54,16 @@ class StepCosts:
     # The final scoring runs on the float32 copy of a mixed-precision model (what is stored):
     # its own timing, slower than the mixed-precision forward pass (None: the same model).
     final_forward: float | None = None
+    # Progressive resizing: seconds per step of the last phase's kind at each training size
+    # (the largest is --image-size); other sizes cost per_step scaled by these.
+    by_size: dict[int, float] | None = None
+
+    def step(self, trainable: str, size: int | None = None) -> float:
+        """Seconds per step of this kind of phase on training images of `size` pixels."""
+        full = self.per_step[trainable]
+        if not self.by_size or size is None or size not in self.by_size:
+            return full
+        return full * self.by_size[size] / self.by_size[max(self.by_size)]
 
     @property
     def scoring(self) -> float:
@@ -66,6 +76,11 @@ class StepCosts:
             f"steps per kind of phase (batch {self.batch}, {os.cpu_count()} CPUs); validation at "
             "a third of a step"
             + ("; final scoring timed on the float32 model" if self.final_forward else "")
+            + (
+                f"; the last kind also at {', '.join(str(size) for size in self.by_size)} px"
+                if self.by_size
+                else ""
+            )
         )
 
 
@@ -79,6 +94,7 @@ def probe(
     model = prepared.model
     saved = [variable.numpy() for variable in model.variables]
     batch = prepared.distribution["global_batch"]
+    by_size: dict[int, float] | None = None
     try:
         per_step: dict[str, float] = {}
         for phase in phases:
@@ -87,6 +103,14 @@ def probe(
                 # The last phase's step with the weight average's update, when --ema.
                 ema = settings.ema if phase is phases[-1] else 0.0
                 per_step[phase.trainable] = _step_seconds(prepared, settings, phase, ema)
+        if settings.progressive_resize is not None and not _cached(phases[-1], settings):
+            # Every size a budget's schedule could give, on the last phase's kind of step.
+            last = phases[-1]
+            set_trainable(model, last, settings, unfreeze)
+            by_size = {
+                size: _step_seconds(prepared, settings, last, settings.ema, size)
+                for size in ramp_sizes(settings.progressive_resize, settings.image_size)
+            }
     finally:
         for variable, value in zip(model.variables, saved, strict=True):
             variable.assign(value)
@@ -96,8 +120,10 @@ def probe(
         forward = _forward_seconds_per_image(prepared, model)
     final_forward = None
     if keras.config.dtype_policy().name != "float32":
-        final_forward = _forward_seconds_per_image(prepared, float32_classifier(model))
-    return StepCosts(per_step, forward, batch, final_forward)
+        final_forward = _forward_seconds_per_image(
+            prepared, stored_classifier(model, settings.image_size)
+        )
+    return StepCosts(per_step, forward, batch, final_forward, by_size)
 
 
 def estimate_run(
@@ -117,14 +143,22 @@ def estimate_run(
     per_epoch = prepared.steps_per_epoch
     train_seconds, steps, skip = 0.0, 0, steps_done
     for phase in phases:
-        total = phase.total_steps(per_epoch)
-        todo = max(total - skip, 0)
-        skip = max(skip - total, 0)
+        by_epoch = []  # the steps left in each of the phase's epochs
+        for epoch in range(phase.epochs):
+            count = phase.epoch_steps(epoch, per_epoch)
+            by_epoch.append(max(count - skip, 0))
+            skip = max(skip - count, 0)
+        todo = sum(by_epoch)
         if _cached(phase, settings):
             # One pass of the backbone over the training images; the head's steps are tiny.
             train_seconds += (todo > 0) * per_epoch * costs.batch * costs.forward
-        else:
+        elif phase.image_sizes is None:
             train_seconds += todo * costs.per_step[phase.trainable]
+        else:
+            train_seconds += sum(
+                count * costs.step(phase.trainable, phase.image_sizes[epoch])
+                for epoch, count in enumerate(by_epoch)
+            )
         train_seconds += todo / per_epoch * n_val * costs.forward
         steps += todo
     eval_seconds = _final_scoring_images(settings, n_val, n_test) * costs.scoring
@@ -153,25 +187,41 @@ def size_to_budget(
     eval_images: tuple[int, int],
     seconds: float,
 ) -> tuple[int, int]:
-    """(epochs, steps in the last epoch) of the last phase that fill `seconds` of wall time,
-    the earlier phases (a head phase) and the scoring taken out first."""
+    """(epochs, steps in the last epoch) of the last phase that fill `seconds` of wall time:
+    the most steps whose whole-run estimate (earlier phases and scoring included) fits."""
     last = phases[-1]
-    fixed = estimate_run(costs, prepared, phases[:-1], settings, eval_images).total_seconds
     usable = seconds * (1 - BUDGET_MARGIN) - WRITE_SECONDS
-    n_val = eval_images[0]
     per_epoch = prepared.steps_per_epoch
-    per_step = costs.per_step.get(last.trainable, 0.0) + n_val * costs.forward / per_epoch
-    steps = int((usable - fixed) / per_step) if per_step > 0 else 0
+
+    def schedule(steps: int) -> tuple[int, int]:
+        epochs = max(1, math.ceil(steps / per_epoch))
+        return epochs, steps - (epochs - 1) * per_epoch
+
+    def fits(steps: int) -> bool:
+        epochs, last_steps = schedule(steps)
+        sized = replace(settings, epochs=epochs, last_epoch_steps=last_steps)
+        plan = plan_phases(sized, last.peak_lr)
+        return estimate_run(costs, prepared, plan, sized, eval_images).total_seconds <= usable
+
+    # Every step costs at least the cheapest size's step and its share of validation.
+    sizes = ramp_sizes(settings.progressive_resize, settings.image_size)
+    val_share = eval_images[0] * costs.forward / per_epoch
+    cheapest = min(costs.step(last.trainable, size) for size in sizes) + val_share
+    low, high = 0, int(usable / cheapest) + 1 if cheapest > 0 else 0  # fits(low); not high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
     needed = max(2, math.floor(1 / settings.pct_start) + 1)  # one-cycle's minimum
-    if steps < needed:
+    if low < needed:
+        fixed = estimate_run(costs, prepared, phases[:-1], settings, eval_images).total_seconds
+        per_step = costs.per_step.get(last.trainable, 0.0) + val_share
         short = (fixed + needed * per_step + WRITE_SECONDS) / (1 - BUDGET_MARGIN) - seconds
         raise ConfigError(
             f"--budget {settings.budget}: the {seconds:.0f} s left leave room for "
-            f"{max(steps, 0)} optimizer steps of {per_step * 1000:.0f} ms after {fixed:.0f} s "
+            f"{max(low, 0)} optimizer steps of {per_step * 1000:.0f} ms after {fixed:.0f} s "
             f"of scoring and earlier phases; raise it by {math.ceil(short / 60)} min at least"
         )
-    epochs = math.ceil(steps / per_epoch)
-    return epochs, steps - (epochs - 1) * per_epoch
+    return schedule(low)
 
 
 def _final_scoring_images(settings: TrainSettings, n_val: int, n_test: int) -> int:
@@ -185,14 +235,19 @@ def _cached(phase: PhasePlan, settings: TrainSettings) -> bool:
 
 
 def _step_seconds(
-    prepared: Prepared, settings: TrainSettings, phase: PhasePlan, ema: float = 0.0
+    prepared: Prepared,
+    settings: TrainSettings,
+    phase: PhasePlan,
+    ema: float = 0.0,
+    image_size: int | None = None,
 ) -> float:
-    """Seconds per optimizer step of this phase's kind, on the run's first batches."""
+    """Seconds per optimizer step of this phase's kind, on the run's first batches (resized
+    to `image_size`, else the run's size)."""
     optimizer = loss_scaled(
         phase_optimizer(settings, phase, 1e-3, ema), keras.config.dtype_policy().name
     )
     step = train_step_function(prepared.model, optimizer, keras.losses.CategoricalCrossentropy())
-    batches = iter(prepared.train_dataset(first_epoch=0).repeat())
+    batches = iter(prepared.train_dataset(first_epoch=0, image_size=image_size).repeat())
     for _ in range(WARMUP_STEPS):
         float(step(*next(batches)))
     seconds = []
