@@ -104,6 +104,7 @@ def test_the_estimate_costs_each_epoch_at_its_size() -> None:
     estimate = estimate_run(COSTS, prepared, phases, settings, (40, 60))
     validation = 4 * 40 * 0.002
     assert estimate.train_seconds == pytest.approx(10 * (3 * 0.125 + 0.5) + validation)
+    assert estimate.seconds_per_step == pytest.approx((3 * 0.125 + 0.5) / 4)  # the mean step
     resumed = estimate_run(COSTS, prepared, phases, settings, (40, 60), steps_done=25)
     assert resumed.train_seconds == pytest.approx(5 * 0.125 + 10 * 0.5 + 1.5 * validation / 4)
 

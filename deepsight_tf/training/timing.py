@@ -54,12 +54,14 @@ class StepCosts:
     # The final scoring runs on the float32 copy of a mixed-precision model (what is stored):
     # its own timing, slower than the mixed-precision forward pass (None: the same model).
     final_forward: float | None = None
-    # Progressive resizing: seconds per step of the last phase's kind at each training size
-    # (the largest is --image-size); other sizes cost per_step scaled by these.
+    # Progressive resizing: seconds per step of the last phase's kind at each training size;
+    # the largest, --image-size, is that kind's per_step itself (one measurement, so the
+    # ratios of the smaller sizes to it are not those of two timings minutes apart).
     by_size: dict[int, float] | None = None
 
     def step(self, trainable: str, size: int | None = None) -> float:
-        """Seconds per step of this kind of phase on training images of `size` pixels."""
+        """Seconds per step of this kind of phase on training images of `size` pixels: the
+        last phase's kind as timed at that size, another kind scaled by the same ratio."""
         full = self.per_step[trainable]
         if not self.by_size or size is None or size not in self.by_size:
             return full
@@ -109,8 +111,9 @@ def probe(
             set_trainable(model, last, settings, unfreeze)
             by_size = {
                 size: _step_seconds(prepared, settings, last, settings.ema, size)
-                for size in ramp_sizes(settings.progressive_resize, settings.image_size)
+                for size in ramp_sizes(settings.progressive_resize, settings.image_size)[:-1]
             }
+            by_size[settings.image_size] = per_step[last.trainable]
     finally:
         for variable, value in zip(model.variables, saved, strict=True):
             variable.assign(value)
@@ -142,6 +145,7 @@ def estimate_run(
     n_val, n_test = eval_images
     per_epoch = prepared.steps_per_epoch
     train_seconds, steps, skip = 0.0, 0, steps_done
+    resized = [0.0, 0]  # seconds and steps of the phases with progressive resizing
     for phase in phases:
         by_epoch = []  # the steps left in each of the phase's epochs
         for epoch in range(phase.epochs):
@@ -155,10 +159,12 @@ def estimate_run(
         elif phase.image_sizes is None:
             train_seconds += todo * costs.per_step[phase.trainable]
         else:
-            train_seconds += sum(
+            seconds = sum(
                 count * costs.step(phase.trainable, phase.image_sizes[epoch])
                 for epoch, count in enumerate(by_epoch)
             )
+            train_seconds += seconds
+            resized = [resized[0] + seconds, resized[1] + todo]
         train_seconds += todo / per_epoch * n_val * costs.forward
         steps += todo
     eval_seconds = _final_scoring_images(settings, n_val, n_test) * costs.scoring
@@ -169,8 +175,11 @@ def estimate_run(
         eval_seconds += (batches * costs.batch + n_val) * costs.forward
         eval_seconds += n_test * len(views(settings.tta, settings.image_size)) * costs.scoring
     per_step = costs.per_step
+    mean_step = (sum(per_step.values()) / len(per_step)) if per_step else 0.0
+    if resized[1]:  # the mean over the planned steps, each at its epoch's size
+        mean_step = resized[0] / resized[1]
     return RunEstimate(
-        seconds_per_step=(sum(per_step.values()) / len(per_step)) if per_step else 0.0,
+        seconds_per_step=mean_step,
         steps=steps,
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
