@@ -120,12 +120,14 @@ class PhaseFitter:
         traced_size = None
         for epoch in range(first_epoch, phase.epochs):
             skipped = skip if epoch == first_epoch else 0
-            size = phase.epoch_size(epoch, settings.image_size)
-            if size != traced_size:
-                traced_size = self._new_size(fit_model, phase, epoch, size, epoch_offset)
-            batches = train_dataset(
-                first_epoch=epoch_offset + epoch, skip_batches=skipped, image_size=size
-            )
+            # Progressive resizing only: a phase on cached features has no image size.
+            sized = {}
+            if phase.image_sizes is not None:
+                sized["image_size"] = phase.image_sizes[epoch]
+                if sized["image_size"] != traced_size:
+                    traced_size = sized["image_size"]
+                    self._new_size(fit_model, epoch_offset + epoch, traced_size)
+            batches = train_dataset(first_epoch=epoch_offset + epoch, skip_batches=skipped, **sized)
             steps = phase.epoch_steps(epoch, prepared.steps_per_epoch)
             if steps < prepared.steps_per_epoch:  # a budget's shorter last epoch
                 batches = batches.take(max(steps - skipped, 0))
@@ -143,17 +145,12 @@ class PhaseFitter:
         if ema:
             self._put_in_average(phase, epoch_offset, fit_model, optimizer, fit_val)
 
-    def _new_size(
-        self, fit_model: Any, phase: PhasePlan, epoch: int, size: int, epoch_offset: int
-    ) -> int:
+    def _new_size(self, fit_model: Any, run_epoch: int, size: int) -> None:
         """A fresh training function for a new image size (progressive resizing): traced for
         that shape alone, where Keras's one function would relax to unknown sizes."""
-        if phase.image_sizes is None:
-            return size
         fit_model.train_function = None
         if self.run.notify:
-            self.run.notify(f"epoch {epoch_offset + epoch + 1}: training images at {size} px")
-        return size
+            self.run.notify(f"epoch {run_epoch + 1}: training images at {size} px")
 
     def _compiled(self, phase: PhasePlan, ema: float) -> tuple[Any, Any, Any, Any]:
         """The phase's model (its trainable stages set), validation and training data, and
