@@ -41,10 +41,6 @@ class PhasePlan:
             plan.image_sizes = tuple(int(size) for size in plan.image_sizes)
         return plan
 
-    def epoch_size(self, epoch: int, image_size: int) -> int:
-        """Pixels of this phase's `epoch` (0-based) of training images."""
-        return self.image_sizes[epoch] if self.image_sizes else image_size
-
     def epoch_steps(self, epoch: int, steps_per_epoch: int) -> int:
         """Optimizer steps in this phase's `epoch` (0-based)."""
         if epoch == self.epochs - 1 and self.last_epoch_steps is not None:
