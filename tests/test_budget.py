@@ -13,7 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import keras
 import pytest
+import tensorflow as tf
 from test_faults import assert_same_outcome, at_step, outcome, two_phases
 from test_training import separable_workspace, tiny
 from typer.testing import CliRunner
@@ -24,14 +26,17 @@ from deepsight_tf.core.errors import ConfigError, TrainingInterrupted
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.storage import read_json
 from deepsight_tf.core.workspace import CONFIG_FILE, HISTORY_FILE, Workspace
-from deepsight_tf.training import loop
+from deepsight_tf.training import budget, loop
 from deepsight_tf.training.history import read_history
 from deepsight_tf.training.plan import PhasePlan, plan_phases, resolve_settings
+from deepsight_tf.training.schedules import OneCycle
 from deepsight_tf.training.timing import (
     BUDGET_MARGIN,
     WRITE_SECONDS,
     StepCosts,
     estimate_run,
+    rescaled,
+    resize_to_budget,
     size_to_budget,
 )
 
@@ -71,7 +76,7 @@ def sized(seconds: float, **overrides: object) -> tuple[list[PhasePlan], TrainSe
     settings = resolve_settings(TrainSettings(weights="none", **overrides))  # type: ignore[arg-type]
     prepared = SimpleNamespace(steps_per_epoch=10)
     epochs, last = size_to_budget(
-        COSTS, prepared, plan_phases(settings), settings, (40, 60), seconds
+        planted_costs(settings), prepared, plan_phases(settings), settings, (40, 60), seconds
     )
     settings = replace(settings, epochs=epochs, last_epoch_steps=last)
     return plan_phases(settings), settings
@@ -136,6 +141,91 @@ def test_a_budget_too_short_for_a_schedule_says_by_how_much() -> None:
         sized(12.0, budget="1m")
 
 
+# --- re-sized in flight, from the pace of the last phase's first epoch -----------------------
+
+BUDGETS = [
+    (120.0, {}),
+    (300.0, {"tta": "flip-shift"}),
+    (200.0, {"frozen_epochs": 2, "augment": "light"}),
+    (95.0, {"progressive_resize": 8, "image_size": 16}),
+]
+
+
+def first_epoch_done(
+    costs: StepCosts, phases: list[PhasePlan], settings: TrainSettings
+) -> tuple[int, float]:
+    """Steps taken and seconds gone at the end of the last phase's first epoch, at `costs`."""
+    prepared = SimpleNamespace(steps_per_epoch=10)
+    done = sum(p.total_steps(10) for p in phases[:-1]) + phases[-1].epoch_steps(0, 10)
+    full = estimate_run(costs, prepared, phases, settings, (40, 60)).total_seconds
+    rest = estimate_run(costs, prepared, phases, settings, (40, 60), done).total_seconds
+    return done, full - rest
+
+
+def resized(
+    seconds: float, phases: list[PhasePlan], settings: TrainSettings, ratio: float
+) -> tuple[int, float]:
+    """The last phase's steps re-sized after a first epoch that ran at `ratio` times the
+    probed cost, and the seconds gone by then."""
+    costs = planted_costs(settings)
+    done, spent = first_epoch_done(rescaled(costs, ratio), phases, settings)
+    prepared = SimpleNamespace(steps_per_epoch=10)
+    epochs, last = resize_to_budget(
+        rescaled(costs, ratio), prepared, phases, settings, (40, 60), seconds, spent, done
+    )
+    return (epochs - 1) * 10 + last, spent
+
+
+def planted_costs(settings: TrainSettings) -> StepCosts:
+    if settings.progressive_resize is None:
+        return COSTS
+    return replace(COSTS, by_size={8: 0.2, 16: 0.5})  # a ramp 8 to 16 px
+
+
+@pytest.mark.parametrize(("seconds", "overrides"), BUDGETS)
+def test_a_run_at_the_probed_pace_keeps_its_schedule_to_the_step(
+    seconds: float, overrides: dict[str, object]
+) -> None:
+    phases, settings = sized(seconds, **overrides)
+    steps, _ = resized(seconds, phases, settings, 1.0)
+    assert steps == phases[-1].total_steps(10)
+
+
+@pytest.mark.parametrize(("seconds", "overrides"), BUDGETS)
+@pytest.mark.parametrize("ratio", [1.3, 0.8])
+def test_the_measured_pace_refills_the_budget_and_one_more_step_would_overrun_it(
+    seconds: float, overrides: dict[str, object], ratio: float
+) -> None:
+    """At 1.3 times the probed cost the rest of the phase is cut, at 0.8 lengthened, to the
+    most steps whose estimate at the measured cost fits what the budget has left."""
+    phases, settings = sized(seconds, **overrides)
+    planned = phases[-1].total_steps(10)
+    steps, spent = resized(seconds, phases, settings, ratio)
+    assert (steps < planned) if ratio > 1 else (steps > planned)
+    costs, prepared = rescaled(planted_costs(settings), ratio), SimpleNamespace(steps_per_epoch=10)
+    done, _ = first_epoch_done(costs, phases, settings)
+    usable = seconds * (1 - BUDGET_MARGIN) - WRITE_SECONDS - spent
+
+    def rest(total: int) -> float:
+        epochs = -(-total // 10)
+        again = replace(settings, epochs=epochs, last_epoch_steps=total - (epochs - 1) * 10)
+        return estimate_run(
+            costs, prepared, plan_phases(again), again, (40, 60), done
+        ).total_seconds
+
+    assert rest(steps) <= usable < rest(steps + 1)
+
+
+def test_a_budget_already_spent_keeps_one_more_step_and_one_cycles_minimum() -> None:
+    """Thirty times the probed cost: the first epoch alone (10 steps of 15 s) used the 120 s
+    budget. The phase ends after one more step (no fewer than one cycle's minimum, 5 steps at
+    pct_start 0.25), overrunning rather than stopping with the rate at its peak."""
+    phases, settings = sized(120.0)
+    assert resized(120.0, phases, settings, 30.0)[0] == 11
+    short = replace(settings, pct_start=0.05)  # one cycle's minimum: 21 steps
+    assert resized(120.0, plan_phases(short), short, 30.0)[0] == 21
+
+
 # --- a run on planted step costs ---------------------------------------------------------------
 
 
@@ -144,16 +234,40 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return separable_workspace(tmp_path_factory.mktemp("budget"))
 
 
+def plant_clock(monkeypatch: pytest.MonkeyPatch, seconds_per_step: float) -> None:
+    """The budget's clock reads `seconds_per_step` for every optimizer step taken since the
+    budget was made, and nothing else: the run's pace is planted, not measured."""
+    steps = [0]
+    original = keras.callbacks.TensorBoard.on_train_batch_end
+
+    def ticked(self, batch, logs=None):  # type: ignore[no-untyped-def]
+        original(self, batch, logs)
+        steps[0] += 1
+
+    def clock(self: budget.Budget) -> float:
+        origin = self.__dict__.setdefault("planted_origin", steps[0])
+        return (steps[0] - origin) * seconds_per_step
+
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_train_batch_end", ticked)
+    monkeypatch.setattr(budget.Budget, "clock", clock)
+
+
 @pytest.fixture
-def planted(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every step costs 1 s and scoring nothing, the command has just started: a budget of
-    40 s leaves 40 * 0.96 - 10 = 28.4 s, so 28 steps: 13 + 13 + 2 at 13 steps an epoch."""
-    monkeypatch.setattr(loop, "command_seconds", lambda: 0.0)
+def planted_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step costs 1 s as probed, scoring nothing, the command has just started."""
+    monkeypatch.setattr(budget, "command_seconds", lambda: 0.0)
     monkeypatch.setattr(
         loop,
         "probe",
         lambda *_: StepCosts(per_step={"all": 1.0, "head": 1.0}, forward=0.0, batch=8),
     )
+
+
+@pytest.fixture
+def planted(planted_probe: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """...and takes 1 s: a budget of 40 s leaves 40 * 0.96 - 10 = 28.4 s, so 28 steps:
+    13 + 13 + 2 at 13 steps an epoch, and the pace after the first epoch keeps them."""
+    plant_clock(monkeypatch, 1.0)
 
 
 def test_a_budget_run_takes_the_planned_steps_and_stores_them(
@@ -189,7 +303,9 @@ def test_a_budget_run_interrupted_in_its_short_epoch_resumes_exactly(
     assert len(want["history"]) == 1 + 2  # type: ignore[arg-type]
 
 
-def test_a_budget_counts_from_budget_from_when_given(prepared: Workspace, planted: None) -> None:
+def test_a_budget_counts_from_budget_from_when_given(
+    prepared: Workspace, planted_probe: None
+) -> None:
     """The process has just started (planted), but the caller's clock says 30 of the 40 s are
     gone (as for an experiment's second arm): about 10 s are left, and 10 * 0.96 - 10 s of
     writing leaves no step, so it is refused before anything is written."""
@@ -199,3 +315,64 @@ def test_a_budget_counts_from_budget_from_when_given(prepared: Workspace, plante
     with pytest.raises(ConfigError, match=r"--budget 40s: the \d+ s left leave room for 0 "):
         loop.train(tiny(run_id="budget-late", budget="40s"), prepared, budget_from=late)
     assert not prepared.run_dir("budget-late").exists()
+
+
+def test_a_run_slower_than_its_probe_is_resized_after_its_first_epoch(
+    prepared: Workspace, planted_probe: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probed at 1 s a step, run at 2: the 40 s budget planned 28 steps (13 + 13 + 2); after
+    the first epoch's 13 steps 26 s are gone, and 28.4 - 26 = 2.4 s leave one more: 14."""
+    plant_clock(monkeypatch, 2.0)
+    traced = []  # the schedule's length each time a training step is traced
+    original = OneCycle.__call__
+
+    def spy(self: OneCycle, step: object) -> object:
+        if not tf.executing_eagerly():
+            traced.append(self.total_steps)
+        return original(self, step)
+
+    monkeypatch.setattr(OneCycle, "__call__", spy)
+    steps, notes = [], []
+    monitor = type("M", (loop.TrainingMonitor,), {"step": lambda self, *a: steps.append(a)})()
+    result = loop.train(
+        tiny(run_id="budget-slow", epochs=1, budget="40s"),
+        prepared,
+        monitor=monitor,
+        notify=notes.append,
+    )
+    stored = read_json(Path(result.run_dir) / CONFIG_FILE)
+    assert (stored["settings"]["epochs"], stored["settings"]["last_epoch_steps"]) == (2, 1)
+    assert (stored["phases"][-1]["epochs"], stored["phases"][-1]["last_epoch_steps"]) == (2, 1)
+    assert len(steps) == 14 and steps[-1][:2] == (14, 14)
+    assert any("re-sized from 28 to 14 steps" in note for note in notes), notes
+    history = read_history(Path(result.run_dir) / HISTORY_FILE)
+    assert [row["epoch"] for row in history] == [1, 2] and result.epochs_run == 2
+    # The optimizer's one cycle took the new length: after step 14 the rate is its floor
+    # (on the planned 28 steps it would still be near the peak).
+    cycle = OneCycle(result.phases[-1].peak_lr, 14, pct_start=tiny().pct_start)
+    assert history[-1]["lr_end"] == pytest.approx(cycle.final_lr, rel=1e-5)
+    assert traced[0] == 28 and traced[-1] == 14  # the step after the re-sizing is retraced
+
+
+def test_a_resized_run_interrupted_after_the_resizing_resumes_exactly(
+    prepared: Workspace, planted_probe: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60 s at 2 s a step, probed at 1: 47 steps planned (47.6 s usable), 23 after the first
+    epoch (21.6 s left: 10 more steps); Ctrl-C after step 18, then --resume continues the
+    stored 23 steps to the same bits as the run that was not interrupted."""
+    plant_clock(monkeypatch, 2.0)
+    settings = {"epochs": 1, "budget": "60s", "deterministic": True}
+    end = "phase1.end.weights.npz"
+    want = outcome(Path(loop.train(tiny(run_id="slow-ref", **settings), prepared).run_dir), end)
+    assert len(want["history"]) == 2  # type: ignore[arg-type]
+    with pytest.MonkeyPatch.context() as patch:
+        at_step(18, lambda: os.kill(os.getpid(), signal.SIGINT), patch)
+        with pytest.raises(TrainingInterrupted):
+            loop.train(tiny(run_id="slow-cut", **settings), prepared)
+    stored = read_json(prepared.run_dir("slow-cut") / CONFIG_FILE)["settings"]
+    assert (stored["epochs"], stored["last_epoch_steps"]) == (2, 10)
+    result = CliRunner().invoke(
+        app, ["--workspace", str(prepared.root), "train", "--run-id", "slow-cut", "--resume"]
+    )
+    assert result.exit_code == 0, result.output
+    assert_same_outcome(outcome(prepared.run_dir("slow-cut"), end), want)

@@ -143,10 +143,12 @@ def test_with_a_budget_the_seed_reruns_take_the_baselines_schedule(tmp_path, mon
     """The baseline is sized by --budget (planted: 1 s a step, 40 s: about 27 steps, as the
     arm's own clock runs from its start); its rerun with the next seed is given that schedule,
     not a budget of its own."""
+    from test_budget import plant_clock
+
     from deepsight_tf.training import loop
     from deepsight_tf.training.timing import StepCosts
 
-    monkeypatch.setattr(loop, "command_seconds", lambda: 0.0)
+    plant_clock(monkeypatch, 1.0)  # each arm's steps take what the probe said
     monkeypatch.setattr(
         loop, "probe", lambda *_: StepCosts(per_step={"all": 1.0}, forward=0.0, batch=8)
     )

@@ -10,6 +10,7 @@ import contextlib
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,30 @@ class StepProgress(keras.callbacks.Callback):
         self.monitor.step(self.done, self.total, running)
         if self.progress:
             self.progress("training", self.done, self.total)
+
+
+class Pace(keras.callbacks.Callback):
+    """Seconds per optimizer step over one epoch's steps after the first `warmup`, on
+    `clock` (the budget's): what the run really takes a step, for re-sizing a --budget."""
+
+    def __init__(self, clock: Callable[[], float], warmup: int) -> None:
+        super().__init__()
+        self.clock, self.warmup = clock, warmup
+        self._start: float | None = None
+        self._end, self._steps = 0.0, 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if batch + 1 == self.warmup:
+            self._start = self.clock()
+        elif self._start is not None:
+            self._end, self._steps = self.clock(), self._steps + 1
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        """None: the epoch had no step after the warm-up, or the clock did not move."""
+        if self._start is None or not self._steps or self._end <= self._start:
+            return None
+        return (self._end - self._start) / self._steps
 
 
 class HistoryRecorder(keras.callbacks.Callback):

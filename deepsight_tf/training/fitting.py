@@ -13,10 +13,12 @@ from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.workspace import CHECKPOINTS_DIR, HISTORY_FILE, TENSORBOARD_DIR
 from deepsight_tf.training.averaging import Average, reestimate_batchnorm, reestimation_batches
+from deepsight_tf.training.budget import PACE_WARMUP, Budget
 from deepsight_tf.training.callbacks import (
     Checkpointer,
     DivergenceGuard,
     HistoryRecorder,
+    Pace,
     RestoreMetrics,
     RunControl,
     StepProgress,
@@ -42,6 +44,16 @@ class RunContext(Protocol):
     progress: Progress | None
     notify: Notify | None
     monitor: TrainingMonitor
+    budget: Budget | None
+
+    def resize_budget(
+        self,
+        prepared: Prepared,
+        phases: list[PhasePlan],
+        seconds_per_step: float,
+        image_size: int | None,
+        created: str,
+    ) -> list[PhasePlan] | None: ...
 
 
 class PhaseFitter:
@@ -61,12 +73,14 @@ class PhaseFitter:
         self.val_ds, self.history, self.phases, self.created = val_ds, history, phases, created
         self.total_steps = sum(p.total_steps(prepared.steps_per_epoch) for p in phases)
         self.average: Average | None = None  # the last phase's weight average (--ema)
+        self.schedule: OneCycle | None = None  # the phase being fit's
 
     def fit_all(self, restored: tuple[Commit, dict] | None) -> int:
         """Every phase not yet done; returns the number of epochs the run has when finished."""
         here = restored[0].position if restored else None
         epoch_offset = 0
-        for phase in self.phases:
+        for index in range(len(self.phases)):
+            phase = self.phases[index]
             phase_end = self.run.run_dir / CHECKPOINTS_DIR / f"phase{phase.index}.end.weights.npz"
             done = here is not None and (
                 phase.index < here.phase
@@ -87,7 +101,7 @@ class PhaseFitter:
                 self._fit_phase(phase, epoch_offset, inside)
                 save_weights_npz(self.prepared.model, phase_end)
                 restored = None  # later phases start from this one's end, with fresh optimizers
-            epoch_offset += phase.epochs
+            epoch_offset += self.phases[index].epochs  # as a --budget may have re-sized it
         return epoch_offset
 
     def _fit_phase(
@@ -118,7 +132,8 @@ class PhaseFitter:
         # One fit per epoch, each on that epoch's own batches (a pure function of the seed and
         # the epoch number), so an epoch resumed mid-way sees the rest of the same batches.
         traced_size = None
-        for epoch in range(first_epoch, phase.epochs):
+        epoch = first_epoch
+        while epoch < phase.epochs:
             skipped = skip if epoch == first_epoch else 0
             # Progressive resizing only: a phase on cached features has no image size.
             sized = {}
@@ -131,19 +146,52 @@ class PhaseFitter:
             steps = phase.epoch_steps(epoch, prepared.steps_per_epoch)
             if steps < prepared.steps_per_epoch:  # a budget's shorter last epoch
                 batches = batches.take(max(steps - skipped, 0))
+            pace = self._pace(phase, epoch, skipped)
             fit_model.fit(
                 batches,
                 validation_data=fit_val,
                 initial_epoch=epoch,
                 epochs=epoch + 1,
-                callbacks=callbacks,
+                callbacks=callbacks + ([pace] if pace else []),
                 verbose=0,
                 shuffle=False,
             )
             if control.diverged_step is not None:
                 raise self._diverged(phase, epoch)
+            if pace is not None and pace.seconds_per_step is not None:
+                resized = self.run.resize_budget(
+                    prepared,
+                    self.phases,
+                    pace.seconds_per_step,
+                    sized.get("image_size"),
+                    self.created,
+                )
+                if resized is not None:
+                    phase = self._resized(resized, fit_model)
+                    callbacks = self._callbacks(phase, epoch_offset)
+            epoch += 1
         if ema:
             self._put_in_average(phase, epoch_offset, fit_model, optimizer, fit_val)
+
+    def _pace(self, phase: PhasePlan, epoch: int, skipped: int) -> Pace | None:
+        """The pace to measure in this epoch: the last phase's first, when a --budget sized
+        in this process can still re-size the phase's later epochs (budget.py)."""
+        budget = self.run.budget
+        if budget is None or phase is not self.phases[-1] or epoch != 0 or skipped:
+            return None
+        if phase.epochs < 2:
+            return None
+        return Pace(budget.clock, PACE_WARMUP)
+
+    def _resized(self, phases: list[PhasePlan], fit_model: Any) -> PhasePlan:
+        """The re-sized plan in place: the one-cycle schedule the optimizer holds takes the
+        new length (a fresh trace, since the length is a constant of the traced step)."""
+        self.phases = phases
+        self.total_steps = sum(p.total_steps(self.prepared.steps_per_epoch) for p in phases)
+        phase = phases[-1]
+        self.schedule.total_steps = phase.total_steps(self.prepared.steps_per_epoch)
+        fit_model.train_function = None
+        return phase
 
     def _new_size(self, fit_model: Any, run_epoch: int, size: int) -> None:
         """A fresh training function for a new image size (progressive resizing): traced for
@@ -162,6 +210,7 @@ class PhaseFitter:
             phase.total_steps(prepared.steps_per_epoch),
             pct_start=settings.pct_start,
         )
+        self.schedule = schedule  # the optimizer's: a --budget re-sizes it in flight
         optimizer = phase_optimizer(settings, phase, schedule, ema)
         fit_model, fit_val, train_dataset = self._phase_inputs(phase)
         fit_model.compile(

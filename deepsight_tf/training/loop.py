@@ -20,10 +20,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from deepsight_tf.core.checks import parse_duration
 from deepsight_tf.core.errors import ConfigError, GateFailedError, TrainingInterrupted
 from deepsight_tf.core.manifest import Manifest, now_iso
-from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor, command_seconds
+from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.storage import atomic_save_npz, atomic_write_json, read_json, storage_error
 from deepsight_tf.core.workspace import (
@@ -42,6 +41,7 @@ from deepsight_tf.model.classifier import describe, stored_classifier
 from deepsight_tf.model.preprocessing import Preprocessing
 from deepsight_tf.model.saving import save_classifier
 from deepsight_tf.training.averaging import Average
+from deepsight_tf.training.budget import Budget
 from deepsight_tf.training.callbacks import (
     RunControl,
     StopRequested,
@@ -66,7 +66,7 @@ from deepsight_tf.training.plan import (
 )
 from deepsight_tf.training.prepare import Prepared, prepare
 from deepsight_tf.training.record import RunRecord
-from deepsight_tf.training.timing import StepCosts, estimate_run, probe, size_to_budget
+from deepsight_tf.training.timing import StepCosts, estimate_run, probe
 from deepsight_tf.training.tta import mean_of_views, predict_probs, predict_views
 
 # Settings that may differ on --resume: they do not change what the run computes.
@@ -295,6 +295,7 @@ class _Run:
         self.control = RunControl()
         self.resumed_commit: Commit | None = None
         self.budget_from: float | None = None
+        self.budget: Budget | None = None  # --budget, when sized in this process
 
     def execute(self, strategy: Any) -> TrainResult:
         started, start = now_iso(), time.perf_counter()
@@ -303,8 +304,10 @@ class _Run:
         costs = self._probe(prepared, strategy)
         phases = plan_phases(self.settings, prepared.distribution["lr"])
         if self.settings.budget and self.settings.last_epoch_steps is None and costs:
-            # Sized once; config.json keeps the epochs and steps, so a resume repeats them.
-            phases = self._fit_to_budget(costs, prepared, phases)
+            # Sized in this process only; config.json keeps the epochs and steps, so a resume
+            # repeats them.
+            self.budget = Budget(self.settings, costs, self._eval_images(), self.budget_from)
+            self.settings, phases = self.budget.size(prepared, phases, self.notify)
         check_schedule(
             phases,
             prepared.steps_per_epoch,
@@ -316,18 +319,7 @@ class _Run:
         store = CheckpointStore(self.run_dir / CHECKPOINTS_DIR)
         restored = self._restore(store, prepared) if self.settings.resume else None
         created = (store.created() if restored else None) or started
-        atomic_write_json(
-            self.run_dir / CONFIG_FILE,
-            run_config(
-                self.run_id,
-                self.settings,
-                prepared.precision,
-                prepared.preprocessing,
-                phases,
-                prepared.distribution,
-                created,
-            ),
-        )
+        self._write_config(prepared, phases, created)
         val_ds = shard_by_data(
             make_eval_dataset(
                 data.x_train,
@@ -347,6 +339,7 @@ class _Run:
             )
         fitter = PhaseFitter(self, prepared, store, val_ds, history, phases, created)
         epochs_run = fitter.fit_all(restored)
+        phases = fitter.phases  # as a --budget re-sized them
         keep_average, other = self._keep_final_weights(store, prepared, fitter.average)
         final = stored_classifier(prepared.model, self.settings.image_size)  # full precision
         scores = self._evaluate(final, prepared, val_ds)
@@ -406,26 +399,43 @@ class _Run:
     def _eval_images(self) -> tuple[int, int]:
         return len(self.data.val_indices), len(self.data.dataset.y_test)
 
-    def _fit_to_budget(
-        self, costs: StepCosts, prepared: Prepared, phases: list[PhasePlan]
-    ) -> list[PhasePlan]:
-        """The last phase's epochs and last-epoch steps that end the command within --budget."""
-        settings = self.settings
-        used = (
-            command_seconds() if self.budget_from is None else time.monotonic() - self.budget_from
+    def resize_budget(
+        self,
+        prepared: Prepared,
+        phases: list[PhasePlan],
+        seconds_per_step: float,
+        image_size: int | None,
+        created: str,
+    ) -> list[PhasePlan] | None:
+        """The last phase re-sized to the measured pace (budget.py), config.json and the
+        figures rewritten; None: no --budget sized in this process, or the same schedule."""
+        if self.budget is None:
+            return None
+        resized = self.budget.resize(
+            prepared, phases, seconds_per_step, image_size, self.control.step, self.notify
         )
-        left = parse_duration(settings.budget) - used
-        epochs, last = size_to_budget(costs, prepared, phases, settings, self._eval_images(), left)
-        self.settings = replace(settings, epochs=epochs, last_epoch_steps=last)
-        phases = plan_phases(self.settings, prepared.distribution["lr"])
-        if self.notify:
-            steps = phases[-1].total_steps(prepared.steps_per_epoch)
-            self.notify(
-                f"--budget {settings.budget}: {epochs} epochs of phase {phases[-1].index} "
-                f"({steps} steps, the last epoch {last} of {prepared.steps_per_epoch}) in the "
-                f"{left:.0f} s left"
-            )
+        if resized is None:
+            return None
+        self.settings, phases = resized
+        self._write_config(prepared, phases, created)
+        draw_inputs(
+            self.run_dir, prepared, phases, self.data.dataset.class_names, self.settings.pct_start
+        )
         return phases
+
+    def _write_config(self, prepared: Prepared, phases: list[PhasePlan], created: str) -> None:
+        atomic_write_json(
+            self.run_dir / CONFIG_FILE,
+            run_config(
+                self.run_id,
+                self.settings,
+                prepared.precision,
+                prepared.preprocessing,
+                phases,
+                prepared.distribution,
+                created,
+            ),
+        )
 
     def _restore(self, store: CheckpointStore, prepared: Prepared) -> tuple[Commit, dict] | None:
         """Put the last usable commit's variables back into the model (None: start afresh)."""

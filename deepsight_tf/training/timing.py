@@ -200,37 +200,107 @@ def size_to_budget(
     the most steps whose whole-run estimate (earlier phases and scoring included) fits."""
     last = phases[-1]
     usable = seconds * (1 - BUDGET_MARGIN) - WRITE_SECONDS
-    per_epoch = prepared.steps_per_epoch
-
-    def schedule(steps: int) -> tuple[int, int]:
-        epochs = max(1, math.ceil(steps / per_epoch))
-        return epochs, steps - (epochs - 1) * per_epoch
-
-    def fits(steps: int) -> bool:
-        epochs, last_steps = schedule(steps)
-        sized = replace(settings, epochs=epochs, last_epoch_steps=last_steps)
-        plan = plan_phases(sized, last.peak_lr)
-        return estimate_run(costs, prepared, plan, sized, eval_images).total_seconds <= usable
-
-    # Every step costs at least the cheapest size's step and its share of validation.
-    sizes = ramp_sizes(settings.progressive_resize, settings.image_size)
-    val_share = eval_images[0] * costs.forward / per_epoch
-    cheapest = min(costs.step(last.trainable, size) for size in sizes) + val_share
-    low, high = 0, int(usable / cheapest) + 1 if cheapest > 0 else 0  # fits(low); not high
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle)
-    needed = max(2, math.floor(1 / settings.pct_start) + 1)  # one-cycle's minimum
-    if low < needed:
+    steps = _most_steps(costs, prepared, phases, settings, eval_images, usable)
+    needed = _fewest_steps(settings)
+    if steps < needed:
         fixed = estimate_run(costs, prepared, phases[:-1], settings, eval_images).total_seconds
-        per_step = costs.per_step.get(last.trainable, 0.0) + val_share
+        per_step = costs.per_step.get(last.trainable, 0.0) + _val_share(
+            costs, prepared, eval_images
+        )
         short = (fixed + needed * per_step + WRITE_SECONDS) / (1 - BUDGET_MARGIN) - seconds
         raise ConfigError(
             f"--budget {settings.budget}: the {seconds:.0f} s left leave room for "
-            f"{max(low, 0)} optimizer steps of {per_step * 1000:.0f} ms after {fixed:.0f} s "
+            f"{max(steps, 0)} optimizer steps of {per_step * 1000:.0f} ms after {fixed:.0f} s "
             f"of scoring and earlier phases; raise it by {math.ceil(short / 60)} min at least"
         )
-    return schedule(low)
+    return _schedule(steps, prepared.steps_per_epoch)
+
+
+def resize_to_budget(
+    costs: StepCosts,
+    prepared: Prepared,
+    phases: list[PhasePlan],
+    settings: TrainSettings,
+    eval_images: tuple[int, int],
+    seconds: float,
+    spent: float,
+    steps_done: int,
+) -> tuple[int, int]:
+    """The last phase re-sized in flight: (epochs, steps in the last epoch) that fill the
+    `seconds` the budget had when it was sized, `spent` of them gone on the `steps_done`
+    steps taken (over all phases), with `costs` as now measured. The same criterion as
+    size_to_budget: with the costs and time it planned on, the same schedule. Never fewer
+    steps than taken plus one, nor than the one cycle needs (a budget already spent
+    overruns rather than stopping mid-cycle)."""
+    usable = seconds * (1 - BUDGET_MARGIN) - WRITE_SECONDS - spent
+    steps = _most_steps(costs, prepared, phases, settings, eval_images, usable, steps_done)
+    earlier = sum(phase.total_steps(prepared.steps_per_epoch) for phase in phases[:-1])
+    steps = max(steps, _fewest_steps(settings), steps_done - earlier + 1)
+    return _schedule(steps, prepared.steps_per_epoch)
+
+
+def rescaled(costs: StepCosts, ratio: float) -> StepCosts:
+    """Every cost times `ratio`: the probe's timings corrected by the pace measured in the
+    run (the ratios between sizes and kinds of phase are kept)."""
+    return replace(
+        costs,
+        per_step={kind: seconds * ratio for kind, seconds in costs.per_step.items()},
+        forward=costs.forward * ratio,
+        final_forward=None if costs.final_forward is None else costs.final_forward * ratio,
+        by_size=None
+        if costs.by_size is None
+        else {size: seconds * ratio for size, seconds in costs.by_size.items()},
+    )
+
+
+def _most_steps(
+    costs: StepCosts,
+    prepared: Prepared,
+    phases: list[PhasePlan],
+    settings: TrainSettings,
+    eval_images: tuple[int, int],
+    usable: float,
+    steps_done: int = 0,
+) -> int:
+    """The most steps of the last phase whose estimate from `steps_done` on fits `usable`
+    seconds (a binary search: the estimate grows with the steps)."""
+    last = phases[-1]
+    per_epoch = prepared.steps_per_epoch
+
+    def fits(steps: int) -> bool:
+        epochs, last_steps = _schedule(steps, per_epoch)
+        sized = replace(settings, epochs=epochs, last_epoch_steps=last_steps)
+        plan = plan_phases(sized, last.peak_lr)
+        estimate = estimate_run(costs, prepared, plan, sized, eval_images, steps_done)
+        return estimate.total_seconds <= usable
+
+    # Every step costs at least the cheapest size's step and its share of validation.
+    sizes = ramp_sizes(settings.progressive_resize, settings.image_size)
+    cheapest = min(costs.step(last.trainable, size) for size in sizes)
+    cheapest += _val_share(costs, prepared, eval_images)
+    if cheapest <= 0:
+        return 0
+    low, high = 0, steps_done + max(int(usable / cheapest), 0) + 1  # fits(low); not high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def _schedule(steps: int, per_epoch: int) -> tuple[int, int]:
+    """(epochs, steps in the last) of a phase of `steps` optimizer steps."""
+    epochs = max(1, math.ceil(steps / per_epoch))
+    return epochs, steps - (epochs - 1) * per_epoch
+
+
+def _fewest_steps(settings: TrainSettings) -> int:
+    """One cycle's minimum: two steps, and one of warm-up at least."""
+    return max(2, math.floor(1 / settings.pct_start) + 1)
+
+
+def _val_share(costs: StepCosts, prepared: Prepared, eval_images: tuple[int, int]) -> float:
+    """Each step's share of the validation after every epoch."""
+    return eval_images[0] * costs.forward / prepared.steps_per_epoch
 
 
 def _final_scoring_images(settings: TrainSettings, n_val: int, n_test: int) -> int:
