@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from test_training import CLASSES, separable_npz, separable_workspace, tiny
 from typer.testing import CliRunner
 
@@ -168,6 +169,21 @@ def test_tta_of_a_flip_invariant_model_equals_the_plain_probabilities(tmp_path: 
     np.testing.assert_allclose(predict_probs(model, ds, "flip"), plain, atol=1e-6)
     # Shifts are not free for this model at the reflected border, and the views are 6.
     assert len(views("flip-shift", 16)) == 6
+    # flip-x-shift: the same 6, then each shift mirrored: a mirrored vertical shift is the
+    # mirrored image shifted the same way, a mirrored shift right the mirrored image shifted
+    # left (reflect padding mirrors too), and none of the 4 is among the first 6.
+    images = tf.constant(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), tf.float32)
+    ten = [np.asarray(view(images)) for view in views("flip-x-shift", 16)]
+    six = [np.asarray(view(images)) for view in views("flip-shift", 16)]
+    on_mirror = [
+        np.asarray(view(tf.image.flip_left_right(images))) for view in views("flip-shift", 16)
+    ]
+    assert len(ten) == 10
+    for a, b in zip(ten[:6], six, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for got, same in zip(ten[6:], (2, 3, 5, 4), strict=True):
+        np.testing.assert_array_equal(got, on_mirror[same])
+        assert not any(np.array_equal(got, view) for view in six)
     # A model that reads the left half only does change under a mirror.
     inputs = keras.Input((16, 16, 3))
     left = keras.layers.Cropping2D(((0, 0), (0, 8)))(inputs)

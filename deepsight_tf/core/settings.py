@@ -38,7 +38,7 @@ INTERPOLATIONS = (
 )
 EXPORT_FORMATS = ("savedmodel", "keras", "onnx")
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "layercam")
-TTA_MODES = ("none", "flip", "flip-shift")
+TTA_MODES = ("none", "flip", "flip-shift", "flip-x-shift")
 MAX_SAMPLES_PER_CLASS = 64
 
 
@@ -285,7 +285,8 @@ class TrainSettings(Settings):
     tta: str = setting(
         "none",
         "Test-time augmentation for the final scoring: flip averages each image with its "
-        "mirror; flip-shift adds four 1/16-side shifts.",
+        "mirror; flip-shift adds four 1/16-side shifts; flip-x-shift the shifts' mirrors "
+        "too (10 views).",
         choices=TTA_MODES,
     )
     max_train_images: int | None = setting(

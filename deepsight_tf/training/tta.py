@@ -2,7 +2,10 @@
 
 Views are made from the preprocessed batch (after resize and normalisation), so every view
 is what the model could have been fed in training: a horizontal mirror, and for flip-shift
-the image moved by 1/16 of its side up, down, left and right (reflect-padded).
+the image moved by 1/16 of its side up, down, left and right (reflect-padded); flip-x-shift
+is the product of the two, every shift also mirrored (10 views). On three 48 px CIFAR-10
+models the product beat flip-shift's 6 views by 0.39 to 0.47 test points and flip by 0.52 to
+0.66, each paired interval above zero (README, Results).
 """
 
 from __future__ import annotations
@@ -33,12 +36,22 @@ def views(mode: str, image_size: int) -> list[View]:
     if mode not in TTA_MODES:
         raise ValueError(f"mode must be one of {TTA_MODES}. Received: {mode!r}")
     out: list[View] = [lambda images: images]
-    if mode in ("flip", "flip-shift"):
+    if mode in ("flip", "flip-shift", "flip-x-shift"):
         out.append(tf.image.flip_left_right)
-    if mode == "flip-shift":
+    if mode in ("flip-shift", "flip-x-shift"):
         step = max(1, image_size // 16)
-        out += [_shift(step, 0), _shift(-step, 0), _shift(0, step), _shift(0, -step)]
+        shifts = [_shift(step, 0), _shift(-step, 0), _shift(0, step), _shift(0, -step)]
+        out += shifts
+        if mode == "flip-x-shift":
+            out += [_mirrored(shift) for shift in shifts]
     return out
+
+
+def _mirrored(view: View) -> View:
+    def mirrored(images: tf.Tensor) -> tf.Tensor:
+        return tf.image.flip_left_right(view(images))
+
+    return mirrored
 
 
 def predict_views(model: Any, dataset: tf.data.Dataset, mode: str = "none") -> list[np.ndarray]:
