@@ -226,6 +226,37 @@ def test_a_budget_already_spent_keeps_one_more_step_and_one_cycles_minimum() -> 
     assert resized(120.0, plan_phases(short), short, 30.0)[0] == 21
 
 
+def test_an_epochs_overhead_counts_once_for_every_epoch_left() -> None:
+    phases, settings = sized(120.0)
+    prepared = SimpleNamespace(steps_per_epoch=10)
+    done = phases[-1].epoch_steps(0, 10) + 3  # 3 steps into the second epoch
+    base = estimate_run(COSTS, prepared, phases, settings, (40, 60), done).total_seconds
+    heavy = replace(COSTS, epoch_overhead=5.0)
+    more = estimate_run(heavy, prepared, phases, settings, (40, 60), done).total_seconds
+    assert more - base == pytest.approx(5.0 * (phases[-1].epochs - 1))
+
+
+def test_an_epoch_corrects_steps_always_and_validation_and_overhead_once_untraced() -> None:
+    """COSTS: 0.5 s a step, 2 ms a forward image, 40 validation images (0.08 s as probed)."""
+    plan = budget.Budget(resolve_settings(TrainSettings(weights="none")), COSTS, (40, 60))
+    # The first epoch traced: its steps' pace only (1.2x), forward passes by the same ratio.
+    first = budget.EpochPace(80.0, 100, 0.6, 9.0, traced=True)
+    costs = plan.corrected(first, "all")
+    assert costs.per_step["all"] == pytest.approx(0.6)
+    assert costs.forward == pytest.approx(0.002 * 1.2) and costs.epoch_overhead == 0.0
+    # An untraced epoch: validation 0.16 s for 40 images is 2x the probed forward pass, and
+    # 70 - 100 * 0.6 - 0.16 = 9.84 s went elsewhere.
+    second = budget.EpochPace(70.0, 100, 0.6, 0.16, traced=False)
+    assert second.overhead == pytest.approx(9.84)
+    costs = plan.corrected(second, "all")
+    assert costs.forward == pytest.approx(0.004) and costs.epoch_overhead == pytest.approx(9.84)
+    assert costs.per_step["head"] == pytest.approx(0.05 * 1.2)
+    # A later traced epoch (a new size) keeps the measured validation and overhead.
+    again = plan.corrected(budget.EpochPace(90.0, 100, 0.55, 5.0, traced=True), "all")
+    assert again.forward == pytest.approx(0.004) and again.epoch_overhead == pytest.approx(9.84)
+    assert again.per_step["all"] == pytest.approx(0.55)
+
+
 # --- a run on planted step costs ---------------------------------------------------------------
 
 

@@ -1,14 +1,17 @@
 """--budget: a wall-time budget turned into the last phase's epochs and last-epoch steps.
 
-Sized twice. Before the first step, from the pre-flight probe (timing.py: seven timed steps
-per kind of phase). Then once in flight, after the last phase's first epoch: the probe's
-median of seven steps moves by about 15% from one probe to the next on these machines (a
-30-minute run ended 14% over its budget), where an epoch's hundreds of steps give the pace
-the run really keeps. The costs are scaled by the measured pace against the probed step, and
-the rest of the phase is sized to what is left of the budget by the same criterion, so a run
-that keeps the probed pace keeps its schedule to the step. The one-cycle schedule takes the
-new length from the next step on; config.json is rewritten, so a resume repeats it. A
-resumed process re-sizes nothing: the stored schedule is the one it continues.
+Sized before the first step, from the pre-flight probe (timing.py: seven timed steps per kind
+of phase), then again after each epoch of the last phase but its last. The probe's median of
+seven steps moves by about 15% from one probe to the next on these machines (a 30-minute run
+ended 14% over its budget), and it cannot see what an epoch costs beyond its steps; an epoch
+measures all of it. The costs are corrected by what the epoch took: its steps' pace against
+the probed step; from the second epoch on (the first traces the step and the validation
+function) also its validation pass against the probed forward pass (which scales the final
+scoring too), and the seconds it took beyond steps and validation, counted again for every
+epoch left. The rest of the phase is then sized to what is left of the budget by the same
+criterion, so a run that keeps the probed costs keeps its schedule to the step. The one-cycle
+schedule takes a new length from the next step on; config.json is rewritten, so a resume
+repeats it. A resumed process re-sizes nothing: the stored schedule is the one it continues.
 """
 
 from __future__ import annotations
@@ -28,6 +31,24 @@ from deepsight_tf.training.timing import StepCosts, rescaled, resize_to_budget, 
 PACE_WARMUP = 5
 
 
+@dataclass(frozen=True)
+class EpochPace:
+    """One epoch of the last phase as the budget's clock saw it."""
+
+    seconds: float  # the whole epoch: its batches made, steps, validation, commit
+    steps: int
+    seconds_per_step: float  # over the steps after PACE_WARMUP
+    validation_seconds: float | None
+    traced: bool  # the step (and validation) functions were traced in it
+    image_size: int | None = None  # its training images' size (progressive resizing)
+
+    @property
+    def overhead(self) -> float:
+        """Seconds beyond its steps and validation."""
+        steps = self.steps * self.seconds_per_step
+        return max(0.0, self.seconds - steps - (self.validation_seconds or 0.0))
+
+
 @dataclass
 class Budget:
     """One run's --budget: what was probed, how much time there was when it was sized."""
@@ -38,6 +59,7 @@ class Budget:
     budget_from: float | None = None  # time.monotonic() it counts from; None: the process
     left: float = 0.0  # seconds the budget had when the schedule was sized
     sized_at: float = 0.0  # self.clock() then
+    measured: StepCosts | None = None  # the costs as the last epoch without tracing showed
 
     def clock(self) -> float:
         """Seconds of the budget used: since the process started (its imports and data
@@ -71,25 +93,17 @@ class Budget:
         self,
         prepared: Prepared,
         phases: list[PhasePlan],
-        seconds_per_step: float,
-        image_size: int | None,
+        pace: EpochPace,
         steps_done: int,
         notify: Notify | None,
     ) -> tuple[TrainSettings, list[PhasePlan]] | None:
-        """The rest of the last phase sized to the measured pace (None: the same schedule)."""
+        """The rest of the last phase sized to the costs `pace` measured (None: the same
+        schedule)."""
         last = phases[-1]
-        probed = self.costs.step(last.trainable, image_size)
-        ratio = seconds_per_step / probed
+        costs = self.corrected(pace, last.trainable)
         spent = self.clock() - self.sized_at
         epochs, last_steps = resize_to_budget(
-            rescaled(self.costs, ratio),
-            prepared,
-            phases,
-            self.settings,
-            self.eval_images,
-            self.left,
-            spent,
-            steps_done,
+            costs, prepared, phases, self.settings, self.eval_images, self.left, spent, steps_done
         )
         if (epochs, last_steps) == (self.settings.epochs, self.settings.last_epoch_steps):
             return None
@@ -98,10 +112,27 @@ class Budget:
         phases = plan_phases(self.settings, last.peak_lr)
         if notify:
             after = phases[-1].total_steps(prepared.steps_per_epoch)
+            probed = self.costs.step(last.trainable, pace.image_size)
             notify(
-                f"--budget {self.settings.budget}: steps ran at {seconds_per_step * 1000:.0f} ms "
-                f"against the probe's {probed * 1000:.0f} ({ratio:.2f}x); phase "
-                f"{last.index} re-sized from {before} to {after} steps ({epochs} epochs, the "
-                f"last {last_steps} of {prepared.steps_per_epoch})"
+                f"--budget {self.settings.budget}: steps ran at "
+                f"{pace.seconds_per_step * 1000:.0f} ms against the probe's "
+                f"{probed * 1000:.0f} ({pace.seconds_per_step / probed:.2f}x)"
+                + ("" if pace.traced else f", {pace.overhead:.0f} s an epoch besides")
+                + f"; phase {last.index} re-sized from {before} to {after} steps ({epochs} "
+                f"epochs, the last {last_steps} of {prepared.steps_per_epoch})"
             )
         return self.settings, phases
+
+    def corrected(self, pace: EpochPace, trainable: str) -> StepCosts:
+        """The probed costs corrected by an epoch: its steps' pace always; its validation and
+        overhead only when it traced nothing (else the last such epoch's, if any)."""
+        ratio = pace.seconds_per_step / self.costs.step(trainable, pace.image_size)
+        n_val = self.eval_images[0]
+        if pace.traced or not pace.validation_seconds or not n_val or self.costs.forward <= 0:
+            if self.measured is None:
+                return rescaled(self.costs, ratio)
+            forward = self.measured.forward / self.costs.forward if self.costs.forward else None
+            return rescaled(self.costs, ratio, forward, self.measured.epoch_overhead)
+        forward_ratio = pace.validation_seconds / n_val / self.costs.forward
+        self.measured = rescaled(self.costs, ratio, forward_ratio, pace.overhead)
+        return self.measured

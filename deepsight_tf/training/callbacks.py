@@ -110,20 +110,30 @@ class StepProgress(keras.callbacks.Callback):
 
 
 class Pace(keras.callbacks.Callback):
-    """Seconds per optimizer step over one epoch's steps after the first `warmup`, on
-    `clock` (the budget's): what the run really takes a step, for re-sizing a --budget."""
+    """What one epoch really took, on `clock` (the budget's), for re-sizing a --budget:
+    seconds per optimizer step over the steps after the first `warmup`, and seconds of the
+    validation pass."""
 
     def __init__(self, clock: Callable[[], float], warmup: int) -> None:
         super().__init__()
         self.clock, self.warmup = clock, warmup
         self._start: float | None = None
         self._end, self._steps = 0.0, 0
+        self._validation: list[float] = []
+        self.validation_seconds: float | None = None
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if batch + 1 == self.warmup:
             self._start = self.clock()
         elif self._start is not None:
             self._end, self._steps = self.clock(), self._steps + 1
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        self._validation = [self.clock()]
+
+    def on_test_end(self, logs: dict | None = None) -> None:
+        if self._validation:
+            self.validation_seconds = self.clock() - self._validation[0]
 
     @property
     def seconds_per_step(self) -> float | None:

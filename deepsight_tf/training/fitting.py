@@ -13,7 +13,7 @@ from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.workspace import CHECKPOINTS_DIR, HISTORY_FILE, TENSORBOARD_DIR
 from deepsight_tf.training.averaging import Average, reestimate_batchnorm, reestimation_batches
-from deepsight_tf.training.budget import PACE_WARMUP, Budget
+from deepsight_tf.training.budget import PACE_WARMUP, Budget, EpochPace
 from deepsight_tf.training.callbacks import (
     Checkpointer,
     DivergenceGuard,
@@ -47,12 +47,7 @@ class RunContext(Protocol):
     budget: Budget | None
 
     def resize_budget(
-        self,
-        prepared: Prepared,
-        phases: list[PhasePlan],
-        seconds_per_step: float,
-        image_size: int | None,
-        created: str,
+        self, prepared: Prepared, phases: list[PhasePlan], pace: EpochPace, created: str
     ) -> list[PhasePlan] | None: ...
 
 
@@ -135,18 +130,19 @@ class PhaseFitter:
         epoch = first_epoch
         while epoch < phase.epochs:
             skipped = skip if epoch == first_epoch else 0
+            pace = self._pace(phase, epoch, skipped)
+            began, traces = pace.clock() if pace else 0.0, epoch == first_epoch
             # Progressive resizing only: a phase on cached features has no image size.
             sized = {}
             if phase.image_sizes is not None:
                 sized["image_size"] = phase.image_sizes[epoch]
                 if sized["image_size"] != traced_size:
-                    traced_size = sized["image_size"]
+                    traced_size, traces = sized["image_size"], True
                     self._new_size(fit_model, epoch_offset + epoch, traced_size)
             batches = train_dataset(first_epoch=epoch_offset + epoch, skip_batches=skipped, **sized)
             steps = phase.epoch_steps(epoch, prepared.steps_per_epoch)
             if steps < prepared.steps_per_epoch:  # a budget's shorter last epoch
                 batches = batches.take(max(steps - skipped, 0))
-            pace = self._pace(phase, epoch, skipped)
             fit_model.fit(
                 batches,
                 validation_data=fit_val,
@@ -159,13 +155,15 @@ class PhaseFitter:
             if control.diverged_step is not None:
                 raise self._diverged(phase, epoch)
             if pace is not None and pace.seconds_per_step is not None:
-                resized = self.run.resize_budget(
-                    prepared,
-                    self.phases,
+                measured = EpochPace(
+                    pace.clock() - began,
+                    steps - skipped,
                     pace.seconds_per_step,
+                    pace.validation_seconds,
+                    traces,
                     sized.get("image_size"),
-                    self.created,
                 )
+                resized = self.run.resize_budget(prepared, self.phases, measured, self.created)
                 if resized is not None:
                     phase = self._resized(resized, fit_model)
                     callbacks = self._callbacks(phase, epoch_offset)
@@ -174,12 +172,12 @@ class PhaseFitter:
             self._put_in_average(phase, epoch_offset, fit_model, optimizer, fit_val)
 
     def _pace(self, phase: PhasePlan, epoch: int, skipped: int) -> Pace | None:
-        """The pace to measure in this epoch: the last phase's first, when a --budget sized
-        in this process can still re-size the phase's later epochs (budget.py)."""
+        """The pace to measure in this epoch: each of the last phase's but its last, when a
+        --budget sized in this process can still re-size the epochs after it (budget.py)."""
         budget = self.run.budget
-        if budget is None or phase is not self.phases[-1] or epoch != 0 or skipped:
+        if budget is None or phase is not self.phases[-1] or skipped:
             return None
-        if phase.epochs < 2:
+        if epoch >= phase.epochs - 1:
             return None
         return Pace(budget.clock, PACE_WARMUP)
 

@@ -41,7 +41,7 @@ from deepsight_tf.model.classifier import describe, stored_classifier
 from deepsight_tf.model.preprocessing import Preprocessing
 from deepsight_tf.model.saving import save_classifier
 from deepsight_tf.training.averaging import Average
-from deepsight_tf.training.budget import Budget
+from deepsight_tf.training.budget import Budget, EpochPace
 from deepsight_tf.training.callbacks import (
     RunControl,
     StopRequested,
@@ -400,20 +400,13 @@ class _Run:
         return len(self.data.val_indices), len(self.data.dataset.y_test)
 
     def resize_budget(
-        self,
-        prepared: Prepared,
-        phases: list[PhasePlan],
-        seconds_per_step: float,
-        image_size: int | None,
-        created: str,
+        self, prepared: Prepared, phases: list[PhasePlan], pace: EpochPace, created: str
     ) -> list[PhasePlan] | None:
         """The last phase re-sized to the measured pace (budget.py), config.json and the
         figures rewritten; None: no --budget sized in this process, or the same schedule."""
         if self.budget is None:
             return None
-        resized = self.budget.resize(
-            prepared, phases, seconds_per_step, image_size, self.control.step, self.notify
-        )
+        resized = self.budget.resize(prepared, phases, pace, self.control.step, self.notify)
         if resized is None:
             return None
         self.settings, phases = resized

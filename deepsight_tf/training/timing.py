@@ -58,6 +58,9 @@ class StepCosts:
     # the largest, --image-size, is that kind's per_step itself (one measurement, so the
     # ratios of the smaller sizes to it are not those of two timings minutes apart).
     by_size: dict[int, float] | None = None
+    # Seconds each epoch costs beyond its steps and validation (a fit call's set-up, the
+    # first batches' pipeline, the commit): 0 as probed; measured in flight (budget.py).
+    epoch_overhead: float = 0.0
 
     def step(self, trainable: str, size: int | None = None) -> float:
         """Seconds per step of this kind of phase on training images of `size` pixels: the
@@ -166,6 +169,8 @@ def estimate_run(
             train_seconds += seconds
             resized = [resized[0] + seconds, resized[1] + todo]
         train_seconds += todo / per_epoch * n_val * costs.forward
+        if not _cached(phase, settings):
+            train_seconds += sum(count > 0 for count in by_epoch) * costs.epoch_overhead
         steps += todo
     eval_seconds = _final_scoring_images(settings, n_val, n_test) * costs.scoring
     if settings.ema:
@@ -239,17 +244,23 @@ def resize_to_budget(
     return _schedule(steps, prepared.steps_per_epoch)
 
 
-def rescaled(costs: StepCosts, ratio: float) -> StepCosts:
-    """Every cost times `ratio`: the probe's timings corrected by the pace measured in the
-    run (the ratios between sizes and kinds of phase are kept)."""
+def rescaled(
+    costs: StepCosts, ratio: float, forward_ratio: float | None = None, epoch_overhead: float = 0.0
+) -> StepCosts:
+    """The probe's timings corrected by what the run measured: every step's cost times
+    `ratio`, every forward pass's times `forward_ratio` (None: `ratio`), and the seconds an
+    epoch costs beyond its steps and validation (the ratios between sizes, between kinds of
+    phase and between the mixed-precision and float32 forward passes are kept)."""
+    forward_ratio = ratio if forward_ratio is None else forward_ratio
     return replace(
         costs,
         per_step={kind: seconds * ratio for kind, seconds in costs.per_step.items()},
-        forward=costs.forward * ratio,
-        final_forward=None if costs.final_forward is None else costs.final_forward * ratio,
+        forward=costs.forward * forward_ratio,
+        final_forward=None if costs.final_forward is None else costs.final_forward * forward_ratio,
         by_size=None
         if costs.by_size is None
         else {size: seconds * ratio for size, seconds in costs.by_size.items()},
+        epoch_overhead=epoch_overhead,
     )
 
 
