@@ -46,7 +46,7 @@ lock:
 	rm -rf $(VENV)-lock
 
 test: setup
-	$(BIN)/pytest -m "not slow and not browser" -q
+	$(BIN)/pytest -m "not slow and not browser" -q --durations=15
 
 test-browser: setup
 	$(BIN)/pytest -m browser -q

@@ -231,3 +231,27 @@ def test_figures_draw_the_result_values(tmp_path):
     np.testing.assert_array_equal(fig.axes[1].get_lines()[0].get_ydata(), [0.3, 0.6])
     with pytest.raises(ValueError, match="Received"):
         plot_history({"auc": [0.5]})
+
+
+def test_a_new_length_reaches_a_traced_function_without_a_new_trace():
+    """set_total_steps (a --budget re-sized in flight): a step function traced on the old
+    length computes the new cycle's rate and momentum, traced once."""
+    import tensorflow as tf
+
+    cycle, traces = OneCycle(0.4, 100, pct_start=0.25), []
+
+    @tf.function
+    def rate(step):
+        traces.append(1)
+        return cycle(step), cycle.momentum(step)
+
+    rate(tf.constant(10))
+    cycle.set_total_steps(60)
+    want = OneCycle(0.4, 60, pct_start=0.25)
+    for step in (10, 14, 30, 59, 80):
+        lr, momentum = rate(tf.constant(step))
+        np.testing.assert_allclose(float(lr), float(want(step)), rtol=1e-6)
+        np.testing.assert_allclose(float(momentum), float(want.momentum(step)), rtol=1e-6)
+    assert len(traces) == 1 and cycle.get_config()["total_steps"] == 60
+    with pytest.raises(ValueError, match="warm-up step"):
+        cycle.set_total_steps(4)  # 0.25 * 4 = 1: no warm-up step

@@ -165,7 +165,7 @@ class PhaseFitter:
                 )
                 resized = self.run.resize_budget(prepared, self.phases, measured, self.created)
                 if resized is not None:
-                    phase = self._resized(resized, fit_model)
+                    phase = self._resized(resized)
                     callbacks = self._callbacks(phase, epoch_offset)
             epoch += 1
         if ema:
@@ -181,14 +181,14 @@ class PhaseFitter:
             return None
         return Pace(budget.clock, PACE_WARMUP)
 
-    def _resized(self, phases: list[PhasePlan], fit_model: Any) -> PhasePlan:
+    def _resized(self, phases: list[PhasePlan]) -> PhasePlan:
         """The re-sized plan in place: the one-cycle schedule the optimizer holds takes the
-        new length (a fresh trace, since the length is a constant of the traced step)."""
+        new length (a variable the traced step reads: no new trace)."""
         self.phases = phases
         self.total_steps = sum(p.total_steps(self.prepared.steps_per_epoch) for p in phases)
         phase = phases[-1]
-        self.schedule.total_steps = phase.total_steps(self.prepared.steps_per_epoch)
-        fit_model.train_function = None
+        assert self.schedule is not None
+        self.schedule.set_total_steps(phase.total_steps(self.prepared.steps_per_epoch))
         return phase
 
     def _new_size(self, fit_model: Any, run_epoch: int, size: int) -> None:

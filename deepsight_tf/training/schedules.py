@@ -17,6 +17,19 @@ def _cosine_anneal(start: Any, end: Any, remaining: Any) -> Any:
     return end + (start - end) * ops.square(ops.sin(math.pi / 2.0 * remaining))
 
 
+def _check_length(total_steps: int, pct_start: float) -> None:
+    if int(total_steps) != total_steps or total_steps < 2:
+        raise ValueError(
+            f"`total_steps` must be an integer >= 2. Received: total_steps={total_steps}"
+        )
+    if not 0 < pct_start < 1 or pct_start * total_steps <= 1:
+        raise ValueError(
+            "`pct_start` must be in (0, 1) and leave at least one warm-up step "
+            f"(pct_start * total_steps > 1). Received: pct_start={pct_start}, "
+            f"total_steps={total_steps}"
+        )
+
+
 @keras.saving.register_keras_serializable(package="deepsight")
 class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     """One-cycle learning rate with the opposite momentum cycle, per optimizer step.
@@ -58,16 +71,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     ) -> None:
         if not peak_lr > 0:
             raise ValueError(f"`peak_lr` must be > 0. Received: peak_lr={peak_lr}")
-        if int(total_steps) != total_steps or total_steps < 2:
-            raise ValueError(
-                f"`total_steps` must be an integer >= 2. Received: total_steps={total_steps}"
-            )
-        if not 0 < pct_start < 1 or pct_start * total_steps <= 1:
-            raise ValueError(
-                "`pct_start` must be in (0, 1) and leave at least one warm-up step "
-                f"(pct_start * total_steps > 1). Received: pct_start={pct_start}, "
-                f"total_steps={total_steps}"
-            )
+        _check_length(total_steps, pct_start)
         if not div_factor > 0 or not final_div_factor > 0:
             raise ValueError(
                 "`div_factor` and `final_div_factor` must be > 0. Received: "
@@ -80,11 +84,23 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
             )
         self.peak_lr = float(peak_lr)
         self.total_steps = int(total_steps)
+        # The length as a variable too, read by the traced step: a --budget re-sized in flight
+        # changes the rate every later step computes without tracing the step again.
+        self._length = keras.Variable(
+            float(total_steps), dtype="float32", trainable=False, name="one_cycle_length"
+        )
         self.pct_start = float(pct_start)
         self.div_factor = float(div_factor)
         self.final_div_factor = float(final_div_factor)
         self.base_momentum = float(base_momentum)
         self.max_momentum = float(max_momentum)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """A new length from the next step on (a --budget re-sized in flight): the steps taken
+        keep the rates they had; later ones follow the cycle of `total_steps`."""
+        _check_length(total_steps, self.pct_start)
+        self.total_steps = int(total_steps)
+        self._length.assign(float(total_steps))
 
     @property
     def initial_lr(self) -> float:
@@ -100,9 +116,10 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
     def _phase(self, step: Any, warm_start: float, peak: float, end: float) -> Any:
         # One value cycled through both phases; the lr and momentum differ only in end points.
-        step = ops.minimum(ops.cast(step, "float32"), float(self.total_steps - 1))
-        w = self.peak_step
-        last = float(self.total_steps - 1)
+        length = ops.convert_to_tensor(self._length)
+        last = length - 1.0
+        step = ops.minimum(ops.cast(step, "float32"), last)
+        w = self.pct_start * length - 1.0  # peak_step
         up = _cosine_anneal(warm_start, peak, (w - step) / w)
         down = _cosine_anneal(peak, end, (last - step) / (last - w))
         return ops.where(step <= w, up, down)
