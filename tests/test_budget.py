@@ -314,6 +314,7 @@ def test_a_budget_run_takes_the_planned_steps_and_stores_them(
     assert len(read_history(Path(result.run_dir) / HISTORY_FILE)) == 3
 
 
+@pytest.mark.slow  # two-phase runs; resumes are tested fast in test_faults
 def test_a_budget_run_interrupted_in_its_short_epoch_resumes_exactly(
     prepared: Workspace, planted: None
 ) -> None:
@@ -354,7 +355,7 @@ def test_a_run_slower_than_its_probe_is_resized_after_its_first_epoch(
     """Probed at 1 s a step, run at 2: the 40 s budget planned 28 steps (13 + 13 + 2); after
     the first epoch's 13 steps 26 s are gone, and 28.4 - 26 = 2.4 s leave one more: 14."""
     plant_clock(monkeypatch, 2.0)
-    traced = []  # the schedule's length each time a training step is traced
+    traced = []  # the schedule's length at each call inside a trace (the rate, weight decay)
     original = OneCycle.__call__
 
     def spy(self: OneCycle, step: object) -> object:
@@ -382,7 +383,8 @@ def test_a_run_slower_than_its_probe_is_resized_after_its_first_epoch(
     # (on the planned 28 steps it would still be near the peak).
     cycle = OneCycle(result.phases[-1].peak_lr, 14, pct_start=tiny().pct_start)
     assert history[-1]["lr_end"] == pytest.approx(cycle.final_lr, rel=1e-5)
-    assert traced == [28]  # one trace: the step reads the new length from a variable
+    # Traced on the planned length only: the step reads the new one from a variable.
+    assert traced and set(traced) == {28}
 
 
 @pytest.mark.slow  # three tiny runs; the budget's resume is also tested above

@@ -200,6 +200,7 @@ def test_drop_train_reads_the_first_rows_of_a_ranked_index_csv(tmp_path) -> None
         tiny(drop_top=5)
 
 
+@pytest.mark.slow  # two arms trained; reading --drop-train lists is tested fast above
 def test_clean_labels_leaves_out_the_flagged_training_images(tmp_path) -> None:
     """The arm trains on the baseline's split without the images a run flagged; the flagged
     validation image stays in validation; a missing issues file fails before any training."""

@@ -296,6 +296,7 @@ def test_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(
 # --- a full disk -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 2 min: two-phase runs, one failing mid-commit
 def test_a_full_disk_mid_checkpoint_keeps_the_previous_state_and_resume_completes(
     prepared: Workspace, reference: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:

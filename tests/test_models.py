@@ -405,6 +405,7 @@ def test_normalisation_is_the_preset_converters_scale_and_offset():
         choose_normalization("resnet18", "none", [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
 
 
+@pytest.mark.slow  # ~1 min; staged unfreezing is tested fast above on a narrow model
 def test_unfreeze_all_after_a_frozen_head_phase_trains_every_layer():
     """`model.trainable = True` alone leaves layers frozen one by one still frozen."""
     model = build_classifier("resnet18", 3, 32, stem="cifar", width_multiplier=NARROW)
