@@ -59,7 +59,9 @@ class Budget:
     budget_from: float | None = None  # time.monotonic() it counts from; None: the process
     left: float = 0.0  # seconds the budget had when the schedule was sized
     sized_at: float = 0.0  # self.clock() then
-    measured: StepCosts | None = None  # the costs as the last epoch without tracing showed
+    # As the last epoch that traced nothing measured them (None, 0: the step's ratio, none).
+    forward_ratio: float | None = None
+    overhead: float = 0.0
 
     def clock(self) -> float:
         """Seconds of the budget used: since the process started (its imports and data
@@ -128,11 +130,7 @@ class Budget:
         overhead only when it traced nothing (else the last such epoch's, if any)."""
         ratio = pace.seconds_per_step / self.costs.step(trainable, pace.image_size)
         n_val = self.eval_images[0]
-        if pace.traced or not pace.validation_seconds or not n_val or self.costs.forward <= 0:
-            if self.measured is None:
-                return rescaled(self.costs, ratio)
-            forward = self.measured.forward / self.costs.forward if self.costs.forward else None
-            return rescaled(self.costs, ratio, forward, self.measured.epoch_overhead)
-        forward_ratio = pace.validation_seconds / n_val / self.costs.forward
-        self.measured = rescaled(self.costs, ratio, forward_ratio, pace.overhead)
-        return self.measured
+        if not pace.traced and pace.validation_seconds and n_val and self.costs.forward > 0:
+            self.forward_ratio = pace.validation_seconds / n_val / self.costs.forward
+            self.overhead = pace.overhead
+        return rescaled(self.costs, ratio, self.forward_ratio, self.overhead)
