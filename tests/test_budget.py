@@ -251,10 +251,33 @@ def test_an_epoch_corrects_steps_always_and_validation_and_overhead_once_untrace
     costs = plan.corrected(second, "all")
     assert costs.forward == pytest.approx(0.004) and costs.epoch_overhead == pytest.approx(9.84)
     assert costs.per_step["head"] == pytest.approx(0.05 * 1.2)
-    # A later traced epoch (a new size) keeps the measured validation and overhead.
-    again = plan.corrected(budget.EpochPace(90.0, 100, 0.55, 5.0, traced=True), "all")
+    # A later traced epoch (a new size) keeps the measured validation and overhead; its pace
+    # pools with the two epochs before it: (60 + 60 + 30) s of steps probed at 300 * 0.5 s.
+    again = plan.corrected(budget.EpochPace(90.0, 100, 0.3, 5.0, traced=True), "all")
     assert again.forward == pytest.approx(0.004) and again.epoch_overhead == pytest.approx(9.84)
-    assert again.per_step["all"] == pytest.approx(0.55)
+    assert again.per_step["all"] == pytest.approx(0.5)
+
+
+def test_one_stalled_epoch_is_outvoted_and_a_lasting_slowdown_is_followed() -> None:
+    """A re-sizing reads the last PACE_WINDOW epochs: their pooled pace, the median of what
+    each took beyond its steps and validation."""
+    plan = budget.Budget(resolve_settings(TrainSettings(weights="none")), COSTS, (40, 60))
+
+    def epoch(seconds_per_step: float, besides: float) -> budget.EpochPace:
+        # 100 steps and 0.08 s of validation (the probed forward pass), nothing traced.
+        return budget.EpochPace(
+            100 * seconds_per_step + 0.08 + besides, 100, seconds_per_step, 0.08, traced=False
+        )
+
+    for _ in range(3):
+        plan.corrected(epoch(0.5, 1.0), "all")
+    stalled = plan.corrected(epoch(0.5, 43.0), "all")  # 43 s of a stall, once
+    assert stalled.epoch_overhead == pytest.approx(1.0)
+    assert stalled.per_step["all"] == pytest.approx(0.5)
+    # The machine turns 1.3x slower for good: each epoch moves the pace a third of the way.
+    slower = [plan.corrected(epoch(0.65, 1.0), "all") for _ in range(budget.PACE_WINDOW)]
+    assert [c.per_step["all"] for c in slower] == pytest.approx([0.55, 0.60, 0.65])
+    assert [c.epoch_overhead for c in slower] == pytest.approx([1.0, 1.0, 1.0])
 
 
 # --- a run on planted step costs ---------------------------------------------------------------

@@ -4,20 +4,22 @@ Sized before the first step, from the pre-flight probe (timing.py: seven timed s
 of phase), then again after each epoch of the last phase but its last. The probe's median of
 seven steps moves by about 15% from one probe to the next on these machines (a 30-minute run
 ended 14% over its budget), and it cannot see what an epoch costs beyond its steps; an epoch
-measures all of it. The costs are corrected by what the epoch took: its steps' pace against
-the probed step; from the second epoch on (the first traces the step and the validation
-function) also its validation pass against the probed forward pass (which scales the final
-scoring too), and the seconds it took beyond steps and validation, counted again for every
-epoch left. The rest of the phase is then sized to what is left of the budget by the same
-criterion, so a run that keeps the probed costs keeps its schedule to the step. The one-cycle
-schedule takes a new length from the next step on; config.json is rewritten, so a resume
-repeats it. A resumed process re-sizes nothing: the stored schedule is the one it continues.
+measures all of it. The costs are corrected by what the last few epochs took (PACE_WINDOW):
+their steps' pace against the probed step; from the second epoch on (the first traces the step
+and the validation function) also their validation passes against the probed forward pass
+(which scales the final scoring too), and the median of the seconds each took beyond steps and
+validation, counted again for every epoch left. The rest of the phase is then sized to what is
+left of the budget by the same criterion, so a run that keeps the probed costs keeps its
+schedule to the step. The one-cycle schedule takes a new length from the next step on;
+config.json is rewritten, so a resume repeats it. A resumed process re-sizes nothing: the
+stored schedule is the one it continues.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from deepsight_tf.core.checks import parse_duration
 from deepsight_tf.core.progress import Notify, command_seconds
@@ -29,6 +31,14 @@ from deepsight_tf.training.timing import StepCosts, rescaled, resize_to_budget, 
 # Steps of the measured epoch left out of its pace: the first traces the step function, the
 # next ones fill the input pipeline's buffers and create oneDNN primitives.
 PACE_WARMUP = 5
+# Epochs a re-sizing reads, the last ones measured. One epoch alone is noisy: on a 30-minute run
+# (make all, 13 epochs) its steps' pace moved between 0.87x and 1.04x of the probe's from one
+# epoch to the next, and two epochs took 26 and 43 s beyond their steps and validation where the
+# others took 1 to 4; read alone, the 43 s were counted again for each epoch left and cut the
+# schedule from 4,983 to 4,563 steps, and the epochs after it took 1 s besides. Three epochs
+# pool the pace, their median outvotes one such stall, and a machine that turns slower for good
+# is still followed within three epochs.
+PACE_WINDOW = 3
 
 
 @dataclass(frozen=True)
@@ -59,9 +69,7 @@ class Budget:
     budget_from: float | None = None  # time.monotonic() it counts from; None: the process
     left: float = 0.0  # seconds the budget had when the schedule was sized
     sized_at: float = 0.0  # self.clock() then
-    # As the last epoch that traced nothing measured them (None, 0: the step's ratio, none).
-    forward_ratio: float | None = None
-    overhead: float = 0.0
+    measured: list[EpochPace] = field(default_factory=list)  # the epochs re-sized after
 
     def clock(self) -> float:
         """Seconds of the budget used: since the process started (its imports and data
@@ -115,22 +123,33 @@ class Budget:
         if notify:
             after = phases[-1].total_steps(prepared.steps_per_epoch)
             probed = self.costs.step(last.trainable, pace.image_size)
+            paced = costs.step(last.trainable, pace.image_size)
+            read = min(len(self.measured), PACE_WINDOW)
             notify(
                 f"--budget {self.settings.budget}: steps ran at "
-                f"{pace.seconds_per_step * 1000:.0f} ms against the probe's "
-                f"{probed * 1000:.0f} ({pace.seconds_per_step / probed:.2f}x)"
-                + ("" if pace.traced else f", {pace.overhead:.0f} s an epoch besides")
-                + f"; phase {last.index} re-sized from {before} to {after} steps ({epochs} "
-                f"epochs, the last {last_steps} of {prepared.steps_per_epoch})"
+                f"{pace.seconds_per_step * 1000:.0f} ms, {paced * 1000:.0f} over the last "
+                f"{read} epoch{'s' if read > 1 else ''} against the probe's "
+                f"{probed * 1000:.0f} ({paced / probed:.2f}x), "
+                f"{costs.epoch_overhead:.0f} s an epoch besides; phase {last.index} re-sized "
+                f"from {before} to {after} steps ({epochs} epochs, the last {last_steps} of "
+                f"{prepared.steps_per_epoch})"
             )
         return self.settings, phases
 
     def corrected(self, pace: EpochPace, trainable: str) -> StepCosts:
-        """The probed costs corrected by an epoch: its steps' pace always; its validation and
-        overhead only when it traced nothing (else the last such epoch's, if any)."""
-        ratio = pace.seconds_per_step / self.costs.step(trainable, pace.image_size)
+        """The probed costs corrected by `pace` and the epochs measured before it, the last
+        PACE_WINDOW of them: their steps' pace always; their validation and overhead (the
+        median) from those that traced nothing, none before the first such epoch."""
+        self.measured.append(pace)
+        recent = self.measured[-PACE_WINDOW:]
+        took = sum(p.steps * p.seconds_per_step for p in recent)
+        ratio = took / sum(p.steps * self.costs.step(trainable, p.image_size) for p in recent)
         n_val = self.eval_images[0]
-        if not pace.traced and pace.validation_seconds and n_val and self.costs.forward > 0:
-            self.forward_ratio = pace.validation_seconds / n_val / self.costs.forward
-            self.overhead = pace.overhead
-        return rescaled(self.costs, ratio, self.forward_ratio, self.overhead)
+        untraced = [p for p in self.measured if not p.traced and p.validation_seconds]
+        untraced = untraced[-PACE_WINDOW:]
+        if not untraced or not n_val or self.costs.forward <= 0:
+            return rescaled(self.costs, ratio)
+        validation = sum(p.validation_seconds or 0.0 for p in untraced)
+        forward_ratio = validation / (len(untraced) * n_val * self.costs.forward)
+        overhead = statistics.median(p.overhead for p in untraced)
+        return rescaled(self.costs, ratio, forward_ratio, overhead)
