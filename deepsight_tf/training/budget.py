@@ -36,8 +36,9 @@ PACE_WARMUP = 5
 # epoch to the next, and two epochs took 26 and 43 s beyond their steps and validation where the
 # others took 1 to 4; read alone, the 43 s were counted again for each epoch left and cut the
 # schedule from 4,983 to 4,563 steps, and the epochs after it took 1 s besides. Three epochs
-# pool the pace, their median outvotes one such stall, and a machine that turns slower for good
-# is still followed within three epochs.
+# pool the pace, their low median outvotes one such stall (of two epochs, the lower counts: a
+# 10-minute run's third epoch stalled 31 s after a second that took 3), and a machine that
+# turns slower for good is still followed within three epochs.
 PACE_WINDOW = 3
 
 
@@ -139,7 +140,7 @@ class Budget:
     def corrected(self, pace: EpochPace, trainable: str) -> StepCosts:
         """The probed costs corrected by `pace` and the epochs measured before it, the last
         PACE_WINDOW of them: their steps' pace always; their validation and overhead (the
-        median) from those that traced nothing, none before the first such epoch."""
+        low median) from those that traced nothing, none before the first such epoch."""
         self.measured.append(pace)
         recent = self.measured[-PACE_WINDOW:]
         took = sum(p.steps * p.seconds_per_step for p in recent)
@@ -151,5 +152,5 @@ class Budget:
             return rescaled(self.costs, ratio)
         validation = sum(p.validation_seconds or 0.0 for p in untraced)
         forward_ratio = validation / (len(untraced) * n_val * self.costs.forward)
-        overhead = statistics.median(p.overhead for p in untraced)
+        overhead = statistics.median_low([p.overhead for p in untraced])
         return rescaled(self.costs, ratio, forward_ratio, overhead)
