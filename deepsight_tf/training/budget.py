@@ -7,8 +7,8 @@ ended 14% over its budget), and it cannot see what an epoch costs beyond its ste
 measures all of it. The costs are corrected by what the last few epochs took (PACE_WINDOW):
 their steps' pace against the probed step; from the second epoch on (the first traces the step
 and the validation function) also their validation passes against the probed forward pass
-(which scales the final scoring too), and the median of the seconds each took beyond steps and
-validation, counted again for every epoch left. The rest of the phase is then sized to what is
+(which scales the final scoring too), and the low median of the seconds each took beyond steps
+and validation, counted again for every epoch left. The rest of the phase is then sized to what is
 left of the budget by the same criterion, so a run that keeps the probed costs keeps its
 schedule to the step. The one-cycle schedule takes a new length from the next step on;
 config.json is rewritten, so a resume repeats it. A resumed process re-sizes nothing: the
