@@ -259,7 +259,7 @@ def test_an_epoch_corrects_steps_always_and_validation_and_overhead_once_untrace
 
 
 def test_one_stalled_epoch_is_outvoted_and_a_lasting_slowdown_is_followed() -> None:
-    """A re-sizing reads the last PACE_WINDOW epochs: their pooled pace, the median of what
+    """A re-sizing reads the last PACE_WINDOW epochs: their pooled pace, the low median of what
     each took beyond its steps and validation."""
     plan = budget.Budget(resolve_settings(TrainSettings(weights="none")), COSTS, (40, 60))
 
