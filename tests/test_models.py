@@ -13,14 +13,15 @@ import pytest
 import requests
 
 from deepsight_tf.core.errors import ConfigError, OfflineError
-from deepsight_tf.model import backbones, weights
+from deepsight_tf.model import backbones
 from deepsight_tf.model.backbones import (
     BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    BackboneSpec,
+    ResNetSpec,
     choose_normalization,
     get_backbone_spec,
+    resnet,
 )
 from deepsight_tf.model.classifier import (
     backbone_variables,
@@ -77,7 +78,7 @@ def randomise(model: keras.Model, seed: int) -> None:
 def hub_preset(request, tmp_path_factory):
     """A randomly initialised KerasHub ResNetBackbone saved as a preset folder (offline)."""
     name = request.param
-    spec = BackboneSpec(name=name, preset="unused", **TINY_SPECS[name])
+    spec = ResNetSpec(name=name, preset="unused", **TINY_SPECS[name])
     keras.utils.set_random_seed(1)
     hub = keras_hub.models.ResNetBackbone(**spec.hub_config())
     randomise(hub, seed=2)
@@ -90,7 +91,7 @@ def hub_preset(request, tmp_path_factory):
 def tiny_registered(hub_preset, monkeypatch):
     """The tiny spec registered with its preset folder as its 'ImageNet' preset."""
     spec, hub, folder = hub_preset
-    spec = BackboneSpec(
+    spec = ResNetSpec(
         name=spec.name,
         preset=str(folder),
         **TINY_SPECS[spec.name],
@@ -121,13 +122,13 @@ def test_preset_folder_loads_through_the_imagenet_loader(tiny_registered, monkey
     """The acceptance test: a saved preset comes back, weight for weight, into the flat graph."""
     spec, hub, folder = tiny_registered
     loaded_from = []
-    real_loader = weights.load_preset_backbone
+    real_loader = resnet.load_preset_backbone
 
     def spy(preset: str) -> keras.Model:
         loaded_from.append(preset)
         return real_loader(preset)
 
-    monkeypatch.setattr(weights, "load_preset_backbone", spy)
+    monkeypatch.setattr(resnet, "load_preset_backbone", spy)
     by_folder = build_classifier(spec.name, num_classes=3, image_size=32, weights=str(folder))
     by_imagenet = build_classifier(spec.name, num_classes=3, image_size=32, weights="imagenet")
     assert loaded_from == [str(folder), str(folder)]

@@ -19,7 +19,7 @@ from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.workspace import METRICS_FILE, MODEL_FILE, TRAIN_LABEL_ISSUES_FILE
 
 # Vocabularies: the values each choice-valued setting may take.
-BACKBONES = ("resnet18", "resnet50")
+BACKBONES = ("resnet18", "resnet50", "airbench94", "airbench93")
 STEMS = ("cifar", "imagenet")
 AUGMENT_PRESETS = ("none", "light", "standard", "strong")
 MIX_MODES = ("none", "cutmix", "mixup")
@@ -177,7 +177,7 @@ _UNFREEZE = re.compile(r"^(all|\s*\d+\s*(,\s*\d+\s*)*)$")
 class TrainSettings(Settings):
     dataset: str | None = setting(None, "Data set in the workspace. Default: the only one.")
     run_id: str | None = setting(None, "Run name (a folder under runs/). Default: backbone-time.")
-    backbone: str = setting("resnet18", "The ResNet to train.", choices=BACKBONES)
+    backbone: str = setting("resnet18", "The network to train.", choices=BACKBONES)
     weights: str = setting(
         "none", "imagenet, none, a KerasHub preset folder, a .weights.h5 file or a run folder."
     )

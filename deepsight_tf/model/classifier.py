@@ -10,11 +10,18 @@ import numpy as np
 
 from deepsight_tf.core.checks import check_image_size
 from deepsight_tf.core.errors import ConfigError
-from deepsight_tf.model.backbones import HEAD_PREFIX, get_backbone_spec, is_head_layer, stage_of
+from deepsight_tf.model.backbones import (
+    HEAD_PREFIX,
+    Backbone,
+    get_backbone_spec,
+    is_head_layer,
+    stage_of,
+)
 from deepsight_tf.model.fastconv import accelerate_convolutions
 from deepsight_tf.model.weights import copy_backbone_weights, load_source_weights
 
 HEAD_POOL = HEAD_PREFIX + "pool"
+HEAD_SCALE = HEAD_PREFIX + "scale"
 HEAD_DROPOUT = HEAD_PREFIX + "dropout"
 HEAD_PREDICTIONS = HEAD_PREFIX + "predictions"
 
@@ -43,6 +50,7 @@ def build_classifier(
     width_multiplier: float = 1.0,
     zero_init_residual: bool = False,
     any_size: bool = False,
+    init_images: np.ndarray | None = None,
 ) -> keras.Model:
     """A flat functional classifier: backbone layers, then pool, dropout and a float32 softmax.
 
@@ -54,7 +62,8 @@ def build_classifier(
     residual branch at zero, so every block begins as the identity (Goyal et al. 2017;
     torchvision's `zero_init_residual`). `any_size` leaves the input's height and width open
     (progressive resizing feeds smaller images first); `image_size` is then the size the
-    classifier is scored at.
+    classifier is scored at. `init_images` (normalised training images) feed a backbone's
+    data-dependent initialisation from scratch (airbench's whitening layer).
     """
     spec = get_backbone_spec(backbone)
     if num_classes < 2:
@@ -68,25 +77,50 @@ def build_classifier(
         raise ConfigError(
             "--zero-init-residual starts a network from scratch; drop it or use --weights none"
         )
+    if zero_init_residual and not spec.residual_end_batchnorms:
+        raise ConfigError(f"--zero-init-residual needs residual blocks, which {backbone} lacks")
 
     side = None if any_size else image_size
     images = keras.Input(shape=(side, side, 3), name="images")
     features = spec.build_features(images, stem=stem, width_multiplier=width_multiplier)
-    x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(features)
-    x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
-    # float32 even under a mixed-precision policy, so the softmax and the loss stay stable.
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name=HEAD_PREDICTIONS
-    )(x)
+    outputs = _head(spec, features, num_classes, dropout)
     model = keras.Model(images, outputs, name=f"{backbone}_classifier")
     if source is not None:
         copy_backbone_weights(source, model, label=weights)
+    else:
+        spec.initialise(model, init_images)
     if zero_init_residual:
         for name in spec.residual_end_batchnorms:
             gamma = model.get_layer(name).gamma
             gamma.assign(keras.ops.zeros_like(gamma))
     accelerate_convolutions(model)
     return model
+
+
+def _head(
+    spec: Backbone, features: keras.KerasTensor, num_classes: int, dropout: float
+) -> keras.KerasTensor:
+    """Pool, the backbone's fixed feature scale (when it has one), dropout, a softmax Dense."""
+    pool = (
+        keras.layers.GlobalMaxPooling2D
+        if spec.head_pool == "max"
+        else keras.layers.GlobalAveragePooling2D
+    )
+    x = pool(name=HEAD_POOL)(features)
+    if spec.head_scale != 1.0:
+        # A scale on the features is the same scale on the logits, but keeps the Dense layer
+        # last, where Grad-CAM's linear copy swaps its softmax for logits.
+        x = keras.layers.Rescaling(spec.head_scale, name=HEAD_SCALE)(x)
+    x = keras.layers.Dropout(dropout, name=HEAD_DROPOUT)(x)
+    # float32 even under a mixed-precision policy, so the softmax and the loss stay stable.
+    return keras.layers.Dense(
+        num_classes,
+        activation="softmax",
+        use_bias=spec.head_bias,
+        kernel_initializer=spec.head_initializer,
+        dtype="float32",
+        name=HEAD_PREDICTIONS,
+    )(x)
 
 
 def freeze_backbone(model: keras.Model) -> None:

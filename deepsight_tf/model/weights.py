@@ -8,12 +8,11 @@ from pathlib import Path
 
 import h5py
 import keras
-import keras_hub
 from keras_hub.src.utils.preset_utils import CONFIG_FILE as PRESET_CONFIG_FILE
 
-from deepsight_tf.core.errors import ConfigError, OfflineError
+from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.workspace import MODEL_FILE
-from deepsight_tf.model.backbones import BackboneSpec, is_head_layer
+from deepsight_tf.model.backbones import Backbone, is_head_layer, resnet
 from deepsight_tf.model.saving import load_classifier
 
 WEIGHTS_HELP = (
@@ -37,28 +36,8 @@ def weights_kind(weights: str) -> str:
     raise ConfigError(f"--weights {weights}: not {WEIGHTS_HELP}")
 
 
-def load_preset_backbone(preset: str) -> keras.Model:
-    """A KerasHub ResNetBackbone from a preset name (downloaded, then cached) or a preset folder.
-
-    `--weights imagenet` and `--weights <preset folder>` both come through here.
-    """
-    import requests  # kagglehub's transport; its connection errors mean "offline"
-
-    try:
-        return keras_hub.models.ResNetBackbone.from_preset(preset)
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-        raise OfflineError(
-            f"cannot download the ImageNet weights {preset!r} (no network: "
-            f"{type(exc).__name__}); use --weights none to train from scratch, or "
-            "--weights PATH with a local KerasHub preset folder"
-        ) from exc
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"--weights {preset}: not a usable ResNet preset ({first_line})") from exc
-
-
 def load_source_weights(
-    spec: BackboneSpec, weights: str, stem: str, width_multiplier: float
+    spec: Backbone, weights: str, stem: str, width_multiplier: float
 ) -> keras.Model | None:
     """The model that holds the weights `--weights` names, or None for "none"."""
     kind = weights_kind(weights)
@@ -70,9 +49,9 @@ def load_source_weights(
                 "ImageNet weights fit the imagenet stem at width 1.0; use --stem imagenet "
                 "or --weights none"
             )
-        return load_preset_backbone(spec.preset)
+        return spec.imagenet_weights()
     if kind == "preset":
-        return load_preset_backbone(weights)
+        return resnet.load_preset_backbone(weights)
     if kind == "run":
         path = Path(weights) / MODEL_FILE
         try:
@@ -83,7 +62,7 @@ def load_source_weights(
 
 
 def _load_backbone_weights_file(
-    spec: BackboneSpec, path: Path, stem: str, width_multiplier: float
+    spec: Backbone, path: Path, stem: str, width_multiplier: float
 ) -> keras.Model:
     """A backbone of this architecture holding the weights of a bare .weights.h5 file.
 

@@ -1,36 +1,29 @@
-"""The backbone registry: each ResNet's layers, stages, normalisation and Grad-CAM layer."""
+"""The ResNets (v1, KerasHub layout): stacks, native stem, ImageNet presets, CAM layer."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import keras
+import keras_hub
 
 # KerasHub's own block builders, so that every layer name, padding and epsilon is the one the
 # preset weights were made for; KerasHub's ResNetBackbone constructor itself cannot be used
 # because it fixes the ImageNet stem and refuses a first stack narrower than 64 filters.
 from keras_hub.src.models.resnet.resnet_backbone import apply_stack
 
-from deepsight_tf.core.errors import ConfigError
-from deepsight_tf.core.settings import STEMS
-from deepsight_tf.model.preprocessing import Normalization
+from deepsight_tf.core.errors import ConfigError, OfflineError
+from deepsight_tf.model.backbones.base import Backbone, check_stem, check_width
 
 BLOCK_TYPES = ("basic_block", "bottleneck_block")
-HEAD_PREFIX = "head_"  # every head layer's name starts with this; everything else is backbone
-
-# timm's IMAGENET_DEFAULT_MEAN / _STD on 0..1 pixels: KerasHub's timm converter turns them into
-# the ResNet presets' image converter (scale = 1 / (255 std), offset = -mean / std).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _STAGE_OF_LAYER = re.compile(r"^stack(\d+)_")
 _STEM_PREFIXES = ("conv1_", "pool1_")
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
+class ResNetSpec(Backbone):
     """One ResNet (v1, KerasHub layout): its stacks, native stem, ImageNet preset, normalisation."""
 
     name: str
@@ -41,6 +34,8 @@ class BackboneSpec:
     preset: str  # KerasHub preset holding its ImageNet weights
     stem_filters: int = 64
     stem_kernel_size: int = 7  # the native (ImageNet) stem: 7x7 stride-2 conv, then max-pool
+    stage_pattern = _STAGE_OF_LAYER
+    stem_prefixes = _STEM_PREFIXES
 
     def __post_init__(self) -> None:
         if self.block_type not in BLOCK_TYPES:
@@ -86,15 +81,6 @@ class BackboneSpec:
             for block in range(blocks)
         )
 
-    @property
-    def normalization(self) -> Normalization:
-        """What the ImageNet weights expect: the preset image converter's mean and std."""
-        return Normalization(
-            mean=tuple(255.0 * m for m in IMAGENET_MEAN),  # type: ignore[arg-type]
-            std=tuple(255.0 * s for s in IMAGENET_STD),  # type: ignore[arg-type]
-            source="imagenet",
-        )
-
     def filters(self, width_multiplier: float = 1.0) -> tuple[int, tuple[int, ...]]:
         """Stem and per-stack filters at a width; both scale alike so identity shortcuts fit."""
 
@@ -124,8 +110,7 @@ class BackboneSpec:
         classifier stays one flat graph that Grad-CAM can walk.
         """
         check_stem(stem)
-        if width_multiplier <= 0:
-            raise ConfigError(f"the width multiplier must be > 0, not {width_multiplier}")
+        check_width(width_multiplier)
         stem_filters, stack_filters = self.filters(width_multiplier)
         x = _apply_stem(images, stem, stem_filters, self.stem_kernel_size)
         for index, (filters, blocks, stride) in enumerate(
@@ -149,17 +134,17 @@ class BackboneSpec:
             )
         return x
 
-    def stage_layers(self, model: keras.Model, stage: int) -> list[keras.layers.Layer]:
-        """The layers of one stage (0 = stem) in `model`, in graph order."""
-        if stage not in self.stages:
-            raise ConfigError(
-                f"{self.name} has stages {self.stages[0]} (stem) to {self.stages[-1]}, not {stage}"
-            )
-        return [layer for layer in model.layers if stage_of(layer.name) == stage]
+    def stage_of(self, layer_name: str) -> int | None:
+        """KerasHub's stacks count from 0: stack N is stage N + 1 (torchvision's layerN+1)."""
+        stage = super().stage_of(layer_name)
+        return stage + 1 if stage is not None and layer_name.startswith("stack") else stage
+
+    def imagenet_weights(self) -> keras.Model:
+        return load_preset_backbone(self.preset)
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(
+RESNETS: dict[str, ResNetSpec] = {
+    "resnet18": ResNetSpec(
         name="resnet18",
         block_type="basic_block",
         stackwise_num_filters=(64, 128, 256, 512),
@@ -167,7 +152,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         stackwise_num_strides=(1, 2, 2, 2),
         preset="resnet_18_imagenet",
     ),
-    "resnet50": BackboneSpec(
+    "resnet50": ResNetSpec(
         name="resnet50",
         block_type="bottleneck_block",
         stackwise_num_filters=(64, 128, 256, 512),
@@ -176,56 +161,6 @@ BACKBONES: dict[str, BackboneSpec] = {
         preset="resnet_50_imagenet",
     ),
 }
-
-
-def get_backbone_spec(name: str) -> BackboneSpec:
-    """The registered backbone called `name`; ConfigError naming the choices otherwise."""
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        choices = ", ".join(sorted(BACKBONES))
-        raise ConfigError(f"unknown backbone {name!r}; choose one of: {choices}") from None
-
-
-def check_stem(stem: str) -> None:
-    if stem not in STEMS:
-        raise ConfigError(f"unknown stem {stem!r}; choose one of: {', '.join(STEMS)}")
-
-
-def stage_of(layer_name: str) -> int | None:
-    """The stage a backbone layer belongs to (0 = stem), from KerasHub's layer names."""
-    match = _STAGE_OF_LAYER.match(layer_name)
-    if match:
-        return int(match.group(1)) + 1
-    if layer_name.startswith(_STEM_PREFIXES):
-        return 0
-    return None
-
-
-def is_head_layer(layer: keras.layers.Layer) -> bool:
-    return layer.name.startswith(HEAD_PREFIX)
-
-
-def choose_normalization(
-    backbone: str,
-    weights: str,
-    channel_mean: Sequence[float] | None = None,
-    channel_std: Sequence[float] | None = None,
-) -> Normalization:
-    """The one place that decides how input images are normalised.
-
-    Pretrained weights of any source need the statistics they were trained with (ImageNet's);
-    only from scratch (`weights == "none"`) may the data's own per-channel statistics replace
-    them. Statistics are in 0..255 pixel units.
-    """
-    spec = get_backbone_spec(backbone)
-    if weights == "none" and channel_mean is not None and channel_std is not None:
-        return Normalization(
-            mean=tuple(float(m) for m in channel_mean),  # type: ignore[arg-type]
-            std=tuple(float(s) for s in channel_std),  # type: ignore[arg-type]
-            source="data",
-        )
-    return spec.normalization
 
 
 def _apply_stem(
@@ -249,3 +184,23 @@ def _apply_stem(
         x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
         x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
     return x
+
+
+def load_preset_backbone(preset: str) -> keras.Model:
+    """A KerasHub ResNetBackbone from a preset name (downloaded, then cached) or a preset folder.
+
+    `--weights imagenet` and `--weights <preset folder>` both come through here.
+    """
+    import requests  # kagglehub's transport; its connection errors mean "offline"
+
+    try:
+        return keras_hub.models.ResNetBackbone.from_preset(preset)
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        raise OfflineError(
+            f"cannot download the ImageNet weights {preset!r} (no network: "
+            f"{type(exc).__name__}); use --weights none to train from scratch, or "
+            "--weights PATH with a local KerasHub preset folder"
+        ) from exc
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--weights {preset}: not a usable ResNet preset ({first_line})") from exc
