@@ -45,6 +45,8 @@ def quality_line(quality: dict[str, Any]) -> None:
             f"[{colour}]quality[/] ({split}): {per_issue.get('any', 0):,} images flagged "
             f"({found}); listed in {QUALITY_FILE}"
         )
+    if "assumes" in quality:
+        console.print(f"[dim]quality {quality['assumes']}[/]")
 
 
 def render_duplicates(dup: dict[str, Any]) -> None:
@@ -303,6 +305,8 @@ def render_interpret(result: Any) -> None:
             f"{', '.join(ctx['holds_without_object']) or 'none'}; relying on context: "
             f"{', '.join(ctx['relies_on_context']) or 'none'}"
         )
+        if "assumes" in ctx:
+            console.print(f"[dim]the test assumes {ctx['assumes']}[/]")
     if result.error_attribution:
         attribution_table(result.error_attribution)
     label_issue_lines(result.label_issues)

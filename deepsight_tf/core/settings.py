@@ -134,7 +134,9 @@ class ScrubSettings(Settings):
     )
     seed: int = setting(42, "Seed of the validation split and the interpolation sample.", ge=0)
     drop_leaks: bool = setting(False, "Drop training images that duplicate a test image.")
-    image_size: int = setting(64, "Training size that the interpolation study upsamples to.")
+    image_size: int = setting(
+        64, "Training size that the interpolation study upsamples to (64: the CIFAR-10 recipe's)."
+    )
     interp_sample: int = setting(512, "Images measured in the interpolation study.", ge=1)
     # Near duplicates (see deepsight_tf/data/duplicates.py, stage 3): how close two distinct
     # images of a class come depends on the images (0.4 apart in CIFAR-10, under 0.1 in 8x8
@@ -196,7 +198,9 @@ class TrainSettings(Settings):
         "from scratch, else imagenet.",
         choices=STEMS,
     )
-    image_size: int = setting(64, "Pixels fed to the network (bicubic upsampling from 32).")
+    image_size: int = setting(
+        64, "Pixels fed to the network (64: the CIFAR-10 recipe, upsampled from its 32 px)."
+    )
     progressive_resize: int | None = setting(
         None,
         "Progressive resizing: the first epoch at this many pixels, growing in steps of 8 to "
@@ -253,7 +257,10 @@ class TrainSettings(Settings):
     )
     optimizer: str = setting("sgd", "sgd (Nesterov momentum) or adamw.", choices=OPTIMIZERS)
     lr: float | None = setting(
-        None, "One-cycle peak rate of the head. Default: 0.4 from scratch, 0.05 pretrained.", gt=0
+        None,
+        "One-cycle peak rate of the head. Default: 0.4 from scratch, 0.05 pretrained (both "
+        "measured on CIFAR-10).",
+        gt=0,
     )
     backbone_lr_mult: float | None = setting(
         None, "Backbone rate as a multiple of --lr. Default: 1 from scratch, 0.1 pretrained.", ge=0
@@ -272,7 +279,11 @@ class TrainSettings(Settings):
         "auto", "Float policy. auto: mixed_float16 on a capable GPU.", choices=PRECISIONS
     )
     mva: float = setting(
-        0.65, "Minimum Viable Accuracy on the test set; below it the exit code is 8.", ge=0, le=1
+        0.65,
+        "Minimum Viable Accuracy on the test set; below it the exit code is 8 (0.65 is a "
+        "CIFAR-10 target: set your data set's).",
+        ge=0,
+        le=1,
     )
     seed: int = setting(42, "Random seed.", ge=0)
     deterministic: bool = setting(False, "Deterministic ops (slower; exact resume).")

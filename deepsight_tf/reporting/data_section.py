@@ -219,6 +219,7 @@ def quality_parts(quality: dict[str, Any]) -> list[Any]:
             numeric=range(2, 2 + len(splits)),
         ),
         paragraph(quality["method"], css="note"),
+        *([paragraph(f"The {quality['assumes']}.", css="note")] if "assumes" in quality else []),
     ]
 
 
