@@ -1,6 +1,6 @@
 """Exact and near-duplicate images: pixel hashes, then image structure matched under alignment.
 
-Near duplicates are found in two stages, each with a stated reason:
+Near duplicates are found in three stages, each with a stated reason:
 
 1. Candidates: each image's nearest neighbours (scikit-learn NearestNeighbors) in two indexes.
    Layout: 8x8 luminance thumbnails with zero mean and unit norm; they barely change under
@@ -20,16 +20,17 @@ Near duplicates are found in two stages, each with a stated reason:
 The distance of a pair is 1 - its best correlation: 0 for the same pixels, about 1 for
 unrelated images.
 
-3. Decision: how close is "the same image" depends on the images. Two CIFAR-10 photos of the
-   same class are rarely closer than 0.4, but two 8x8 handwritten fours by different people
-   are often closer than 0.1, where a shifted copy of a photo lies. So the threshold is set
-   on the data set itself: each image's distance to its nearest verified neighbour of the
-   same class is, for all but the copies, the distance at which distinct samples of this data
-   set meet. Their logarithms (a copy is a multiple closer, not a fixed amount) are fitted by
-   a normal curve through their median and interquartile range, which the copies, a minority
-   at the low end, leave in place; a pair is a near duplicate when it is closer than all but
-   one in 1,000 distinct nearest neighbours would be by that fit, and never above the 0.2 set
-   on photos (the ceiling: copies of photos stay below 0.19, unrelated photos above 0.39).
+3. Decision: how close "the same image" is depends on the images. A CIFAR-10 photo's nearest
+   other photo of its class is typically 0.63 away; a 16 px handwritten digit's nearest other
+   digit of its class, by another writer, is typically 0.14 away, where copies of photos lie.
+   So the threshold is set on the data set itself. Each image's distance to its nearest
+   verified neighbour of the same class is, for all but the copies, how close distinct samples
+   of this data set come. Their logarithms (a copy is a multiple closer, not a fixed amount)
+   are fitted by a normal curve through their median and interquartile range, which the
+   copies, a minority at the low end, barely move (and only toward a stricter threshold); a
+   pair is a near duplicate when it is closer than all but 1 in 1,000 distinct nearest
+   neighbours would be by that fit, and never above the 0.2 set on photos (the ceiling:
+   copies of photos stay below 0.19, unrelated photos above 0.39).
 """
 
 from __future__ import annotations
