@@ -163,3 +163,4 @@ def test_context_figure_and_json(border_run, tmp_path):
     document = context.to_dict()
     assert document["geometry"]["description"].startswith("centre 11x11 (121 px)")
     assert document["classes"][1]["border_occluded"] == 0.0
+    assert "object-centred photos such as CIFAR-10's" in document["assumes"]

@@ -99,6 +99,7 @@ def test_scrub_lists_the_planted_defects_in_quality_csv(tmp_path) -> None:
         "any": 2,
     }
     assert result.quality["counts"]["test"]["any"] == 1
+    assert "set for photos such as CIFAR-10's" in result.quality["assumes"]  # stated in the report
 
 
 def test_flags_are_ordered_most_extreme_first() -> None:

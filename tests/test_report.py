@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -284,7 +285,11 @@ def test_data_and_training_tables_equal_the_artifacts(chain: Chain) -> None:
     page = read_page(chain.run_page)
     ws = chain.workspace
     counts = read_json(ws.data_dir("rgb") / "report.json")["counts"]
-    split = read_json(ws.scrub_dir("rgb") / "report.json")["split"]
+    scrubbed = read_json(ws.scrub_dir("rgb") / "report.json")
+    split = scrubbed["split"]
+    # The threshold's calibration, as scrub stated it, is on the page.
+    statement = scrubbed["duplicates"]["calibration"]["statement"]
+    assert statement[1:] in html.unescape(chain.run_page.read_text(encoding="utf-8"))
     rows = page.tables["counts"][1:-1]
     for row in rows:
         cls = row[0]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from synthetic_images import cropped, jpeg, pink_noise_photos, view
 from typer.testing import CliRunner
 
@@ -93,7 +94,7 @@ def test_every_planted_duplicate_is_found_with_its_kind_split_and_label(scrubbed
     conflict = found[("near", "train", 3, "test", 1)]
     assert (conflict["label_a"], conflict["label_b"], conflict["same_label"]) == ("cat", "dog", "0")
     assert conflict["path_a"] == "x_train[3]" and conflict["path_b"] == "x_test[1]"
-    assert 0 < float(conflict["distance"]) <= SETTINGS.near_threshold
+    assert 0 < float(conflict["distance"]) <= scrubbed[1].duplicates["threshold"]
     assert float(found[("exact", "train", 0, "train", 1)]["distance"]) == 0.0
 
 
@@ -205,14 +206,25 @@ def test_make_split_swaps_held_images_for_free_ones_of_the_same_class() -> None:
     assert again.val.tolist() == split.val.tolist()
 
 
-def test_make_split_refuses_impossible_fractions() -> None:
+def test_make_split_refuses_impossible_fractions_naming_the_classes() -> None:
+    labels = np.repeat(np.arange(2), [10, 1])
+    with pytest.raises(ConfigError, match=r"--val-size 0.2.*fewer than 2 images: 'dog' \(1\)"):
+        make_split(labels, np.zeros(11, bool), np.empty(0, np.int64), 0.2, 0, ["cat", "dog"])
     labels = np.repeat(np.arange(2), 10)
-    with pytest.raises(ConfigError, match="--val-size"):
-        make_split(labels, np.zeros(20, bool), np.empty(0, np.int64), val_size=0.05, seed=0)
+    keep = np.zeros(20, bool)
+    keep[10:] = True  # every dog is in a duplicate group: none can go to validation
+    with pytest.raises(ConfigError, match="every training image of class 'dog'"):
+        make_split(labels, keep, np.empty(0, np.int64), 0.3, 0, ["cat", "dog"])
+
+
+def test_make_split_shrinks_a_share_it_cannot_fill_instead_of_failing() -> None:
+    labels = np.repeat(np.arange(2), 10)
     keep = np.ones(20, bool)
-    keep[[0, 10]] = False  # one free image per class, but each class needs 3 in validation
-    with pytest.raises(ConfigError, match="lower --val-size"):
-        make_split(labels, keep, np.empty(0, np.int64), val_size=0.3, seed=0)
+    keep[[0, 10, 11]] = False  # 1 free cat and 2 free dogs; each class's share is 3
+    split = make_split(labels, keep, np.empty(0, np.int64), 0.3, 0, ["cat", "dog"])
+    assert split.val.tolist() == [0, 10, 11]
+    assert split.short == {"cat": {"drawn": 3, "placed": 1}, "dog": {"drawn": 3, "placed": 2}}
+    assert sorted([*split.train, *split.val]) == list(range(20))
 
 
 def test_verify_batch_names_channels_first_and_float64() -> None:
@@ -284,3 +296,79 @@ def test_cli_scrub_json_output(scrubbed) -> None:
     assert payload["leakage"]["test_indices_with_train_twin"] == [0, 1]
     assert payload["interpolation"]["selected"] == "area"  # 32 px images need no upsampling
     assert payload["split"]["sizes"] == {"train": 104, "val": 26, "test": 45, "dropped": 0}
+
+
+# Any image data set: handwritten digits -------------------------------------------------------
+def digits_folder(root: Path) -> tuple[Path, dict[str, int]]:
+    """scikit-learn's 1,797 handwritten digits as an image folder of 16 px greyscale PNGs
+    (1,437 train, 360 test, classes by name), and one planted copy of each kind in train
+    (tests/real_images.py); returns the folder and each copy's file with its original's."""
+    from real_images import handwriting, plant
+    from sklearn.model_selection import train_test_split
+
+    kind = handwriting()
+    planted = plant(kind, per_copy=1, seed=0)
+    train, _ = train_test_split(
+        np.arange(planted.originals), test_size=360, stratify=kind.labels, random_state=0
+    )
+    files = {}
+    for index in range(len(planted.images)):
+        copy = index >= planted.originals
+        split = "train" if copy or index in set(train.tolist()) else "test"
+        name = f"copy{index}.png" if copy else f"{index:04d}.png"
+        folder = root / split / kind.class_names[planted.labels[index]]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(planted.images[index, :, :, 0]).save(folder / name)
+        files[index] = f"{split}/{folder.name}/{name}"
+    copies = {files[int(c)]: files[int(o)] for o, c in planted.truth}
+    return root, copies
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("digits")
+    source, copies = digits_folder(root / "folder")
+    ws = root / "ws"
+    assert invoke(ws, "obtain", "--source", str(source), "--name", "digits").exit_code == 0
+    return ws, copies
+
+
+def near_pairs(ws: Path) -> set[frozenset[str]]:
+    with open(ws / "scrub" / "digits" / DUPLICATES_FILE, newline="") as handle:
+        return {frozenset((r["path_a"], r["path_b"])) for r in csv.DictReader(handle)}
+
+
+def test_scrub_defaults_on_handwriting_flag_few_images_and_find_planted_copies(digits) -> None:
+    """The issue's data set: at the level set on photos, two thirds of these digits had a near
+    duplicate; calibrated on the digits themselves, under 2% do, and the copies are found."""
+    ws, copies = digits
+    outcome = invoke(ws, "scrub", "--image-size", "32", "--interp-sample", "16")
+    assert outcome.exit_code == 0, outcome.output
+    assert "calibrated on this data set" in " ".join(outcome.output.split())
+    found = near_pairs(ws)
+    planted = {frozenset(pair) for pair in copies.items()}
+    assert len(found & planted) >= 6, f"found {len(found & planted)} of {len(planted)} copies"
+    untouched = {path for pair in found - planted for path in pair}
+    assert len(untouched) < 0.02 * 1797
+    report = read_json(ws / "scrub" / "digits" / "report.json")
+    calibration = report["duplicates"]["calibration"]
+    assert calibration["rule"] == "calibrated"
+    assert report["duplicates"]["threshold"] == calibration["threshold"] < 0.1
+
+
+@pytest.mark.slow
+def test_scrub_at_the_photo_level_still_splits_and_names_the_short_classes(digits) -> None:
+    """At the photo threshold most digits are in duplicate groups: the split shrinks the shares
+    it cannot fill, names those classes, and does not fail."""
+    ws, _ = digits
+    outcome = invoke(
+        ws, "scrub", "--near-threshold", "0.2", "--image-size", "32", "--interp-sample", "16"
+    )
+    assert outcome.exit_code == 0, outcome.output
+    short = load_split(Workspace(ws), "digits").short
+    names = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+    assert short and set(short) <= names
+    assert all(0 < v["placed"] < v["drawn"] for v in short.values())
+    first = next(iter(short))
+    assert f"class {first} gave {short[first]['placed']} of" in " ".join(outcome.output.split())
+    assert "given (no calibration)" in " ".join(outcome.output.split())

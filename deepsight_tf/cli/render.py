@@ -45,23 +45,12 @@ def quality_line(quality: dict[str, Any]) -> None:
             f"[{colour}]quality[/] ({split}): {per_issue.get('any', 0):,} images flagged "
             f"({found}); listed in {QUALITY_FILE}"
         )
+    if "assumes" in quality:
+        console.print(f"[dim]quality {quality['assumes']}[/]")
 
 
-def render_scrub(result: Any) -> None:
-    integrity = result.integrity
-    h, w, c = integrity["image_shape"]
-    constant = sum(len(integrity[s]["constant_images"]) for s in ("train", "test"))
-    console.print(
-        f"[bold]{result.dataset}[/] scrubbed in {result.duration_s:.1f} s "
-        f"({IMAGES_FILE} sha256 {result.images_sha256[:16]}…)"
-    )
-    console.print(
-        f"[green]integrity[/]: {integrity['train']['images']:,} train and "
-        f"{integrity['test']['images']:,} test images are {h}x{w}x{c} uint8, labels in range; "
-        f"{constant} constant (one-colour) images"
-    )
-    quality_line(result.quality)
-    dup = result.duplicates
+def render_duplicates(dup: dict[str, Any]) -> None:
+    """Scrub's duplicate counts per kind and place, the method and the threshold's calibration."""
     table = Table(title=f"Duplicates (near: distance <= {dup['threshold']})")
     for column in ("where", "exact pairs", "exact images", "near pairs", "near images"):
         table.add_column(column, justify="left" if column == "where" else "right")
@@ -79,6 +68,25 @@ def render_scrub(result: Any) -> None:
         )
     console.print(table)
     console.print(f"[dim]{dup['method']}; {dup['candidates_verified']:,} candidate pairs[/]")
+    if "calibration" in dup:
+        console.print(f"[dim]{dup['calibration']['statement']}[/]")
+
+
+def render_scrub(result: Any) -> None:
+    integrity = result.integrity
+    h, w, c = integrity["image_shape"]
+    constant = sum(len(integrity[s]["constant_images"]) for s in ("train", "test"))
+    console.print(
+        f"[bold]{result.dataset}[/] scrubbed in {result.duration_s:.1f} s "
+        f"({IMAGES_FILE} sha256 {result.images_sha256[:16]}…)"
+    )
+    console.print(
+        f"[green]integrity[/]: {integrity['train']['images']:,} train and "
+        f"{integrity['test']['images']:,} test images are {h}x{w}x{c} uint8, labels in range; "
+        f"{constant} constant (one-colour) images"
+    )
+    quality_line(result.quality)
+    render_duplicates(result.duplicates)
     leaks = result.leakage
     n_test = integrity["test"]["images"]
     share = 100 * leaks["test_images_with_train_twin"] / max(n_test, 1)
@@ -105,6 +113,11 @@ def render_scrub(result: Any) -> None:
             f"{pair} {overlap['exact'][pair]}/{overlap['near'][pair]}" for pair in overlap["exact"]
         )
     )
+    for cls, short in split.get("short", {}).items():
+        console.print(
+            f"[yellow]validation[/]: class {cls} gave {short['placed']} of the {short['drawn']} "
+            "images its share asks for; the rest are in duplicate groups, which stay in train"
+        )
     study = result.interpolation
     interp = Table(title=f"Upsampling {study.source_size[0]} px to {study.image_size} px")
     for column in ("method", "role", "recon. RMSE", "round-trip RMSE", "HF kept", "overshoot %"):
@@ -292,6 +305,8 @@ def render_interpret(result: Any) -> None:
             f"{', '.join(ctx['holds_without_object']) or 'none'}; relying on context: "
             f"{', '.join(ctx['relies_on_context']) or 'none'}"
         )
+        if "assumes" in ctx:
+            console.print(f"[dim]the test assumes {ctx['assumes']}[/]")
     if result.error_attribution:
         attribution_table(result.error_attribution)
     label_issue_lines(result.label_issues)

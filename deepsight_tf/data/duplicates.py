@@ -1,6 +1,6 @@
 """Exact and near-duplicate images: pixel hashes, then image structure matched under alignment.
 
-Near duplicates are found in two stages, each with a stated reason:
+Near duplicates are found in three stages, each with a stated reason:
 
 1. Candidates: each image's nearest neighbours (scikit-learn NearestNeighbors) in two indexes.
    Layout: 8x8 luminance thumbnails with zero mean and unit norm; they barely change under
@@ -19,6 +19,18 @@ Near duplicates are found in two stages, each with a stated reason:
 
 The distance of a pair is 1 - its best correlation: 0 for the same pixels, about 1 for
 unrelated images.
+
+3. Decision: how close "the same image" is depends on the images. A CIFAR-10 photo's nearest
+   other photo of its class is typically 0.63 away; a 16 px handwritten digit's nearest other
+   digit of its class, by another writer, is typically 0.14 away, where copies of photos lie.
+   So the threshold is set on the data set itself. Each image's distance to its nearest
+   verified neighbour of the same class is, for all but the copies, how close distinct samples
+   of this data set come. Their logarithms (a copy is a multiple closer, not a fixed amount)
+   are fitted by a normal curve through their median and interquartile range, which the
+   copies, a minority at the low end, barely move (and only toward a stricter threshold); a
+   pair is a near duplicate when it is closer than all but 1 in 1,000 distinct nearest
+   neighbours would be by that fit, and never above the 0.2 set on photos (the ceiling:
+   copies of photos stay below 0.19, unrelated photos above 0.39).
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ from scipy.ndimage import gaussian_filter1d
 from sklearn.neighbors import NearestNeighbors
 
 from deepsight_tf.core.progress import Progress
+from deepsight_tf.core.settings import NEAR_CEILING, NEAR_FALSE_MATCH_TAIL
 
 # ITU-R BT.601 luma weights: a colour change that keeps the luminance structure keeps the match.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -43,6 +56,10 @@ MAX_SHIFT_PX = 3  # alignment search: shifts up to 3 px (9% of the side) each wa
 ZOOM_CROPS_PX = (2, 4)  # zooms as if 2 or 4 px were cropped from the side and resized back
 THUMBNAIL_SIDE = 8  # layout index: 8x8 = 64 numbers per image
 SPECTRUM_CYCLES = 6  # spectrum index: frequencies up to 6 cycles per image (78 numbers)
+# The decision (stage 3; its ceiling and tail are in core/settings.py): bench/duplicates.py
+# prints the threshold it sets on each kind of image.
+MIN_CALIBRATION_IMAGES = 50  # fewer nearest-neighbour distances than this: the ceiling alone
+DISTANCE_FLOOR = 1e-4  # identical images (distance 0) enter the logarithm as this
 
 
 @dataclass
@@ -63,12 +80,50 @@ class DuplicateGroups:
 
 
 @dataclass
+class Calibration:
+    """How the near-duplicate threshold was set, and from what."""
+
+    rule: str  # "calibrated" (the fit, or the ceiling where lower) | "ceiling" | "fixed"
+    threshold: float  # the distance at or below which a pair is a near duplicate
+    ceiling: float
+    tail: float  # share of distinct nearest neighbours the fit puts below the threshold
+    images: int  # images whose nearest same-class distance entered the fit
+    typical: float | None = None  # median nearest same-class distance
+    log_sigma: float | None = None  # spread of its logarithm: interquartile range / 1.349
+    fitted: float | None = None  # the fit's threshold before the ceiling
+
+    def statement(self) -> str:
+        """One sentence on the threshold and where it came from (stored in scrub's report)."""
+        if self.rule == "fixed":
+            return f"near-duplicate threshold {self.threshold:g}, given (no calibration)"
+        if self.rule == "ceiling":
+            return (
+                f"near-duplicate threshold {self.threshold:g}: the ceiling set on photos, since "
+                f"only {self.images} images had a same-class neighbour to calibrate on "
+                f"(at least {MIN_CALIBRATION_IMAGES} needed)"
+            )
+        decided = (
+            f"the ceiling {self.ceiling:g} set on photos is lower and applies"
+            if self.fitted is not None and self.fitted >= self.ceiling
+            else f"which is under the ceiling {self.ceiling:g} set on photos"
+        )
+        return (
+            f"near-duplicate threshold {self.threshold:.3g}, calibrated on this data set: its "
+            f"{self.images:,} images lie at a median distance of {self.typical:.3f} from their "
+            f"nearest neighbour of the same class (log spread {self.log_sigma:.2f}); a "
+            f"log-normal fit puts 1 in {round(1 / self.tail):,} of such neighbours below "
+            f"{self.fitted:.3g}, {decided}"
+        )
+
+
+@dataclass
 class NearDuplicates:
     """Pairs (i < j, indices into the images given) with their aligned distance, closest first."""
 
     pairs: np.ndarray  # (P, 2) int64
     distances: np.ndarray  # (P,) float32, 1 - best aligned correlation
     candidates: int  # candidate pairs verified to find them
+    calibration: Calibration
 
 
 def image_digests(images: np.ndarray) -> list[bytes]:
@@ -351,24 +406,75 @@ def aligned_distances(
     return out
 
 
+def nearest_distances(
+    pairs: np.ndarray, distances: np.ndarray, labels: np.ndarray | None, n_images: int
+) -> np.ndarray:
+    """Each image's distance to its closest partner among the verified pairs that share its
+    label (any partner when labels is None); inf where it has none."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if labels is not None:
+        labels = np.asarray(labels)
+        same = labels[pairs[:, 0]] == labels[pairs[:, 1]]
+        pairs, distances = pairs[same], distances[same]
+    nearest = np.full(n_images, np.inf)
+    np.minimum.at(nearest, pairs[:, 0], distances)
+    np.minimum.at(nearest, pairs[:, 1], distances)
+    return nearest
+
+
+def calibrate_threshold(
+    nearest: np.ndarray, ceiling: float = NEAR_CEILING, tail: float = NEAR_FALSE_MATCH_TAIL
+) -> Calibration:
+    """The near-duplicate threshold for a data set whose images lie at `nearest` distances
+    from their nearest same-class neighbours (the module docstring, stage 3, says why)."""
+    from scipy.stats import norm
+
+    if not 0.0 < ceiling < 1.0 or not 0.0 < tail < 0.5:
+        raise ValueError(f"ceiling in (0, 1), tail in (0, 0.5). Received: {ceiling}, {tail}")
+    found = nearest[np.isfinite(nearest)]
+    if len(found) < MIN_CALIBRATION_IMAGES:
+        return Calibration("ceiling", ceiling, ceiling, tail, len(found))
+    logs = np.log(np.maximum(found, DISTANCE_FLOOR))
+    low, median, high = np.quantile(logs, [0.25, 0.5, 0.75])
+    sigma = (high - low) / (2 * norm.ppf(0.75))  # the normal's IQR is 1.349 sigma
+    fitted = float(np.exp(median + norm.ppf(tail) * sigma))
+    return Calibration(
+        rule="calibrated",
+        threshold=round(min(fitted, ceiling), 4),
+        ceiling=ceiling,
+        tail=tail,
+        images=len(found),
+        typical=round(float(np.exp(median)), 4),
+        log_sigma=round(float(sigma), 4),
+        fitted=round(fitted, 4),
+    )
+
+
 def find_near_duplicates(
     images: np.ndarray,
-    threshold: float,
+    threshold: float | None,
     neighbours: int,
+    labels: np.ndarray | None = None,
     progress: Progress | None = None,
 ) -> NearDuplicates:
-    """Pairs of images that are the same photo after small shifts, crops, colour or compression.
+    """Pairs of images that are the same image after small shifts, crops, colour or compression.
 
-    Returns the verified pairs at distance <= threshold, closest first. Identical images are
-    found too (distance 0); exact_duplicate_groups names them more cheaply. The defaults and
-    their reasons are ScrubSettings.near_threshold and .neighbours (deepsight_tf/config.py).
+    Returns the verified pairs at distance <= the threshold, closest first: `threshold` if
+    given, else the one calibrate_threshold sets from the same verified pairs (same-class
+    neighbours where `labels` are given). Identical images are found too (distance 0);
+    exact_duplicate_groups names them more cheaply. ScrubSettings.near_threshold and
+    .neighbours hold the defaults and their reasons.
     """
-    if not 0.0 < threshold < 1.0:
+    if threshold is not None and not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1). Received: {threshold}")
     layout = candidate_pairs(thumbnails(images), neighbours, progress, "near duplicates: layouts")
     spectrum = candidate_pairs(spectra(images), neighbours, progress, "near duplicates: spectra")
     pairs = np.unique(np.concatenate([layout, spectrum]), axis=0)
     distances = aligned_distances(band_pass(images), pairs, progress=progress)
-    keep = np.flatnonzero(distances <= threshold)
+    if threshold is None:
+        calibration = calibrate_threshold(nearest_distances(pairs, distances, labels, len(images)))
+    else:
+        calibration = Calibration("fixed", threshold, NEAR_CEILING, NEAR_FALSE_MATCH_TAIL, 0)
+    keep = np.flatnonzero(distances <= calibration.threshold)
     keep = keep[np.argsort(distances[keep], kind="stable")]
-    return NearDuplicates(pairs[keep], distances[keep], candidates=len(pairs))
+    return NearDuplicates(pairs[keep], distances[keep], len(pairs), calibration)

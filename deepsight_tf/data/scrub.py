@@ -6,7 +6,7 @@ import csv
 import io
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from deepsight_tf.core.workspace import (
 from deepsight_tf.data.dataset import SPLITS, Dataset, dataset_sha256, load_dataset
 from deepsight_tf.data.interpolation import InterpolationStudy, interpolation_study
 from deepsight_tf.data.quality import QUALITY_COLUMNS, QualityFlag, assess_quality
+
+if TYPE_CHECKING:
+    from deepsight_tf.data.duplicates import Calibration
 
 DUPLICATES_FIGURE = "figures/duplicates.png"
 BORDERLINE_FIGURE = "figures/duplicates_borderline.png"
@@ -59,6 +62,8 @@ class Split:
     seed: int
     val_size: float
     dropped: np.ndarray
+    # Classes whose validation share shrank: too few of their images are free of duplicates.
+    short: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +97,7 @@ class Duplicates:
     pairs: list[DuplicatePair]
     ids: np.ndarray  # (P, 2) global indices of each pair, in the same order
     candidates_verified: int
+    calibration: Calibration
 
 
 @dataclass
@@ -134,6 +140,7 @@ def load_split(workspace: Workspace, dataset: str) -> Split:
         seed=int(data["seed"]),
         val_size=float(data["val_size"]),
         dropped=np.asarray(data["dropped"], dtype=np.int64),
+        short=data.get("short", {}),
     )
 
 
@@ -210,14 +217,16 @@ def check_integrity(data: Dataset) -> dict[str, Any]:
 
 # Duplicates ---------------------------------------------------------------------------------
 def find_duplicates(
-    data: Dataset, threshold: float, neighbours: int, progress: Progress | None = None
+    data: Dataset, threshold: float | None, neighbours: int, progress: Progress | None = None
 ) -> Duplicates:
-    """Exact duplicates by pixel hash and near duplicates by aligned structure, over both splits."""
+    """Exact duplicates by pixel hash and near duplicates by aligned structure, over both splits;
+    the near-duplicate threshold is calibrated on the data set where `threshold` is None."""
     from deepsight_tf.data.duplicates import exact_duplicate_groups, find_near_duplicates
 
     images = np.concatenate([data.x_train, data.x_test])
+    labels = np.concatenate([data.y_train, data.y_test])
     exact = exact_duplicate_groups(images).pairs()
-    near = find_near_duplicates(images, threshold, neighbours, progress=progress)
+    near = find_near_duplicates(images, threshold, neighbours, labels, progress)
     exact_keys = {(int(a), int(b)) for a, b in exact}
     keep = [i for i, (a, b) in enumerate(near.pairs) if (int(a), int(b)) not in exact_keys]
     ids = np.concatenate([exact, near.pairs[keep]]).astype(np.int64).reshape(-1, 2)
@@ -226,7 +235,7 @@ def find_duplicates(
     pairs = [
         _pair(data, kind, a, b, d) for kind, (a, b), d in zip(kinds, ids, distances, strict=True)
     ]
-    return Duplicates(pairs, ids, near.candidates)
+    return Duplicates(pairs, ids, near.candidates, near.calibration)
 
 
 def _locate(data: Dataset, index: int) -> tuple[str, int]:
@@ -267,6 +276,8 @@ def summarize_duplicates(found: Duplicates) -> dict[str, Any]:
                 "label_conflicts": sum(not p.same_label for p in rows),
             }
     out["candidates_verified"] = found.candidates_verified
+    out["threshold"] = found.calibration.threshold
+    out["calibration"] = {**asdict(found.calibration), "statement": found.calibration.statement()}
     return out
 
 
@@ -321,39 +332,37 @@ def make_split(
     dropped: np.ndarray,
     val_size: float,
     seed: int,
+    class_names: list[str] | None = None,
 ) -> Split:
     """Stratified validation split of the training images, with three guarantees.
 
     scikit-learn's StratifiedShuffleSplit draws it; then every validation image that must stay
     in train (`keep_in_train`: it has a duplicate in train or in test) is swapped for a random
-    image of the same class that may go, so class counts stay exactly as drawn. `dropped`
-    images take part in neither side.
+    image of the same class that may go, so class counts stay as drawn. A class with too few
+    images that may go gives validation all it has, a smaller share (Split.short records it);
+    only a class with none at all is refused. `dropped` images take part in neither side.
     """
-    from sklearn.model_selection import StratifiedShuffleSplit
-
+    names = class_names or [str(c) for c in range(int(labels.max(initial=0)) + 1)]
     pool = np.setdiff1d(np.arange(len(labels)), dropped)
-    try:
-        splitter = StratifiedShuffleSplit(n_splits=1, test_size=val_size, random_state=seed)
-        train_pos, val_pos = next(splitter.split(np.zeros(len(pool)), labels[pool]))
-    except ValueError as exc:
-        raise ConfigError(
-            f"--val-size {val_size}: cannot split {len(pool)} training images into stratified "
-            f"train and validation parts ({exc}); choose a fraction that leaves every class "
-            "at least one image on each side"
-        ) from exc
-    train, val = pool[train_pos], pool[val_pos]
+    train, val = _stratified_draw(labels, pool, val_size, seed, names)
     rng = np.random.default_rng(seed)
     held = val[keep_in_train[val]]
     swap_in = [np.empty(0, dtype=np.int64)]
+    short: dict[str, dict[str, int]] = {}
     for cls in np.unique(labels[held]):
         out = held[labels[held] == cls]
         free = train[(labels[train] == cls) & ~keep_in_train[train]]
-        if len(free) < len(out):
+        drawn = int(np.sum(labels[val] == cls))
+        placed = drawn - len(out) + min(len(free), len(out))
+        if placed == 0:
             raise ConfigError(
-                f"--val-size {val_size}: class {cls} has too few training images without a "
-                "duplicate to fill its validation share; lower --val-size"
+                f"--val-size {val_size}: every training image of class {names[cls]!r} has a "
+                f"duplicate in train or a twin in test, so none can go to validation; look at "
+                f"{DUPLICATES_FILE}, and pass --near-threshold lower if they are not copies"
             )
-        swap_in.append(rng.choice(free, size=len(out), replace=False))
+        if len(free) < len(out):
+            short[names[cls]] = {"drawn": drawn, "placed": placed}
+        swap_in.append(rng.choice(free, size=min(len(free), len(out)), replace=False))
     chosen = np.concatenate(swap_in)
     val = np.concatenate([val[~keep_in_train[val]], chosen])
     train = np.concatenate([train[~np.isin(train, chosen)], held])
@@ -363,7 +372,30 @@ def make_split(
         seed=seed,
         val_size=val_size,
         dropped=np.sort(np.asarray(dropped, dtype=np.int64)),
+        short=short,
     )
+
+
+def _stratified_draw(
+    labels: np.ndarray, pool: np.ndarray, val_size: float, seed: int, names: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """StratifiedShuffleSplit's train and validation parts of `pool`, or a ConfigError that
+    names the classes too small to split."""
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    try:
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=val_size, random_state=seed)
+        train_pos, val_pos = next(splitter.split(np.zeros(len(pool)), labels[pool]))
+    except ValueError as exc:
+        counts = np.bincount(labels[pool], minlength=len(names))
+        small = [f"{names[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < 2)]
+        reason = f"classes with fewer than 2 images: {', '.join(small)}" if small else str(exc)
+        raise ConfigError(
+            f"--val-size {val_size}: cannot split {len(pool)} training images into stratified "
+            f"train and validation parts ({reason}); choose a fraction that leaves every class "
+            "at least one image on each side"
+        ) from exc
+    return pool[train_pos], pool[val_pos]
 
 
 def describe_split(data: Dataset, split: Split, found: Duplicates) -> dict[str, Any]:
@@ -406,6 +438,7 @@ def describe_split(data: Dataset, split: Split, found: Duplicates) -> dict[str, 
             "unassigned": n_train - len(sets["train"] | sets["val"] | sets["dropped"]),
         },
         "duplicate_overlap": overlaps,
+        "short": split.short,
     }
 
 
@@ -418,8 +451,8 @@ def _class_counts(data: Dataset, labels: np.ndarray) -> dict[str, int]:
 NEAR_METHOD = (
     "exact: identical pixels (BLAKE2 hash, confirmed byte for byte); near: nearest neighbours "
     "by 8x8 layout and by low-frequency spectrum, verified by the correlation of band-pass "
-    "structure in both orientations after the best shift (<= 3 px) and zoom (<= 4 px crop); "
-    "distance = 1 - correlation"
+    "structure in both orientations after the best shift (<= 3/32 of the side) and zoom (<= a "
+    "4/32 crop); distance = 1 - correlation"
 )
 
 
@@ -456,9 +489,7 @@ def scrub(
         atomic_write_json(folder / SPLIT_FILE, _split_document(data, sha, split, settings))
         figures = _draw(data, found, study, settings.image_size, folder)
         duplicates_summary = summarize_duplicates(found)
-        duplicates_summary.update(
-            threshold=settings.near_threshold, neighbours=settings.neighbours, method=NEAR_METHOD
-        )
+        duplicates_summary.update(neighbours=settings.neighbours, method=NEAR_METHOD)
         result = ScrubResult(
             dataset=data.name,
             folder=str(folder),
@@ -506,7 +537,14 @@ def _split(
     groups = train_groups(n_train, found.ids)
     keep_in_train = np.bincount(groups, minlength=n_train)[groups] > 1
     keep_in_train[leaks["train_indices_with_test_twin"]] = True
-    return make_split(data.y_train, keep_in_train, dropped, settings.val_size, settings.seed)
+    return make_split(
+        data.y_train,
+        keep_in_train,
+        dropped,
+        settings.val_size,
+        settings.seed,
+        list(data.class_names),
+    )
 
 
 def _split_document(data: Dataset, sha: str, split: Split, settings: ScrubSettings) -> dict:
@@ -520,6 +558,7 @@ def _split_document(data: Dataset, sha: str, split: Split, settings: ScrubSettin
         "train": split.train,
         "val": split.val,
         "dropped": split.dropped,
+        "short": split.short,
     }
 
 

@@ -15,6 +15,13 @@ from deepsight_tf.core.progress import Progress
 from deepsight_tf.diagnose.bootstrap import bootstrap_ci
 
 CONDITIONS = ("clean", "centre_occluded", "border_occluded")
+# What the test takes "centre" and "border" to be: stored with every result, since on other
+# images the same numbers mean something else.
+ASSUMES = (
+    "the object sits in the centre and its surroundings in the border, as in object-centred "
+    "photos such as CIFAR-10's; where the object fills the frame (handwriting, textures), both "
+    "regions are parts of it"
+)
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,7 @@ class ContextReliance:
     def to_dict(self) -> dict[str, Any]:
         document = asdict(self)
         document["geometry"]["description"] = self.geometry.describe()
+        document["assumes"] = ASSUMES
         return document
 
 

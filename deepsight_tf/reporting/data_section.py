@@ -167,6 +167,18 @@ def scrub_parts(up: UpstreamArtifacts, image_size: int) -> list[Any]:
         ),
         paragraph(dup["method"], css="note"),
     ]
+    short = s["split"].get("short", {})
+    if short:
+        gave = ", ".join(f"{c} {v['placed']} of {v['drawn']}" for c, v in short.items())
+        parts.append(
+            paragraph(
+                f"Validation shares that shrank because the rest of the class is in duplicate "
+                f"groups, which stay in train: {gave}."
+            )
+        )
+    if "calibration" in dup:
+        statement = dup["calibration"]["statement"]
+        parts.append(paragraph(statement[:1].upper() + statement[1:] + ".", css="note"))
     figures = [f for f in s.get("files", []) if f.endswith(".png")]
     for rel in figures:
         stem = Path(rel).stem
@@ -207,6 +219,7 @@ def quality_parts(quality: dict[str, Any]) -> list[Any]:
             numeric=range(2, 2 + len(splits)),
         ),
         paragraph(quality["method"], css="note"),
+        *([paragraph(f"The {quality['assumes']}.", css="note")] if "assumes" in quality else []),
     ]
 
 

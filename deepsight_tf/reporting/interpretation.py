@@ -176,6 +176,8 @@ def _context(rep: dict[str, Any], figures: _Figures) -> list[Any]:
             f"{', '.join(ctx['relies_on_object']) or 'none'}."
         )
     )
+    if "assumes" in ctx:
+        parts.append(paragraph(f"The test assumes {ctx['assumes']}.", css="note"))
     return parts + figures.get("context_reliance", "context reliance")
 
 
