@@ -443,7 +443,10 @@ def imagenet_classifier(variant: str = "lite0") -> keras.Model:
     with np.load(folder / HEAD_FILE, allow_pickle=False) as head:
         kernel, bias = head["kernel"], head["bias"]
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
-    dense = keras.layers.Dense(IMAGENET_CLASSES, activation="softmax", name="predictions")
+    # float32 probabilities under a mixed policy too, as Keras's mixed-precision guide advises.
+    dense = keras.layers.Dense(
+        IMAGENET_CLASSES, activation="softmax", dtype="float32", name="predictions"
+    )
     outputs = dense(x)
     dense.set_weights([kernel, bias])
     name = f"{get_variant(variant).cache_name}_imagenet"
