@@ -74,6 +74,12 @@ def test_reader_refuses_a_pickle_that_calls_a_function(tmp_path, capfd, func, wh
     assert "called" not in capfd.readouterr().out
 
 
+def test_the_crafted_payload_does_run_under_plain_pickle(capfd):
+    """The control for the refusals above: these payloads are live, not inert."""
+    pickle.loads(pickle.dumps({"weight": _Call(print, "called")}, protocol=2))
+    assert "called" in capfd.readouterr().out
+
+
 def test_reader_refuses_a_crafted_zip_checkpoint(tmp_path):
     marker = tmp_path / "called"
     path = tmp_path / "crafted.pth"
