@@ -21,7 +21,7 @@ from deepsight_tf.core.workspace import METRICS_FILE, MODEL_FILE, TRAIN_LABEL_IS
 # Vocabularies: the values each choice-valued setting may take.
 BACKBONES = ("resnet18", "resnet50", "airbench94", "airbench93")
 STEMS = ("cifar", "imagenet")
-AUGMENT_PRESETS = ("none", "light", "standard", "strong")
+AUGMENT_PRESETS = ("none", "light", "standard", "strong", "translate")
 MIX_MODES = ("none", "cutmix", "mixup")
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -38,7 +38,9 @@ INTERPOLATIONS = (
 )
 EXPORT_FORMATS = ("savedmodel", "keras", "onnx")
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "layercam")
-TTA_MODES = ("none", "flip", "flip-shift", "flip-x-shift")
+TTA_MODES = ("none", "flip", "flip-shift", "flip-x-shift", "flip-translate")
+ANNEALS = ("cos", "linear")
+FLIPS = ("random", "alternate")
 MAX_SAMPLES_PER_CLASS = 64
 # The near-duplicate decision (reasons in deepsight_tf/data/duplicates.py, stage 3).
 NEAR_CEILING = 0.2  # distance 1 - r at r = 0.8: the most any data set's threshold may be
@@ -221,6 +223,12 @@ class TrainSettings(Settings):
         "zero (from scratch only).",
     )
     augment: str = setting("standard", "Pixel augmentation preset.", choices=AUGMENT_PRESETS)
+    flip: str = setting(
+        "random",
+        "The preset's mirror: random per image, or alternate (each image mirrored on every "
+        "other epoch, airbench's).",
+        choices=FLIPS,
+    )
     mix: str = setting("none", "Batch mixing.", choices=MIX_MODES)
     mix_alpha: float = setting(1.0, "Beta(alpha, alpha) of the mixing ratio.", gt=0)
     label_smoothing: float = setting(0.0, "Label smoothing epsilon.", ge=0, lt=1)
@@ -266,6 +274,19 @@ class TrainSettings(Settings):
         None, "Backbone rate as a multiple of --lr. Default: 1 from scratch, 0.1 pretrained.", ge=0
     )
     weight_decay: float = setting(5e-4, "Decoupled weight decay.", ge=0)
+    momentum: float | None = setting(
+        None,
+        "SGD momentum (AdamW's beta_1), held constant. Default: cycled against the rate, "
+        "0.95 at the lowest rates to 0.85 at the peak.",
+        ge=0,
+        lt=1,
+    )
+    bias_lr_mult: float = setting(
+        1.0,
+        "BatchNorm offsets learn at this multiple of their layer's rate (weight decay "
+        "unscaled); airbench uses 64.",
+        gt=0,
+    )
     ema: float = setting(
         0.0,
         "Decay per step of an exponential moving average of the last phase's weights (0: "
@@ -275,6 +296,13 @@ class TrainSettings(Settings):
         lt=1,
     )
     pct_start: float = setting(0.25, "Fraction of each phase spent warming up.", gt=0, lt=1)
+    anneal: str = setting(
+        "cos", "Shape of the one-cycle rate: cos (fastai's) or linear.", choices=ANNEALS
+    )
+    div_factor: float = setting(25.0, "The one-cycle rate starts at --lr / this.", gt=0)
+    final_div_factor: float = setting(
+        1e4, "The one-cycle rate ends at its starting rate / this.", gt=0
+    )
     precision: str = setting(
         "auto", "Float policy. auto: mixed_float16 on a capable GPU.", choices=PRECISIONS
     )

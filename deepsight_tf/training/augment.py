@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.settings import FLIPS
 
 AUGMENT_FLAG = "--augment"
 
@@ -60,7 +61,25 @@ AUGMENT_PRESETS: dict[str, Preset] = {
     "light": Preset(1 / 8, _crop_flip),  # pad + random crop, horizontal flip
     "standard": Preset(1 / 8, lambda h, w: [*_crop_flip(h, w), _cutout()]),  # light + Cutout
     "strong": Preset(1 / 8, _strong),  # light + colour jitter (p=0.8) + Cutout (p=0.5)
+    # airbench's: translations of up to 1/16 of the side (2 px at 32) and a horizontal flip.
+    "translate": Preset(1 / 16, _crop_flip),
 }
+
+
+def _without_flip(transforms: list[A.BasicTransform], flip: str) -> list[A.BasicTransform]:
+    """The preset's transforms, less its random horizontal flip when the flip alternates
+    (the input pipeline then mirrors each image on every other epoch instead)."""
+    if flip not in FLIPS:
+        raise ConfigError(f"--flip {flip!r}: choose one of {', '.join(FLIPS)}")
+    if flip == "random":
+        return transforms
+    return [t for t in transforms if not isinstance(t, A.HorizontalFlip)]
+
+
+def preset_flips(preset: str) -> bool:
+    """Whether a preset mirrors images (every one but "none" does)."""
+    spec = AUGMENT_PRESETS[check_preset(preset)]
+    return any(isinstance(t, A.HorizontalFlip) for t in spec.transforms(8, 8))
 
 
 def check_preset(preset: str) -> str:
@@ -78,7 +97,9 @@ def _compose(transforms: list[A.BasicTransform]) -> A.Compose | None:
     return A.Compose(transforms, is_check_shapes=False) if transforms else None
 
 
-def build_augmentation(preset: str, image_shape: tuple[int, ...]) -> A.Compose | None:
+def build_augmentation(
+    preset: str, image_shape: tuple[int, ...], flip: str = "random"
+) -> A.Compose | None:
     """The preset as one per-image Albumentations pipeline for (H, W, C) images; None: "none"."""
     spec = AUGMENT_PRESETS[check_preset(preset)]
     height, width = int(image_shape[0]), int(image_shape[1])
@@ -95,7 +116,7 @@ def build_augmentation(preset: str, image_shape: tuple[int, ...]) -> A.Compose |
         if pad
         else []
     )
-    return _compose([*padding, *spec.transforms(height, width)])
+    return _compose([*padding, *_without_flip(spec.transforms(height, width), flip)])
 
 
 def reflect_pad(images: np.ndarray, pad: int) -> np.ndarray:
@@ -127,8 +148,10 @@ class BatchAugmenter:
     Compose; a shared one could be reseeded by one thread half-way through another's batch.
     """
 
-    def __init__(self, preset: str, image_shape: tuple[int, ...]) -> None:
+    def __init__(self, preset: str, image_shape: tuple[int, ...], flip: str = "random") -> None:
         self.spec = AUGMENT_PRESETS[check_preset(preset)]
+        _without_flip([], flip)
+        self.flip = flip
         self.image_shape = tuple(int(d) for d in image_shape)
         height, width = self.image_shape[:2]
         self.pad = self.spec.pad(height, width)
@@ -137,7 +160,8 @@ class BatchAugmenter:
     def _compose(self) -> A.Compose | None:
         if not hasattr(self._local, "compose"):
             height, width = self.image_shape[:2]
-            self._local.compose = _compose(self.spec.transforms(height, width))
+            transforms = _without_flip(self.spec.transforms(height, width), self.flip)
+            self._local.compose = _compose(transforms)
         return self._local.compose
 
     def __call__(self, images: np.ndarray, seed: int) -> np.ndarray:

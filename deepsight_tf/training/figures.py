@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.workspace import BATCH_FIGURE, SCHEDULE_FIGURE
 from deepsight_tf.model.preprocessing import Normalization
 from deepsight_tf.training.plan import PhasePlan
 from deepsight_tf.training.prepare import Prepared
-from deepsight_tf.training.schedules import OneCycle
+from deepsight_tf.training.schedules import phase_schedule
 
 
 def draw_inputs(
@@ -18,7 +19,7 @@ def draw_inputs(
     prepared: Prepared,
     phases: list[PhasePlan],
     class_names: list[str],
-    pct_start: float,
+    settings: TrainSettings,
     images: int = 32,
 ) -> None:
     """figures/batch.png, the run's first batch as fed to the model (augmented, resized,
@@ -38,7 +39,7 @@ def draw_inputs(
     curves, starts, offset = [], [], 0
     for phase in phases:
         total = phase.total_steps(prepared.steps_per_epoch)
-        steps, lrs, momenta = OneCycle(phase.peak_lr, total, pct_start=pct_start).curve()
+        steps, lrs, momenta = phase_schedule(settings, phase.peak_lr, total).curve()
         curves.append((steps + offset, lrs, momenta))
         starts.append(offset)
         offset += total

@@ -30,7 +30,7 @@ from deepsight_tf.training.feature_cache import cached_head, can_cache_features
 from deepsight_tf.training.metrics import training_metrics
 from deepsight_tf.training.plan import PhasePlan
 from deepsight_tf.training.prepare import Prepared, phase_optimizer, set_trainable
-from deepsight_tf.training.schedules import OneCycle
+from deepsight_tf.training.schedules import OneCycle, phase_schedule
 
 
 class RunContext(Protocol):
@@ -203,10 +203,8 @@ class PhaseFitter:
         fresh optimizer on the phase's one-cycle schedule, compiled together."""
         settings, prepared = self.run.settings, self.prepared
         set_trainable(prepared.model, phase, settings, self.run.unfreeze)
-        schedule = OneCycle(
-            phase.peak_lr,
-            phase.total_steps(prepared.steps_per_epoch),
-            pct_start=settings.pct_start,
+        schedule = phase_schedule(
+            settings, phase.peak_lr, phase.total_steps(prepared.steps_per_epoch)
         )
         self.schedule = schedule  # the optimizer's: a --budget re-sizes it in flight
         optimizer = phase_optimizer(settings, phase, schedule, ema)

@@ -330,7 +330,7 @@ class _Run:
             )
         )
         history = self._resumed_history(phases, restored[0] if restored else None)
-        draw_inputs(self.run_dir, prepared, phases, data.class_names, self.settings.pct_start)
+        draw_inputs(self.run_dir, prepared, phases, data.class_names, self.settings)
         if costs is not None and self.settings.estimate:
             self.monitor.estimate(
                 estimate_run(
@@ -411,9 +411,7 @@ class _Run:
             return None
         self.settings, phases = resized
         self._write_config(prepared, phases, created)
-        draw_inputs(
-            self.run_dir, prepared, phases, self.data.dataset.class_names, self.settings.pct_start
-        )
+        draw_inputs(self.run_dir, prepared, phases, self.data.dataset.class_names, self.settings)
         return phases
 
     def _write_config(self, prepared: Prepared, phases: list[PhasePlan], created: str) -> None:
@@ -485,7 +483,7 @@ class _Run:
         mode = self.settings.tta
         val_probs = predict_probs(model, val_ds, mode)
         test_views = predict_views(model, test_ds, mode)  # the plain image is the first view
-        test_probs = mean_of_views(test_views)
+        test_probs = mean_of_views(test_views, mode)
         val_labels = data.y_train[self.data.val_indices]
         scores = _Evaluation(
             val_probs,

@@ -19,6 +19,11 @@ MIN_FLOAT16_CAPABILITY = (7, 0)
 CPU_BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo flags
 
 
+def is_batchnorm_offset(path: str) -> bool:
+    """Whether a variable path names a BatchNormalization offset (Keras calls it "beta")."""
+    return path.rsplit("/", 1)[-1] == "beta"
+
+
 def is_head_variable(path: str, head_prefixes: Sequence[str]) -> bool:
     """Whether a variable path ("layer/.../variable") lies in a layer named with a head prefix.
 
@@ -39,8 +44,14 @@ class _DifferentialLR:
     """
 
     def _init_groups(
-        self, backbone_lr_mult: float, head_prefixes: Sequence[str], cycle_momentum: bool
+        self,
+        backbone_lr_mult: float,
+        head_prefixes: Sequence[str],
+        cycle_momentum: bool,
+        bias_lr_mult: float = 1.0,
     ) -> None:
+        if not bias_lr_mult > 0:
+            raise ValueError(f"`bias_lr_mult` must be > 0. Received: bias_lr_mult={bias_lr_mult}")
         if not backbone_lr_mult >= 0:
             raise ValueError(
                 f"`backbone_lr_mult` must be >= 0. Received: backbone_lr_mult={backbone_lr_mult}"
@@ -53,6 +64,7 @@ class _DifferentialLR:
                 f"Received: head_prefixes={head_prefixes!r}"
             )
         self.backbone_lr_mult = float(backbone_lr_mult)
+        self.bias_lr_mult = float(bias_lr_mult)
         self.head_prefixes = tuple(head_prefixes)
         self.cycle_momentum = bool(cycle_momentum)
 
@@ -80,20 +92,34 @@ class _DifferentialLR:
                 f"so every variable would get the backbone rate. Received: paths={paths[:5]}"
             )
         self._lr_multipliers = [1.0 if head else self.backbone_lr_mult for head in heads]
+        self._offset_multipliers = [
+            self.bias_lr_mult if is_batchnorm_offset(path) else 1.0 for path in paths
+        ]
 
     def lr_multiplier(self, variable: Any) -> float:
         """The factor applied to the learning rate (and weight decay) of `variable`."""
         return self._lr_multipliers[self._get_variable_index(variable)]
+
+    def gradient_lr_multiplier(self, variable: Any) -> float:
+        """The factor on the gradient step alone: lr_multiplier times `bias_lr_mult` for a
+        BatchNorm offset (airbench's bias scaler, which leaves weight decay as it is)."""
+        return (
+            self.lr_multiplier(variable)
+            * self._offset_multipliers[self._get_variable_index(variable)]
+        )
 
     def _apply_weight_decay(self, variables: list[Any]) -> None:
         # Applied per variable in update_step with the scaled rate (see the class docstring).
         return
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        lr = ops.cast(learning_rate, variable.dtype) * self.lr_multiplier(variable)
+        index = self._get_variable_index(variable)
+        lr = ops.cast(learning_rate, variable.dtype) * self._lr_multipliers[index]
         if self.weight_decay is not None and self._use_weight_decay(variable):
             wd = ops.cast(self.weight_decay, variable.dtype)
             self.assign_sub(variable, variable * wd * lr)
+        if self._offset_multipliers[index] != 1.0:
+            lr = lr * self._offset_multipliers[index]
         self._scaled_update_step(ops.cast(gradient, variable.dtype), variable, lr)
 
     # The weight average (use_ema). Keras overwrites the weights with it at the end of every
@@ -129,6 +155,7 @@ class _DifferentialLR:
             "backbone_lr_mult": self.backbone_lr_mult,
             "head_prefixes": list(self.head_prefixes),
             "cycle_momentum": self.cycle_momentum,
+            "bias_lr_mult": self.bias_lr_mult,
         }
 
 
@@ -161,12 +188,13 @@ class DifferentialSGD(_DifferentialLR, keras.optimizers.SGD):
         backbone_lr_mult: float = 1.0,
         head_prefixes: Sequence[str] = ("head_",),
         cycle_momentum: bool = True,
+        bias_lr_mult: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             learning_rate=learning_rate, momentum=float(momentum), nesterov=nesterov, **kwargs
         )
-        self._init_groups(backbone_lr_mult, head_prefixes, cycle_momentum)
+        self._init_groups(backbone_lr_mult, head_prefixes, cycle_momentum, bias_lr_mult)
         if self.cycles_momentum and self.momentum == 0:
             raise ValueError(
                 "Cycling momentum needs momentum slots: pass momentum > 0 or "
@@ -206,10 +234,11 @@ class DifferentialAdamW(_DifferentialLR, keras.optimizers.AdamW):
         backbone_lr_mult: float = 1.0,
         head_prefixes: Sequence[str] = ("head_",),
         cycle_momentum: bool = True,
+        bias_lr_mult: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
-        self._init_groups(backbone_lr_mult, head_prefixes, cycle_momentum)
+        self._init_groups(backbone_lr_mult, head_prefixes, cycle_momentum, bias_lr_mult)
 
     def _scaled_update_step(self, gradient: Any, variable: Any, lr: Any) -> None:
         index = self._get_variable_index(variable)
@@ -246,6 +275,7 @@ def make_optimizer(
     nesterov: bool = True,
     cycle_momentum: bool = True,
     ema: float = 0.0,
+    bias_lr_mult: float = 1.0,
     **kwargs: Any,
 ) -> DifferentialSGD | DifferentialAdamW:
     """The optimizer for `deepsight train` from its settings (defaults: DESIGN.md's recipe).
@@ -256,7 +286,8 @@ def make_optimizer(
     a OneCycle rate, momentum/beta_1 follow its cycle unless `cycle_momentum` is False.
     `ema` > 0 keeps a moving average of the weights with that decay per step (Keras's
     use_ema, warmed up as TensorFlow's ExponentialMovingAverage; `apply_average` puts it
-    in). `kwargs` go to the Keras optimizer (clipnorm, beta_2, epsilon, ...).
+    in). BatchNorm offsets take `bias_lr_mult` times their rate in the gradient step (not in
+    the decay). `kwargs` go to the Keras optimizer (clipnorm, beta_2, epsilon, ...).
     """
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -278,6 +309,7 @@ def make_optimizer(
         "backbone_lr_mult": backbone_lr_mult,
         "head_prefixes": head_prefixes,
         "cycle_momentum": cycle_momentum,
+        "bias_lr_mult": bias_lr_mult,
     }
     if name == "sgd":
         return DifferentialSGD(

@@ -16,7 +16,7 @@ from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.settings import MIX_MODES
 from deepsight_tf.core.workspace import METRICS_FILE
 from deepsight_tf.model.preprocessing import Preprocessing
-from deepsight_tf.training.augment import BatchAugmenter, check_preset
+from deepsight_tf.training.augment import BatchAugmenter, check_preset, preset_flips
 
 # A class the previous run never got right would otherwise get an infinite weight; 0.05 caps the
 # ratio between the largest and the smallest weight from a recall file at 20.
@@ -420,6 +420,7 @@ def make_train_dataset(
     first_epoch: int = 0,
     epochs: int = 1,
     skip_batches: int = 0,
+    flip: str = "random",
 ) -> tf.data.Dataset:
     """Shuffled, augmented batches of (images float32, one-hot labels float32, weights float32).
 
@@ -433,6 +434,10 @@ def make_train_dataset(
     number): each epoch has its own order and augmentations, iterating the dataset again
     gives the same batches, and a run resumed at epoch k, batch b sees exactly the batches
     an uninterrupted run would (see `epoch_batches`).
+
+    `flip="alternate"` replaces the preset's random mirror by airbench's alternating flip
+    (Jordan 2024): each image is mirrored or not at random in even epochs (a draw fixed by
+    the seed) and the other way round in odd ones, so every two epochs show both views.
     """
     check_preset(augment)
     check_mix(mix, mix_alpha)
@@ -448,15 +453,23 @@ def make_train_dataset(
     epoch_indices = tf.constant(epoch)
     labels = tf.constant(np.asarray(y, dtype=np.int32))
     example_weights = tf.constant(_example_weights(y, class_weights, num_classes))
-    augmenter = BatchAugmenter(augment, x.shape[1:])
+    augmenter = BatchAugmenter(augment, x.shape[1:], flip)
+    mirror = None
+    if flip == "alternate" and preset_flips(augment):
+        mirror = _alternating_flip(len(x), seed)
 
     def gather_and_augment(idx: np.ndarray, batch_seed: np.int64) -> np.ndarray:
         return augmenter(x[idx], int(batch_seed))
 
-    def make_batch(positions: tf.Tensor, batch_seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    def make_batch(
+        positions: tf.Tensor, batch_seed: tf.Tensor, epoch: tf.Tensor
+    ) -> tuple[tf.Tensor, ...]:
         idx = tf.gather(epoch_indices, positions)
         images = tf.numpy_function(gather_and_augment, [idx, batch_seed], tf.uint8, stateful=False)
         images.set_shape(idx.shape.concatenate(x.shape[1:]))
+        if mirror is not None:
+            flipped = tf.not_equal(tf.gather(mirror, idx), tf.equal(epoch % 2, 1))
+            images = tf.where(flipped[:, None, None, None], tf.reverse(images, [2]), images)
         images = preprocessing(images)
         one_hot = tf.one_hot(tf.gather(labels, idx), num_classes, dtype=tf.float32)
         weights = tf.gather(example_weights, idx)
@@ -474,10 +487,17 @@ def make_train_dataset(
         epochs=epochs,
         skip_batches=skip_batches,
         drop_remainder=drop_remainder,
+        with_epoch=True,
     )
     return batches.map(
         make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     ).prefetch(tf.data.AUTOTUNE)
+
+
+def _alternating_flip(count: int, seed: int) -> tf.Tensor:
+    """Whether each stored image is mirrored in even epochs: one fixed draw per image."""
+    draws = np.random.default_rng(np.random.SeedSequence([seed, 0xF11])).random(count)
+    return tf.constant(draws < 0.5)
 
 
 def _check_batches(
@@ -528,8 +548,10 @@ def epoch_batches(
     epochs: int = 1,
     skip_batches: int = 0,
     drop_remainder: bool = True,
+    with_epoch: bool = False,
 ) -> tf.data.Dataset:
-    """(positions int64 [batch], batch seed int64) for each batch of epochs first_epoch..
+    """(positions int64 [batch], batch seed int64) for each batch of epochs first_epoch..,
+    and the batch's epoch number (int64) after them `with_epoch`.
 
     Stateless: epoch e's order is a permutation drawn from (seed, e), and batch i of it gets a
     seed drawn from (seed, e, i), so nothing depends on how many iterators came before. (A
@@ -555,10 +577,10 @@ def epoch_batches(
         )
         epoch_seed = tf.stack([tf.constant(batch_seed_base, tf.int64), number])
 
-        def with_seed(step: tf.Tensor, batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def with_seed(step: tf.Tensor, batch: tf.Tensor) -> tuple[tf.Tensor, ...]:
             key = tf.random.experimental.stateless_fold_in(epoch_seed, step)
             draw = tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
-            return batch, draw
+            return (batch, draw, number) if with_epoch else (batch, draw)
 
         return (
             tf.data.Dataset.from_tensor_slices(order)

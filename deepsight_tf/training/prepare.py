@@ -76,6 +76,7 @@ def prepare(
         width_multiplier=settings.width_multiplier,
         zero_init_residual=settings.zero_init_residual,
         any_size=settings.progressive_resize is not None,
+        init_images=_init_images(settings, data, preprocessing),
     )
     distribution = {
         **describe_strategy(strategy),
@@ -94,6 +95,23 @@ def prepare(
         class_weights=class_weights,
         distribution=distribution,
     )
+
+
+# Images a backbone's data-dependent initialisation reads (airbench's whitening: 5,000, as its own).
+INIT_IMAGES = 5000
+
+
+def _init_images(
+    settings: TrainSettings, data: TrainingData, preprocessing: Preprocessing
+) -> np.ndarray | None:
+    """A seeded sample of the training images, preprocessed as the model is fed them, for a
+    from-scratch backbone that initialises from data; None with pretrained weights."""
+    if settings.weights != "none":
+        return None
+    rng = np.random.default_rng(settings.seed)
+    count = min(INIT_IMAGES, len(data.train_indices))
+    chosen = np.sort(rng.choice(data.train_indices, size=count, replace=False))
+    return np.asarray(preprocessing(data.dataset.x_train[chosen]))
 
 
 def _train_stream(
@@ -138,6 +156,7 @@ def _train_stream(
                 first_epoch=first_epoch,
                 epochs=epochs,
                 skip_batches=skip_batches,
+                flip=settings.flip,
             )
         )
 
@@ -174,5 +193,7 @@ def phase_optimizer(
         backbone_lr_mult=phase.backbone_lr_mult,
         head_prefixes=(HEAD_PREFIX,),
         weight_decay=settings.weight_decay,
+        momentum=0.9 if settings.momentum is None else settings.momentum,
         ema=ema,
+        bias_lr_mult=settings.bias_lr_mult,
     )

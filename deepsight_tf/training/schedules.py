@@ -9,12 +9,22 @@ import keras
 import numpy as np
 from keras import ops
 
+from deepsight_tf.core.settings import TrainSettings
+
 
 def _cosine_anneal(start: Any, end: Any, remaining: Any) -> Any:
     # Half a cosine from `start` to `end`, as in PyTorch's OneCycleLR, written in the fraction
     # of the phase still to go, r = 1 - p: (cos(pi p) + 1) / 2 = sin(pi r / 2)^2. The same
     # value, but float32 keeps its precision near the end of a phase, where the rate is tiny.
     return end + (start - end) * ops.square(ops.sin(math.pi / 2.0 * remaining))
+
+
+def _linear_anneal(start: Any, end: Any, remaining: Any) -> Any:
+    # PyTorch's anneal_strategy="linear", in the same fraction still to go.
+    return end + (start - end) * remaining
+
+
+ANNEALS = {"cos": _cosine_anneal, "linear": _linear_anneal}
 
 
 def _check_length(total_steps: int, pct_start: float) -> None:
@@ -34,8 +44,9 @@ def _check_length(total_steps: int, pct_start: float) -> None:
 class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     """One-cycle learning rate with the opposite momentum cycle, per optimizer step.
 
-    The same two cosine phases as PyTorch's `OneCycleLR` (`three_phase=False`,
-    `anneal_strategy="cos"`). With `initial = peak_lr / div_factor`,
+    The same two phases as PyTorch's `OneCycleLR` (`three_phase=False`), annealed by half a
+    cosine (`anneal="cos"`, fastai's) or linearly (`anneal="linear"`: airbench's triangle,
+    with `div_factor` 5 and `final_div_factor` 0.2 / 0.07). With `initial = peak_lr / div_factor`,
     `floor = initial / final_div_factor`, `w = pct_start * total_steps - 1` (the peak step,
     not necessarily an integer) and `cos_anneal(a, b, p) = b + (a - b) / 2 * (cos(pi p) + 1)`:
 
@@ -57,6 +68,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         final_div_factor: the final rate is the starting rate divided by this.
         base_momentum: momentum (or Adam's beta_1) at the peak rate.
         max_momentum: momentum at the lowest rates (start and end).
+        anneal: "cos" (cos_anneal above) or "linear" (a straight line between the same ends).
     """
 
     def __init__(
@@ -68,7 +80,12 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         final_div_factor: float = 1e4,
         base_momentum: float = 0.85,
         max_momentum: float = 0.95,
+        anneal: str = "cos",
     ) -> None:
+        if anneal not in ANNEALS:
+            raise ValueError(
+                f"`anneal` must be one of {tuple(ANNEALS)}. Received: anneal={anneal!r}"
+            )
         if not peak_lr > 0:
             raise ValueError(f"`peak_lr` must be > 0. Received: peak_lr={peak_lr}")
         _check_length(total_steps, pct_start)
@@ -94,6 +111,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         self.final_div_factor = float(final_div_factor)
         self.base_momentum = float(base_momentum)
         self.max_momentum = float(max_momentum)
+        self.anneal = anneal
 
     def set_total_steps(self, total_steps: int) -> None:
         """A new length from the next step on (a --budget re-sized in flight): the steps taken
@@ -120,8 +138,9 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         last = length - 1.0
         step = ops.minimum(ops.cast(step, "float32"), last)
         w = self.pct_start * length - 1.0  # peak_step
-        up = _cosine_anneal(warm_start, peak, (w - step) / w)
-        down = _cosine_anneal(peak, end, (last - step) / (last - w))
+        anneal = ANNEALS[self.anneal]
+        up = anneal(warm_start, peak, (w - step) / w)
+        down = anneal(peak, end, (last - step) / (last - w))
         return ops.where(step <= w, up, down)
 
     def __call__(self, step: Any) -> Any:
@@ -147,4 +166,23 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
             "final_div_factor": self.final_div_factor,
             "base_momentum": self.base_momentum,
             "max_momentum": self.max_momentum,
+            "anneal": self.anneal,
         }
+
+
+def phase_schedule(settings: TrainSettings, peak_lr: float, total_steps: int) -> OneCycle:
+    """A phase's one-cycle schedule from the run's settings: the one place they become one.
+
+    A constant --momentum is a cycle whose two momenta are equal."""
+    momenta = {}
+    if settings.momentum is not None:
+        momenta = {"base_momentum": settings.momentum, "max_momentum": settings.momentum}
+    return OneCycle(
+        peak_lr,
+        total_steps,
+        pct_start=settings.pct_start,
+        div_factor=settings.div_factor,
+        final_div_factor=settings.final_div_factor,
+        anneal=settings.anneal,
+        **momenta,
+    )

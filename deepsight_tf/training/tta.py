@@ -3,8 +3,10 @@
 Views are made from the preprocessed batch (after resize and normalisation), so every view
 is what the model could have been fed in training: a horizontal mirror, and for flip-shift
 the image moved by 1/16 of its side up, down, left and right (reflect-padded); flip-x-shift
-is the product of the two, every shift also mirrored (10 views). On three 48 px CIFAR-10
-models the product beat flip-shift's 6 views by 0.39 to 0.47 test points and flip by 0.52 to
+is the product of the two, every shift also mirrored (10 views); flip-translate is airbench's
+(Jordan 2024): the image and its mirror weigh half, and the two one-pixel diagonal shifts
+(up-left, down-right), each with its mirror, the other half (6 views). On three 48 px CIFAR-10
+models flip-x-shift beat flip-shift's 6 views by 0.39 to 0.47 test points and flip by 0.52 to
 0.66, each paired interval above zero (README, Results).
 """
 
@@ -36,8 +38,11 @@ def views(mode: str, image_size: int) -> list[View]:
     if mode not in TTA_MODES:
         raise ValueError(f"mode must be one of {TTA_MODES}. Received: {mode!r}")
     out: list[View] = [lambda images: images]
-    if mode in ("flip", "flip-shift", "flip-x-shift"):
+    if mode in ("flip", "flip-shift", "flip-x-shift", "flip-translate"):
         out.append(tf.image.flip_left_right)
+    if mode == "flip-translate":
+        diagonals = [_shift(-1, -1), _shift(1, 1)]
+        out += [view for shift in diagonals for view in (shift, _mirrored(shift))]
     if mode in ("flip-shift", "flip-x-shift"):
         step = max(1, image_size // 16)
         shifts = [_shift(step, 0), _shift(-step, 0), _shift(0, step), _shift(0, -step)]
@@ -45,6 +50,15 @@ def views(mode: str, image_size: int) -> list[View]:
         if mode == "flip-x-shift":
             out += [_mirrored(shift) for shift in shifts]
     return out
+
+
+def view_weights(mode: str) -> list[float]:
+    """Each view's weight in the mean (they sum to 1): equal, except flip-translate's, whose
+    unshifted pair counts as much as its four shifted views together."""
+    count = len(views(mode, 32))
+    if mode == "flip-translate":
+        return [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    return [1.0 / count] * count
 
 
 def _mirrored(view: View) -> View:
@@ -65,13 +79,22 @@ def predict_views(model: Any, dataset: tf.data.Dataset, mode: str = "none") -> l
     return out
 
 
-def mean_of_views(per_view: list[np.ndarray]) -> np.ndarray:
-    total = per_view[0]
-    for probs in per_view[1:]:
-        total = total + probs
-    return (total / len(per_view)).astype(np.float32)
+def mean_of_views(per_view: list[np.ndarray], mode: str | None = None) -> np.ndarray:
+    """The views' probabilities averaged with `mode`'s weights (None: equal weights)."""
+    if mode is None or len(set(view_weights(mode))) == 1:
+        total = per_view[0]
+        for probs in per_view[1:]:
+            total = total + probs
+        return (total / len(per_view)).astype(np.float32)
+    weights = view_weights(mode)
+    if len(weights) != len(per_view):
+        raise ValueError(f"{mode} has {len(weights)} views. Received: {len(per_view)}")
+    total = weights[0] * per_view[0]
+    for weight, probs in zip(weights[1:], per_view[1:], strict=True):
+        total = total + weight * probs
+    return total.astype(np.float32)
 
 
 def predict_probs(model: Any, dataset: tf.data.Dataset, mode: str = "none") -> np.ndarray:
     """Mean softmax over the views of `mode`, for an evaluation dataset of (images, labels)."""
-    return mean_of_views(predict_views(model, dataset, mode))
+    return mean_of_views(predict_views(model, dataset, mode), mode)
