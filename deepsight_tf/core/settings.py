@@ -286,7 +286,10 @@ class TrainSettings(Settings):
     )
     pct_start: float = setting(0.25, "Fraction of each phase spent warming up.", gt=0, lt=1)
     precision: str = setting(
-        "auto", "Float policy. auto: mixed_float16 on a capable GPU.", choices=PRECISIONS
+        "auto",
+        "Float policy. auto: mixed_float16 on a capable GPU; on a CPU with native bfloat16 "
+        "the faster of float32 and mixed_bfloat16 on the run's own step; else float32.",
+        choices=PRECISIONS,
     )
     mva: float = setting(
         0.65,
