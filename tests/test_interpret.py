@@ -146,6 +146,81 @@ def test_explanations_are_measured(interpreted) -> None:
     assert all(Path(f).is_file() for f in result.figures)
 
 
+@pytest.fixture(scope="module")
+def efficientnet_run(tmp_path_factory: pytest.TempPathFactory, lite0_cache) -> tuple:
+    """EfficientNet-Lite0 from its ImageNet weights at 64 px: a head epoch, then stages 4-8
+    fine-tuned (the defaults), on the separable data set; then interpreted."""
+    root = tmp_path_factory.mktemp("interpret-lite0")
+    ws = Workspace(root / "ws")
+    obtain(ObtainSettings(source=str(separable_npz(root / "rgb.npz")), name="rgb"), ws)
+    scrub(ScrubSettings(image_size=16, interp_sample=16), ws)
+    trained = train(
+        tiny(
+            run_id="lite0",
+            backbone="efficientnet-lite0",
+            weights="imagenet",
+            image_size=64,
+            width_multiplier=1.0,
+            frozen_epochs=1,
+            epochs=1,
+            batch_size=16,  # 6 steps a phase
+        ),
+        ws,
+    )
+    settings = InterpretSettings(
+        run_id="lite0",
+        methods="gradcam,gradcam++",
+        max_images=9,
+        context_images=12,
+        sanity_images=3,
+        grid_per_class=1,
+        n_boot=200,
+        train_issues=False,
+    )
+    return ws, trained, interpret(settings, ws)
+
+
+def test_explanations_run_on_an_efficientnet_run(efficientnet_run) -> None:
+    """Grad-CAMs read at EfficientNet's head conv (2 x 2 at 64 px) are maps of the input's
+    size in [0, 1]; faithfulness, the sanity cascade and the occlusion test run on them."""
+    from deepsight_tf.diagnose import explain
+    from deepsight_tf.model.saving import load_classifier
+    from deepsight_tf.training.record import RunRecord
+
+    ws, trained, result = efficientnet_run
+    assert [phase.trainable for phase in trained.phases] == ["head", "4,5,6,7,8"]
+    record = RunRecord.load(ws, "lite0")
+    model = load_classifier(record.model_path)
+    data = np.load(ws.data_dir("rgb") / "images.npz")
+    x = np.asarray(record.preprocessing(data["x_test"][:6]))
+    classes = model.predict(x, verbose=0).argmax(axis=1)
+    assert explain.feature_grid(model, "top_activation") == (2, 2)
+    for method in ("gradcam", "gradcam++", "layercam"):
+        maps = explain.compute_cams(model, x, classes, layer_name="top_activation", method=method)
+        assert maps.shape == (6, 64, 64) and np.all(np.isfinite(maps))
+        assert maps.min() >= 0.0 and maps.max() <= 1.0
+        assert (maps.max(axis=(1, 2)) - maps.min(axis=(1, 2)) > 0.5).sum() >= 3  # not flat
+
+    assert result.sanity["layer_name"] == "top_activation"
+    assert result.sanity["groups"] == [
+        "head",
+        "top_conv",
+        "block7a",
+        "block6d",
+        "block6c",
+        "block6b",
+        "block6a",
+    ]
+    assert len(result.sanity["mean_spearman"]) == 7
+    assert set(result.faithfulness["methods"]) == {"gradcam", "gradcam++"}
+    assert result.faithfulness["random_grid"] == [2, 2]
+    for scores in result.faithfulness["methods"].values():
+        assert scores["n_images"] == 9
+        assert 0.0 <= scores["deletion_auc"] <= 1.0 and 0.0 <= scores["insertion_auc"] <= 1.0
+    assert result.context["overall"]["n"] == 12
+    assert all(Path(f).is_file() for f in result.figures)
+
+
 def test_stratified_sample_balances_classes() -> None:
     labels = np.repeat([0, 1, 2], [50, 5, 50])
     chosen = stratified_sample(labels, 30, seed=0)

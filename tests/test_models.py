@@ -183,6 +183,8 @@ def test_imagenet_offline_names_the_fix(monkeypatch):
     message = str(err.value)
     assert "\n" not in message
     assert "--weights none" in message and "preset folder" in message
+    # The ImageNet weights that do work offline: installed with deepsight.
+    assert "--backbone efficientnet-lite0 --weights imagenet" in message
 
 
 @pytest.mark.slow
@@ -418,3 +420,169 @@ def test_unfreeze_all_after_a_frozen_head_phase_trains_every_layer():
     assert len(model.trainable_variables) == everything
     bn = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
     assert bn and all(la.trainable for la in bn)
+
+
+# --- EfficientNet-Lite -------------------------------------------------------------------------
+
+LITE0 = "efficientnet-lite0"
+
+
+@pytest.fixture(scope="module")
+def lite0(lite0_cache):
+    """A 3-class EfficientNet-Lite0 classifier at 64 px with the ImageNet weights, and the
+    converted backbone they came from."""
+    from deepsight_tf.model.efficientnet_lite import imagenet_backbone
+
+    keras.utils.set_random_seed(7)
+    return build_classifier(LITE0, 3, 64, weights="imagenet"), imagenet_backbone("lite0")
+
+
+def test_efficientnet_lite_is_registered_with_its_layout_and_inputs():
+    from deepsight_tf.core.settings import BACKBONES as VOCABULARY
+    from deepsight_tf.model import efficientnet_lite
+
+    assert [n for n in VOCABULARY if n.startswith("efficientnet")] == [
+        "efficientnet-lite0",
+        "efficientnet-lite1",
+        "efficientnet-lite2",
+    ]
+    spec = get_backbone_spec(LITE0)
+    assert spec.stages == tuple(range(9))
+    assert spec.last_conv_layer == efficientnet_lite.GRADCAM_LAYER == "top_activation"
+    # (x - 127) / 128 whatever the data's statistics: the checkpoints were trained so.
+    for weights in ("imagenet", "none"):
+        norm = choose_normalization(LITE0, weights)
+        np.testing.assert_allclose(
+            norm(np.array([[[[0.0, 127.0, 255.0]]]])), [[[[-127 / 128, 0, 1]]]]
+        )
+    assert choose_normalization(LITE0, "imagenet", [125, 123, 114], [63, 62, 66]).source == (
+        "imagenet"
+    )
+
+
+def test_efficientnet_is_built_flat_on_the_classifier_input_with_every_imagenet_weight(lite0):
+    model, source = lite0
+    spec = get_backbone_spec(LITE0)
+    # Flat: no nested model, and the stem is applied to the classifier's own input tensor.
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)
+    assert model.get_layer("stem_conv").input is model.inputs[0]
+    assert tuple(model.get_layer(spec.last_conv_layer).output.shape) == (None, 2, 2, 1280)
+    # Every variable of the converted backbone, nested ones included (45 of its 49 BatchNorm
+    # layers sit inside KerasHub's block layers), is in the classifier, value for value.
+    nested_bn = [
+        sub
+        for layer in model.layers
+        for sub in layer._flatten_layers(include_self=False)
+        if isinstance(sub, keras.layers.BatchNormalization)
+    ]
+    assert len(nested_bn) == 45
+    expected = {v.path: v.numpy() for v in source.weights}
+    got = {v.path: v.numpy() for v in model.weights if not v.path.startswith("head_")}
+    assert got.keys() == expected.keys() and len(got) == 245
+    for path, value in expected.items():
+        np.testing.assert_array_equal(got[path], value, err_msg=path)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+    features = keras.Model(model.input, model.get_layer(spec.last_conv_layer).output)
+    np.testing.assert_allclose(features(x), source(x), rtol=0, atol=1e-5)
+    # Every backbone layer has a stage; stacks 2 to 7 are one layer per block.
+    stages = {layer.name: spec.stage_of(layer.name) for layer in model.layers[1:]}
+    backbone = {name: stage for name, stage in stages.items() if not name.startswith("head_")}
+    assert set(backbone.values()) == set(range(9))
+    assert [n for n, s in backbone.items() if s == 6] == [f"block6{c}_" for c in "abcd"]
+
+
+def test_efficientnet_saves_and_loads_in_safe_mode(lite0, tmp_path):
+    model, _ = lite0
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    x = images(2, 64)
+    np.testing.assert_allclose(loaded(x), model(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(weights="imagenet", stem="cifar"), "imagenet stem"),
+        (dict(stem="cifar"), "one stem"),
+        (dict(width_multiplier=0.5), "width 1.0 only"),
+        (dict(weights="imagenet", width_multiplier=0.5), "width 1.0"),
+    ],
+)
+def test_efficientnet_has_one_stem_and_one_width(kwargs, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        build_classifier(LITE0, num_classes=3, image_size=32, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_efficientnet_defaults_keep_its_stem_and_fine_tune_its_last_grids():
+    from deepsight_tf.core.settings import TrainSettings
+    from deepsight_tf.training.plan import resolve_settings
+
+    scratch = resolve_settings(TrainSettings(backbone=LITE0, weights="none", image_size=32))
+    assert scratch.stem == "imagenet" and scratch.unfreeze == "all"
+    pretrained = resolve_settings(TrainSettings(backbone=LITE0, weights="imagenet"))
+    assert pretrained.unfreeze == "4,5,6,7,8"
+    resnet = resolve_settings(TrainSettings(backbone="resnet18", weights="none", image_size=32))
+    assert resnet.stem == "cifar"
+    airbench = resolve_settings(TrainSettings(backbone="airbench94", weights="imagenet"))
+    assert airbench.unfreeze == "2,3"
+
+
+def test_efficientnet_unfreezes_whole_blocks_and_never_a_batchnorm(lite0):
+    """Stages 7 and 8: exactly block 7a's convolutions, the head conv and the head train; a
+    step leaves every other weight and every BatchNorm statistic, nested or not, as it was."""
+    model, _ = lite0
+    weights = model.get_weights()
+    x, y = images(8, 64, seed=1), np.arange(8) % 3
+
+    def fit_one_step() -> None:
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+    def batchnorm_statistics() -> dict[str, np.ndarray]:
+        return {v.path: v.numpy() for v in model.weights if "moving_" in v.path}
+
+    try:
+        # Everything trainable (as built, from scratch): nested statistics do move, so the
+        # check below can fail.
+        unfreeze_all(model)
+        before = batchnorm_statistics()
+        fit_one_step()
+        moved = [p for p, v in batchnorm_statistics().items() if not np.array_equal(v, before[p])]
+        assert len(moved) == 2 * 49
+        model.set_weights(weights)
+
+        freeze_backbone(model)
+        unfreeze_stages(model, (7, 8))
+        trainable = {v.path for v in model.trainable_variables}
+        assert trainable == {
+            "block7a_/block7a_expand_conv/kernel",
+            "block7a_/block7a_dwconv2/kernel",
+            "block7a_/block7a_project_conv/kernel",
+            "top_conv/kernel",
+            "head_predictions/kernel",
+            "head_predictions/bias",
+        }
+        assert [v.path for v in backbone_variables(model) + head_variables(model)] == [
+            v.path for v in model.trainable_variables
+        ]
+        bn = [
+            sub
+            for sub in model._flatten_layers(include_self=False)
+            if isinstance(sub, keras.layers.BatchNormalization)
+        ]
+        assert len(bn) == 49 and not any(layer.trainable for layer in bn)
+
+        before = {v.path: v.numpy() for v in model.weights}
+        fit_one_step()
+        after = {v.path: v.numpy() for v in model.weights}
+        changed = {p for p in before if not np.array_equal(before[p], after[p])}
+        assert changed == trainable  # frozen stages and BatchNorm statistics bit-identical
+
+        unfreeze_all(model)  # from scratch again: every BatchNorm, nested too, trains
+        assert all(layer.trainable for layer in bn)
+        assert len(model.trainable_variables) == len(model.weights) - 2 * 49
+    finally:
+        unfreeze_all(model)
+        model.set_weights(weights)

@@ -15,6 +15,7 @@ from deepsight_tf.training.metrics import training_metrics
 from deepsight_tf.training.optim import (
     DifferentialAdamW,
     DifferentialSGD,
+    PrecisionChoice,
     apply_precision,
     cpu_bfloat16_native,
     is_head_variable,
@@ -363,19 +364,54 @@ def test_cycling_needs_momentum_slots():
     DifferentialSGD(OneCycle(0.1, 10), momentum=0.0, cycle_momentum=False)
 
 
-def test_resolve_precision():
-    assert resolve_precision("auto", capabilities=[(7, 0)]) == "mixed_float16"
-    assert resolve_precision("auto", capabilities=[(9, 0), (8, 6)]) == "mixed_float16"
-    assert resolve_precision("auto", capabilities=[(8, 0), (6, 1)]) == "float32"
-    assert resolve_precision("auto", capabilities=[], cpu_bfloat16=False) == "float32"
-    assert resolve_precision("auto", capabilities=[], cpu_bfloat16=True) == "mixed_bfloat16"
+def _never_measured(policies):
+    raise AssertionError(f"timed {policies} where the hardware decides")
+
+
+def test_resolve_precision_where_the_flag_or_the_hardware_decides():
+    def policy(flag, **kwargs):
+        return resolve_precision(flag, _never_measured, **kwargs).policy
+
+    assert policy("auto", capabilities=[(7, 0)]) == "mixed_float16"
+    assert policy("auto", capabilities=[(9, 0), (8, 6)]) == "mixed_float16"
+    assert policy("auto", capabilities=[(8, 0), (6, 1)]) == "float32"
+    assert policy("auto", capabilities=[], cpu_bfloat16=False) == "float32"
     for flag in ("float32", "mixed_float16", "mixed_bfloat16"):
-        assert resolve_precision(flag, capabilities=[]) == flag
-    if not tf.config.list_physical_devices("GPU"):
-        expected = "mixed_bfloat16" if cpu_bfloat16_native() else "float32"
-        assert resolve_precision("auto") == expected
+        choice = resolve_precision(flag, _never_measured, capabilities=[], cpu_bfloat16=True)
+        assert (choice.policy, choice.rule, choice.ms_per_step) == (flag, "given", None)
+    if not tf.config.list_physical_devices("GPU") and not cpu_bfloat16_native():
+        assert policy("auto") == "float32"
+    # Several replicas (no probe): bfloat16 where the CPU has it, as the hardware says.
+    unmeasured = resolve_precision("auto", None, capabilities=[], cpu_bfloat16=True)
+    assert unmeasured.policy == "mixed_bfloat16" and unmeasured.ms_per_step is None
     with pytest.raises(ConfigError, match="--precision"):
         resolve_precision("fp16")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        ({"float32": 0.200, "mixed_bfloat16": 0.150}, "mixed_bfloat16"),  # ResNet-18-like
+        ({"float32": 0.180, "mixed_bfloat16": 0.205}, "float32"),  # EfficientNet-Lite-like
+        ({"float32": 0.100, "mixed_bfloat16": 0.100}, "float32"),  # a tie keeps full precision
+    ],
+)
+def test_auto_on_a_bfloat16_cpu_keeps_the_faster_policy_as_measured(seconds, expected):
+    asked = []
+
+    def measure(policies):
+        asked.append(policies)
+        return seconds, "planted"
+
+    choice = resolve_precision("auto", measure, capabilities=[], cpu_bfloat16=True)
+    assert asked == [("float32", "mixed_bfloat16")]
+    assert choice.policy == expected
+    assert choice.ms_per_step == pytest.approx({p: s * 1000 for p, s in seconds.items()})
+    assert choice.measured == "planted"
+    assert PrecisionChoice.from_dict(choice.to_dict()) == choice
+    line = choice.describe()
+    assert f"precision {expected}" in line and "\n" not in line
+    assert all(f"{policy} {s * 1000:.0f} ms" in line for policy, s in seconds.items())
 
 
 def test_apply_precision_sets_the_global_policy():

@@ -261,6 +261,124 @@ def test_find_lr_writes_a_curve_and_a_suggestion_inside_the_range(prepared: Work
     assert Path(report.figure).is_file()
 
 
+def _bfloat16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine as a CPU that computes bfloat16 natively, whatever it is."""
+    from deepsight_tf.training import optim
+
+    monkeypatch.setattr(optim, "cpu_bfloat16_native", lambda: True)
+    monkeypatch.setattr(optim, "gpu_compute_capabilities", lambda: [])
+
+
+def _planted(monkeypatch: pytest.MonkeyPatch, seconds: dict[str, float]) -> list[dict]:
+    """The precision probe answering `seconds` per policy; returns what it was given."""
+    from deepsight_tf.training import prepare
+
+    given: list[dict] = []
+
+    def time_precisions(models, train_dataset, settings, unfreeze, batch):
+        given.append(
+            {p: m.get_layer("conv1_conv").compute_dtype for p, m in models.items()} | {"b": batch}
+        )
+        return seconds, "planted"
+
+    monkeypatch.setattr(prepare, "time_precisions", time_precisions)
+    return given
+
+
+@pytest.mark.parametrize(
+    ("seconds", "chosen"),
+    [
+        ({"float32": 0.030, "mixed_bfloat16": 0.020}, "mixed_bfloat16"),
+        ({"float32": 0.020, "mixed_bfloat16": 0.030}, "float32"),
+    ],
+)
+def test_auto_precision_keeps_what_the_probe_measured_faster_and_records_it(
+    prepared: Workspace, monkeypatch: pytest.MonkeyPatch, seconds: dict, chosen: str
+) -> None:
+    _bfloat16_cpu(monkeypatch)
+    given = _planted(monkeypatch, seconds)
+    lines: list[str] = []
+    result = train(tiny(run_id=f"auto-{chosen}", precision="auto"), prepared, notify=lines.append)
+    # The run's own classifier, built under each policy, at the run's batch.
+    assert given == [{"float32": "float32", "mixed_bfloat16": "bfloat16", "b": 8}]
+    assert result.precision == chosen
+    config = read_json(Path(result.run_dir) / "config.json")
+    assert config["precision"] == chosen
+    record = config["precision_choice"]
+    assert (record["policy"], record["flag"], record["measured"]) == (chosen, "auto", "planted")
+    assert record["ms_per_step"] == pytest.approx({p: s * 1000 for p, s in seconds.items()})
+    (line,) = [line for line in lines if line.startswith("precision ")]
+    assert line.startswith(f"precision {chosen} (--precision auto")
+    assert all(f"{policy} {s * 1000:.0f} ms" in line for policy, s in seconds.items())
+
+
+def test_the_precision_probe_starts_the_run_where_its_choice_given_would(
+    prepared: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real probe: both policies timed on the run's own step, every variable put back,
+    so the run begins with the weights that --precision <its choice> begins with."""
+    from deepsight_tf.training import prepare as prepare_module
+    from deepsight_tf.training.data import training_data
+
+    _bfloat16_cpu(monkeypatch)
+    measured: list[dict[str, float]] = []
+    real = prepare_module.time_precisions
+
+    def spy(*args, **kwargs):
+        seconds, how = real(*args, **kwargs)
+        measured.append(seconds)
+        assert how.startswith("the median of 5 steps each") and "batch 8" in how
+        return seconds, how
+
+    monkeypatch.setattr(prepare_module, "time_precisions", spy)
+    settings = resolve_settings(tiny(run_id="probe", precision="auto"))
+    data = training_data(settings, prepared)
+    try:
+        auto = prepare_module.prepare(settings, data, prepared)
+        given = prepare_module.prepare(
+            resolve_settings(tiny(run_id="probe", precision=auto.precision)), data, prepared
+        )
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert len(measured) == 1 and set(measured[0]) == {"float32", "mixed_bfloat16"}
+    assert all(0 < s < 60 for s in measured[0].values())
+    assert auto.precision_choice.ms_per_step == pytest.approx(
+        {p: s * 1000 for p, s in measured[0].items()}, abs=0.05
+    )
+    faster = min(measured[0], key=measured[0].get)
+    assert auto.precision == faster == given.precision
+    assert all(layer.trainable for layer in auto.model.layers)  # as built, nothing frozen
+    for a, b in zip(auto.model.variables, given.model.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_a_resumed_auto_run_keeps_the_precision_it_measured(
+    prepared: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Crash(Exception):
+        pass
+
+    original = keras.callbacks.TensorBoard.on_epoch_end
+
+    def crash_after_first_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise Crash
+
+    _bfloat16_cpu(monkeypatch)
+    _planted(monkeypatch, {"float32": 0.03, "mixed_bfloat16": 0.02})
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end", crash_after_first_epoch)
+    with pytest.raises(Crash):
+        train(tiny(run_id="auto-resumed", precision="auto"), prepared)
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end", original)
+    # The machine now measures the other way: the run goes on as it began.
+    given = _planted(monkeypatch, {"float32": 0.02, "mixed_bfloat16": 0.03})
+    result = train(tiny(run_id="auto-resumed", precision="auto", resume=True), prepared)
+    assert given == [] and result.precision == "mixed_bfloat16"
+    record = read_json(Path(result.run_dir) / "config.json")["precision_choice"]
+    assert record["ms_per_step"] == pytest.approx({"float32": 30.0, "mixed_bfloat16": 20.0})
+
+
 def test_transfer_from_a_run_and_stale_split(prepared: Workspace) -> None:
     # Last in the module: it tampers with the shared split.
     # A source whose BatchNorm statistics have settled (6 epochs), as a real source run's have.

@@ -19,7 +19,15 @@ from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.workspace import METRICS_FILE, MODEL_FILE, TRAIN_LABEL_ISSUES_FILE
 
 # Vocabularies: the values each choice-valued setting may take.
-BACKBONES = ("resnet18", "resnet50", "airbench94", "airbench93")
+BACKBONES = (
+    "resnet18",
+    "resnet50",
+    "airbench94",
+    "airbench93",
+    "efficientnet-lite0",
+    "efficientnet-lite1",
+    "efficientnet-lite2",
+)
 STEMS = ("cifar", "imagenet")
 AUGMENT_PRESETS = ("none", "light", "standard", "strong", "translate")
 MIX_MODES = ("none", "cutmix", "mixup")
@@ -196,8 +204,8 @@ class TrainSettings(Settings):
     )
     stem: str | None = setting(
         None,
-        "cifar (3x3, no pooling) or imagenet (7x7 and max-pool). Default: cifar at <= 32 px "
-        "from scratch, else imagenet.",
+        "cifar (3x3, no pooling) or imagenet (ResNet: 7x7 and max-pool; EfficientNet's only "
+        "stem). Default: cifar at <= 32 px from scratch where the backbone has it, else imagenet.",
         choices=STEMS,
     )
     image_size: int = setting(
@@ -261,7 +269,9 @@ class TrainSettings(Settings):
         None, "Steps in the last epoch of phase 2 (set by --budget).", ge=1, cli=False
     )
     unfreeze: str | None = setting(
-        None, "Stages to unfreeze: 3,4 or all. Default: 3,4 pretrained, all from scratch."
+        None,
+        "Stages to unfreeze: 3,4 or all. Default: all from scratch; pretrained, the backbone's "
+        "last stages (ResNets 3,4; EfficientNet-Lite 4-8).",
     )
     optimizer: str = setting("sgd", "sgd (Nesterov momentum) or adamw.", choices=OPTIMIZERS)
     lr: float | None = setting(
@@ -304,7 +314,10 @@ class TrainSettings(Settings):
         1e4, "The one-cycle rate ends at its starting rate / this.", gt=0
     )
     precision: str = setting(
-        "auto", "Float policy. auto: mixed_float16 on a capable GPU.", choices=PRECISIONS
+        "auto",
+        "Float policy. auto: mixed_float16 on a capable GPU; on a CPU with native bfloat16 "
+        "the faster of float32 and mixed_bfloat16 on the run's own step; else float32.",
+        choices=PRECISIONS,
     )
     mva: float = setting(
         0.65,

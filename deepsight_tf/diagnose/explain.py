@@ -24,7 +24,7 @@ from deepsight_tf.core.checks import verify_labels
 from deepsight_tf.core.progress import Progress
 from deepsight_tf.core.settings import CAM_METHODS
 from deepsight_tf.diagnose.bootstrap import bootstrap_ci, verdict_from_ci
-from deepsight_tf.model.backbones import HEAD_PREFIX, stage_of
+from deepsight_tf.model.backbones import HEAD_PREFIX, randomisation_cascade, stage_of
 from deepsight_tf.model.fastconv import accelerate_convolutions
 
 METHODS = CAM_METHODS
@@ -40,7 +40,6 @@ BLUR_SIGMA_FRACTION = 1 / 8  # "blur" baseline: Gaussian sigma as a share of the
 PREDICT_BATCH = 256
 SANITY_THRESHOLD = 0.5  # mean Spearman above this after randomisation: the maps did not change
 _KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
-_BLOCK = re.compile(r"^(stack\d+_block\d+)_")
 _STAGE_GROUP = re.compile(r"^stage(\d+)$")
 
 
@@ -552,16 +551,10 @@ class SanityCheckResult:
 
 
 def default_randomisation(model: keras.Model) -> tuple[str, ...]:
-    """The cascade: "head", then each block of the last stage from the top down."""
-    blocks = {}
-    for layer in model.layers:
-        match = _BLOCK.match(layer.name)
-        if match:
-            blocks.setdefault(stage_of(layer.name), []).append(match.group(1))
-    if not blocks:
-        return ("head",)
-    last = blocks[max(blocks)]
-    return ("head", *reversed(list(dict.fromkeys(last))))
+    """The cascade: "head", then what the model's backbone family randomises next, top down
+    (the registry decides: the ResNets' last-stage blocks, EfficientNet's head conv and
+    last-grid blocks, airbench's last convolutions; the head alone outside the registry)."""
+    return randomisation_cascade(model)
 
 
 def _group_layers(model: keras.Model, group: str) -> list[keras.layers.Layer]:

@@ -127,26 +127,24 @@ def freeze_backbone(model: keras.Model) -> None:
     """Only the head stays trainable (recompile before the next fit)."""
     model.trainable = True
     for layer in model.layers:
-        layer.trainable = is_head_layer(layer)
+        _set_trainable(layer, is_head_layer(layer))
 
 
 def unfreeze_all(model: keras.Model) -> None:
-    """Every layer trainable, BatchNorm included (training from scratch; recompile after).
-
-    Layer by layer: `model.trainable = True` alone does not reach the layers of a functional
-    model that were frozen one by one (freeze_backbone), so they would stay frozen.
-    """
+    """Every layer trainable, BatchNorm included (training from scratch; recompile after)."""
     model.trainable = True
     for layer in model.layers:
-        layer.trainable = True
+        _set_trainable(layer, True)
 
 
 def unfreeze_stages(model: keras.Model, stages: Iterable[int] | str = (3, 4)) -> None:
     """Make the given stages trainable ("all": the whole backbone), each BN layer frozen.
 
-    A BatchNormalization layer with trainable=False runs in inference mode in Keras 3, so the
-    pretrained moving statistics survive small fine-tuning batches. Other stages and the head
-    keep their current state, so calls accumulate (4, then 3, ...). Recompile afterwards.
+    A stage unfreezes whole top-level layers: a ResNet's layers, an EfficientNet block with
+    everything inside it. Every BatchNormalization among them, nested ones included, stays
+    frozen: with trainable=False it runs in inference mode in Keras 3, so the pretrained
+    moving statistics survive small fine-tuning batches. Other stages and the head keep their
+    current state, so calls accumulate (4, then 3, ...). Recompile afterwards.
     """
     present = sorted({s for layer in model.layers if (s := stage_of(layer.name)) is not None})
     if stages == "all":
@@ -164,7 +162,24 @@ def unfreeze_stages(model: keras.Model, stages: Iterable[int] | str = (3, 4)) ->
     model.trainable = True
     for layer in model.layers:
         if stage_of(layer.name) in chosen:
-            layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+            _set_trainable(layer, True)
+            for sublayer in layer._flatten_layers(include_self=True):
+                if isinstance(sublayer, keras.layers.BatchNormalization):
+                    sublayer.trainable = False
+
+
+def _set_trainable(layer: keras.layers.Layer, trainable: bool) -> None:
+    """`trainable` on a layer and on every layer inside it (a KerasHub block's convolutions
+    and BatchNorms), each set one by one.
+
+    Keras's setter passes the value down to the sublayers, but on TensorFlow assigning a
+    layer the value it already has skips the setter altogether (KerasAutoTrackable's
+    `self.x = self.x` short cut): a block left trainable with its BatchNorms frozen inside
+    would keep them frozen, and `model.trainable = True` does not reach layers frozen one by
+    one. So the whole tree is visited.
+    """
+    for sublayer in layer._flatten_layers(include_self=True):
+        sublayer.trainable = trainable
 
 
 def backbone_variables(model: keras.Model) -> list[keras.Variable]:

@@ -107,9 +107,12 @@ def _h5_variable_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def copy_backbone_weights(source: keras.Model, target: keras.Model, label: str) -> int:
     """Copy every backbone layer's weights from `source` into `target` by layer name.
 
-    Head layers are skipped on both sides. Any layer missing on either side, or any weight of
-    another shape, means the architectures differ: ConfigError, nothing half-copied is kept
-    because all checks run before the first assignment. Returns the number of layers copied.
+    A layer's weights include those of the layers inside it (a KerasHub EfficientNet block's
+    convolutions and BatchNorm statistics), in the same order for the same class, so a
+    block is compared and copied whole. Head layers are skipped on both sides. Any layer
+    missing on either side, or any weight of another shape, means the architectures differ:
+    ConfigError, nothing half-copied is kept because all checks run before the first
+    assignment. Returns the number of layers copied.
     """
     source_layers = {
         layer.name: layer for layer in source.layers if layer.weights and not is_head_layer(layer)

@@ -55,6 +55,7 @@ from deepsight_tf.training.figures import draw_inputs
 from deepsight_tf.training.fitting import PhaseFitter
 from deepsight_tf.training.history import read_history, write_history
 from deepsight_tf.training.metrics import classification_scores
+from deepsight_tf.training.optim import PrecisionChoice
 from deepsight_tf.training.pipeline import make_eval_dataset
 from deepsight_tf.training.plan import (
     PhasePlan,
@@ -102,12 +103,15 @@ def run_config(
     phases: list[PhasePlan],
     distribution: dict[str, Any],
     created: str,
+    precision_choice: PrecisionChoice | None = None,
 ) -> dict[str, Any]:
-    """config.json: what the run is (resolved settings, preprocessing, phases, distribution)."""
+    """config.json: what the run is (resolved settings, the float policy and what decided it,
+    preprocessing, phases, distribution)."""
     return {
         "run_id": run_id,
         "settings": asdict(settings),
         "precision": precision,
+        "precision_choice": precision_choice.to_dict() if precision_choice else None,
         "preprocessing": preprocessing.to_dict(),
         "phases": [asdict(p) for p in phases],
         "distribution": distribution,
@@ -300,7 +304,11 @@ class _Run:
     def execute(self, strategy: Any) -> TrainResult:
         started, start = now_iso(), time.perf_counter()
         data = self.data.dataset
-        prepared = prepare(self.settings, self.data, self.workspace, strategy)
+        decided = self._stored_precision()
+        prepared = prepare(self.settings, self.data, self.workspace, strategy, decided)
+        choice = prepared.precision_choice
+        if decided is None and choice is not None and choice.ms_per_step and self.notify:
+            self.notify(choice.describe())
         costs = self._probe(prepared, strategy)
         phases = plan_phases(self.settings, prepared.distribution["lr"])
         if self.settings.budget and self.settings.last_epoch_steps is None and costs:
@@ -396,6 +404,18 @@ class _Run:
         phases = plan_phases(self.settings, prepared.distribution["lr"])
         return probe(prepared, phases, self.settings, self.unfreeze)
 
+    def _stored_precision(self) -> PrecisionChoice | None:
+        """A resumed run's float policy as its config.json records it: the steps it resumes
+        from were taken in it, whatever a new --precision auto probe would measure now."""
+        path = self.run_dir / CONFIG_FILE
+        if not self.settings.resume or not path.is_file():
+            return None
+        config = read_json(path)
+        stored = config.get("precision_choice")
+        if stored:
+            return PrecisionChoice.from_dict(stored)
+        return PrecisionChoice(config["precision"], self.settings.precision, "stored by the run")
+
     def _eval_images(self) -> tuple[int, int]:
         return len(self.data.val_indices), len(self.data.dataset.y_test)
 
@@ -425,6 +445,7 @@ class _Run:
                 phases,
                 prepared.distribution,
                 created,
+                prepared.precision_choice,
             ),
         )
 

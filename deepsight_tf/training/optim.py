@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import keras
@@ -352,32 +353,93 @@ def cpu_bfloat16_native() -> bool:
     return bool(CPU_BFLOAT16_FLAGS & set(flags)) and onednn_enabled() and not capped
 
 
-def resolve_precision(
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The dtype policy a run computes in, and what decided it (config.json's record).
+
+    `ms_per_step` holds the probe's median milliseconds per training step under each policy
+    it timed (--precision auto on a CPU with native bfloat16), None where nothing was timed.
+    """
+
+    policy: str
+    flag: str  # --precision as given
+    rule: str  # why this policy, in words
+    ms_per_step: dict[str, float] | None = None
+    measured: str | None = None  # how the probe timed the steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PrecisionChoice:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def describe(self) -> str:
+        """One line for the run's notifications."""
+        line = f"precision {self.policy} (--precision {self.flag}: {self.rule})"
+        if self.ms_per_step:
+            times = ", ".join(f"{p} {ms:.0f} ms" for p, ms in self.ms_per_step.items())
+            line += f"; a training step took {times} ({self.measured})"
+        return line
+
+
+def precision_candidates(
     flag: str,
     capabilities: Sequence[tuple[int, int]] | None = None,
     cpu_bfloat16: bool | None = None,
-) -> str:
-    """The Keras dtype policy for `--precision`; "auto" decides from the hardware's features.
-
-    auto is mixed_float16 when every visible GPU has compute capability >= 7.0; on a CPU,
-    mixed_bfloat16 when it computes bfloat16 natively (AVX512_BF16, AMX), else float32 (float16
-    maths is emulated there, and so is bfloat16 without those). On this project's AVX512_BF16
-    CPU the ResNet-18 step ran 1.32x faster in mixed_bfloat16 (bench/train_step.py).
-    `capabilities` and `cpu_bfloat16` override detection.
-    """
+) -> tuple[tuple[str, ...], str]:
+    """The policies `--precision` leaves open, and why: one where the flag or the hardware
+    decides, float32 and mixed_bfloat16 where only a measurement can (auto on a CPU that
+    computes bfloat16 natively). `capabilities` and `cpu_bfloat16` override detection."""
     if flag not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {flag!r}")
     if flag != "auto":
-        return flag
+        return (flag,), "given"
     if capabilities is None:
         capabilities = gpu_compute_capabilities()
     if capabilities:
         if all(tuple(c) >= MIN_FLOAT16_CAPABILITY for c in capabilities):
-            return "mixed_float16"
-        return "float32"
+            return ("mixed_float16",), "every GPU has float16 tensor cores (capability >= 7.0)"
+        return ("float32",), "a GPU without float16 tensor cores (capability < 7.0)"
     if cpu_bfloat16 is None:
         cpu_bfloat16 = cpu_bfloat16_native()
-    return "mixed_bfloat16" if cpu_bfloat16 else "float32"
+    if not cpu_bfloat16:
+        return ("float32",), "this CPU emulates bfloat16 and float16"
+    return ("float32", "mixed_bfloat16"), "the faster of the two as timed on this CPU"
+
+
+def resolve_precision(
+    flag: str,
+    measure: Callable[[tuple[str, ...]], tuple[Mapping[str, float], str]] | None = None,
+    capabilities: Sequence[tuple[int, int]] | None = None,
+    cpu_bfloat16: bool | None = None,
+) -> PrecisionChoice:
+    """The Keras dtype policy for `--precision`, the one place that decides it.
+
+    auto is mixed_float16 when every visible GPU has compute capability >= 7.0 and float32 on
+    any other GPU or on a CPU without native bfloat16 (float16 maths is emulated there, and so
+    is bfloat16). On a CPU with AVX512_BF16 or AMX, bfloat16 pays for some networks and not
+    for others (on this project's AMD EPYC the ResNet-18 step ran 1.32x faster in
+    mixed_bfloat16, EfficientNet-Lite0 inference 0.85-0.97x as fast), so `measure(policies)`
+    times the run's own step under each and the faster wins, float32 on a tie. It returns
+    seconds per step by policy and how they were measured. Without `measure` (a run over
+    several replicas, where the probe's single-device step is not the run's) the hardware
+    rule stands: mixed_bfloat16.
+    """
+    candidates, rule = precision_candidates(flag, capabilities, cpu_bfloat16)
+    if len(candidates) == 1:
+        return PrecisionChoice(candidates[0], flag, rule)
+    if measure is None:
+        return PrecisionChoice("mixed_bfloat16", flag, "native bfloat16 (not timed)")
+    seconds, measured = measure(candidates)
+    fastest = min(candidates, key=lambda policy: (seconds[policy], policy != "float32"))
+    return PrecisionChoice(
+        fastest,
+        flag,
+        rule,
+        {policy: round(seconds[policy] * 1000.0, 1) for policy in candidates},
+        measured,
+    )
 
 
 def apply_precision(policy: str) -> None:

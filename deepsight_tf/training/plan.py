@@ -58,15 +58,19 @@ class PhasePlan:
 
 def resolve_settings(settings: TrainSettings) -> TrainSettings:
     """Fill the defaults that depend on other settings; the one place that decides them."""
+    from deepsight_tf.model.backbones import get_backbone_spec
+
+    spec = get_backbone_spec(settings.backbone)
     pretrained = settings.weights != "none"
+    small = not pretrained and settings.image_size <= 32 and "cifar" in spec.stems
     resolved = replace(
         settings,
-        stem=settings.stem
-        or ("cifar" if not pretrained and settings.image_size <= 32 else "imagenet"),
+        stem=settings.stem or ("cifar" if small else "imagenet"),
         frozen_epochs=settings.frozen_epochs
         if settings.frozen_epochs is not None
         else int(pretrained),
-        unfreeze=settings.unfreeze or ("3,4" if pretrained else "all"),
+        unfreeze=settings.unfreeze
+        or (",".join(str(s) for s in spec.finetune_stages) if pretrained else "all"),
         lr=settings.lr if settings.lr is not None else (0.05 if pretrained else 0.4),
         backbone_lr_mult=(
             settings.backbone_lr_mult

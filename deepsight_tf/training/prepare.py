@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,7 +16,13 @@ from deepsight_tf.model.preprocessing import Preprocessing
 from deepsight_tf.training.data import TrainingData, training_preprocessing
 from deepsight_tf.training.plan import PhasePlan
 
+if TYPE_CHECKING:
+    from deepsight_tf.training.optim import PrecisionChoice
+
 EVAL_BATCH = 256  # evaluation batches hold no gradients: at least this many images each
+# --precision auto on a CPU with native bfloat16 times the run's step under each policy before
+# the run starts: fewer steps than the estimate's 7, as the policies take turns (step.py).
+PRECISION_TIMED_STEPS = 5
 
 
 @dataclass
@@ -31,25 +38,30 @@ class Prepared:
     steps_per_epoch: int
     class_weights: np.ndarray | None
     distribution: dict[str, Any]  # the strategy, the global batch and the scaled rate
+    precision_choice: PrecisionChoice | None = None  # how `precision` was decided
 
 
 def prepare(
-    settings: TrainSettings, data: TrainingData, workspace: Workspace, strategy: Any = None
+    settings: TrainSettings,
+    data: TrainingData,
+    workspace: Workspace,
+    strategy: Any = None,
+    precision: PrecisionChoice | None = None,
 ) -> Prepared:
-    """Seed, set the float policy, build the classifier and the batch streams of `data`."""
+    """Seed, decide the float policy, build the classifier and the batch streams of `data`.
+
+    `precision` is a decision already made (a resumed run's, from its config.json); else
+    resolve_precision decides, timing the run's own step where only a measurement can.
+    """
     import keras
     import tensorflow as tf
 
-    from deepsight_tf.model.classifier import build_classifier
     from deepsight_tf.training.distribute import describe_strategy, scale_for_replicas
-    from deepsight_tf.training.optim import apply_precision, resolve_precision
     from deepsight_tf.training.pipeline import class_weights_from, parse_focus_pairs
 
     keras.utils.set_random_seed(settings.seed)
     if settings.deterministic:
         tf.config.experimental.enable_op_determinism()
-    precision = resolve_precision(settings.precision)
-    apply_precision(precision)
     dataset = data.dataset
     # Everything a flag or a file can get wrong is checked before the model is built.
     class_weights = class_weights_from(
@@ -66,17 +78,15 @@ def prepare(
             f"--batch-size {settings.batch_size} is larger than the {len(data.train_indices)} "
             "training images; lower it"
         )
-    model = build_classifier(
-        settings.backbone,
-        num_classes=dataset.num_classes,
-        image_size=settings.image_size,
-        weights=settings.weights,
-        stem=settings.stem,
-        dropout=settings.dropout,
-        width_multiplier=settings.width_multiplier,
-        zero_init_residual=settings.zero_init_residual,
-        any_size=settings.progressive_resize is not None,
-        init_images=_init_images(settings, data, preprocessing),
+    train_dataset = _train_stream(settings, data, preprocessing, class_weights, focus, global_batch)
+    precision, model = _decide_precision(
+        settings,
+        precision,
+        dataset.num_classes,
+        train_dataset,
+        global_batch,
+        strategy.num_replicas_in_sync,
+        _init_images(settings, data, preprocessing),
     )
     distribution = {
         **describe_strategy(strategy),
@@ -84,16 +94,16 @@ def prepare(
         "lr": lr,
         "lr_rule": "linear",
     }
-    train_dataset = _train_stream(settings, data, preprocessing, class_weights, focus, global_batch)
     return Prepared(
         model=model,
         preprocessing=preprocessing,
-        precision=precision,
+        precision=precision.policy,
         train_dataset=train_dataset,
         eval_args={"batch_size": max(global_batch, EVAL_BATCH), "preprocessing": preprocessing},
         steps_per_epoch=int(train_dataset().cardinality()),
         class_weights=class_weights,
         distribution=distribution,
+        precision_choice=precision,
     )
 
 
@@ -112,6 +122,104 @@ def _init_images(
     count = min(INIT_IMAGES, len(data.train_indices))
     chosen = np.sort(rng.choice(data.train_indices, size=count, replace=False))
     return np.asarray(preprocessing(data.dataset.x_train[chosen]))
+
+
+def _decide_precision(
+    settings: TrainSettings,
+    decided: PrecisionChoice | None,
+    num_classes: int,
+    train_dataset: Callable[..., Any],
+    global_batch: int,
+    replicas: int,
+    init_images: np.ndarray | None = None,
+) -> tuple[PrecisionChoice, Any]:
+    """The run's float policy, set globally, and its classifier built under it (a
+    from-scratch backbone initialised from `init_images` where it wants data).
+
+    Each classifier is built from the same seed, so the run starts from the same weights
+    whichever policies the probe built before it (and as with that --precision given).
+    """
+    import keras
+
+    from deepsight_tf.model.classifier import build_classifier
+    from deepsight_tf.training.optim import apply_precision, resolve_precision
+    from deepsight_tf.training.plan import parse_unfreeze
+
+    built: dict[str, Any] = {}
+
+    def build(policy: str) -> Any:
+        if policy not in built:
+            apply_precision(policy)
+            keras.utils.set_random_seed(settings.seed)
+            built[policy] = build_classifier(
+                settings.backbone,
+                num_classes=num_classes,
+                image_size=settings.image_size,
+                weights=settings.weights,
+                stem=settings.stem,
+                dropout=settings.dropout,
+                width_multiplier=settings.width_multiplier,
+                zero_init_residual=settings.zero_init_residual,
+                any_size=settings.progressive_resize is not None,
+                init_images=init_images,
+            )
+        return built[policy]
+
+    def measure(policies: tuple[str, ...]) -> tuple[dict[str, float], str]:
+        models = {policy: build(policy) for policy in policies}
+        unfreeze = parse_unfreeze(settings.unfreeze, settings.backbone)
+        return time_precisions(models, train_dataset, settings, unfreeze, global_batch)
+
+    # A probe outside a strategy's replica context would not time the step the run takes.
+    choice = decided or resolve_precision(settings.precision, measure if replicas == 1 else None)
+    model = build(choice.policy)
+    apply_precision(choice.policy)
+    return choice, model
+
+
+def time_precisions(
+    models: dict[str, Any],
+    train_dataset: Callable[..., Any],
+    settings: TrainSettings,
+    unfreeze: tuple[int, ...] | str,
+    batch: int,
+) -> tuple[dict[str, float], str]:
+    """Seconds per training step of the run's last phase under each dtype policy, and how
+    they were timed: `models` holds the run's classifier built under each policy.
+
+    The models take turns on one stream of the run's batches (step.step_seconds), the median
+    of PRECISION_TIMED_STEPS each. Every variable is put back and every layer left trainable,
+    as built, so the run starts as it would have without the probe.
+    """
+    import keras
+
+    from deepsight_tf.model.classifier import unfreeze_all
+    from deepsight_tf.training.optim import loss_scaled
+    from deepsight_tf.training.plan import plan_phases
+    from deepsight_tf.training.step import WARMUP_STEPS, step_seconds, train_step_function
+
+    phase = plan_phases(settings)[-1]
+    saved = {policy: [v.numpy() for v in model.variables] for policy, model in models.items()}
+    try:
+        steps = {}
+        for policy, model in models.items():
+            set_trainable(model, phase, settings, unfreeze)
+            optimizer = phase_optimizer(settings, phase, 1e-3, settings.ema)
+            steps[policy] = train_step_function(
+                model, loss_scaled(optimizer, policy), keras.losses.CategoricalCrossentropy()
+            )
+        batches = iter(train_dataset(first_epoch=0).repeat())
+        seconds = step_seconds(steps, batches, PRECISION_TIMED_STEPS)
+    finally:
+        for policy, model in models.items():
+            for variable, value in zip(model.variables, saved[policy], strict=True):
+                variable.assign(value)
+            unfreeze_all(model)
+    measured = (
+        f"the median of {PRECISION_TIMED_STEPS} steps each, taking turns, after {WARMUP_STEPS} "
+        f"warm-up steps; phase {phase.trainable}, batch {batch}, {os.cpu_count()} CPUs"
+    )
+    return seconds, measured
 
 
 def _train_stream(

@@ -1,4 +1,5 @@
-"""One optimizer step outside `fit`: for the LR range test and the pre-flight step timing.
+"""One optimizer step outside `fit`, and how long it takes: for the LR range test, the
+pre-flight step timing and the precision probe.
 
 It does what Keras's compiled step does (forward, loss with sample weights and the model's
 own losses, loss scaling, gradients, update), without the model's compile state or metrics.
@@ -6,12 +7,18 @@ own losses, loss scaling, gradients, update), without the model's compile state 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
+
+# The first step traces; the second still creates oneDNN primitives and fills the input
+# pipeline's buffers: neither is timed.
+WARMUP_STEPS = 2
 
 
 def weighted_loss(loss: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,3 +55,22 @@ def train_step_function(
         return batch_loss
 
     return train_step
+
+
+def step_seconds(
+    steps: Mapping[str, Callable[..., Any]], batches: Iterator[Any], timed: int
+) -> dict[str, float]:
+    """Median seconds of `timed` calls of each step on `batches` (x, y, sample_weight), after
+    WARMUP_STEPS calls each. Several steps take turns, one call of each, so a neighbour's load
+    or a slower stretch of the machine falls on all alike. The wait for each batch counts, as
+    it does in training."""
+    for _ in range(WARMUP_STEPS):
+        for step in steps.values():
+            float(step(*next(batches)))
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(timed):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            float(step(*next(batches)))
+            seconds[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in seconds.items()}

@@ -26,13 +26,12 @@ from deepsight_tf.training.feature_cache import can_cache_features
 from deepsight_tf.training.optim import loss_scaled
 from deepsight_tf.training.plan import PhasePlan, plan_phases, ramp_sizes
 from deepsight_tf.training.prepare import Prepared, phase_optimizer, set_trainable
-from deepsight_tf.training.step import train_step_function
+from deepsight_tf.training.step import WARMUP_STEPS, step_seconds, train_step_function
 from deepsight_tf.training.tta import views
 
-# The first step traces; the second still creates oneDNN primitives and fills the input
-# pipeline's buffers. The median of the timed steps ignores a stall from a noisy neighbour: on
-# this project's 2-core machines, the mean of 3 steps once read 892 ms for a 580 ms step.
-WARMUP_STEPS = 2
+# The median of the timed steps (after step.py's warm-up) ignores a stall from a noisy
+# neighbour: on this project's 2-core machines, the mean of 3 steps once read 892 ms for a
+# 580 ms step.
 TIMED_STEPS = 7
 # A training step costs about three forward passes (forward, then gradients of activations
 # and of weights): the forward cost of scoring is taken as a third of a step, per image.
@@ -338,14 +337,7 @@ def _step_seconds(
     )
     step = train_step_function(prepared.model, optimizer, keras.losses.CategoricalCrossentropy())
     batches = iter(prepared.train_dataset(first_epoch=0, image_size=image_size).repeat())
-    for _ in range(WARMUP_STEPS):
-        float(step(*next(batches)))
-    seconds = []
-    for _ in range(TIMED_STEPS):
-        start = time.perf_counter()
-        float(step(*next(batches)))
-        seconds.append(time.perf_counter() - start)
-    return float(np.median(seconds))
+    return step_seconds({"step": step}, batches, TIMED_STEPS)["step"]
 
 
 def _forward_seconds_per_image(prepared: Prepared, model: Any) -> float:

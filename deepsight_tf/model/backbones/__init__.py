@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import keras
+
 from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.model.backbones.airbench import AIRBENCH, AirbenchSpec
 from deepsight_tf.model.backbones.base import (
@@ -14,10 +16,11 @@ from deepsight_tf.model.backbones.base import (
     check_stem,
     is_head_layer,
 )
+from deepsight_tf.model.backbones.efficientnet import EFFICIENTNETS, EfficientNetLiteSpec
 from deepsight_tf.model.backbones.resnet import RESNETS, ResNetSpec
 from deepsight_tf.model.preprocessing import Normalization
 
-BACKBONES: dict[str, Backbone] = {**RESNETS, **AIRBENCH}
+BACKBONES: dict[str, Backbone] = {**RESNETS, **AIRBENCH, **EFFICIENTNETS}
 
 __all__ = [
     "BACKBONES",
@@ -26,11 +29,14 @@ __all__ = [
     "IMAGENET_STD",
     "AirbenchSpec",
     "Backbone",
+    "EfficientNetLiteSpec",
     "ResNetSpec",
     "check_stem",
     "choose_normalization",
+    "family_of",
     "get_backbone_spec",
     "is_head_layer",
+    "randomisation_cascade",
     "stage_of",
 ]
 
@@ -55,6 +61,24 @@ def stage_of(layer_name: str) -> int | None:
 
 
 _ONE_PER_FAMILY = tuple({type(spec): spec for spec in BACKBONES.values()}.values())
+
+
+def family_of(model: keras.Model) -> Backbone | None:
+    """A spec of the family whose names `model`'s layers carry (the one that recognises the
+    most of them); None for a model built outside the registry."""
+    counts = {
+        spec: sum(spec.stage_of(layer.name) is not None for layer in model.layers)
+        for spec in _ONE_PER_FAMILY
+    }
+    best = max(counts, key=counts.__getitem__)
+    return best if counts[best] else None
+
+
+def randomisation_cascade(model: keras.Model) -> tuple[str, ...]:
+    """The sanity check's cascade on `model`: "head", then what its family randomises next,
+    top down (the ResNets' last blocks, EfficientNet's head conv and last-grid blocks)."""
+    family = family_of(model)
+    return ("head", *(family.randomisation_groups(model) if family else ()))
 
 
 def choose_normalization(

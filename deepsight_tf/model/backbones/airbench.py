@@ -49,6 +49,12 @@ class AirbenchSpec(Backbone):
     def last_conv_layer(self) -> str:
         return f"group{len(self.widths)}_act2"
 
+    def randomisation_groups(self, model: keras.Model) -> tuple[str, ...]:
+        """The last group's convolutions, top down: "group3_conv2", "group3_conv1"."""
+        groups = [self.stage_of(layer.name) or 0 for layer in model.layers]
+        last = max(groups, default=0)
+        return (f"group{last}_conv2", f"group{last}_conv1") if last else ()
+
     def build_features(
         self, images: keras.KerasTensor, stem: str = "cifar", width_multiplier: float = 1.0
     ) -> keras.KerasTensor:

@@ -39,6 +39,7 @@ class Backbone(ABC):
     head_initializer: Any = "glorot_uniform"
     stage_pattern: re.Pattern[str]  # a layer of stage N (N >= 1): group 1 of the match is N
     stem_prefixes: tuple[str, ...]  # layers of stage 0
+    stems: tuple[str, ...] = STEMS  # the `--stem` values it builds (or, airbench, ignores)
 
     @abstractmethod
     def build_features(
@@ -69,6 +70,12 @@ class Backbone(ABC):
         )
 
     @property
+    def finetune_stages(self) -> tuple[int, ...]:
+        """The stages pretrained weights fine-tune unless --unfreeze says otherwise: the last
+        two (the ResNets' 3 and 4)."""
+        return self.stages[-2:]
+
+    @property
     def residual_end_batchnorms(self) -> tuple[str, ...]:
         """The BatchNorm ending each residual branch (--zero-init-residual); none by default."""
         return ()
@@ -82,6 +89,11 @@ class Backbone(ABC):
         normalised training images for a data-dependent start, when the backbone wants one.
         Nothing by default: the layers' own initializers are the start."""
         return
+
+    def randomisation_groups(self, model: keras.Model) -> tuple[str, ...]:
+        """What the sanity check randomises after the head, top down, as layer names or name
+        prefixes of `model` (explain.sanity_check's groups); none by default."""
+        return ()
 
     def stage_of(self, layer_name: str) -> int | None:
         match = self.stage_pattern.match(layer_name)

@@ -19,6 +19,7 @@ from deepsight_tf.model.backbones.base import Backbone, check_stem, check_width
 BLOCK_TYPES = ("basic_block", "bottleneck_block")
 
 _STAGE_OF_LAYER = re.compile(r"^stack(\d+)_")
+_BLOCK = re.compile(r"^(stack\d+_block\d+)_")
 _STEM_PREFIXES = ("conv1_", "pool1_")
 
 
@@ -139,6 +140,17 @@ class ResNetSpec(Backbone):
         stage = super().stage_of(layer_name)
         return stage + 1 if stage is not None and layer_name.startswith("stack") else stage
 
+    def randomisation_groups(self, model: keras.Model) -> tuple[str, ...]:
+        """Each block of the model's last stack, top down: "stack3_block1", "stack3_block0"."""
+        blocks: dict[int, list[str]] = {}
+        for layer in model.layers:
+            match = _BLOCK.match(layer.name)
+            if match:
+                blocks.setdefault(int(self.stage_of(layer.name) or 0), []).append(match.group(1))
+        if not blocks:
+            return ()
+        return tuple(reversed(list(dict.fromkeys(blocks[max(blocks)]))))
+
     def imagenet_weights(self) -> keras.Model:
         return load_preset_backbone(self.preset)
 
@@ -198,8 +210,9 @@ def load_preset_backbone(preset: str) -> keras.Model:
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
         raise OfflineError(
             f"cannot download the ImageNet weights {preset!r} (no network: "
-            f"{type(exc).__name__}); use --weights none to train from scratch, or "
-            "--weights PATH with a local KerasHub preset folder"
+            f"{type(exc).__name__}); use --weights none to train from scratch, "
+            "--weights PATH with a local KerasHub preset folder, or --backbone "
+            "efficientnet-lite0 --weights imagenet (installed with deepsight)"
         ) from exc
     except (ValueError, FileNotFoundError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
