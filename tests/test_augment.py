@@ -35,13 +35,38 @@ def reflect_crops(image: np.ndarray, pad: int) -> list[np.ndarray]:
     return crops
 
 
-def test_presets_are_the_documented_four() -> None:
-    assert list(AUGMENT_PRESETS) == ["none", "light", "standard", "strong"]
+def test_presets_are_the_documented_five() -> None:
+    assert list(AUGMENT_PRESETS) == ["none", "light", "standard", "strong", "translate"]
 
 
 def test_unknown_preset_is_a_config_error_naming_the_flag() -> None:
     with pytest.raises(ConfigError, match=r"--augment 'heavy'.*none, light, standard, strong"):
         BatchAugmenter("heavy", SHAPE)
+
+
+def test_translate_moves_each_image_by_at_most_a_sixteenth_of_its_side() -> None:
+    shape = (32, 32, 3)
+    batch = np.random.default_rng(3).integers(1, 256, (6, *shape), dtype=np.uint8)
+    out = BatchAugmenter("translate", shape)(batch, 4)
+    for image, augmented in zip(batch, out, strict=True):
+        assert any(np.array_equal(augmented, crop) for crop in reflect_crops(image, 2))
+
+
+def test_an_alternating_flip_leaves_the_mirror_to_the_pipeline() -> None:
+    """With --flip alternate the preset translates but never mirrors: every output is one of
+    the unmirrored crops, where the random flip mirrors some."""
+    batch = images(16, seed=5)
+    shifted = BatchAugmenter("light", SHAPE, flip="alternate")(batch, 2)
+    for image, augmented in zip(batch, shifted, strict=True):
+        unmirrored = reflect_crops(image, 2)[::2]
+        assert any(np.array_equal(augmented, crop) for crop in unmirrored)
+    mirrored_some = BatchAugmenter("light", SHAPE)(batch, 2)
+    assert any(
+        not any(np.array_equal(a, crop) for crop in reflect_crops(i, 2)[::2])
+        for i, a in zip(batch, mirrored_some, strict=True)
+    )
+    with pytest.raises(ConfigError, match="--flip 'sometimes'"):
+        BatchAugmenter("light", SHAPE, flip="sometimes")
 
 
 def test_none_leaves_the_batch_unchanged() -> None:

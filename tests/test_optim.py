@@ -64,6 +64,40 @@ def split(model: keras.Model) -> tuple[list, list]:
     return backbone, head
 
 
+def test_batchnorm_offsets_step_at_their_multiple_and_decay_as_the_rest():
+    """One SGD step without momentum: a BatchNorm beta moves bias_lr_mult times as far as
+    the same optimizer at multiplier 1 moves it, less the decay, which is not multiplied."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 2))
+    x = keras.layers.Conv2D(3, 1, name="stem_conv")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    outputs = keras.layers.Dense(2, activation="softmax", name="head_dense")(x)
+    model = keras.Model(inputs, outputs)
+    x_data = np.random.default_rng(1).normal(size=(8, 4, 4, 2)).astype("float32")
+    y_data = keras.utils.to_categorical(np.arange(8) % 2, 2).astype("float32")
+    beta = model.get_layer("stem_bn").beta
+    beta.assign(np.full(3, 0.5, np.float32))
+    start = [v.numpy() for v in model.trainable_variables]
+    moved = {}
+    for mult in (1.0, 64.0):
+        for variable, value in zip(model.trainable_variables, start, strict=True):
+            variable.assign(value)
+        optimizer = make_optimizer(
+            "sgd", 0.01, momentum=0.0, cycle_momentum=False, weight_decay=0.1, bias_lr_mult=mult
+        )
+        grads = gradients(model, x_data, y_data)
+        optimizer.apply(grads, model.trainable_variables)
+        moved[mult] = {v.path: v.numpy() for v in model.trainable_variables}
+    decay = 0.5 * 0.1 * 0.01
+    gradient_step = moved[1.0]["stem_bn/beta"] - (0.5 - decay)
+    np.testing.assert_allclose(
+        moved[64.0]["stem_bn/beta"], 0.5 - decay + 64 * gradient_step, rtol=1e-5
+    )
+    for path in ("stem_conv/kernel", "head_dense/kernel"):
+        np.testing.assert_array_equal(moved[64.0][path], moved[1.0][path])
+
+
 def test_head_variables_are_found_by_layer_name_prefix():
     assert is_head_variable("head_dense/kernel", ["head_"])
     assert is_head_variable("classifier/head_dense/bias", ["head_"])

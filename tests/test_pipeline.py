@@ -409,3 +409,40 @@ def test_source_arrays_are_verified_before_batching() -> None:
         )
     with pytest.raises(ConfigError, match="--batch-size 64 exceeds the 40 training examples"):
         train(x, y, batch_size=64)
+
+
+def test_alternating_flip_mirrors_each_image_on_every_other_epoch() -> None:
+    """Images black on the left half and white on the right (red channel): a shift of up to
+    1 px keeps column 2 black unless the image is mirrored; the green channel holds each
+    image's number. Each image is mirrored in exactly one of epochs 0 and 1, the same one in
+    epochs 0 and 2, and about half are in epoch 0."""
+    n, size = 64, 16
+    x = np.zeros((n, size, size, 3), np.uint8)
+    x[:, :, size // 2 :, 0] = 255
+    x[:, :, :, 1] = np.arange(n)[:, None, None]
+    y = np.arange(n) % K
+    identity = Preprocessing(size, "bicubic", lambda images: images)
+
+    def mirrored(epoch: int) -> dict[int, bool]:
+        batches = make_train_dataset(
+            x,
+            y,
+            np.arange(n),
+            K,
+            batch_size=n,
+            preprocessing=identity,
+            augment="translate",
+            seed=7,
+            first_epoch=epoch,
+            flip="alternate",
+        )
+        images, _, _ = next(iter(batches))
+        images = images.numpy()
+        return dict(
+            zip(images[:, 0, 0, 1].astype(int), images[:, size // 2, 2, 0] > 127, strict=True)
+        )
+
+    first, second, third = mirrored(0), mirrored(1), mirrored(2)
+    assert all(first[i] != second[i] for i in range(n))
+    assert first == third
+    assert 16 <= sum(first.values()) <= 48

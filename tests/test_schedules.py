@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.plots import save_figure
 from deepsight_tf.plots.training import plot_history, plot_lr_finder, plot_schedule
 from deepsight_tf.training.lr_finder import LRFinderResult, lr_range_test, suggest_lr
 from deepsight_tf.training.optim import make_optimizer
-from deepsight_tf.training.schedules import OneCycle
+from deepsight_tf.training.schedules import OneCycle, phase_schedule
 
 
 def one_cycle_reference(step, peak, total, pct=0.25, div=25.0, final_div=1e4, lo=0.85, hi=0.95):
@@ -59,6 +60,35 @@ def test_one_cycle_non_integer_peak_and_other_factors():
     expected = [one_cycle_reference(s, 0.1, 37, 0.3, 10, 100, 0.8, 0.9) for s in steps]
     np.testing.assert_allclose(lrs, [e[0] for e in expected], rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(momenta, [e[1] for e in expected], rtol=1e-6)
+
+
+def test_linear_anneal_is_airbench_s_triangle():
+    """airbench94: 0.2 of the peak at step 0, the peak after 23% of the steps, 0.07 of it at
+    the last, straight lines between."""
+    schedule = OneCycle(
+        1.5, 101, pct_start=0.23, div_factor=5.0, final_div_factor=0.2 / 0.07, anneal="linear"
+    )
+    peak_step = 0.23 * 101 - 1
+    for step in [0, 5, 10, 20]:
+        expected = 0.3 + (1.5 - 0.3) * step / peak_step
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5)
+    for step in [30, 60, 100]:
+        expected = 1.5 + (0.105 - 1.5) * (step - peak_step) / (100 - peak_step)
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5)
+    assert OneCycle.from_config(schedule.get_config()).anneal == "linear"
+    with pytest.raises(ValueError, match="anneal"):
+        OneCycle(1.0, 10, anneal="step")
+
+
+def test_a_constant_momentum_is_a_cycle_with_equal_ends():
+    settings = TrainSettings(momentum=0.85, anneal="linear", div_factor=5, final_div_factor=3)
+    schedule = phase_schedule(settings, 2.0, 50)
+    _, lrs, momenta = schedule.curve()
+    np.testing.assert_allclose(momenta, 0.85, rtol=1e-6)
+    assert lrs[0] == pytest.approx(0.4, rel=1e-6)
+    assert lrs[-1] == pytest.approx(0.4 / 3, rel=1e-5)
+    cycled = phase_schedule(TrainSettings(), 2.0, 50).curve()[2]
+    assert cycled.min() == pytest.approx(0.85, rel=1e-3) and cycled[0] == pytest.approx(0.95)
 
 
 def test_momentum_is_high_where_the_rate_is_low():

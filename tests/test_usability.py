@@ -31,7 +31,7 @@ from deepsight_tf.reporting.warnings import baselines, run_warnings
 from deepsight_tf.training.history import read_history
 from deepsight_tf.training.loop import train
 from deepsight_tf.training.pipeline import make_eval_dataset
-from deepsight_tf.training.tta import predict_probs, views
+from deepsight_tf.training.tta import mean_of_views, predict_probs, view_weights, views
 
 COMMANDS = ["obtain", "scrub", "explore", "train", "interpret", "predict", "export", "report"]
 
@@ -190,6 +190,22 @@ def test_tta_of_a_flip_invariant_model_equals_the_plain_probabilities(tmp_path: 
     pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 1)(left))
     lopsided = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled))
     assert not np.allclose(predict_probs(lopsided, ds, "flip"), predict_probs(lopsided, ds))
+
+
+def test_flip_translate_weighs_the_unshifted_pair_as_the_four_shifted_views() -> None:
+    """airbench's 6 views: the image and its mirror, then the image moved one pixel up-left
+    and down-right (reflect padding), each with its mirror; weights 1/4, 1/4, then 1/8 each."""
+    images = tf.constant(np.random.default_rng(1).normal(size=(2, 8, 8, 3)), tf.float32)
+    six = [np.asarray(view(images)) for view in views("flip-translate", 8)]
+    padded = np.pad(np.asarray(images), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    up_left, down_right = padded[:, 0:8, 0:8], padded[:, 2:10, 2:10]
+    expected = [np.asarray(images), np.asarray(images)[:, :, ::-1], up_left]
+    expected += [up_left[:, :, ::-1], down_right, down_right[:, :, ::-1]]
+    for got, want in zip(six, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert view_weights("flip-translate") == [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    per_view = [np.full((3, 2), float(i)) for i in range(6)]
+    np.testing.assert_allclose(mean_of_views(per_view, "flip-translate"), [[2.0, 2.0]] * 3)
 
 
 # --- the report's honesty -----------------------------------------------------------------------
