@@ -98,6 +98,40 @@ def test_batchnorm_offsets_step_at_their_multiple_and_decay_as_the_rest():
         np.testing.assert_array_equal(moved[64.0][path], moved[1.0][path])
 
 
+def test_lookahead_follows_airbench_s_update_step_by_step():
+    """Plain SGD steps on one variable with planted gradients, against airbench94's
+    LookaheadState written out: every 5th step the average moves by 1 - d towards the
+    weights and the weights take it, d = 0.95^5 (t / T)^3; after step T the weights are it.
+    The average starts from the weights after the first step (Keras's slots start empty)."""
+    total = 12
+    schedule = OneCycle(0.1, total, pct_start=0.25)
+    optimizer = make_optimizer(
+        "sgd", schedule, momentum=0.0, cycle_momentum=False, weight_decay=None, lookahead=True
+    )
+    weight = keras.Variable(np.array([1.0, -2.0], np.float32), name="head_w")
+    optimizer.build([weight])
+    grads = np.random.default_rng(4).normal(size=(total, 2)).astype(np.float32)
+    ours = np.array([1.0, -2.0], np.float32)
+    ema = ours
+    for step in range(total):
+        optimizer.apply([tf.constant(grads[step])], [weight])
+        ours = ours - float(schedule(step)) * grads[step]
+        if step == 0:
+            ema = ours.copy()
+        done = step + 1
+        if done % 5 == 0:
+            decay = 0.95**5 * (done / total) ** 3
+            ema = ema + (1 - decay) * (ours - ema)
+            ours = ema.copy()
+        if done >= total:
+            ours = ema.copy()
+        np.testing.assert_allclose(weight.numpy(), ours, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="choose one"):
+        make_optimizer("sgd", schedule, ema=0.99, lookahead=True)
+    with pytest.raises(ValueError, match="OneCycle"):
+        make_optimizer("sgd", 0.1, lookahead=True)
+
+
 def test_head_variables_are_found_by_layer_name_prefix():
     assert is_head_variable("head_dense/kernel", ["head_"])
     assert is_head_variable("classifier/head_dense/bias", ["head_"])

@@ -305,6 +305,12 @@ class TrainSettings(Settings):
         ge=0,
         lt=1,
     )
+    lookahead: bool = setting(
+        False,
+        "airbench's lookahead in the last phase: every 5 steps an average of the weights "
+        "moves towards them and they jump to it, the average's pull rising over the schedule; "
+        "the run ends on the average.",
+    )
     pct_start: float = setting(0.25, "Fraction of each phase spent warming up.", gt=0, lt=1)
     anneal: str = setting(
         "cos", "Shape of the one-cycle rate: cos (fastai's) or linear.", choices=ANNEALS
@@ -375,6 +381,8 @@ class TrainSettings(Settings):
         for name, flag in ((self.run_id, "--run-id"), (self.dataset, "--dataset")):
             if name is not None:
                 check_name(name, flag)
+        if self.ema and self.lookahead:
+            raise ConfigError("--ema and --lookahead are two weight averages: choose one")
         if self.drop_top is not None and self.drop_train is None:
             raise ConfigError("--drop-top counts rows of --drop-train: give --drop-train FILE")
 

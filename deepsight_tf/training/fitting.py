@@ -207,7 +207,8 @@ class PhaseFitter:
             settings, phase.peak_lr, phase.total_steps(prepared.steps_per_epoch)
         )
         self.schedule = schedule  # the optimizer's: a --budget re-sizes it in flight
-        optimizer = phase_optimizer(settings, phase, schedule, ema)
+        lookahead = settings.lookahead and phase is self.phases[-1]
+        optimizer = phase_optimizer(settings, phase, schedule, ema, lookahead)
         fit_model, fit_val, train_dataset = self._phase_inputs(phase)
         fit_model.compile(
             optimizer=optimizer,

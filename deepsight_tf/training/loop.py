@@ -402,7 +402,20 @@ class _Run:
                 raise ConfigError("--budget times the step on one device; give --epochs instead")
             return None
         phases = plan_phases(self.settings, prepared.distribution["lr"])
-        return probe(prepared, phases, self.settings, self.unfreeze)
+        return probe(prepared, phases, self.settings, self.unfreeze, self._timed_here(prepared))
+
+    def _timed_here(self, prepared: Prepared) -> dict[str, float] | None:
+        """The last phase's step as --precision auto timed it in this process (the same model,
+        batches and optimizer the budget's probe would time again); None when nothing was
+        timed here (a resumed run's choice was timed by the process that started it)."""
+        choice = prepared.precision_choice
+        if choice is None or not choice.ms_per_step or self._stored_precision() is not None:
+            return None
+        ms = choice.ms_per_step.get(choice.policy)
+        if ms is None:
+            return None
+        last = plan_phases(self.settings, prepared.distribution["lr"])[-1]
+        return {last.trainable: ms / 1000.0}
 
     def _stored_precision(self) -> PrecisionChoice | None:
         """A resumed run's float policy as its config.json records it: the steps it resumes

@@ -17,6 +17,9 @@ from deepsight_tf.training.schedules import OneCycle
 
 # float16 tensor cores (and fast float16 maths at all) start with Volta, compute capability 7.0.
 MIN_FLOAT16_CAPABILITY = (7, 0)
+# airbench's lookahead: a sync every 5 steps, the average's pull rising to 0.95^5.
+LOOKAHEAD_EVERY = 5
+LOOKAHEAD_DECAY = 0.95**5
 CPU_BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo flags
 
 
@@ -50,7 +53,15 @@ class _DifferentialLR:
         head_prefixes: Sequence[str],
         cycle_momentum: bool,
         bias_lr_mult: float = 1.0,
+        lookahead: bool = False,
     ) -> None:
+        if lookahead and not (self.use_ema and isinstance(self._learning_rate, OneCycle)):
+            raise ValueError(
+                "lookahead keeps its average in the optimizer's EMA slots and ends with the "
+                "one-cycle schedule: pass use_ema=True and a OneCycle learning rate. "
+                f"Received: use_ema={self.use_ema}, learning_rate={self._learning_rate!r}"
+            )
+        self.lookahead = bool(lookahead)
         if not bias_lr_mult > 0:
             raise ValueError(f"`bias_lr_mult` must be > 0. Received: bias_lr_mult={bias_lr_mult}")
         if not backbone_lr_mult >= 0:
@@ -134,6 +145,9 @@ class _DifferentialLR:
         self._overwrite_model_variables_with_average_value(variables)
 
     def _update_model_variables_moving_average(self, trainable_variables: list[Any]) -> None:
+        if self.lookahead:
+            self._lookahead(trainable_variables)
+            return
         # TensorFlow's ExponentialMovingAverage(num_updates=step) warm-up: the decay is
         # min(ema_momentum, (1 + t) / (10 + t)) at step t (0 at the first, which copies the
         # weights), so the average soon forgets the starting weights; Keras's constant decay
@@ -151,12 +165,39 @@ class _DifferentialLR:
                 d = ops.cast(decay, var.dtype)
                 average.assign(d * average + (1 - d) * var)
 
+    def _lookahead(self, trainable_variables: list[Any]) -> None:
+        """airbench's lookahead (Jordan 2024, after Zhang et al. 2019): every LOOKAHEAD_EVERY
+        steps the average moves towards the weights by 1 - d and the weights jump to it, with
+        d = LOOKAHEAD_DECAY * (done / total)^3 rising from 0 (the average follows the
+        weights early) to 0.77 (it holds them back late); after the schedule's last step the
+        weights are the average. `total` is the one-cycle schedule's length, so a budget
+        re-sized in flight moves the end with it. Keras's average slots start at zero: the
+        first step copies the weights in (airbench copies them before it; the first sync's
+        pull, 0.77 (5 / total)^3, is too small for the difference to matter)."""
+        first = ops.equal(self.iterations, 0)
+        done = ops.cast(self.iterations + 1, "float32")
+        total = ops.cast(ops.convert_to_tensor(self._learning_rate._length), "float32")
+        decay = LOOKAHEAD_DECAY * ops.power(ops.minimum(done / total, 1.0), 3.0)
+        sync = ops.equal(ops.mod(done, float(LOOKAHEAD_EVERY)), 0.0)
+        take = ops.logical_or(sync, ops.greater_equal(done, total))
+        for var, average in zip(
+            trainable_variables, self._model_variables_moving_average, strict=True
+        ):
+            if average is None:
+                continue
+            average.assign(ops.where(first, var, average))
+            moved = average + (1.0 - ops.cast(decay, var.dtype)) * (var - average)
+            new_average = ops.where(sync, moved, average)
+            average.assign(new_average)
+            var.assign(ops.where(take, new_average, var))
+
     def _group_config(self) -> dict[str, Any]:
         return {
             "backbone_lr_mult": self.backbone_lr_mult,
             "head_prefixes": list(self.head_prefixes),
             "cycle_momentum": self.cycle_momentum,
             "bias_lr_mult": self.bias_lr_mult,
+            "lookahead": self.lookahead,
         }
 
 
@@ -190,12 +231,13 @@ class DifferentialSGD(_DifferentialLR, keras.optimizers.SGD):
         head_prefixes: Sequence[str] = ("head_",),
         cycle_momentum: bool = True,
         bias_lr_mult: float = 1.0,
+        lookahead: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             learning_rate=learning_rate, momentum=float(momentum), nesterov=nesterov, **kwargs
         )
-        self._init_groups(backbone_lr_mult, head_prefixes, cycle_momentum, bias_lr_mult)
+        self._init_groups(backbone_lr_mult, head_prefixes, cycle_momentum, bias_lr_mult, lookahead)
         if self.cycles_momentum and self.momentum == 0:
             raise ValueError(
                 "Cycling momentum needs momentum slots: pass momentum > 0 or "
@@ -236,10 +278,11 @@ class DifferentialAdamW(_DifferentialLR, keras.optimizers.AdamW):
         head_prefixes: Sequence[str] = ("head_",),
         cycle_momentum: bool = True,
         bias_lr_mult: float = 1.0,
+        lookahead: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
-        self._init_groups(backbone_lr_mult, head_prefixes, cycle_momentum, bias_lr_mult)
+        self._init_groups(backbone_lr_mult, head_prefixes, cycle_momentum, bias_lr_mult, lookahead)
 
     def _scaled_update_step(self, gradient: Any, variable: Any, lr: Any) -> None:
         index = self._get_variable_index(variable)
@@ -277,6 +320,7 @@ def make_optimizer(
     cycle_momentum: bool = True,
     ema: float = 0.0,
     bias_lr_mult: float = 1.0,
+    lookahead: bool = False,
     **kwargs: Any,
 ) -> DifferentialSGD | DifferentialAdamW:
     """The optimizer for `deepsight train` from its settings (defaults: DESIGN.md's recipe).
@@ -302,8 +346,10 @@ def make_optimizer(
         raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
     if not 0 <= ema < 1:
         raise ConfigError(f"--ema must be in [0, 1), got {ema}")
-    if ema:
-        kwargs = {"use_ema": True, "ema_momentum": float(ema), **kwargs}
+    if ema and lookahead:
+        raise ConfigError("--ema and --lookahead are two weight averages: choose one")
+    if ema or lookahead:
+        kwargs = {"use_ema": True, "ema_momentum": float(ema or 0.99), **kwargs}
     if isinstance(learning_rate, int):
         learning_rate = float(learning_rate)
     groups = {
@@ -311,6 +357,7 @@ def make_optimizer(
         "head_prefixes": head_prefixes,
         "cycle_momentum": cycle_momentum,
         "bias_lr_mult": bias_lr_mult,
+        "lookahead": lookahead,
     }
     if name == "sgd":
         return DifferentialSGD(

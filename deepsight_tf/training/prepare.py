@@ -288,10 +288,15 @@ def set_trainable(
 
 
 def phase_optimizer(
-    settings: TrainSettings, phase: PhasePlan, learning_rate: Any, ema: float = 0.0
+    settings: TrainSettings,
+    phase: PhasePlan,
+    learning_rate: Any,
+    ema: float = 0.0,
+    lookahead: bool = False,
 ) -> Any:
     """The phase's optimizer: the backbone at `backbone_lr_mult` times the head's rate, with
-    a moving average of the weights of decay `ema` (0: none)."""
+    a moving average of the weights of decay `ema` (0: none) or airbench's `lookahead` (on
+    a one-cycle `learning_rate`)."""
     from deepsight_tf.model.backbones import HEAD_PREFIX
     from deepsight_tf.training.optim import make_optimizer
 
@@ -304,4 +309,5 @@ def phase_optimizer(
         momentum=0.9 if settings.momentum is None else settings.momentum,
         ema=ema,
         bias_lr_mult=settings.bias_lr_mult,
+        lookahead=lookahead,
     )

@@ -93,14 +93,18 @@ def probe(
     phases: list[PhasePlan],
     settings: TrainSettings,
     unfreeze: tuple[int, ...] | str,
+    known: dict[str, float] | None = None,
 ) -> StepCosts:
-    """Time each kind of phase on the run's own model, then put every variable back."""
+    """Time each kind of phase on the run's own model, then put every variable back.
+
+    `known` holds seconds per step already timed for a kind of phase on this model and
+    these batches (the --precision auto probe times the last phase's): not timed again."""
     model = prepared.model
     saved = [variable.numpy() for variable in model.variables]
     batch = prepared.distribution["global_batch"]
     by_size: dict[int, float] | None = None
     try:
-        per_step: dict[str, float] = {}
+        per_step: dict[str, float] = dict(known or {})
         for phase in phases:
             if phase.trainable not in per_step and not _cached(phase, settings):
                 set_trainable(model, phase, settings, unfreeze)
