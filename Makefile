@@ -73,7 +73,7 @@ $(BENCH_VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r $(LOCK)
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 cleanvision==0.3.7
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 cleanvision==0.3.7 airbench==0.1.8
 	touch $@
 
 test-full: setup
