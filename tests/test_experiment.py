@@ -100,6 +100,34 @@ def test_plan_names_every_arm_and_refuses_unknown_ones() -> None:
         ExperimentSettings(name="e", arms="cutmix")
 
 
+def test_a_setting_arm_changes_that_setting_alone_read_as_its_type() -> None:
+    settings = ExperimentSettings(
+        name="a",
+        arms="baseline,lookahead=true,label-smoothing=0,flip=random,momentum=none,batch-size=512",
+        baseline_seeds=1,
+    )
+    arms = plan_arms(settings, tiny())
+    assert [(a.name, a.run_id, a.changes) for a in arms[1:]] == [
+        ("lookahead=true", "a-lookahead-true", {"lookahead": True}),
+        ("label-smoothing=0", "a-label-smoothing-0", {"label_smoothing": 0.0}),
+        ("flip=random", "a-flip-random", {"flip": "random"}),
+        ("momentum=none", "a-momentum-none", {"momentum": None}),
+        ("batch-size=512", "a-batch-size-512", {"batch_size": 512}),
+    ]
+    assert not shares_baseline_schedule(arms[-1]) and shares_baseline_schedule(arms[1])
+    bad = {
+        "flip=sideways": "choose one of random, alternate",
+        "label-smoothing=1.5": "must be >= 0 and < 1",
+        "lookahead=maybe": "true or false",
+        "batch-size=0.5": "whole number",
+        "colour=red": "not a train setting",
+        "run-id=x": "not a train setting",
+    }
+    for arm, says in bad.items():
+        with pytest.raises(ConfigError, match=says):
+            ExperimentSettings(name="a", arms=f"baseline,{arm}")
+
+
 @pytest.mark.slow  # 40 s: keeps `make test` under 15 minutes; `make test-full` runs it
 def test_an_interrupted_experiment_resumes_and_compares(tmp_path, monkeypatch) -> None:
     ws = separable_workspace(tmp_path)

@@ -407,9 +407,11 @@ class ExperimentSettings(Settings):
     name: str = setting("", "Experiment name (a folder under experiments/).", cli=False)
     arms: str = setting(
         "baseline,cutmix,mixup,focus-pairs,class-weights,resnet50",
-        f"Arms, comma-separated, from: {', '.join(EXPERIMENT_ARMS)}. focus-pairs and "
-        "class-weights are derived from the baseline's validation predictions, clean-labels "
-        "leaves out a run's training label issues (--issues-from).",
+        f"Arms, comma-separated, from: {', '.join(EXPERIMENT_ARMS)}, or any train setting "
+        "changed alone, SETTING=VALUE (e.g. lookahead=false, label-smoothing=0, "
+        "flip=random). focus-pairs and class-weights are derived from the baseline's "
+        "validation predictions, clean-labels leaves out a run's training label issues "
+        "(--issues-from).",
     )
     baseline_seeds: int = setting(
         2, "Baseline runs with different seeds: their spread is the run-to-run noise.", ge=1
@@ -427,7 +429,10 @@ class ExperimentSettings(Settings):
         if self.issues_from is not None:
             check_name(self.issues_from, "--issues-from")
         arms = self.arm_list()
-        unknown = [a for a in arms if a not in EXPERIMENT_ARMS]
+        for arm in arms:
+            if "=" in arm:
+                setting_arm(arm)
+        unknown = [a for a in arms if a not in EXPERIMENT_ARMS and "=" not in a]
         if unknown or "baseline" not in arms:
             raise ConfigError(
                 f"--arms {self.arms!r}: give baseline and any of {', '.join(EXPERIMENT_ARMS)}"
@@ -436,6 +441,49 @@ class ExperimentSettings(Settings):
 
     def arm_list(self) -> list[str]:
         return list(dict.fromkeys(a.strip() for a in self.arms.split(",") if a.strip()))
+
+
+# Settings an arm may not change: they name or drive the run rather than define what it trains.
+_NOT_ARMS = frozenset({"run_id", "resume", "dataset", "budget", "estimate", "last_epoch_steps"})
+
+
+def setting_arm(arm: str) -> dict[str, Any]:
+    """A SETTING=VALUE experiment arm as the train settings it changes: the value read as the
+    setting's type (true/false for a flag, none for a setting whose default is None) and
+    checked by the setting's own rule."""
+    name, _, text = arm.partition("=")
+    field_name = name.strip().removeprefix("--").replace("-", "_")
+    found = {f.name: f for f in fields(TrainSettings)}
+    if field_name not in found or field_name in _NOT_ARMS or not found[field_name].metadata["cli"]:
+        raise ConfigError(f"--arms {arm!r}: {name!r} is not a train setting an arm can change")
+    default = found[field_name].default
+    text = text.strip()
+    value: Any
+    if text.lower() == "none" and default is None:
+        value = None
+    elif isinstance(default, bool):
+        if text.lower() not in ("true", "false"):
+            raise ConfigError(f"--arms {arm!r}: {flag_name(field_name)} takes true or false")
+        value = text.lower() == "true"
+    elif isinstance(default, int | float) or field_name in _NUMBERS:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"--arms {arm!r}: {flag_name(field_name)} takes a number") from None
+        if isinstance(default, int) or field_name in _INTEGERS:
+            if value != int(value):
+                raise ConfigError(f"--arms {arm!r}: {flag_name(field_name)} takes a whole number")
+            value = int(value)
+    else:
+        value = text
+    meta = dict(found[field_name].metadata)
+    _check_field(field_name, value, meta)
+    return {field_name: value}
+
+
+# Number-valued settings whose default is None (so their type is not in the default).
+_INTEGERS = frozenset({"progressive_resize", "frozen_epochs", "drop_top", "max_train_images"})
+_NUMBERS = _INTEGERS | {"lr", "backbone_lr_mult", "momentum"}
 
 
 @dataclass

@@ -20,6 +20,7 @@ experiment when the arm starts).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -31,7 +32,7 @@ import numpy as np
 from deepsight_tf.core.errors import ConfigError, PrerequisiteError
 from deepsight_tf.core.manifest import now_iso
 from deepsight_tf.core.progress import Notify, TrainingMonitor
-from deepsight_tf.core.settings import ExperimentSettings, TrainSettings
+from deepsight_tf.core.settings import ExperimentSettings, TrainSettings, setting_arm
 from deepsight_tf.core.storage import atomic_write_bytes, atomic_write_json, read_json
 from deepsight_tf.core.workspace import (
     BASELINE_RECALL_FILE,
@@ -98,15 +99,22 @@ def plan_arms(settings: ExperimentSettings, base: TrainSettings) -> list[Arm]:
         arm = f"baseline-seed{i + 1}"
         arms.append(Arm(arm, f"{name}-{arm}", {"seed": base.seed + i}))
     arms += [
-        Arm(arm, f"{name}-{arm}", _changes(arm, base))
+        Arm(arm, f"{name}-{arm_slug(arm)}", _changes(arm, base))
         for arm in settings.arm_list()
         if arm != "baseline"
     ]
     return arms
 
 
+def arm_slug(arm: str) -> str:
+    """An arm's part of its run id: a SETTING=VALUE arm as SETTING-VALUE (a folder name)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", arm.replace("=", "-"))
+
+
 def _changes(arm: str, base: TrainSettings) -> dict[str, Any]:
     """An arm's changes to the baseline's settings that need no baseline run."""
+    if "=" in arm:
+        return setting_arm(arm)
     if arm == "progressive":
         return {"progressive_resize": progressive_start(base.image_size)}
     return dict(ARM_CHANGES[arm])
