@@ -213,6 +213,74 @@ def bad_hypotheses(tmp: Path, ws: Path) -> list[str]:
     return ["explore", "--hypotheses", str(path)]
 
 
+# --- flags that mean "continue" or "use what exists": what they name must be there --------
+def resume_a_typo(tmp: Path, ws: Path) -> list[str]:
+    """--resume of a run id with no run: refused, listing the run that can be resumed."""
+    (ws / "runs" / RUN / "manifest.json").unlink()  # base is now unfinished: resumable
+    return ["train", "--run-id", "bsae", "--resume"]
+
+
+def plan(ws: Path, name: str, run_id: str, status: str = "done") -> None:
+    """experiments/<name>/plan.json whose baseline arm is run `run_id`."""
+    folder = ws / "experiments" / name
+    folder.mkdir(parents=True)
+    arm = {"name": "baseline", "run_id": run_id, "changes": {}, "status": status}
+    (folder / "plan.json").write_text(json.dumps({"name": name, "arms": [arm], "base": {}}))
+
+
+def experiment_rerun_without_resume(tmp: Path, ws: Path) -> list[str]:
+    plan(ws, "seed-ideas", RUN)
+    return ["experiment", "seed-ideas", "--arms", "baseline"]
+
+
+def experiment_resume_a_typo(tmp: Path, ws: Path) -> list[str]:
+    plan(ws, "seed-ideas", RUN)
+    return ["experiment", "seed-idea", "--arms", "baseline", "--resume"]
+
+
+def experiment_over_a_foreign_run(tmp: Path, ws: Path) -> list[str]:
+    """An arm's run id held by a run trained by hand: never taken as the arm's result."""
+    shutil.copytree(ws / "runs" / RUN, ws / "runs" / "mine-baseline")
+    return ["experiment", "mine", "--arms", "baseline"]
+
+
+def issues_from_a_typo(tmp: Path, ws: Path) -> list[str]:
+    return ["experiment", "c", "--arms", "baseline,clean-labels", "--issues-from", "bsae"]
+
+
+def weights_of_a_missing_run(tmp: Path, ws: Path) -> list[str]:
+    return train_flag("--run-id", "t", "--weights", str(ws / "runs" / "bsae"))(tmp, ws)
+
+
+CONTINUE_CASES = [
+    Case("train --resume of a missing run", resume_a_typo, 4, "unfinished runs: base"),
+    Case(
+        "train --resume without --run-id",
+        lambda tmp, ws: ["train", "--resume"],
+        7,
+        "--resume needs the --run-id",
+    ),
+    Case(
+        "train --resume and --resume-or-start",
+        lambda tmp, ws: ["train", "--run-id", RUN, "--resume", "--resume-or-start"],
+        7,
+        "give one",
+    ),
+    Case("experiment rerun without --resume", experiment_rerun_without_resume, 7, "--resume"),
+    Case("experiment --resume of a missing one", experiment_resume_a_typo, 4, ": seed-ideas)"),
+    Case("experiment arm over a foreign run", experiment_over_a_foreign_run, 7, "did not train"),
+    Case("--issues-from a missing run", issues_from_a_typo, 4, "no run 'bsae'"),
+    Case(
+        "--issues-from without the clean-labels arm",
+        lambda tmp, ws: ["experiment", "c", "--arms", "baseline", "--issues-from", RUN],
+        7,
+        "only the clean-labels arm",
+    ),
+    Case("--weights a missing run folder", weights_of_a_missing_run, 7, "no such file or folder"),
+    Case("report A B, B missing", lambda tmp, ws: ["report", RUN, "bsae"], 4, "no run 'bsae'"),
+    Case("interpret a missing run", lambda tmp, ws: ["interpret", "bsae"], 4, "no run 'bsae'"),
+]
+
 CASES = [
     Case("npz labels 2**40, no class names", huge_labels, 3, "labels reach 1099511627776"),
     Case(".npy named .npz", npy_named_npz, 3, "a single .npy array"),
@@ -256,6 +324,7 @@ CASES = [
     Case("report ../base", lambda tmp, ws: ["report", "../base"], 7, "not a path"),
     Case("hypotheses name an unknown class", bad_hypotheses, 7, "violet"),
     Case("scrub --val-size 1.5", lambda tmp, ws: ["scrub", "--val-size", "1.5"], 7, "must be"),
+    *CONTINUE_CASES,
 ]
 
 
@@ -280,6 +349,8 @@ def test_bad_input_is_one_line_with_its_exit_code_and_loses_nothing(
     after = {**tree_digest(ws), **{f"outside/{k}": v for k, v in tree_digest(outside).items()}}
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     made_by_case = {"runs"} if case.make is runs_not_a_folder else set()
+    if case.make is resume_a_typo:
+        made_by_case = {f"runs/{RUN}/manifest.json"}
     assert changed <= made_by_case, sorted(changed)
     assert not Path("/tmp/deepsight-pwned").exists()
 
@@ -297,6 +368,25 @@ def test_a_rejected_or_crashed_run_does_not_block_its_id(stocked: Workspace, tmp
     done = CliRunner().invoke(app, [*base, *flags, "--mva", "0"])
     assert done.exit_code == 0, done.output
     assert (ws / "runs" / "again" / MODEL_FILE).is_file()
+
+
+def test_resume_or_start_starts_a_missing_run_then_leaves_it_as_it_is(
+    stocked: Workspace, tmp_path: Path
+) -> None:
+    """The explicit form of "continue if present" (what make all passes): a new run the
+    first time, the complete run reported and nothing rewritten the second."""
+    ws = tmp_path / "ws"
+    shutil.copytree(stocked.root, ws)
+    args = ["--workspace", str(ws), *train_flag("--run-id", "again")(tmp_path, ws)]
+    flags = ["--epochs", "1", "--batch-size", "8", "--augment", "none", "--mva", "0"]
+    first = CliRunner().invoke(app, [*args, *flags, "--resume-or-start"])
+    assert first.exit_code == 0, first.output
+    stored = tree_digest(ws / "runs" / "again")
+    assert MODEL_FILE in stored
+    second = CliRunner().invoke(app, [*args, "--resume-or-start"])
+    assert second.exit_code == 0, second.output
+    assert "run again is already complete; nothing to resume" in second.stderr
+    assert tree_digest(ws / "runs" / "again") == stored
 
 
 def test_image_folder_oddities_are_read_or_listed(tmp_path: Path) -> None:

@@ -174,10 +174,11 @@ def train(
     epilog=_examples(
         "deepsight experiment seed-ideas --budget 10m",
         "deepsight experiment quick --arms baseline,cutmix --epochs 2 --baseline-seeds 2",
+        "deepsight experiment seed-ideas --budget 10m --resume",
     )
 )
 @handle_errors
-@settings_options(TrainSettings, exclude=frozenset({"run_id", "resume"}))
+@settings_options(TrainSettings, exclude=frozenset({"run_id", "resume", "resume_or_start"}))
 @settings_options(ExperimentSettings, param="plan")
 def experiment(
     name: Annotated[str, typer.Argument(help="Experiment name (a folder under experiments/).")],

@@ -20,7 +20,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from deepsight_tf.core.errors import ConfigError, GateFailedError, TrainingInterrupted
+from deepsight_tf.core.errors import (
+    ConfigError,
+    GateFailedError,
+    PrerequisiteError,
+    TrainingInterrupted,
+    short_list,
+)
 from deepsight_tf.core.manifest import Manifest, now_iso
 from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor
 from deepsight_tf.core.settings import TrainSettings
@@ -70,7 +76,9 @@ from deepsight_tf.training.timing import StepCosts, estimate_run, probe
 from deepsight_tf.training.tta import mean_of_views, predict_probs, predict_views
 
 # Settings that may differ on --resume: they do not change what the run computes.
-RESUME_FREE = frozenset({"resume", "run_id", "checkpoint_minutes", "keep_checkpoints", "estimate"})
+RESUME_FREE = frozenset(
+    {"resume", "resume_or_start", "run_id", "checkpoint_minutes", "keep_checkpoints", "estimate"}
+)
 
 
 @dataclass
@@ -130,15 +138,15 @@ def train(
     The result says whether the MVA gate passed; `check_gate` turns a failure into an error,
     so a run below the gate still keeps its model, metrics and predictions for `interpret`.
     With `resume`, an unfinished run continues from its last commit (see checkpoints.py)
-    with its stored settings; `explicit` names the settings the user gave, which must agree
-    with them (None: all of `settings` must). `monitor` hears the pre-flight estimate, every
-    step (with the running loss and accuracy) and every epoch's history row. `budget_from`
+    with its stored settings, and a run id with no run is a PrerequisiteError; with
+    `resume_or_start` such an id starts a new run instead. `explicit` names the settings the
+    user gave, which must agree with the stored ones (None: all of `settings` must).
+    `monitor` hears the pre-flight estimate, every step (with the running loss and
+    accuracy) and every epoch's history row. `budget_from`
     is the time.monotonic() a --budget counts from (None: the process's start, so the
     command's imports and data loading count; deepsight experiment gives each arm its own).
     """
-    if settings.resume and not settings.run_id:
-        raise ConfigError("--resume needs the --run-id of the run to continue")
-    settings = resolve_settings(settings)
+    settings = resolve_settings(_continuation(settings, workspace))
     run_id = settings.run_id or default_run_id(settings)
     run_dir = workspace.run_dir(run_id)
     if settings.resume and (run_dir / CONFIG_FILE).is_file():
@@ -201,19 +209,48 @@ def make_run_dir(run_dir: Path) -> None:
         raise storage_error(run_dir, exc) from exc
 
 
+def _continuation(settings: TrainSettings, workspace: Workspace) -> TrainSettings:
+    """`resume` only ever continues: a run id with no run is an error that lists the runs
+    that can be resumed, never a fresh run under that id. `resume_or_start` (a script that
+    reruns, such as make all) becomes `resume` when the run exists and a new run when not."""
+    flag = "--resume" if settings.resume else "--resume-or-start"
+    if not (settings.resume or settings.resume_or_start):
+        return settings
+    if not settings.run_id:
+        raise ConfigError(f"{flag} needs the --run-id of the run to continue")
+    exists = (workspace.run_dir(settings.run_id) / CONFIG_FILE).is_file()
+    if settings.resume_or_start:
+        return replace(settings, resume=exists, resume_or_start=False)
+    if not exists:
+        raise PrerequisiteError(
+            f"--resume: no run '{settings.run_id}' to continue in {workspace.runs_dir()} "
+            f"(unfinished runs: {short_list(workspace.unfinished_runs())}); check the id, or "
+            "drop --resume to start a new run"
+        )
+    return settings
+
+
 def _refuse_existing(run_dir: Path, run_id: str, resume: bool) -> None:
     """A complete run, or one with committed steps, keeps its id (--resume continues the
     latter). A run that stopped before its first commit holds nothing to keep: it starts over,
     so a rejected setting or an early crash never blocks its id."""
-    if resume:
+    if resume or not holds_work(run_dir):
         return
     if (run_dir / MANIFEST).is_file():
         raise ConfigError(f"run {run_id} is already complete at {run_dir}; choose another --run-id")
-    if (run_dir / CONFIG_FILE).is_file() and CheckpointStore(run_dir / CHECKPOINTS_DIR).commits():
-        raise ConfigError(
-            f"run {run_id} exists at {run_dir} (unfinished); pass --resume to continue it "
-            "or choose another --run-id"
-        )
+    raise ConfigError(
+        f"run {run_id} exists at {run_dir} (unfinished); pass --resume to continue it "
+        "or choose another --run-id"
+    )
+
+
+def holds_work(run_dir: Path) -> bool:
+    """A complete run, or an unfinished one with committed steps: work its id must not lose."""
+    if (run_dir / MANIFEST).is_file():
+        return True
+    return (run_dir / CONFIG_FILE).is_file() and bool(
+        CheckpointStore(run_dir / CHECKPOINTS_DIR).commits()
+    )
 
 
 def _resumable_settings(
@@ -231,7 +268,7 @@ def _resumable_settings(
             f"{run_dir / CONFIG_FILE}; drop them or rerun with the original values"
         )
     # Free settings typed now win; every other setting is the stored run's.
-    overridden = (given & RESUME_FREE) | {"resume", "run_id"}
+    overridden = (given & RESUME_FREE) | {"resume", "resume_or_start", "run_id"}
     kept = {k: v for k, v in stored.items() if k in current and k not in overridden}
     return replace(settings, **kept)
 
