@@ -281,6 +281,59 @@ CONTINUE_CASES = [
     Case("interpret a missing run", lambda tmp, ws: ["interpret", "bsae"], 4, "no run 'bsae'"),
 ]
 
+
+# --- every file a user hands in goes through one reader: each failure one line, its name --
+def hostile(kind: str, tmp: Path) -> Path:
+    """A file (or what stands where a file belongs) that no deepsight input can be."""
+    if kind == "/dev/zero":
+        return Path("/dev/zero")
+    path = tmp / f"hostile-{kind.replace(' ', '-').replace(',', '')}"
+    if kind == "nested 200,000 deep":
+        path.write_text("[" * 200_000 + "]" * 200_000)  # past the parser's recursion limit
+    elif kind == "nested 100 deep":
+        path.write_text('{"a": ' * 100 + "1" + "}" * 100)  # parses; no input nests so deep
+    elif kind == "a 5,000-digit number":
+        path.write_text('{"red": ' + "9" * 5000 + "}")
+    elif kind == "not UTF-8":
+        path.write_bytes(b"index,given\n\xff\xfe\x00,\x81\n")
+    elif kind == "1 GiB, sparse":
+        with open(path, "wb") as handle:
+            handle.truncate(1 << 30)
+    elif kind == "a folder":
+        path.mkdir()
+    return path
+
+
+FILE_FLAGS = {  # flag: (the command line that reads the file, exit code of bad content)
+    "--hypotheses": (lambda path: ["explore", "--hypotheses", str(path)], 7),
+    "--class-weights": (lambda path: train_flag("--class-weights", str(path))(Path(), Path()), 7),
+    "--focus-pairs": (lambda path: train_flag("--focus-pairs", f"@{path}")(Path(), Path()), 7),
+    "--drop-train": (lambda path: train_flag("--drop-train", str(path))(Path(), Path()), 3),
+}
+JSON_KINDS = ("nested 200,000 deep", "nested 100 deep", "a 5,000-digit number")
+FILE_KINDS = ("not UTF-8", "1 GiB, sparse", "a folder", "/dev/zero")
+
+
+def file_case(flag: str, kind: str) -> Case:
+    command, code = FILE_FLAGS[flag]
+
+    def make(tmp: Path, ws: Path) -> list[str]:
+        return command(hostile(kind, tmp))
+
+    # Each line names the file; where the text is read but makes no pairs, it quotes them.
+    says = "hostile-" if kind != "/dev/zero" else "/dev/zero"
+    if flag == "--focus-pairs" and kind == "nested 200,000 deep":
+        says = "'[[[["
+    return Case(f"{flag} {kind}", make, code, says)
+
+
+READER_CASES = [
+    *(file_case(flag, kind) for flag in ("--hypotheses", "--class-weights") for kind in JSON_KINDS),
+    *(file_case(flag, kind) for flag in FILE_FLAGS for kind in FILE_KINDS),
+    file_case("--focus-pairs", "nested 200,000 deep"),
+    file_case("--drop-train", "nested 200,000 deep"),  # a 400,000-character CSV field
+]
+
 CASES = [
     Case("npz labels 2**40, no class names", huge_labels, 3, "labels reach 1099511627776"),
     Case(".npy named .npz", npy_named_npz, 3, "a single .npy array"),
@@ -325,6 +378,7 @@ CASES = [
     Case("hypotheses name an unknown class", bad_hypotheses, 7, "violet"),
     Case("scrub --val-size 1.5", lambda tmp, ws: ["scrub", "--val-size", "1.5"], 7, "must be"),
     *CONTINUE_CASES,
+    *READER_CASES,
 ]
 
 

@@ -328,7 +328,7 @@ def test_bad_class_weight_specs_are_config_errors(tmp_path: Path) -> None:
         class_weights_from("nope.json", y, CLASSES)
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    with pytest.raises(ConfigError, match="not readable JSON"):
+    with pytest.raises(ConfigError, match=r"--class-weights .*broken.json: not valid JSON"):
         class_weights_from(str(broken), y, CLASSES)
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({"cat": 0.5, "dog": 0.4}))

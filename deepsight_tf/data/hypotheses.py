@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deepsight_tf.core.errors import ConfigError, short_list
+from deepsight_tf.core.inputs import read_input_json
 
 # The CIFAR-10 defaults: man-made objects with rigid outlines against animals, whose pose and
 # fur vary; and the pairs a CIFAR-10 classifier is known to mix up. They are registered only
@@ -85,19 +85,7 @@ def default_hypotheses(class_names: Sequence[str]) -> Hypotheses:
 def read_hypotheses_file(path: Path, class_names: Sequence[str]) -> Hypotheses:
     """Read and validate a --hypotheses JSON file; every error names the file and the fix."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; check the --hypotheses path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the hypotheses file ({exc})") from exc
-    try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-            "fix the syntax"
-        ) from None
+    payload = read_input_json(path, "--hypotheses")
     hypotheses = parse_hypotheses(payload, class_names, where=str(path))
     hypotheses.source = str(path)
     if not hypotheses.registered:

@@ -24,6 +24,7 @@ from deepsight_tf.core.errors import (
     ConfigError,
     GateFailedError,
     PrerequisiteError,
+    StaleArtifactError,
     TrainingInterrupted,
     short_list,
 )
@@ -258,7 +259,15 @@ def _resumable_settings(
 ) -> TrainSettings:
     """The run's stored settings, refusing given ones that differ (those that do not change
     the result, such as how often to checkpoint, may differ)."""
-    stored = read_json(run_dir / CONFIG_FILE)["settings"]
+    try:
+        stored = read_json(run_dir / CONFIG_FILE)["settings"]
+        if not isinstance(stored, dict):
+            raise TypeError(f"settings is a JSON {type(stored).__name__}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StaleArtifactError(
+            f"{run_dir / CONFIG_FILE} is unreadable ({exc!r}); the run cannot be resumed: start "
+            "a new run with another --run-id"
+        ) from exc
     current = asdict(settings)
     given = set(current) if explicit is None else explicit
     changed = sorted(k for k in given - RESUME_FREE if k in stored and stored[k] != current[k])

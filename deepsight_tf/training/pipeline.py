@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
+from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from deepsight_tf.core.checks import verify_batch, verify_labels
 from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.inputs import read_input_json
 from deepsight_tf.core.settings import MIX_MODES
 from deepsight_tf.core.workspace import METRICS_FILE
 from deepsight_tf.model.preprocessing import Preprocessing
@@ -244,9 +245,9 @@ def find_recall_table(document: Any, class_names: Sequence[str]) -> dict[str, fl
     Under keys starting with "val" it looks before others, under "test" only after all others.
     """
     names = set(class_names)
-    queue: list[tuple[str, Any]] = [("recall", document)]
+    queue: deque[tuple[str, Any]] = deque([("recall", document)])
     while queue:
-        key, node = queue.pop(0)
+        key, node = queue.popleft()
         table = _as_recall_table(node, names, key)
         if table is not None:
             return table
@@ -284,10 +285,7 @@ def class_weights_from(
         raise ConfigError(
             f"--class-weights {spec!r} is neither none, balanced nor an existing JSON file"
         )
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"--class-weights {spec}: not readable JSON ({exc})") from exc
+    document = read_input_json(path, "--class-weights")
     recalls = find_recall_table(document, class_names)
     if recalls is None:
         raise ConfigError(
