@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -26,10 +28,12 @@ from test_training import separable_workspace, tiny
 from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
+from deepsight_tf.core.errors import INTERNAL_EXIT_CODE
 from deepsight_tf.core.workspace import CHECKPOINTS_DIR, MODEL_FILE, STATE_FILE, Workspace
 from deepsight_tf.training.loop import train
 
 RUN = "base"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -468,3 +472,103 @@ def test_image_folder_oddities_are_read_or_listed(tmp_path: Path) -> None:
     data = np.load(ws / "data" / "imgs" / "images.npz")
     index = list(data["train_paths"]).index("train/dog/wide.png")
     assert (data["x_train"][index] == round(31646 / 257)).all()
+
+
+# --- nothing but the error on stderr, whatever path a command takes ------------------------
+# Each command's error path in a fresh Python, as a user's shell runs it: TensorFlow's C++
+# start-up lines are written when tensorflow is first imported, so only a new process shows
+# them (in-process CliRunner calls find it imported). The environment has no
+# TF_CPP_MIN_LOG_LEVEL: the command must quiet TensorFlow itself.
+ERROR_PATHS = [  # (command line, exit code): one path of every command, each past its imports
+    (["obtain", "--source", "/nowhere"], 3),
+    (["scrub", "--dataset", "nope"], 4),
+    (["explore", "--hypotheses", "{deep}"], 7),
+    (["train", "--run-id", "bsae", "--resume"], 4),
+    (["train", "--find-lr", "--dataset", "nope"], 4),
+    (["experiment", "seed-idea", "--resume"], 4),
+    (["interpret", "bsae"], 4),
+    (["predict", "bsae", "{deep}"], 4),
+    (["export", RUN, "--format", "keras", "--out", "/proc/x.keras"], 10),
+    (["report", RUN, RUN], 7),
+    (["report", RUN, "bsae"], 4),
+    (["train", "--epoch", "3"], 2),  # a typo in a flag: Click's usage error, one line too
+]
+
+
+def cli_process(ws: Path, args: list[str], **popen: object) -> subprocess.Popen:
+    """`python -m deepsight_tf --workspace ws ARGS` in a fresh Python, this checkout first."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "deepsight_tf", "--workspace", str(ws), *args]
+    return subprocess.Popen(  # type: ignore[call-overload]
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
+
+
+# The paths the issue found TensorFlow's lines on, and a usage error: `make test` runs these.
+LEAKED = [ERROR_PATHS[8], ERROR_PATHS[9], ERROR_PATHS[-1]]
+
+
+def assert_one_line_each(stocked: Workspace, tmp_path: Path, paths: list) -> None:
+    ws = tmp_path / "ws"
+    shutil.copytree(stocked.root, ws)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    runs = [[str(deep) if a == "{deep}" else a for a in args] for args, _ in paths]
+    done: list[tuple[int, str]] = []
+    for start in range(0, len(runs), 3):  # three at a time: each imports TensorFlow
+        batch = [cli_process(ws, args) for args in runs[start : start + 3]]
+        done += [(p.wait(timeout=300), p.stderr.read()) for p in batch]  # type: ignore[union-attr]
+    for (args, code), (returncode, stderr) in zip(paths, done, strict=True):
+        lines = stderr.splitlines()
+        assert (returncode, len(lines)) == (code, 1), (args, stderr)
+        assert lines[0].startswith("error ("), (args, stderr)
+
+
+def test_export_report_and_usage_errors_in_a_fresh_process_are_one_line_on_stderr(
+    stocked: Workspace, tmp_path: Path
+) -> None:
+    assert_one_line_each(stocked, tmp_path, LEAKED)
+
+
+@pytest.mark.slow  # 60 s: a fresh Python (TensorFlow imported anew) for each of 12 commands
+def test_every_command_error_path_in_a_fresh_process_is_one_line_on_stderr(
+    stocked: Workspace, tmp_path: Path
+) -> None:
+    assert_one_line_each(stocked, tmp_path, ERROR_PATHS)
+
+
+def test_unforeseen_exception_is_one_line_with_exit_70_and_a_traceback_with_debug(
+    stocked: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception no code foresaw (here a RecursionError planted in explore) is a bug or a
+    failure such as running out of memory: one line, exit 70; --debug shows the traceback."""
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded\nwhile planting")
+
+    monkeypatch.setattr("deepsight_tf.data.explore.explore", explode)
+    args = ["--workspace", str(stocked.root), "explore"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == INTERNAL_EXIT_CODE
+    assert done.stderr.splitlines() == [
+        "error (unexpected): RecursionError: maximum recursion depth exceeded\\nwhile planting; "
+        "rerun with --debug for the traceback"
+    ]
+    debug = CliRunner().invoke(app, ["--debug", *args])
+    assert isinstance(debug.exception, RecursionError)
+
+
+def test_line_breaks_escapes_and_surrogates_in_a_message_stay_on_one_line(
+    stocked: Workspace, tmp_path: Path
+) -> None:
+    """A class name from a user's file, quoted in the error, cannot break the line, move the
+    cursor or fail to encode."""
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps({"confusable_pairs": [["red", "vio\nlet\u001b[2J\u202e\ud800"]]}))
+    done = CliRunner().invoke(
+        app, ["--workspace", str(stocked.root), "explore", "--hypotheses", str(path)]
+    )
+    assert done.exit_code == 7
+    assert len(done.stderr.splitlines()) == 1
+    assert "'vio\\nlet\\x1b[2J\\u202e\\ud800'" in done.stderr

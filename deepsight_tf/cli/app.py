@@ -7,15 +7,15 @@ with --json, prints it; a DeepsightError becomes one line on stderr and its exit
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
 from deepsight_tf import __version__
-from deepsight_tf.cli import render
+from deepsight_tf.cli import quiet_tensorflow, render
 from deepsight_tf.cli.console import (
+    OneLineUsageErrors,
     emit_json,
     err_console,
     handle_errors,
@@ -42,6 +42,7 @@ app = typer.Typer(
         "Transfer learning on CIFAR-10 (or any image folder) that puts the model and the data "
         "on trial."
     ),
+    cls=OneLineUsageErrors,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -73,7 +74,8 @@ def main(
     state.workspace = Workspace(workspace)
     state.debug = debug
     state.json = json_out
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not debug:
+        quiet_tensorflow.install()  # before any path of any command imports it
 
 
 def _examples(*lines: str) -> str:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+# An exception that is no DeepsightError escaped a command: a bug, or a failure nothing
+# foresaw (out of memory, an I/O error); sysexits.h's EX_SOFTWARE.
+INTERNAL_EXIT_CODE = 70
+
 
 class DeepsightError(Exception):
     """A failure the user can act on; the CLI prints it as one line and exits with `exit_code`."""
