@@ -205,7 +205,7 @@ def _continuation(
     that lists the experiments, never a new one; an experiment whose arms hold work is
     continued only with `resume` or `resume_or_start`, and only with the same train settings.
     A plan whose arms hold no work yet (refused, or killed before a commit) starts over."""
-    from deepsight_tf.training.loop import holds_work
+    from deepsight_tf.training.continuation import holds_work
 
     path = workspace.experiment_dir(settings.name) / PLAN_FILE
     plan = _read_plan(path) if path.is_file() else {}
@@ -252,7 +252,7 @@ def _refuse_foreign(
 ) -> None:
     """An arm's run id held by a run that this experiment did not start (trained by hand,
     or by another experiment's plan) is never taken as the arm's result."""
-    from deepsight_tf.training.loop import holds_work
+    from deepsight_tf.training.continuation import holds_work
 
     if arm.name not in stored and holds_work(workspace.run_dir(arm.run_id)):
         raise ConfigError(

@@ -13,7 +13,7 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,12 @@ import numpy as np
 from deepsight_tf.core.errors import (
     ConfigError,
     GateFailedError,
-    PrerequisiteError,
-    StaleArtifactError,
     TrainingInterrupted,
-    short_list,
 )
 from deepsight_tf.core.manifest import Manifest, now_iso
 from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor
 from deepsight_tf.core.settings import TrainSettings
-from deepsight_tf.core.storage import atomic_save_npz, atomic_write_json, read_json, storage_error
+from deepsight_tf.core.storage import atomic_save_npz, atomic_write_json, storage_error
 from deepsight_tf.core.workspace import (
     BATCH_FIGURE,
     CHECKPOINTS_DIR,
@@ -52,10 +49,17 @@ from deepsight_tf.training.budget import Budget, EpochPace
 from deepsight_tf.training.callbacks import (
     RunControl,
     StopRequested,
+    StopScoring,
     assign_all,
     stop_on_interrupt,
 )
 from deepsight_tf.training.checkpoints import CheckpointStore, Commit
+from deepsight_tf.training.continuation import (
+    continuation,
+    interrupted,
+    refuse_existing,
+    resumable_settings,
+)
 from deepsight_tf.training.data import TrainingData, training_data
 from deepsight_tf.training.distribute import is_chief, make_strategy, shard_by_data
 from deepsight_tf.training.figures import draw_inputs
@@ -75,11 +79,6 @@ from deepsight_tf.training.prepare import Prepared, prepare
 from deepsight_tf.training.record import RunRecord
 from deepsight_tf.training.timing import StepCosts, estimate_run, probe
 from deepsight_tf.training.tta import mean_of_views, predict_probs, predict_views
-
-# Settings that may differ on --resume: they do not change what the run computes.
-RESUME_FREE = frozenset(
-    {"resume", "resume_or_start", "run_id", "checkpoint_minutes", "keep_checkpoints", "estimate"}
-)
 
 
 @dataclass
@@ -147,11 +146,11 @@ def train(
     is the time.monotonic() a --budget counts from (None: the process's start, so the
     command's imports and data loading count; deepsight experiment gives each arm its own).
     """
-    settings = resolve_settings(_continuation(settings, workspace))
+    settings = resolve_settings(continuation(settings, workspace))
     run_id = settings.run_id or default_run_id(settings)
     run_dir = workspace.run_dir(run_id)
     if settings.resume and (run_dir / CONFIG_FILE).is_file():
-        settings = _resumable_settings(run_dir, settings, explicit)
+        settings = resumable_settings(run_dir, settings, explicit)
         if (run_dir / MANIFEST).is_file():
             # Nothing to resume: report the finished run as it is, rewriting nothing (so
             # `make all` run again does not make interpret's inputs stale).
@@ -170,19 +169,12 @@ def train(
     run.budget_from = budget_from
     policy = keras.config.dtype_policy()  # the run sets its own; the caller gets theirs back
     with lock:
-        _refuse_existing(run_dir, run_id, settings.resume)
+        refuse_existing(run_dir, run_id, settings.resume)
         try:
             with stop_on_interrupt(run.control, notify), strategy.scope():
                 result = run.execute(strategy)
         except StopRequested:
-            where = run.control.last_commit.position if run.control.last_commit else None
-            raise TrainingInterrupted(
-                f"interrupted at step {run.control.step} "
-                f"({where.describe() if where else ''}); saved in {run_dir / CHECKPOINTS_DIR}; "
-                f"continue with: deepsight --workspace {workspace.root} train --run-id "
-                f"{run_id} --resume",
-                run.control.stop_signal or signal.SIGINT,
-            ) from None
+            raise interrupted(run.control, run_dir, f"{workspace.root}", run_id) from None
         finally:
             keras.config.set_dtype_policy(policy)
         if run.control.stop_requested:  # Ctrl-C during the final evaluation: all of it is saved
@@ -208,78 +200,6 @@ def make_run_dir(run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise storage_error(run_dir, exc) from exc
-
-
-def _continuation(settings: TrainSettings, workspace: Workspace) -> TrainSettings:
-    """`resume` only ever continues: a run id with no run is an error that lists the runs
-    that can be resumed, never a fresh run under that id. `resume_or_start` (a script that
-    reruns, such as make all) becomes `resume` when the run exists and a new run when not."""
-    flag = "--resume" if settings.resume else "--resume-or-start"
-    if not (settings.resume or settings.resume_or_start):
-        return settings
-    if not settings.run_id:
-        raise ConfigError(f"{flag} needs the --run-id of the run to continue")
-    exists = (workspace.run_dir(settings.run_id) / CONFIG_FILE).is_file()
-    if settings.resume_or_start:
-        return replace(settings, resume=exists, resume_or_start=False)
-    if not exists:
-        raise PrerequisiteError(
-            f"--resume: no run '{settings.run_id}' to continue in {workspace.runs_dir()} "
-            f"(unfinished runs: {short_list(workspace.unfinished_runs())}); check the id, or "
-            "drop --resume to start a new run"
-        )
-    return settings
-
-
-def _refuse_existing(run_dir: Path, run_id: str, resume: bool) -> None:
-    """A complete run, or one with committed steps, keeps its id (--resume continues the
-    latter). A run that stopped before its first commit holds nothing to keep: it starts over,
-    so a rejected setting or an early crash never blocks its id."""
-    if resume or not holds_work(run_dir):
-        return
-    if (run_dir / MANIFEST).is_file():
-        raise ConfigError(f"run {run_id} is already complete at {run_dir}; choose another --run-id")
-    raise ConfigError(
-        f"run {run_id} exists at {run_dir} (unfinished); pass --resume to continue it "
-        "or choose another --run-id"
-    )
-
-
-def holds_work(run_dir: Path) -> bool:
-    """A complete run, or an unfinished one with committed steps: work its id must not lose."""
-    if (run_dir / MANIFEST).is_file():
-        return True
-    return (run_dir / CONFIG_FILE).is_file() and bool(
-        CheckpointStore(run_dir / CHECKPOINTS_DIR).commits()
-    )
-
-
-def _resumable_settings(
-    run_dir: Path, settings: TrainSettings, explicit: set[str] | None
-) -> TrainSettings:
-    """The run's stored settings, refusing given ones that differ (those that do not change
-    the result, such as how often to checkpoint, may differ)."""
-    try:
-        stored = read_json(run_dir / CONFIG_FILE)["settings"]
-        if not isinstance(stored, dict):
-            raise TypeError(f"settings is a JSON {type(stored).__name__}")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise StaleArtifactError(
-            f"{run_dir / CONFIG_FILE} is unreadable ({exc!r}); the run cannot be resumed: start "
-            "a new run with another --run-id"
-        ) from exc
-    current = asdict(settings)
-    given = set(current) if explicit is None else explicit
-    changed = sorted(k for k in given - RESUME_FREE if k in stored and stored[k] != current[k])
-    if changed:
-        raise ConfigError(
-            f"--resume with different settings ({', '.join(changed)}) than "
-            f"{run_dir / CONFIG_FILE}; drop them or rerun with the original values"
-        )
-    # Free settings typed now win; every other setting is the stored run's.
-    overridden = (given & RESUME_FREE) | {"resume", "resume_or_start", "run_id"}
-    kept = {k: v for k, v in stored.items() if k in current and k not in overridden}
-    return replace(settings, **kept)
 
 
 @dataclass
@@ -348,6 +268,7 @@ class _Run:
         data = self.data.dataset
         prepared = prepare(self.settings, self.data, self.workspace, strategy)
         costs = self._probe(prepared, strategy)
+        self._stop_if_requested()
         phases = plan_phases(self.settings, prepared.distribution["lr"])
         if self.settings.budget and self.settings.last_epoch_steps is None and costs:
             # Sized in this process only; config.json keeps the epochs and steps, so a resume
@@ -384,6 +305,7 @@ class _Run:
                 )
             )
         fitter = PhaseFitter(self, prepared, store, val_ds, history, phases, created)
+        self._stop_if_requested()
         epochs_run = fitter.fit_all(restored)
         phases = fitter.phases  # as a --budget re-sized them
         keep_average, other = self._keep_final_weights(store, prepared, fitter.average)
@@ -394,6 +316,12 @@ class _Run:
         return self._write_results(
             final, prepared, phases, history, scores, epochs_run, started, start
         )
+
+    def _stop_if_requested(self) -> None:
+        """A stop asked for during the set-up or the probe ends the run before its first
+        step: there is nothing to commit, and nothing to wait for."""
+        if self.control.stop_requested:
+            raise StopRequested
 
     def _keep_final_weights(
         self, store: CheckpointStore, prepared: Prepared, average: Average | None
@@ -440,7 +368,9 @@ class _Run:
                 raise ConfigError("--budget times the step on one device; give --epochs instead")
             return None
         phases = plan_phases(self.settings, prepared.distribution["lr"])
-        return probe(prepared, phases, self.settings, self.unfreeze)
+        return probe(
+            prepared, phases, self.settings, self.unfreeze, lambda: self.control.stop_requested
+        )
 
     def _eval_images(self) -> tuple[int, int]:
         return len(self.data.val_indices), len(self.data.dataset.y_test)
@@ -523,14 +453,17 @@ class _Run:
 
     def _test_probs(self, model: Any, prepared: Prepared) -> np.ndarray:
         """Test probabilities as the run scores them (averaged over --tta's views)."""
-        return predict_probs(model, self._test_dataset(prepared), self.settings.tta)
+        return predict_probs(
+            model, self._test_dataset(prepared), self.settings.tta, [StopScoring(self.control)]
+        )
 
     def _evaluate(self, model: Any, prepared: Prepared, val_ds: Any) -> _Evaluation:
         data = self.data.dataset
         test_ds = self._test_dataset(prepared)
         mode = self.settings.tta
-        val_probs = predict_probs(model, val_ds, mode)
-        test_views = predict_views(model, test_ds, mode)  # the plain image is the first view
+        stop = [StopScoring(self.control)]
+        val_probs = predict_probs(model, val_ds, mode, stop)
+        test_views = predict_views(model, test_ds, mode, stop)  # the plain image comes first
         test_probs = mean_of_views(test_views)
         val_labels = data.y_train[self.data.val_indices]
         scores = _Evaluation(

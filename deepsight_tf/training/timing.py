@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,6 +23,7 @@ from deepsight_tf.core.progress import RunEstimate
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.model.classifier import stored_classifier
 from deepsight_tf.training.averaging import reestimation_batches
+from deepsight_tf.training.callbacks import StopRequested
 from deepsight_tf.training.feature_cache import can_cache_features
 from deepsight_tf.training.optim import loss_scaled
 from deepsight_tf.training.plan import PhasePlan, plan_phases, ramp_sizes
@@ -94,8 +96,10 @@ def probe(
     phases: list[PhasePlan],
     settings: TrainSettings,
     unfreeze: tuple[int, ...] | str,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> StepCosts:
-    """Time each kind of phase on the run's own model, then put every variable back."""
+    """Time each kind of phase on the run's own model, then put every variable back.
+    `stopping()` true (Ctrl-C, SIGTERM) ends the probe at the next step with StopRequested."""
     model = prepared.model
     saved = [variable.numpy() for variable in model.variables]
     batch = prepared.distribution["global_batch"]
@@ -107,13 +111,15 @@ def probe(
                 set_trainable(model, phase, settings, unfreeze)
                 # The last phase's step with the weight average's update, when --ema.
                 ema = settings.ema if phase is phases[-1] else 0.0
-                per_step[phase.trainable] = _step_seconds(prepared, settings, phase, ema)
+                per_step[phase.trainable] = _step_seconds(
+                    prepared, settings, phase, ema, stopping=stopping
+                )
         if settings.progressive_resize is not None and not _cached(phases[-1], settings):
             # Every size a budget's schedule could give, on the last phase's kind of step.
             last = phases[-1]
             set_trainable(model, last, settings, unfreeze)
             by_size = {
-                size: _step_seconds(prepared, settings, last, settings.ema, size)
+                size: _step_seconds(prepared, settings, last, settings.ema, size, stopping)
                 for size in ramp_sizes(settings.progressive_resize, settings.image_size)[:-1]
             }
             by_size[settings.image_size] = per_step[last.trainable]
@@ -330,6 +336,7 @@ def _step_seconds(
     phase: PhasePlan,
     ema: float = 0.0,
     image_size: int | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> float:
     """Seconds per optimizer step of this phase's kind, on the run's first batches (resized
     to `image_size`, else the run's size)."""
@@ -340,8 +347,12 @@ def _step_seconds(
     batches = iter(prepared.train_dataset(first_epoch=0, image_size=image_size).repeat())
     for _ in range(WARMUP_STEPS):
         float(step(*next(batches)))
+        if stopping():
+            raise StopRequested
     seconds = []
     for _ in range(TIMED_STEPS):
+        if stopping():
+            raise StopRequested
         start = time.perf_counter()
         float(step(*next(batches)))
         seconds.append(time.perf_counter() - start)
