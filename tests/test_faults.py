@@ -203,6 +203,7 @@ def test_a_stop_during_the_probe_ends_the_run_before_its_first_step(
     assert not prepared.run_dir("probed").exists()
 
 
+@pytest.mark.slow  # 24 s: two runs; keeps `make test` under 15 minutes
 def test_a_stop_during_the_final_scoring_ends_it_and_resume_scores(
     prepared: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
