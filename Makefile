@@ -91,8 +91,10 @@ scrub: obtain
 explore: scrub
 	$(DEEPSIGHT) explore
 
+# --resume-or-start: a rerun of `make all` continues an interrupted run $(RUN), or starts it
+# when there is none (plain --resume refuses a run id with no run: a typo never trains).
 train: explore
-	$(DEEPSIGHT) train --weights $(WEIGHTS) --budget $(BUDGET) --run-id $(RUN) --resume $(TRAIN_FLAGS)
+	$(DEEPSIGHT) train --weights $(WEIGHTS) --budget $(BUDGET) --run-id $(RUN) --resume-or-start $(TRAIN_FLAGS)
 
 interpret: train
 	$(DEEPSIGHT) interpret $(RUN)
@@ -104,14 +106,15 @@ all: report
 
 # The seed's proposed interventions against a baseline, each arm a run of EXPERIMENT_BUDGET
 # (5 minutes: the 7 runs take about 45 minutes here). Light augmentation: at one or two epochs
-# it beat the standard preset (README, Results). Add clean-labels to the arms with
-# EXPERIMENT_FLAGS+=" --issues-from RUN" for an interpreted RUN (`make interpret` first).
+# it beat the standard preset (README, Results). The clean-labels arm reads an interpreted
+# run's label issues: EXPERIMENT_ARMS=baseline,clean-labels EXPERIMENT_FLAGS+=" --issues-from
+# RUN" (`make interpret` first). --resume-or-start: a rerun continues the experiment.
 EXPERIMENT ?= seed-ideas
 EXPERIMENT_ARMS ?= baseline,cutmix,mixup,focus-pairs,class-weights,resnet50
 EXPERIMENT_BUDGET ?= 5m
 EXPERIMENT_FLAGS ?= --augment light --label-smoothing 0.1 --tta flip
 experiment: explore
-	$(DEEPSIGHT) experiment $(EXPERIMENT) --arms $(EXPERIMENT_ARMS) --budget $(EXPERIMENT_BUDGET) --weights $(WEIGHTS) $(EXPERIMENT_FLAGS)
+	$(DEEPSIGHT) experiment $(EXPERIMENT) --arms $(EXPERIMENT_ARMS) --budget $(EXPERIMENT_BUDGET) --weights $(WEIGHTS) --resume-or-start $(EXPERIMENT_FLAGS)
 
 clean:
 	rm -rf $(WS) .pytest_cache .ruff_cache

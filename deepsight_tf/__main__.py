@@ -1,5 +1,5 @@
 """`python -m deepsight_tf` runs the command line."""
 
-from deepsight_tf.cli import app
+from deepsight_tf.cli import run
 
-app(prog_name="deepsight")
+run()

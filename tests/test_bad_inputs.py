@@ -12,7 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,10 +30,12 @@ from test_training import separable_workspace, tiny
 from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
+from deepsight_tf.core.errors import INTERNAL_EXIT_CODE
 from deepsight_tf.core.workspace import CHECKPOINTS_DIR, MODEL_FILE, STATE_FILE, Workspace
 from deepsight_tf.training.loop import train
 
 RUN = "base"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +219,127 @@ def bad_hypotheses(tmp: Path, ws: Path) -> list[str]:
     return ["explore", "--hypotheses", str(path)]
 
 
+# --- flags that mean "continue" or "use what exists": what they name must be there --------
+def resume_a_typo(tmp: Path, ws: Path) -> list[str]:
+    """--resume of a run id with no run: refused, listing the run that can be resumed."""
+    (ws / "runs" / RUN / "manifest.json").unlink()  # base is now unfinished: resumable
+    return ["train", "--run-id", "bsae", "--resume"]
+
+
+def plan(ws: Path, name: str, run_id: str, status: str = "done") -> None:
+    """experiments/<name>/plan.json whose baseline arm is run `run_id`."""
+    folder = ws / "experiments" / name
+    folder.mkdir(parents=True)
+    arm = {"name": "baseline", "run_id": run_id, "changes": {}, "status": status}
+    (folder / "plan.json").write_text(json.dumps({"name": name, "arms": [arm], "base": {}}))
+
+
+def experiment_rerun_without_resume(tmp: Path, ws: Path) -> list[str]:
+    plan(ws, "seed-ideas", RUN)
+    return ["experiment", "seed-ideas", "--arms", "baseline"]
+
+
+def experiment_resume_a_typo(tmp: Path, ws: Path) -> list[str]:
+    plan(ws, "seed-ideas", RUN)
+    return ["experiment", "seed-idea", "--arms", "baseline", "--resume"]
+
+
+def experiment_over_a_foreign_run(tmp: Path, ws: Path) -> list[str]:
+    """An arm's run id held by a run trained by hand: never taken as the arm's result."""
+    shutil.copytree(ws / "runs" / RUN, ws / "runs" / "mine-baseline")
+    return ["experiment", "mine", "--arms", "baseline"]
+
+
+def issues_from_a_typo(tmp: Path, ws: Path) -> list[str]:
+    return ["experiment", "c", "--arms", "baseline,clean-labels", "--issues-from", "bsae"]
+
+
+def weights_of_a_missing_run(tmp: Path, ws: Path) -> list[str]:
+    return train_flag("--run-id", "t", "--weights", str(ws / "runs" / "bsae"))(tmp, ws)
+
+
+CONTINUE_CASES = [
+    Case("train --resume of a missing run", resume_a_typo, 4, "unfinished runs: base"),
+    Case(
+        "train --resume without --run-id",
+        lambda tmp, ws: ["train", "--resume"],
+        7,
+        "--resume needs the --run-id",
+    ),
+    Case(
+        "train --resume and --resume-or-start",
+        lambda tmp, ws: ["train", "--run-id", RUN, "--resume", "--resume-or-start"],
+        7,
+        "give one",
+    ),
+    Case("experiment rerun without --resume", experiment_rerun_without_resume, 7, "--resume"),
+    Case("experiment --resume of a missing one", experiment_resume_a_typo, 4, ": seed-ideas)"),
+    Case("experiment arm over a foreign run", experiment_over_a_foreign_run, 7, "did not train"),
+    Case("--issues-from a missing run", issues_from_a_typo, 4, "no run 'bsae'"),
+    Case(
+        "--issues-from without the clean-labels arm",
+        lambda tmp, ws: ["experiment", "c", "--arms", "baseline", "--issues-from", RUN],
+        7,
+        "only the clean-labels arm",
+    ),
+    Case("--weights a missing run folder", weights_of_a_missing_run, 7, "no such file or folder"),
+    Case("report A B, B missing", lambda tmp, ws: ["report", RUN, "bsae"], 4, "no run 'bsae'"),
+    Case("interpret a missing run", lambda tmp, ws: ["interpret", "bsae"], 4, "no run 'bsae'"),
+]
+
+
+# --- every file a user hands in goes through one reader: each failure one line, its name --
+def hostile(kind: str, tmp: Path) -> Path:
+    """A file (or what stands where a file belongs) that no deepsight input can be."""
+    if kind == "/dev/zero":
+        return Path("/dev/zero")
+    path = tmp / f"hostile-{kind.replace(' ', '-').replace(',', '')}"
+    if kind == "nested 200,000 deep":
+        path.write_text("[" * 200_000 + "]" * 200_000)  # past the parser's recursion limit
+    elif kind == "nested 100 deep":
+        path.write_text('{"a": ' * 100 + "1" + "}" * 100)  # parses; no input nests so deep
+    elif kind == "a 5,000-digit number":
+        path.write_text('{"red": ' + "9" * 5000 + "}")
+    elif kind == "not UTF-8":
+        path.write_bytes(b"index,given\n\xff\xfe\x00,\x81\n")
+    elif kind == "1 GiB, sparse":
+        with open(path, "wb") as handle:
+            handle.truncate(1 << 30)
+    elif kind == "a folder":
+        path.mkdir()
+    return path
+
+
+FILE_FLAGS = {  # flag: (the command line that reads the file, exit code of bad content)
+    "--hypotheses": (lambda path: ["explore", "--hypotheses", str(path)], 7),
+    "--class-weights": (lambda path: train_flag("--class-weights", str(path))(Path(), Path()), 7),
+    "--focus-pairs": (lambda path: train_flag("--focus-pairs", f"@{path}")(Path(), Path()), 7),
+    "--drop-train": (lambda path: train_flag("--drop-train", str(path))(Path(), Path()), 3),
+}
+JSON_KINDS = ("nested 200,000 deep", "nested 100 deep", "a 5,000-digit number")
+FILE_KINDS = ("not UTF-8", "1 GiB, sparse", "a folder", "/dev/zero")
+
+
+def file_case(flag: str, kind: str) -> Case:
+    command, code = FILE_FLAGS[flag]
+
+    def make(tmp: Path, ws: Path) -> list[str]:
+        return command(hostile(kind, tmp))
+
+    # Each line names the file; where the text is read but makes no pairs, it quotes them.
+    says = "hostile-" if kind != "/dev/zero" else "/dev/zero"
+    if flag == "--focus-pairs" and kind == "nested 200,000 deep":
+        says = "'[[[["
+    return Case(f"{flag} {kind}", make, code, says)
+
+
+READER_CASES = [
+    *(file_case(flag, kind) for flag in ("--hypotheses", "--class-weights") for kind in JSON_KINDS),
+    *(file_case(flag, kind) for flag in FILE_FLAGS for kind in FILE_KINDS),
+    file_case("--focus-pairs", "nested 200,000 deep"),
+    file_case("--drop-train", "nested 200,000 deep"),  # a 400,000-character CSV field
+]
+
 CASES = [
     Case("npz labels 2**40, no class names", huge_labels, 3, "labels reach 1099511627776"),
     Case(".npy named .npz", npy_named_npz, 3, "a single .npy array"),
@@ -256,6 +383,8 @@ CASES = [
     Case("report ../base", lambda tmp, ws: ["report", "../base"], 7, "not a path"),
     Case("hypotheses name an unknown class", bad_hypotheses, 7, "violet"),
     Case("scrub --val-size 1.5", lambda tmp, ws: ["scrub", "--val-size", "1.5"], 7, "must be"),
+    *CONTINUE_CASES,
+    *READER_CASES,
 ]
 
 
@@ -280,6 +409,8 @@ def test_bad_input_is_one_line_with_its_exit_code_and_loses_nothing(
     after = {**tree_digest(ws), **{f"outside/{k}": v for k, v in tree_digest(outside).items()}}
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     made_by_case = {"runs"} if case.make is runs_not_a_folder else set()
+    if case.make is resume_a_typo:
+        made_by_case = {f"runs/{RUN}/manifest.json"}
     assert changed <= made_by_case, sorted(changed)
     assert not Path("/tmp/deepsight-pwned").exists()
 
@@ -297,6 +428,25 @@ def test_a_rejected_or_crashed_run_does_not_block_its_id(stocked: Workspace, tmp
     done = CliRunner().invoke(app, [*base, *flags, "--mva", "0"])
     assert done.exit_code == 0, done.output
     assert (ws / "runs" / "again" / MODEL_FILE).is_file()
+
+
+def test_resume_or_start_starts_a_missing_run_then_leaves_it_as_it_is(
+    stocked: Workspace, tmp_path: Path
+) -> None:
+    """The explicit form of "continue if present" (what make all passes): a new run the
+    first time, the complete run reported and nothing rewritten the second."""
+    ws = tmp_path / "ws"
+    shutil.copytree(stocked.root, ws)
+    args = ["--workspace", str(ws), *train_flag("--run-id", "again")(tmp_path, ws)]
+    flags = ["--epochs", "1", "--batch-size", "8", "--augment", "none", "--mva", "0"]
+    first = CliRunner().invoke(app, [*args, *flags, "--resume-or-start"])
+    assert first.exit_code == 0, first.output
+    stored = tree_digest(ws / "runs" / "again")
+    assert MODEL_FILE in stored
+    second = CliRunner().invoke(app, [*args, "--resume-or-start"])
+    assert second.exit_code == 0, second.output
+    assert "run again is already complete; nothing to resume" in second.stderr
+    assert tree_digest(ws / "runs" / "again") == stored
 
 
 def test_image_folder_oddities_are_read_or_listed(tmp_path: Path) -> None:
@@ -324,3 +474,127 @@ def test_image_folder_oddities_are_read_or_listed(tmp_path: Path) -> None:
     data = np.load(ws / "data" / "imgs" / "images.npz")
     index = list(data["train_paths"]).index("train/dog/wide.png")
     assert (data["x_train"][index] == round(31646 / 257)).all()
+
+
+# --- nothing but the error on stderr, whatever path a command takes ------------------------
+# Each command's error path in a fresh Python, as a user's shell runs it: TensorFlow's C++
+# start-up lines are written when tensorflow is first imported, so only a new process shows
+# them (in-process CliRunner calls find it imported). The environment has no
+# TF_CPP_MIN_LOG_LEVEL: the command must quiet TensorFlow itself.
+ERROR_PATHS = [  # (command line, exit code): one path of every command, each past its imports
+    (["obtain", "--source", "/nowhere"], 3),
+    (["scrub", "--dataset", "nope"], 4),
+    (["explore", "--hypotheses", "{deep}"], 7),
+    (["train", "--run-id", "bsae", "--resume"], 4),
+    (["train", "--find-lr", "--dataset", "nope"], 4),
+    (["experiment", "seed-idea", "--resume"], 4),
+    (["interpret", "bsae"], 4),
+    (["predict", "bsae", "{deep}"], 4),
+    (["export", RUN, "--format", "keras", "--out", "/proc/x.keras"], 10),
+    (["report", RUN, RUN], 7),
+    (["report", RUN, "bsae"], 4),
+    (["train", "--epoch", "3"], 2),  # a typo in a flag: Click's usage error, one line too
+]
+
+
+def cli_process(ws: Path, args: list[str], **popen: object) -> subprocess.Popen:
+    """`python -m deepsight_tf --workspace ws ARGS` in a fresh Python, this checkout first."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "deepsight_tf", "--workspace", str(ws), *args]
+    return subprocess.Popen(  # type: ignore[call-overload]
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
+
+
+# The paths the issue found TensorFlow's lines on, and a usage error: `make test` runs these.
+LEAKED = [ERROR_PATHS[8], ERROR_PATHS[9], ERROR_PATHS[-1]]
+
+
+def assert_one_line_each(stocked: Workspace, tmp_path: Path, paths: list) -> None:
+    ws = tmp_path / "ws"
+    shutil.copytree(stocked.root, ws)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    runs = [[str(deep) if a == "{deep}" else a for a in args] for args, _ in paths]
+    done: list[tuple[int, str]] = []
+    for start in range(0, len(runs), 3):  # three at a time: each imports TensorFlow
+        batch = [cli_process(ws, args) for args in runs[start : start + 3]]
+        done += [(p.wait(timeout=300), p.stderr.read()) for p in batch]  # type: ignore[union-attr]
+    for (args, code), (returncode, stderr) in zip(paths, done, strict=True):
+        lines = stderr.splitlines()
+        assert (returncode, len(lines)) == (code, 1), (args, stderr)
+        assert lines[0].startswith("error ("), (args, stderr)
+
+
+def test_export_report_and_usage_errors_in_a_fresh_process_are_one_line_on_stderr(
+    stocked: Workspace, tmp_path: Path
+) -> None:
+    assert_one_line_each(stocked, tmp_path, LEAKED)
+
+
+@pytest.mark.slow  # 60 s: a fresh Python (TensorFlow imported anew) for each of 12 commands
+def test_every_command_error_path_in_a_fresh_process_is_one_line_on_stderr(
+    stocked: Workspace, tmp_path: Path
+) -> None:
+    assert_one_line_each(stocked, tmp_path, ERROR_PATHS)
+
+
+def test_unforeseen_exception_is_one_line_with_exit_70_and_a_traceback_with_debug(
+    stocked: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception no code foresaw (here a RecursionError planted in explore) is a bug or a
+    failure such as running out of memory: one line, exit 70; --debug shows the traceback."""
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded\nwhile planting")
+
+    monkeypatch.setattr("deepsight_tf.data.explore.explore", explode)
+    args = ["--workspace", str(stocked.root), "explore"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == INTERNAL_EXIT_CODE
+    assert done.stderr.splitlines() == [
+        "error (unexpected): RecursionError: maximum recursion depth exceeded\\nwhile planting; "
+        "rerun with --debug for the traceback"
+    ]
+    debug = CliRunner().invoke(app, ["--debug", *args])
+    assert isinstance(debug.exception, RecursionError)
+
+
+def test_line_breaks_escapes_and_surrogates_in_a_message_stay_on_one_line(
+    stocked: Workspace, tmp_path: Path
+) -> None:
+    """A class name from a user's file, quoted in the error, cannot break the line, move the
+    cursor or fail to encode."""
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps({"confusable_pairs": [["red", "vio\nlet\u001b[2J\u202e\ud800"]]}))
+    done = CliRunner().invoke(
+        app, ["--workspace", str(stocked.root), "explore", "--hypotheses", str(path)]
+    )
+    assert done.exit_code == 7
+    assert len(done.stderr.splitlines()) == 1
+    assert "'vio\\nlet\\x1b[2J\\u202e\\ud800'" in done.stderr
+
+
+# --- a stop is quick: a container manager sends SIGKILL 10 s after SIGTERM ------------------
+def test_sigterm_exits_within_2_seconds_of_the_commit(stocked: Workspace, tmp_path: Path) -> None:
+    """The real command in a fresh process: SIGTERM after the second epoch's row; the commit
+    (state.json written) to the process's end is under 2 s, exit code 143. (TensorFlow's
+    teardown alone took about 3 s of it here, 7 s on CIFAR-10.)"""
+    ws = tmp_path / "ws"
+    shutil.copytree(stocked.root, ws)
+    flags = ["--epochs", "40", "--batch-size", "8", "--augment", "none", "--mva", "0"]
+    flags += ["--checkpoint-minutes", "0", "--no-estimate", "--run-id", "term"]
+    process = cli_process(ws, train_flag(*flags)(tmp_path, ws))
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith("phase 1 epoch 2 "):
+            break
+    process.send_signal(signal.SIGTERM)
+    rest = process.stderr.read()
+    returncode = process.wait(timeout=60)
+    ended = time.time()
+    committed = (ws / "runs" / "term" / CHECKPOINTS_DIR / STATE_FILE).stat().st_mtime
+    assert returncode == 143, rest
+    assert "continue with: deepsight" in rest and "train --run-id term --resume" in rest
+    assert ended - committed < 2.0, f"{ended - committed:.2f} s from the commit to the exit"

@@ -102,6 +102,16 @@ def test_cluster_workers_rejects_malformed_tf_config(text: str, message: str) ->
     assert raised.value.exit_code == 7
 
 
+def test_a_tf_config_nested_past_the_parser_is_one_config_error() -> None:
+    for text, message in (
+        ("[" * 200_000 + "]" * 200_000, "TF_CONFIG: JSON nested too deeply to read"),
+        ('{"cluster": ' * 50 + "1" + "}" * 50, "TF_CONFIG: JSON nested more than 32 levels"),
+    ):
+        with pytest.raises(ConfigError, match=message) as raised:
+            cluster_workers(text)
+        assert "\n" not in str(raised.value)
+
+
 # Choosing a strategy ----------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("workers", "gpus", "expected"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,9 @@ def test_an_interrupted_experiment_resumes_and_compares(tmp_path, monkeypatch) -
     assert ws.run_dir("e-class-weights").is_dir()  # interrupted mid-run: resumed below
     baseline_model = ws.run_dir("e-baseline") / "model.keras"
     before = baseline_model.stat().st_mtime_ns
+    with pytest.raises(ConfigError, match="pass --resume to continue it"):
+        run_experiment(settings, base, ws)  # the same name again is no new experiment
+    settings = replace(settings, resume=True)
     result = run_experiment(settings, base, ws)
     assert baseline_model.stat().st_mtime_ns == before  # done arms are not trained again
     assert [a["status"] for a in result.arms] == ["done"] * 3
@@ -238,7 +242,7 @@ def test_clean_labels_leaves_out_the_flagged_training_images(tmp_path) -> None:
     settings = ExperimentSettings(
         name="c", arms="baseline,clean-labels", baseline_seeds=1, issues_from="src", n_boot=100
     )
-    with pytest.raises(PrerequisiteError, match="deepsight interpret src"):
+    with pytest.raises(PrerequisiteError, match="--issues-from src: no run 'src'"):
         run_experiment(settings, tiny(epochs=1), ws)
     assert not ws.run_dir("c-baseline").exists()
     split = load_split(ws, "rgb")

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -181,6 +182,52 @@ def test_sigterm_commits_exits_143_and_resumes_exactly(
     )
     assert result.exit_code == 0, result.output
     assert_same_outcome(outcome(prepared.run_dir(run_id)), reference)
+
+
+def test_a_stop_during_the_probe_ends_the_run_before_its_first_step(
+    prepared: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while the pre-flight probe times its steps: the probe ends at its next step,
+    nothing is trained or written, and the message says to run the command again."""
+    import deepsight_tf.training.timing as timing
+
+    real = timing.train_step_function
+
+    def signalled(*args, **kwargs):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timing, "train_step_function", signalled)
+    with pytest.raises(TrainingInterrupted, match="before the first step; nothing was written"):
+        train(two_phases(run_id="probed", estimate=True), prepared)
+    assert not prepared.run_dir("probed").exists()
+
+
+@pytest.mark.slow  # 24 s: two runs; keeps `make test` under 15 minutes
+def test_a_stop_during_the_final_scoring_ends_it_and_resume_scores(
+    prepared: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training is committed when the final scoring starts: a stop there ends the scoring at
+    its next batch (minutes of test-time views must not outlast a SIGKILL's grace), and
+    --resume scores the run."""
+    import deepsight_tf.training.loop as loop
+
+    real = loop.predict_probs
+
+    def signalled(*args, **kwargs):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "predict_probs", signalled)
+    settings = two_phases(run_id="scored", frozen_epochs=0, epochs=1, deterministic=False)
+    with pytest.raises(TrainingInterrupted, match="train --run-id scored --resume") as info:
+        train(settings, prepared)
+    monkeypatch.undo()
+    assert info.value.exit_code == 143
+    assert not (prepared.run_dir("scored") / METRICS_FILE).exists()
+    result = train(replace(settings, resume=True), prepared)
+    assert (prepared.run_dir("scored") / METRICS_FILE).is_file()
+    assert result.epochs_run == 1 and 0.0 <= result.test["accuracy"] <= 1.0
 
 
 def test_resume_refuses_a_flag_that_differs_from_the_stored_run(

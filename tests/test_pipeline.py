@@ -103,6 +103,17 @@ def test_eval_dataset_keeps_order_and_equals_preprocess() -> None:
     np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in dataset]), images)
 
 
+def test_training_and_evaluation_pipelines_run_without_tf_data_autotuning() -> None:
+    """Autotuning's optimisation thread made each epoch's `fit` return up to a minute late
+    (pipeline.without_autotuning): both pipelines run with it off."""
+    x, y = source()
+    preprocessing = Preprocessing(8, "bicubic", to_unit_range)
+    evaluation = make_eval_dataset(x, y, np.arange(8), K, batch_size=4, preprocessing=preprocessing)
+    for dataset in (train(x, y), evaluation):
+        assert dataset.options().autotune.enabled is False
+        assert len(list(dataset)) == (5 if dataset is not evaluation else 2)
+
+
 # --- reproducibility ------------------------------------------------------------------------------
 
 
@@ -328,7 +339,7 @@ def test_bad_class_weight_specs_are_config_errors(tmp_path: Path) -> None:
         class_weights_from("nope.json", y, CLASSES)
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    with pytest.raises(ConfigError, match="not readable JSON"):
+    with pytest.raises(ConfigError, match=r"--class-weights .*broken.json: not valid JSON"):
         class_weights_from(str(broken), y, CLASSES)
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({"cat": 0.5, "dog": 0.4}))

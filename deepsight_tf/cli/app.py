@@ -8,14 +8,17 @@ with --json, prints it; a DeepsightError becomes one line on stderr and its exit
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
 from deepsight_tf import __version__
-from deepsight_tf.cli import render
+from deepsight_tf.cli import quiet_tensorflow, render
 from deepsight_tf.cli.console import (
+    OneLineUsageErrors,
     emit_json,
     err_console,
     handle_errors,
@@ -37,11 +40,15 @@ from deepsight_tf.core.settings import (
 from deepsight_tf.core.storage import to_jsonable
 from deepsight_tf.core.workspace import Workspace
 
+# The shell's codes for a command stopped by SIGINT and by SIGTERM (errors.TrainingInterrupted).
+INTERRUPTED_EXIT_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
 app = typer.Typer(
     help=(
         "Transfer learning on CIFAR-10 (or any image folder) that puts the model and the data "
         "on trial."
     ),
+    cls=OneLineUsageErrors,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -73,7 +80,8 @@ def main(
     state.workspace = Workspace(workspace)
     state.debug = debug
     state.json = json_out
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not debug:
+        quiet_tensorflow.install()  # before any path of any command imports it
 
 
 def _examples(*lines: str) -> str:
@@ -174,10 +182,11 @@ def train(
     epilog=_examples(
         "deepsight experiment seed-ideas --budget 10m",
         "deepsight experiment quick --arms baseline,cutmix --epochs 2 --baseline-seeds 2",
+        "deepsight experiment seed-ideas --budget 10m --resume",
     )
 )
 @handle_errors
-@settings_options(TrainSettings, exclude=frozenset({"run_id", "resume"}))
+@settings_options(TrainSettings, exclude=frozenset({"run_id", "resume", "resume_or_start"}))
 @settings_options(ExperimentSettings, param="plan")
 def experiment(
     name: Annotated[str, typer.Argument(help="Experiment name (a folder under experiments/).")],
@@ -319,6 +328,21 @@ def report(
     from deepsight_tf.reporting import report as run_report
 
     _show(run_report(state.workspace, runs, n_boot=n_boot, seed=seed), render.render_report)
+
+
+def run() -> None:
+    """The console script: the app, and after an interruption (Ctrl-C, SIGTERM) an exit
+    that skips the interpreter's teardown. Training has committed and fsynced its state and
+    printed the line by then; TensorFlow's teardown (its thread pools, tf.data's workers) took
+    3 to 7 s more, and a container manager sends SIGKILL 10 s after SIGTERM."""
+    try:
+        app(prog_name="deepsight")
+    except SystemExit as exc:
+        if exc.code in INTERRUPTED_EXIT_CODES:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code)  # type: ignore[arg-type]
+        raise
 
 
 def _show(result: object, renderer: object) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,8 +13,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # Typer's own click
+from typer.core import TyperGroup
 
-from deepsight_tf.core.errors import DeepsightError
+from deepsight_tf.core.errors import INTERNAL_EXIT_CODE, DeepsightError
 from deepsight_tf.core.storage import to_jsonable
 from deepsight_tf.core.workspace import Workspace
 
@@ -37,8 +38,29 @@ class State:
 state = State()
 
 
+def one_line(text: str) -> str:
+    """Text for the one error line: a line break, an escape sequence, a bidi override or a
+    lone surrogate (from a file name, a class name, a quoted line of a file) is shown escaped,
+    so the message stays one line and prints on any terminal."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
+
+
+def print_error(kind: str, message: str) -> None:
+    """`error (kind): message` on stderr, one line. The message is text, not markup: a file
+    name or an interval in brackets stays as is."""
+    err_console.print(
+        f"[bold red]error[/] ({kind}): {escape(one_line(message))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def handle_errors(func: F) -> F:
-    """Turn DeepsightError into one line on stderr and its exit code (traceback with --debug)."""
+    """Turn DeepsightError into one line on stderr and its exit code (traceback with --debug).
+
+    Anything else that escapes a command is a bug or a failure nothing foresaw (out of
+    memory, an I/O error): one line too, exit code INTERNAL_EXIT_CODE, and --debug shows the
+    traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -47,20 +69,48 @@ def handle_errors(func: F) -> F:
         except DeepsightError as exc:
             if state.debug:
                 raise
-            # The message is text, not markup: a file name or an interval in brackets stays as is.
-            err_console.print(
-                f"[bold red]error[/] ({exc.kind}): {escape(str(exc))}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            print_error(exc.kind, str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if state.debug:
                 raise
             err_console.print("[yellow]interrupted[/]; nothing half-written was kept")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, ClickException):
+            raise
+        except Exception as exc:
+            if state.debug:
+                raise
+            print_error(
+                "unexpected",
+                f"{type(exc).__name__}: {exc}; rerun with --debug for the traceback",
+            )
+            raise typer.Exit(INTERNAL_EXIT_CODE) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Click's usage errors (an unknown flag, a value outside a flag's choices, a missing
+    argument) as one line on stderr with exit code 2, like every other error, in place of
+    Typer's usage block and panel."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as exc:  # `deepsight` alone: Typer printed the help
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            see = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+            print_error("usage", exc.format_message().rstrip(".") + see)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print_error("usage", "aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 @contextmanager
@@ -87,24 +137,9 @@ def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
 
 
 def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (CUDA probing) kept off the terminal.
-
-    TF_CPP_MIN_LOG_LEVEL does not silence the messages logged before absl is initialised, so
-    stderr is pointed at /dev/null for the import alone; --debug keeps them.
-    """
-    if state.debug or "tensorflow" in sys.modules:
-        return
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow as tf
-
-            tf.get_logger().setLevel("ERROR")  # retracing notices and the like
-            tf.config.list_physical_devices("GPU")  # CUDA probing logs "cuInit" here, quietly
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    """Import TensorFlow now, before a progress bar draws: its start-up is muted (see
+    quiet_tensorflow.py), and a live bar's redraw must not fall into those seconds."""
+    import tensorflow  # noqa: F401
 
 
 def emit_json(result: Any) -> None:

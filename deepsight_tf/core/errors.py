@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+# An exception that is no DeepsightError escaped a command: a bug, or a failure nothing
+# foresaw (out of memory, an I/O error); sysexits.h's EX_SOFTWARE.
+INTERNAL_EXIT_CODE = 70
+
 
 class DeepsightError(Exception):
     """A failure the user can act on; the CLI prints it as one line and exits with `exit_code`."""
@@ -79,3 +85,11 @@ class TrainingInterrupted(DeepsightError):
     def __init__(self, message: str, signum: int = 2) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+def short_list(names: Sequence[str], limit: int = 12, empty: str = "none") -> str:
+    """Names as a comma list for a one-line message, cut after `limit` (100 classes, 80 runs)."""
+    if not names:
+        return empty
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")

@@ -334,7 +334,16 @@ class TrainSettings(Settings):
     )
     seed: int = setting(42, "Random seed.", ge=0)
     deterministic: bool = setting(False, "Deterministic ops (slower; exact resume).")
-    resume: bool = setting(False, "Continue an interrupted run (--run-id) with its settings.")
+    resume: bool = setting(
+        False,
+        "Continue the unfinished run --run-id names, with its settings; a run id with no run "
+        "is an error (never a new run).",
+    )
+    resume_or_start: bool = setting(
+        False,
+        "Continue the run --run-id names if it exists, else start it: for scripts that rerun "
+        "(make all).",
+    )
     # Commit the training state every this many minutes within an epoch (and at every epoch
     # end); a killed run loses at most this much. 0: at epoch ends only.
     checkpoint_minutes: float = setting(
@@ -385,6 +394,16 @@ class TrainSettings(Settings):
             raise ConfigError("--ema and --lookahead are two weight averages: choose one")
         if self.drop_top is not None and self.drop_train is None:
             raise ConfigError("--drop-top counts rows of --drop-train: give --drop-train FILE")
+        check_continuation(self.resume, self.resume_or_start)
+
+
+def check_continuation(resume: bool, resume_or_start: bool) -> None:
+    """--resume only continues; --resume-or-start may also start: one of them, not both."""
+    if resume and resume_or_start:
+        raise ConfigError(
+            "--resume and --resume-or-start: give one (--resume refuses a name with nothing "
+            "to continue, --resume-or-start starts it)"
+        )
 
 
 EXPERIMENT_ARMS = (
@@ -422,12 +441,28 @@ class ExperimentSettings(Settings):
         f"Run whose interpret/{TRAIN_LABEL_ISSUES_FILE} the clean-labels arm leaves out. "
         "Default: the baseline's (run `deepsight interpret NAME-baseline` once it is trained).",
     )
+    resume: bool = setting(
+        False,
+        "Continue the experiment NAME (finished arms kept, an interrupted one resumed); a name "
+        "with no experiment is an error (never a new one).",
+    )
+    resume_or_start: bool = setting(
+        False,
+        "Continue the experiment NAME if it exists, else start it: for scripts that rerun "
+        "(make experiment).",
+    )
 
     def check(self) -> None:
         if self.name:
             check_name(self.name, "experiment name")
         if self.issues_from is not None:
             check_name(self.issues_from, "--issues-from")
+            if "clean-labels" not in self.arm_list():
+                raise ConfigError(
+                    f"--issues-from {self.issues_from}: only the clean-labels arm reads it; add "
+                    "clean-labels to --arms or drop --issues-from"
+                )
+        check_continuation(self.resume, self.resume_or_start)
         arms = self.arm_list()
         for arm in arms:
             if "=" in arm:

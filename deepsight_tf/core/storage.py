@@ -102,5 +102,11 @@ def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    """A JSON artifact of the workspace. Every way it can fail to parse (torn, tampered, not
+    UTF-8, nested past the parser's recursion limit) is a ValueError, which callers turn into
+    a StaleArtifactError naming the phase that rewrites it; user files go through inputs.py."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to parse") from None

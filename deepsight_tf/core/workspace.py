@@ -7,7 +7,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from deepsight_tf.core.errors import (
@@ -101,6 +101,22 @@ class Workspace:
     def input_record(self, path: Path, sha256: str | None) -> dict[str, str | None]:
         """A manifest's entry for an input: where it is in the workspace and its SHA-256."""
         return {"path": self.relative(path), "sha256": sha256}
+
+    def unfinished_runs(self) -> list[str]:
+        """Runs that `train --resume` continues: a config.json and no manifest yet."""
+        return self._folders(
+            self.runs_dir(), lambda p: (p / CONFIG_FILE).is_file() and not (p / MANIFEST).is_file()
+        )
+
+    def experiments(self) -> list[str]:
+        """Experiments that `experiment NAME --resume` continues: those with a plan."""
+        return self._folders(self.root / EXPERIMENTS_DIR, lambda p: (p / PLAN_FILE).is_file())
+
+    @staticmethod
+    def _folders(parent: Path, keep: Callable[[Path], bool]) -> list[str]:
+        if not parent.is_dir():
+            return []
+        return sorted(p.name for p in parent.iterdir() if p.is_dir() and keep(p))
 
     def datasets(self) -> list[str]:
         data = self.root / "data"

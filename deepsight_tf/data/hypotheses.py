@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.errors import ConfigError, short_list
+from deepsight_tf.core.inputs import read_input_json
 
 # The CIFAR-10 defaults: man-made objects with rigid outlines against animals, whose pose and
 # fur vary; and the pairs a CIFAR-10 classifier is known to mix up. They are registered only
@@ -70,7 +70,7 @@ def default_hypotheses(class_names: Sequence[str]) -> Hypotheses:
         return Hypotheses(
             note=(
                 f"no hypotheses registered: the CIFAR-10 defaults need classes the data set "
-                f"lacks ({_listing(missing)}); pass --hypotheses FILE to register your own"
+                f"lacks ({short_list(missing)}); pass --hypotheses FILE to register your own"
             )
         )
     return Hypotheses(
@@ -85,19 +85,7 @@ def default_hypotheses(class_names: Sequence[str]) -> Hypotheses:
 def read_hypotheses_file(path: Path, class_names: Sequence[str]) -> Hypotheses:
     """Read and validate a --hypotheses JSON file; every error names the file and the fix."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; check the --hypotheses path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the hypotheses file ({exc})") from exc
-    try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-            "fix the syntax"
-        ) from None
+    payload = read_input_json(path, "--hypotheses")
     hypotheses = parse_hypotheses(payload, class_names, where=str(path))
     hypotheses.source = str(path)
     if not hypotheses.registered:
@@ -141,7 +129,7 @@ def parse_hypotheses(payload: Any, class_names: Sequence[str], where: str) -> Hy
             if name not in groups:
                 raise ConfigError(
                     f"{where}: comparison [{a!r}, {b!r}] names unknown group '{name}'; "
-                    f"defined groups: {_listing(list(groups)) or 'none'}"
+                    f"defined groups: {short_list(list(groups)) or 'none'}"
                 )
         shared = sorted(set(groups[a]) & set(groups[b]))
         if shared:
@@ -156,7 +144,7 @@ def parse_hypotheses(payload: Any, class_names: Sequence[str], where: str) -> Hy
             if name not in known:
                 raise ConfigError(
                     f"{where}: confusable_pairs[{i}] names unknown class '{name}'; "
-                    f"the data set's classes are {_listing(class_names)}"
+                    f"the data set's classes are {short_list(class_names)}"
                 )
         pairs.append((a, b))
     description = payload.get("description", "")
@@ -189,7 +177,7 @@ def _parse_groups(
             if member not in known:
                 raise ConfigError(
                     f"{where}: groups.{name} names unknown class '{member}'; "
-                    f"the data set's classes are {_listing(class_names)}"
+                    f"the data set's classes are {short_list(class_names)}"
                 )
         if len(set(members)) != len(members):
             twice = next(m for m in members if members.count(m) > 1)
@@ -218,9 +206,3 @@ def _pair(item: Any, label: str, what: str, where: str) -> tuple[str, str]:
 def _json_type(value: Any) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
     return names.get(type(value), "number")
-
-
-def _listing(names: Sequence[str], limit: int = 12) -> str:
-    """A short comma list for one-line messages; long lists (100 classes) are cut."""
-    shown = ", ".join(names[:limit])
-    return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")

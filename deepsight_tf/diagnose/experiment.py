@@ -3,9 +3,10 @@
 Every arm is an ordinary run (runs/<experiment>-<arm>/) of the same data split, seed and
 settings (with --budget: the same wall time each) but for the arm's own change; the
 baseline runs again with other seeds to measure the run-to-run noise. plan.json records the
-arms, their flags and run ids; running the command again skips finished arms and resumes an
-interrupted one. The comparison (report.json) holds, per arm, the paired changes against the
-baseline on the shared test set and a verdict each (comparison.py).
+arms, their flags and run ids; `--resume` continues it, skipping finished arms and resuming
+an interrupted one (a name with no experiment is refused, never started). The comparison
+(report.json) holds, per arm, the paired changes against the baseline on the shared test set
+and a verdict each (comparison.py).
 
 With --budget the baseline is sized to it; its reruns and every arm whose change leaves the
 step's cost alone take the baseline's sized schedule (its epochs and steps), so that neither
@@ -29,14 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from deepsight_tf.core.errors import ConfigError, PrerequisiteError
+from deepsight_tf.core.errors import (
+    ConfigError,
+    PrerequisiteError,
+    StaleArtifactError,
+    short_list,
+)
 from deepsight_tf.core.manifest import now_iso
 from deepsight_tf.core.progress import Notify, TrainingMonitor
 from deepsight_tf.core.settings import ExperimentSettings, TrainSettings, setting_arm
 from deepsight_tf.core.storage import atomic_write_bytes, atomic_write_json, read_json
 from deepsight_tf.core.workspace import (
     BASELINE_RECALL_FILE,
-    CONFIG_FILE,
     DROPPED_TRAIN_FILE,
     PLAN_FILE,
     REPORT_JSON,
@@ -136,10 +141,11 @@ def run_experiment(
     arms = plan_arms(settings, base)
     started, start = now_iso(), time.perf_counter()
     with workspace.lock(f"experiment-{settings.name}"):
-        stored = _stored_plan(folder, settings, base) or {}
-        if "clean-labels" in settings.arm_list() and settings.issues_from:
+        stored = _continuation(settings, base, workspace)
+        if settings.issues_from:
             _issues_file(workspace, settings.issues_from)  # fail before training anything
         for arm in arms:
+            _refuse_foreign(workspace, arm, stored, settings.name)
             done = _finished(workspace, arm.run_id)
             if arm.name == "clean-labels":
                 arm.changes = _clean_labels(
@@ -159,13 +165,12 @@ def run_experiment(
                 _write_plan(folder, settings, base, arms)
                 if notify:
                     notify(f"experiment {settings.name}: arm {arm.name} (run {arm.run_id})")
-                resume = (workspace.run_dir(arm.run_id) / CONFIG_FILE).is_file()
-                run_settings = replace(base, run_id=arm.run_id, resume=resume, **arm.changes)
+                run_settings = replace(base, run_id=arm.run_id, resume_or_start=True, **arm.changes)
                 train(
                     run_settings,
                     workspace,
                     notify=notify,
-                    explicit={"run_id", "resume"} if resume else None,
+                    explicit={"run_id", "resume_or_start"},
                     monitor=monitor(arm.name) if monitor else None,
                     budget_from=time.monotonic(),  # each arm its own --budget
                 )
@@ -200,26 +205,73 @@ def _finished(workspace: Workspace, run_id: str) -> bool:
     return True
 
 
-def _stored_plan(
-    folder: Any, settings: ExperimentSettings, base: TrainSettings
-) -> dict[str, dict[str, Any]] | None:
-    """The arms an earlier invocation planned, after checking it ran the same settings."""
-    path = folder / PLAN_FILE
-    if not path.is_file():
-        return None
-    plan = read_json(path)
+def _continuation(
+    settings: ExperimentSettings, base: TrainSettings, workspace: Workspace
+) -> dict[str, dict[str, Any]]:
+    """The arms an earlier invocation of this experiment started, with their changes ({}: a
+    new experiment). `resume` only ever continues: a name with no experiment is an error
+    that lists the experiments, never a new one; an experiment whose arms hold work is
+    continued only with `resume` or `resume_or_start`, and only with the same train settings.
+    A plan whose arms hold no work yet (refused, or killed before a commit) starts over."""
+    from deepsight_tf.training.continuation import holds_work
+
+    path = workspace.experiment_dir(settings.name) / PLAN_FILE
+    plan = _read_plan(path) if path.is_file() else {}
+    arms = [a for a in plan.get("arms", []) if a.get("status") != "planned"]
+    done = [a for a in arms if holds_work(workspace.run_dir(str(a.get("run_id"))))]
+    if settings.resume and not done:
+        raise PrerequisiteError(
+            f"--resume: no experiment '{settings.name}' to continue in "
+            f"{path.parent.parent} (experiments: {short_list(workspace.experiments())}); check "
+            "the name, or drop --resume to start it"
+        )
+    if not done:
+        return {}
+    if not (settings.resume or settings.resume_or_start):
+        raise ConfigError(
+            f"experiment {settings.name} exists at {path.parent} ({len(done)} of "
+            f"{len(plan['arms'])} arms begun); pass --resume to continue it or choose another name"
+        )
     if plan.get("base") != _base_document(base):
         raise ConfigError(
             f"{path}: this experiment ran with other train settings; repeat them or use "
             "another experiment name"
         )
-    return {
-        arm["name"]: arm["changes"] for arm in plan.get("arms", []) if arm["status"] != "planned"
-    }
+    return {str(arm["name"]): arm.get("changes") for arm in arms}
+
+
+def _read_plan(path: Path) -> dict[str, Any]:
+    try:
+        plan = read_json(path)
+        if not isinstance(plan, dict) or not isinstance(plan.get("arms", []), list):
+            raise ValueError("not a deepsight plan")
+        if not all(isinstance(arm, dict) for arm in plan.get("arms", [])):
+            raise ValueError("an arm is not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise StaleArtifactError(
+            f"{path} is unreadable ({exc}); move the experiment folder away or use another "
+            "experiment name"
+        ) from exc
+    return plan
+
+
+def _refuse_foreign(
+    workspace: Workspace, arm: Arm, stored: dict[str, dict[str, Any]], name: str
+) -> None:
+    """An arm's run id held by a run that this experiment did not start (trained by hand,
+    or by another experiment's plan) is never taken as the arm's result."""
+    from deepsight_tf.training.continuation import holds_work
+
+    if arm.name not in stored and holds_work(workspace.run_dir(arm.run_id)):
+        raise ConfigError(
+            f"run {arm.run_id} exists but experiment {name} did not train it; choose another "
+            "experiment name"
+        )
 
 
 def _base_document(base: TrainSettings) -> dict[str, Any]:
-    return {k: v for k, v in asdict(base).items() if k not in ("run_id", "resume")}
+    continuation = ("run_id", "resume", "resume_or_start")
+    return {k: v for k, v in asdict(base).items() if k not in continuation}
 
 
 def _write_plan(
@@ -245,6 +297,13 @@ def _baseline_schedule(workspace: Workspace, baseline: str) -> dict[str, Any]:
 
 def _issues_file(workspace: Workspace, run_id: str) -> Path:
     path = workspace.interpret_dir(run_id) / TRAIN_LABEL_ISSUES_FILE
+    if not workspace.run_dir(run_id).is_dir():
+        runs = workspace.runs_dir()
+        issues = sorted(p.parent.parent.name for p in runs.glob(f"*/*/{TRAIN_LABEL_ISSUES_FILE}"))
+        raise PrerequisiteError(
+            f"--issues-from {run_id}: no run '{run_id}' in {runs} (runs with "
+            f"{TRAIN_LABEL_ISSUES_FILE}: {short_list(issues)}); check the id"
+        )
     if not path.is_file():
         raise PrerequisiteError(
             f"{path} is missing: the clean-labels arm leaves out run {run_id}'s training label "

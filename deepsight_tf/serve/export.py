@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.errors import ConfigError, StorageError
 from deepsight_tf.core.manifest import library_versions, now_iso
 from deepsight_tf.core.settings import EXPORT_FORMATS
-from deepsight_tf.core.storage import atomic_write_json, sha256_file
+from deepsight_tf.core.storage import atomic_write_json, sha256_file, storage_error
 from deepsight_tf.core.workspace import MODEL_FILE, Workspace
 from deepsight_tf.serve.predict import RunModel, load_run_model, resolve_run
 
@@ -90,19 +90,8 @@ def export_run(
         raise ConfigError(f"--out {path}: a Keras model file must end in .keras")
     check_replaceable(path, fmt, force)
     run_model = load_run_model(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with workspace.lock(f"export-{run_model.run_id}"):
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-        try:
-            endpoints = _WRITERS[fmt](run_model, tmp)
-            sidecar = _sidecar(run_model, fmt, endpoints)
-            if fmt == "savedmodel":
-                atomic_write_json(sidecar_path(tmp, fmt), sidecar)
-            _replace(tmp, path)
-        finally:
-            _remove(tmp)
-        if fmt != "savedmodel":
-            atomic_write_json(sidecar_path(path, fmt), sidecar)
+        endpoints = _write(run_model, fmt, path)
     checked, diff = check_export(run_model, path, fmt) if check else (0, None)
     return ExportResult(
         run_id=run_model.run_id,
@@ -118,6 +107,31 @@ def export_run(
 
 
 # Writers ----------------------------------------------------------------------------------------
+def _write(run_model: RunModel, fmt: str, path: Path) -> dict[str, str]:
+    """The export and its sidecar at `path`, under a temporary name first; a failed write
+    (a read-only or full disk, /proc) is a StorageError and leaves nothing behind."""
+    import tensorflow as tf
+
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            endpoints = _WRITERS[fmt](run_model, tmp)
+            sidecar = _sidecar(run_model, fmt, endpoints)
+            if fmt == "savedmodel":
+                atomic_write_json(sidecar_path(tmp, fmt), sidecar)
+            _replace(tmp, path)
+        finally:
+            _remove(tmp)
+    except OSError as exc:
+        raise storage_error(path, exc) from exc
+    except tf.errors.OpError as exc:  # TensorFlow's own file system (SavedModel) fails so
+        raise StorageError(f"could not write {path}: {exc.message}; check the folder") from exc
+    if fmt != "savedmodel":
+        atomic_write_json(sidecar_path(path, fmt), sidecar)
+    return endpoints
+
+
 def check_replaceable(path: Path, fmt: str, force: bool) -> None:
     """Refuse to overwrite anything but an earlier export; --force replaces only such a one.
 

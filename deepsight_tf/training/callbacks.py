@@ -92,6 +92,20 @@ def stop_on_interrupt(control: RunControl, notify: Notify | None) -> Any:
             signal.signal(handled, handler)
 
 
+class StopScoring(keras.callbacks.Callback):
+    """Ends the final scoring at the next batch once a stop is asked for: training is
+    committed by then, so `--resume` scores it again, and a scheduler's SIGKILL (10 s after
+    its SIGTERM) never lands in minutes of test-time views."""
+
+    def __init__(self, control: RunControl) -> None:
+        super().__init__()
+        self.control = control
+
+    def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.control.stop_requested:
+            raise StopRequested
+
+
 class StepProgress(keras.callbacks.Callback):
     """Reports every optimizer step, with the epoch's running loss and accuracy."""
 

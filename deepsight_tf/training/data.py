@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from deepsight_tf.core.errors import ConfigError, DataError, PrerequisiteError
+from deepsight_tf.core.errors import DataError, PrerequisiteError
+from deepsight_tf.core.inputs import read_input_csv
 from deepsight_tf.core.manifest import DATA_INPUT, DROPPED_INPUT, SPLIT_INPUT
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.storage import sha256_file
@@ -73,25 +74,15 @@ def training_data(settings: TrainSettings, workspace: Workspace) -> TrainingData
 def dropped_indices(path: Path, top: int | None, n_images: int) -> np.ndarray:
     """The `index` column of a ranked CSV (interpret's train_label_issues.csv), first `top`
     rows: indices into the stored training images."""
-    import csv
-    import itertools
-
+    columns, rows = read_input_csv(path, "--drop-train", DataError, max_rows=top)
+    if "index" not in columns:
+        raise DataError(
+            f"{path}: no 'index' column; give a CSV of training-image indices such as "
+            f"interpret's {TRAIN_LABEL_ISSUES_FILE}"
+        )
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if "index" not in (reader.fieldnames or []):
-                raise DataError(
-                    f"{path}: no 'index' column; give a CSV of training-image indices such as "
-                    f"interpret's {TRAIN_LABEL_ISSUES_FILE}"
-                )
-            rows = [row["index"] for row in itertools.islice(reader, top)]
-    except FileNotFoundError:
-        raise ConfigError(f"--drop-train {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot read it as CSV ({exc})") from None
-    try:
-        indices = np.asarray([int(r) for r in rows], dtype=np.int64)
-    except ValueError:
+        indices = np.asarray([int(row["index"]) for row in rows], dtype=np.int64)
+    except (ValueError, TypeError):  # TypeError: a row shorter than the header
         raise DataError(f"{path}: the 'index' column holds a non-integer") from None
     if len(indices) and (indices.min() < 0 or indices.max() >= n_images):
         raise DataError(

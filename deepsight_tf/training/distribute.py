@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from typing import Any
 import tensorflow as tf
 
 from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.inputs import parse_input_json
 from deepsight_tf.core.settings import STRATEGIES
 
 SCALING_RULES = ("linear", "sqrt", "none")
@@ -33,10 +33,7 @@ def cluster_workers(tf_config: str | None = None) -> int:
     if not tf_config.strip():
         return 0
     fix = f"set TF_CONFIG like {TF_CONFIG_EXAMPLE}"
-    try:
-        config = json.loads(tf_config)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"TF_CONFIG is not valid JSON ({exc.msg}); {fix}") from exc
+    config = parse_input_json(tf_config, "TF_CONFIG")
     cluster = config.get("cluster") if isinstance(config, dict) else None
     if not isinstance(cluster, dict):
         raise ConfigError(f'TF_CONFIG has no "cluster" object; {fix}')

@@ -69,7 +69,7 @@ def cached_head(
     import tensorflow as tf
 
     from deepsight_tf.model.classifier import HEAD_DROPOUT, HEAD_PREDICTIONS
-    from deepsight_tf.training.pipeline import epoch_batches, smooth_labels
+    from deepsight_tf.training.pipeline import epoch_batches, smooth_labels, without_autotuning
 
     train_features = backbone_features(model, x, train_indices, num_classes, eval_args)
     val_features = backbone_features(model, x, val_indices, num_classes, eval_args)
@@ -101,7 +101,7 @@ def cached_head(
                 skip_batches=skip_batches,
             )
             .map(gather)
-            .prefetch(tf.data.AUTOTUNE)
+            .apply(without_autotuning)
         )
 
     val_ds = tf.data.Dataset.from_tensor_slices(

@@ -13,14 +13,18 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from deepsight_tf.core.errors import ConfigError, GateFailedError, TrainingInterrupted
+from deepsight_tf.core.errors import (
+    ConfigError,
+    GateFailedError,
+    TrainingInterrupted,
+)
 from deepsight_tf.core.manifest import Manifest, now_iso
 from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor
 from deepsight_tf.core.settings import TrainSettings
@@ -45,10 +49,17 @@ from deepsight_tf.training.budget import Budget, EpochPace
 from deepsight_tf.training.callbacks import (
     RunControl,
     StopRequested,
+    StopScoring,
     assign_all,
     stop_on_interrupt,
 )
 from deepsight_tf.training.checkpoints import CheckpointStore, Commit
+from deepsight_tf.training.continuation import (
+    continuation,
+    interrupted,
+    refuse_existing,
+    resumable_settings,
+)
 from deepsight_tf.training.data import TrainingData, training_data
 from deepsight_tf.training.distribute import is_chief, make_strategy, shard_by_data
 from deepsight_tf.training.figures import draw_inputs
@@ -69,9 +80,6 @@ from deepsight_tf.training.prepare import Prepared, prepare
 from deepsight_tf.training.record import RunRecord
 from deepsight_tf.training.timing import StepCosts, estimate_run, probe
 from deepsight_tf.training.tta import mean_of_views, predict_probs, predict_views
-
-# Settings that may differ on --resume: they do not change what the run computes.
-RESUME_FREE = frozenset({"resume", "run_id", "checkpoint_minutes", "keep_checkpoints", "estimate"})
 
 
 @dataclass
@@ -134,19 +142,19 @@ def train(
     The result says whether the MVA gate passed; `check_gate` turns a failure into an error,
     so a run below the gate still keeps its model, metrics and predictions for `interpret`.
     With `resume`, an unfinished run continues from its last commit (see checkpoints.py)
-    with its stored settings; `explicit` names the settings the user gave, which must agree
-    with them (None: all of `settings` must). `monitor` hears the pre-flight estimate, every
-    step (with the running loss and accuracy) and every epoch's history row. `budget_from`
+    with its stored settings, and a run id with no run is a PrerequisiteError; with
+    `resume_or_start` such an id starts a new run instead. `explicit` names the settings the
+    user gave, which must agree with the stored ones (None: all of `settings` must).
+    `monitor` hears the pre-flight estimate, every step (with the running loss and
+    accuracy) and every epoch's history row. `budget_from`
     is the time.monotonic() a --budget counts from (None: the process's start, so the
     command's imports and data loading count; deepsight experiment gives each arm its own).
     """
-    if settings.resume and not settings.run_id:
-        raise ConfigError("--resume needs the --run-id of the run to continue")
-    settings = resolve_settings(settings)
+    settings = resolve_settings(continuation(settings, workspace))
     run_id = settings.run_id or default_run_id(settings)
     run_dir = workspace.run_dir(run_id)
     if settings.resume and (run_dir / CONFIG_FILE).is_file():
-        settings = _resumable_settings(run_dir, settings, explicit)
+        settings = resumable_settings(run_dir, settings, explicit)
         if (run_dir / MANIFEST).is_file():
             # Nothing to resume: report the finished run as it is, rewriting nothing (so
             # `make all` run again does not make interpret's inputs stale).
@@ -165,19 +173,12 @@ def train(
     run.budget_from = budget_from
     policy = keras.config.dtype_policy()  # the run sets its own; the caller gets theirs back
     with lock:
-        _refuse_existing(run_dir, run_id, settings.resume)
+        refuse_existing(run_dir, run_id, settings.resume)
         try:
             with stop_on_interrupt(run.control, notify), strategy.scope():
                 result = run.execute(strategy)
         except StopRequested:
-            where = run.control.last_commit.position if run.control.last_commit else None
-            raise TrainingInterrupted(
-                f"interrupted at step {run.control.step} "
-                f"({where.describe() if where else ''}); saved in {run_dir / CHECKPOINTS_DIR}; "
-                f"continue with: deepsight --workspace {workspace.root} train --run-id "
-                f"{run_id} --resume",
-                run.control.stop_signal or signal.SIGINT,
-            ) from None
+            raise interrupted(run.control, run_dir, f"{workspace.root}", run_id) from None
         finally:
             keras.config.set_dtype_policy(policy)
         if run.control.stop_requested:  # Ctrl-C during the final evaluation: all of it is saved
@@ -203,41 +204,6 @@ def make_run_dir(run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise storage_error(run_dir, exc) from exc
-
-
-def _refuse_existing(run_dir: Path, run_id: str, resume: bool) -> None:
-    """A complete run, or one with committed steps, keeps its id (--resume continues the
-    latter). A run that stopped before its first commit holds nothing to keep: it starts over,
-    so a rejected setting or an early crash never blocks its id."""
-    if resume:
-        return
-    if (run_dir / MANIFEST).is_file():
-        raise ConfigError(f"run {run_id} is already complete at {run_dir}; choose another --run-id")
-    if (run_dir / CONFIG_FILE).is_file() and CheckpointStore(run_dir / CHECKPOINTS_DIR).commits():
-        raise ConfigError(
-            f"run {run_id} exists at {run_dir} (unfinished); pass --resume to continue it "
-            "or choose another --run-id"
-        )
-
-
-def _resumable_settings(
-    run_dir: Path, settings: TrainSettings, explicit: set[str] | None
-) -> TrainSettings:
-    """The run's stored settings, refusing given ones that differ (those that do not change
-    the result, such as how often to checkpoint, may differ)."""
-    stored = read_json(run_dir / CONFIG_FILE)["settings"]
-    current = asdict(settings)
-    given = set(current) if explicit is None else explicit
-    changed = sorted(k for k in given - RESUME_FREE if k in stored and stored[k] != current[k])
-    if changed:
-        raise ConfigError(
-            f"--resume with different settings ({', '.join(changed)}) than "
-            f"{run_dir / CONFIG_FILE}; drop them or rerun with the original values"
-        )
-    # Free settings typed now win; every other setting is the stored run's.
-    overridden = (given & RESUME_FREE) | {"resume", "run_id"}
-    kept = {k: v for k, v in stored.items() if k in current and k not in overridden}
-    return replace(settings, **kept)
 
 
 @dataclass
@@ -310,6 +276,7 @@ class _Run:
         if decided is None and choice is not None and choice.ms_per_step and self.notify:
             self.notify(choice.describe())
         costs = self._probe(prepared, strategy)
+        self._stop_if_requested()
         phases = plan_phases(self.settings, prepared.distribution["lr"])
         if self.settings.budget and self.settings.last_epoch_steps is None and costs:
             # Sized in this process only; config.json keeps the epochs and steps, so a resume
@@ -346,6 +313,7 @@ class _Run:
                 )
             )
         fitter = PhaseFitter(self, prepared, store, val_ds, history, phases, created)
+        self._stop_if_requested()
         epochs_run = fitter.fit_all(restored)
         phases = fitter.phases  # as a --budget re-sized them
         keep_average, other = self._keep_final_weights(store, prepared, fitter.average)
@@ -356,6 +324,12 @@ class _Run:
         return self._write_results(
             final, prepared, phases, history, scores, epochs_run, started, start
         )
+
+    def _stop_if_requested(self) -> None:
+        """A stop asked for during the set-up or the probe ends the run before its first
+        step: there is nothing to commit, and nothing to wait for."""
+        if self.control.stop_requested:
+            raise StopRequested
 
     def _keep_final_weights(
         self, store: CheckpointStore, prepared: Prepared, average: Average | None
@@ -402,7 +376,14 @@ class _Run:
                 raise ConfigError("--budget times the step on one device; give --epochs instead")
             return None
         phases = plan_phases(self.settings, prepared.distribution["lr"])
-        return probe(prepared, phases, self.settings, self.unfreeze, self._timed_here(prepared))
+        return probe(
+            prepared,
+            phases,
+            self.settings,
+            self.unfreeze,
+            self._timed_here(prepared),
+            lambda: self.control.stop_requested,
+        )
 
     def _timed_here(self, prepared: Prepared) -> dict[str, float] | None:
         """The last phase's step as --precision auto timed it in this process (the same model,
@@ -509,14 +490,17 @@ class _Run:
 
     def _test_probs(self, model: Any, prepared: Prepared) -> np.ndarray:
         """Test probabilities as the run scores them (averaged over --tta's views)."""
-        return predict_probs(model, self._test_dataset(prepared), self.settings.tta)
+        return predict_probs(
+            model, self._test_dataset(prepared), self.settings.tta, [StopScoring(self.control)]
+        )
 
     def _evaluate(self, model: Any, prepared: Prepared, val_ds: Any) -> _Evaluation:
         data = self.data.dataset
         test_ds = self._test_dataset(prepared)
         mode = self.settings.tta
-        val_probs = predict_probs(model, val_ds, mode)
-        test_views = predict_views(model, test_ds, mode)  # the plain image is the first view
+        stop = [StopScoring(self.control)]
+        val_probs = predict_probs(model, val_ds, mode, stop)
+        test_views = predict_views(model, test_ds, mode, stop)  # the plain image comes first
         test_probs = mean_of_views(test_views, mode)
         val_labels = data.y_train[self.data.val_indices]
         scores = _Evaluation(

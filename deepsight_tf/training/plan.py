@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.inputs import read_input_text
 from deepsight_tf.core.settings import TrainSettings
 
 # Progressive resizing: sizes between the first and the last are multiples of this many
@@ -80,11 +81,8 @@ def resolve_settings(settings: TrainSettings) -> TrainSettings:
     )
     if resolved.focus_pairs and resolved.focus_pairs.startswith("@"):
         # interpret writes the most-confused pairs to a file: --focus-pairs @focus_pairs.txt
-        path = Path(resolved.focus_pairs[1:])
-        try:
-            resolved = replace(resolved, focus_pairs=path.read_text().strip())
-        except OSError as exc:
-            raise ConfigError(f"--focus-pairs {resolved.focus_pairs}: cannot read {path}") from exc
+        text = read_input_text(Path(resolved.focus_pairs[1:]), "--focus-pairs")
+        resolved = replace(resolved, focus_pairs=text.strip())
     if resolved.epochs + resolved.frozen_epochs <= 0:
         raise ConfigError("--epochs and --frozen-epochs are both 0")
     if resolved.frozen_epochs < 0:

@@ -58,18 +58,24 @@ def train_step_function(
 
 
 def step_seconds(
-    steps: Mapping[str, Callable[..., Any]], batches: Iterator[Any], timed: int
+    steps: Mapping[str, Callable[..., Any]],
+    batches: Iterator[Any],
+    timed: int,
+    before_step: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
     """Median seconds of `timed` calls of each step on `batches` (x, y, sample_weight), after
     WARMUP_STEPS calls each. Several steps take turns, one call of each, so a neighbour's load
     or a slower stretch of the machine falls on all alike. The wait for each batch counts, as
-    it does in training."""
+    it does in training. `before_step` runs before every call (untimed): it may raise to end
+    the timing, as a stop request does."""
     for _ in range(WARMUP_STEPS):
         for step in steps.values():
+            before_step()
             float(step(*next(batches)))
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(timed):
         for name, step in steps.items():
+            before_step()
             start = time.perf_counter()
             float(step(*next(batches)))
             seconds[name].append(time.perf_counter() - start)

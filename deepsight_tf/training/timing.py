@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,6 +23,7 @@ from deepsight_tf.core.progress import RunEstimate
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.model.classifier import stored_classifier
 from deepsight_tf.training.averaging import reestimation_batches
+from deepsight_tf.training.callbacks import StopRequested
 from deepsight_tf.training.feature_cache import can_cache_features
 from deepsight_tf.training.optim import loss_scaled
 from deepsight_tf.training.plan import PhasePlan, plan_phases, ramp_sizes
@@ -94,11 +96,13 @@ def probe(
     settings: TrainSettings,
     unfreeze: tuple[int, ...] | str,
     known: dict[str, float] | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> StepCosts:
     """Time each kind of phase on the run's own model, then put every variable back.
 
     `known` holds seconds per step already timed for a kind of phase on this model and
-    these batches (the --precision auto probe times the last phase's): not timed again."""
+    these batches (the --precision auto probe times the last phase's): not timed again.
+    `stopping()` true (Ctrl-C, SIGTERM) ends the probe at the next step with StopRequested."""
     model = prepared.model
     saved = [variable.numpy() for variable in model.variables]
     batch = prepared.distribution["global_batch"]
@@ -110,13 +114,15 @@ def probe(
                 set_trainable(model, phase, settings, unfreeze)
                 # The last phase's step with the weight average's update, when --ema.
                 ema = settings.ema if phase is phases[-1] else 0.0
-                per_step[phase.trainable] = _step_seconds(prepared, settings, phase, ema)
+                per_step[phase.trainable] = _step_seconds(
+                    prepared, settings, phase, ema, stopping=stopping
+                )
         if settings.progressive_resize is not None and not _cached(phases[-1], settings):
             # Every size a budget's schedule could give, on the last phase's kind of step.
             last = phases[-1]
             set_trainable(model, last, settings, unfreeze)
             by_size = {
-                size: _step_seconds(prepared, settings, last, settings.ema, size)
+                size: _step_seconds(prepared, settings, last, settings.ema, size, stopping)
                 for size in ramp_sizes(settings.progressive_resize, settings.image_size)[:-1]
             }
             by_size[settings.image_size] = per_step[last.trainable]
@@ -333,6 +339,7 @@ def _step_seconds(
     phase: PhasePlan,
     ema: float = 0.0,
     image_size: int | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> float:
     """Seconds per optimizer step of this phase's kind, on the run's first batches (resized
     to `image_size`, else the run's size)."""
@@ -341,7 +348,12 @@ def _step_seconds(
     )
     step = train_step_function(prepared.model, optimizer, keras.losses.CategoricalCrossentropy())
     batches = iter(prepared.train_dataset(first_epoch=0, image_size=image_size).repeat())
-    return step_seconds({"step": step}, batches, TIMED_STEPS)["step"]
+
+    def before_step() -> None:
+        if stopping():
+            raise StopRequested
+
+    return step_seconds({"step": step}, batches, TIMED_STEPS, before_step)["step"]
 
 
 def _forward_seconds_per_image(prepared: Prepared, model: Any) -> float:

@@ -68,14 +68,17 @@ def _mirrored(view: View) -> View:
     return mirrored
 
 
-def predict_views(model: Any, dataset: tf.data.Dataset, mode: str = "none") -> list[np.ndarray]:
+def predict_views(
+    model: Any, dataset: tf.data.Dataset, mode: str = "none", callbacks: list[Any] | None = None
+) -> list[np.ndarray]:
     """Softmax of every view of `mode` (the image itself first), for an evaluation dataset of
-    (images, labels)."""
+    (images, labels). `callbacks` go to every Keras predict call."""
     image_size = int(dataset.element_spec[0].shape[1])
     out = []
     for view in views(mode, image_size):
         images = dataset.map(lambda x, _y, view=view: view(x))
-        out.append(np.asarray(model.predict(images, verbose=0), dtype=np.float64))
+        probs = model.predict(images, verbose=0, callbacks=callbacks)
+        out.append(np.asarray(probs, dtype=np.float64))
     return out
 
 
@@ -95,6 +98,8 @@ def mean_of_views(per_view: list[np.ndarray], mode: str | None = None) -> np.nda
     return total.astype(np.float32)
 
 
-def predict_probs(model: Any, dataset: tf.data.Dataset, mode: str = "none") -> np.ndarray:
+def predict_probs(
+    model: Any, dataset: tf.data.Dataset, mode: str = "none", callbacks: list[Any] | None = None
+) -> np.ndarray:
     """Mean softmax over the views of `mode`, for an evaluation dataset of (images, labels)."""
-    return mean_of_views(predict_views(model, dataset, mode), mode)
+    return mean_of_views(predict_views(model, dataset, mode, callbacks), mode)
