@@ -433,29 +433,17 @@ def make_train_dataset(
     number): each epoch has its own order and augmentations, iterating the dataset again
     gives the same batches, and a run resumed at epoch k, batch b sees exactly the batches
     an uninterrupted run would (see `epoch_batches`).
-
-    `flip="alternate"` replaces the preset's random mirror by airbench's alternating flip
-    (Jordan 2024): each image is mirrored or not at random in even epochs (a draw fixed by
-    the seed) and the other way round in odd ones, so every two epochs show both views.
+    `flip="alternate"` replaces the preset's random mirror (see `_alternating_flip`).
     """
-    check_preset(augment)
-    check_mix(mix, mix_alpha)
-    check_label_smoothing(label_smoothing)
+    _check_recipe(augment, mix, mix_alpha, label_smoothing)
     indices = _check_batches(x, y, indices, num_classes, batch_size, preprocessing, "training")
-    focus_seed = int(np.random.SeedSequence(seed).generate_state(3)[2] % (2**31 - 1))
-    focus_classes = sorted({c for pair in focus_pairs or () for c in pair})
-    epoch = oversample(indices, np.asarray(y), focus_classes, focus_factor, focus_seed)
-    if drop_remainder and len(epoch) < batch_size:
-        raise ConfigError(
-            f"--batch-size {batch_size} exceeds the {len(epoch)} training examples; lower it"
-        )
+    epoch = _epoch_examples(indices, y, focus_pairs, focus_factor, seed)
+    _check_batch_fits(len(epoch), batch_size, drop_remainder)
     epoch_indices = tf.constant(epoch)
     labels = tf.constant(np.asarray(y, dtype=np.int32))
     example_weights = tf.constant(_example_weights(y, class_weights, num_classes))
     augmenter = BatchAugmenter(augment, x.shape[1:], flip)
-    mirror = None
-    if flip == "alternate" and preset_flips(augment):
-        mirror = _alternating_flip(len(x), seed)
+    mirror = _alternating_flip(len(x), seed) if _alternates(flip, augment) else None
 
     def gather_and_augment(idx: np.ndarray, batch_seed: np.int64) -> np.ndarray:
         return augmenter(x[idx], int(batch_seed))
@@ -467,8 +455,7 @@ def make_train_dataset(
         images = tf.numpy_function(gather_and_augment, [idx, batch_seed], tf.uint8, stateful=False)
         images.set_shape(idx.shape.concatenate(x.shape[1:]))
         if mirror is not None:
-            flipped = tf.not_equal(tf.gather(mirror, idx), tf.equal(epoch % 2, 1))
-            images = tf.where(flipped[:, None, None, None], tf.reverse(images, [2]), images)
+            images = _mirror_alternately(images, tf.gather(mirror, idx), epoch)
         images = preprocessing(images)
         one_hot = tf.one_hot(tf.gather(labels, idx), num_classes, dtype=tf.float32)
         weights = tf.gather(example_weights, idx)
@@ -518,8 +505,48 @@ def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
+def _epoch_examples(
+    indices: np.ndarray,
+    y: np.ndarray,
+    focus_pairs: Sequence[tuple[int, int]] | None,
+    focus_factor: float,
+    seed: int,
+) -> np.ndarray:
+    """One epoch's examples: the split's indices, the focus pairs' classes oversampled."""
+    focus_seed = int(np.random.SeedSequence(seed).generate_state(3)[2] % (2**31 - 1))
+    focus_classes = sorted({c for pair in focus_pairs or () for c in pair})
+    return oversample(indices, np.asarray(y), focus_classes, focus_factor, focus_seed)
+
+
+def _check_recipe(augment: str, mix: str, mix_alpha: float, label_smoothing: float) -> None:
+    check_preset(augment)
+    check_mix(mix, mix_alpha)
+    check_label_smoothing(label_smoothing)
+
+
+def _check_batch_fits(examples: int, batch_size: int, drop_remainder: bool) -> None:
+    if drop_remainder and examples < batch_size:
+        raise ConfigError(
+            f"--batch-size {batch_size} exceeds the {examples} training examples; lower it"
+        )
+
+
+def _mirror_alternately(images: tf.Tensor, mirrored: tf.Tensor, epoch: tf.Tensor) -> tf.Tensor:
+    """Each image mirrored where its even-epoch draw says so, the other way in odd epochs."""
+    flipped = tf.not_equal(mirrored, tf.equal(epoch % 2, 1))
+    return tf.where(flipped[:, None, None, None], tf.reverse(images, [2]), images)
+
+
+def _alternates(flip: str, augment: str) -> bool:
+    return flip == "alternate" and preset_flips(augment)
+
+
 def _alternating_flip(count: int, seed: int) -> tf.Tensor:
-    """Whether each stored image is mirrored in even epochs: one fixed draw per image."""
+    """Whether each stored image is mirrored in even epochs: one fixed draw per image.
+
+    airbench's alternating flip (Jordan 2024) in place of the preset's random mirror: each
+    image is mirrored or not at random in even epochs and the other way round in odd ones,
+    so every two epochs show both views of every image."""
     draws = np.random.default_rng(np.random.SeedSequence([seed, 0xF11])).random(count)
     return tf.constant(draws < 0.5)
 
