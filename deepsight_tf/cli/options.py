@@ -94,7 +94,9 @@ def settings_options(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a command `def cmd(own params..., settings)`: Typer sees the own parameters and
     one option per settings field; the command is called with `settings=cls(**those values)`.
-    `param` names the command's parameter, so that two settings classes can be stacked."""
+    `param` names the command's parameter, so that two settings classes can be stacked.
+    The command's `settings_fields` maps each option made so to its field (help, rule, panel),
+    which the command reference in docs/ reads."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         own_hints = typing.get_type_hints(func, include_extras=True)
@@ -112,6 +114,8 @@ def settings_options(
             return func(*args, **{param: cls(**values)}, **kwargs)
 
         del command.__wrapped__  # Typer must read the signature below, not func's
+        made = {f.name: f for f in fields(cls) if f.name in names}
+        command.settings_fields = {**getattr(func, "settings_fields", {}), **made}  # type: ignore[attr-defined]
         command.__signature__ = inspect.Signature([*own, *generated])  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in [*own, *generated]}
         return command
