@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 from deepsight_tf.core.checks import MAX_IMAGE_SIZE, check_image_size, check_name, parse_duration
@@ -50,37 +52,14 @@ TTA_MODES = ("none", "flip", "flip-shift", "flip-x-shift", "flip-translate")
 ANNEALS = ("cos", "linear")
 FLIPS = ("random", "alternate")
 MAX_SAMPLES_PER_CLASS = 64
-
-# Help panels: the groups a command's --help shows its options in, in this order. A Keras user
-# looks for "the learning rate" or "the checkpoints", not through one long list of flags.
-DATA = "Data"
-MODEL = "Model"
-SCHEDULE = "Schedule"
-REGULARISATION = "Regularisation"
-BUDGET = "Budget and precision"
-CHECKPOINTS = "Checkpoints"
-OUTPUT = "Output"
-DUPLICATES = "Duplicates"
-INTERPOLATION = "Interpolation study"
-HEAT_MAPS = "Heat maps"
-FORENSICS = "Forensics"
-STATISTICS = "Statistics"
-EXPERIMENT = "Experiment"
-PANELS = (
-    DATA,
-    MODEL,
-    SCHEDULE,
-    REGULARISATION,
-    BUDGET,
-    CHECKPOINTS,
-    OUTPUT,
-    DUPLICATES,
-    INTERPOLATION,
-    HEAT_MAPS,
-    FORENSICS,
-    STATISTICS,
-    EXPERIMENT,
-)
+# Help panels, in the order --help shows them: a user looks for "the learning rate" or "the
+# checkpoints", not through one long list of flags. Each class below names its fields' panels.
+DATA, MODEL, SCHEDULE, REGULARISATION = "Data", "Model", "Schedule", "Regularisation"
+BUDGET, CHECKPOINTS, OUTPUT = "Budget and precision", "Checkpoints", "Output"
+DUPLICATES, INTERPOLATION, HEAT_MAPS = "Duplicates", "Interpolation study", "Heat maps"
+FORENSICS, STATISTICS, EXPERIMENT = "Forensics", "Statistics", "Experiment"
+PANELS = (DATA, MODEL, SCHEDULE, REGULARISATION, BUDGET, CHECKPOINTS, OUTPUT)
+PANELS += (DUPLICATES, INTERPOLATION, HEAT_MAPS, FORENSICS, STATISTICS, EXPERIMENT)
 # The near-duplicate decision (reasons in deepsight_tf/data/duplicates.py, stage 3).
 NEAR_CEILING = 0.2  # distance 1 - r at r = 0.8: the most any data set's threshold may be
 NEAR_FALSE_MATCH_TAIL = 1e-3  # share of distinct nearest neighbours put below the threshold
@@ -96,16 +75,31 @@ def setting(
     le: float | None = None,
     lt: float | None = None,
     cli: bool = True,
-    panel: str | None = None,
 ) -> Any:
     """A settings field with its help and rule: `choices`, or bounds (ge >=, gt >, le <=, lt <).
 
     None is always allowed where the default is None (it means "decide for me"). `cli=False`
-    keeps a field off the command line. `panel` (one of PANELS) groups the option in --help
-    and in the command reference.
+    keeps a field off the command line. Its help panel comes from its class's `panels`.
     """
     rule = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt}
-    return field(default=default, metadata={"help": help_text, "cli": cli, "panel": panel, **rule})
+    return field(default=default, metadata={"help": help_text, "cli": cli, "panel": None, **rule})
+
+
+def panels(groups: dict[str, str]) -> Callable[[type], type]:
+    """Class decorator (above @dataclass): each listed field's help panel, {panel: "a b c"},
+    into its metadata, where --help and the command reference read it."""
+
+    def apply(cls: type) -> type:
+        by_name = {f.name: f for f in fields(cls)}
+        for panel, names in groups.items():
+            if panel not in PANELS or not set(names.split()) <= set(by_name):
+                raise TypeError(f"{cls.__name__} panel {panel!r}: {names}")
+            for name in names.split():
+                metadata = {**by_name[name].metadata, "panel": panel}
+                by_name[name].metadata = MappingProxyType(metadata)
+        return cls
+
+    return apply
 
 
 def rule_text(meta: dict[str, Any]) -> str:
@@ -157,60 +151,45 @@ class Settings:
         """Rules that involve one field's form or several fields (override)."""
 
 
+@panels({DATA: "source name resize strict force"})
 @dataclass
 class ObtainSettings(Settings):
     source: str | None = setting(
         None,
         "Local copy: cifar-10-python.tar.gz, cifar-10-batches-py/, an image folder "
         "(train/<class>/, test/<class>/) or an .npz. Default: Keras's CIFAR-10 download.",
-        panel=DATA,
     )
-    name: str | None = setting(
-        None, "Data set name in the workspace. Default: from the source.", panel=DATA
-    )
+    name: str | None = setting(None, "Data set name in the workspace. Default: from the source.")
     resize: int | None = setting(
-        None,
-        "Resize every image to NxN pixels (needed for mixed sizes).",
-        ge=1,
-        le=MAX_IMAGE_SIZE,
-        panel=DATA,
+        None, "Resize every image to NxN pixels (needed for mixed sizes).", ge=1, le=MAX_IMAGE_SIZE
     )
-    strict: bool = setting(False, "Refuse unreadable files instead of skipping them.", panel=DATA)
-    force: bool = setting(
-        False, "Read the source again even if the stored copy is current.", panel=DATA
-    )
+    strict: bool = setting(False, "Refuse unreadable files instead of skipping them.")
+    force: bool = setting(False, "Read the source again even if the stored copy is current.")
 
     def check(self) -> None:
         if self.name is not None:
             check_name(self.name, "--name")
 
 
+@panels(
+    {
+        DATA: "dataset val_size seed",
+        DUPLICATES: "drop_leaks near_threshold neighbours",
+        INTERPOLATION: "image_size interp_sample",
+    }
+)
 @dataclass
 class ScrubSettings(Settings):
-    dataset: str | None = setting(
-        None, "Data set in the workspace. Default: the only one.", panel=DATA
-    )
+    dataset: str | None = setting(None, "Data set in the workspace. Default: the only one.")
     val_size: float = setting(
-        0.1,
-        "Fraction of the training split held out for validation (stratified).",
-        gt=0,
-        lt=1,
-        panel=DATA,
+        0.1, "Fraction of the training split held out for validation (stratified).", gt=0, lt=1
     )
-    seed: int = setting(
-        42, "Seed of the validation split and the interpolation sample.", ge=0, panel=DATA
-    )
-    drop_leaks: bool = setting(
-        False, "Drop training images that duplicate a test image.", panel=DUPLICATES
-    )
+    seed: int = setting(42, "Seed of the validation split and the interpolation sample.", ge=0)
+    drop_leaks: bool = setting(False, "Drop training images that duplicate a test image.")
     image_size: int = setting(
-        64,
-        "Training size that the interpolation study upsamples to (64: the CIFAR-10 recipe's).",
-        panel=INTERPOLATION,
+        64, "Training size that the interpolation study upsamples to (64: the CIFAR-10 recipe's)."
     )
-    interp_sample: int = setting(
-        512, "Images measured in the interpolation study.", ge=1, panel=INTERPOLATION
-    )
+    interp_sample: int = setting(512, "Images measured in the interpolation study.", ge=1)
     # Near duplicates (see deepsight_tf/data/duplicates.py, stage 3): how close two distinct
     # images of a class come depends on the images (0.4 apart in CIFAR-10, under 0.1 in 8x8
     # handwriting), so the default threshold is set on the data set itself, never above the
@@ -223,14 +202,11 @@ class ScrubSettings(Settings):
         f"{NEAR_CEILING:g} (the level set on photos, which CIFAR-10 gets).",
         gt=0,
         lt=1,
-        panel=DUPLICATES,
     )
     # Candidates per image from each of the two indexes (layout, spectrum), all verified: 3 + 3
     # find 97% of copies planted among CIFAR-10 (bench/duplicates.py); 5 from the layout index
     # alone found 88%, the shifted copies worst. Verification is most of the run time.
-    neighbours: int = setting(
-        3, "Near-duplicate candidates per image from each index.", ge=1, panel=DUPLICATES
-    )
+    neighbours: int = setting(3, "Near-duplicate candidates per image from each index.", ge=1)
 
     def check(self) -> None:
         check_image_size(self.image_size)
@@ -238,26 +214,20 @@ class ScrubSettings(Settings):
             check_name(self.dataset, "--dataset")
 
 
+@panels({DATA: "dataset hypotheses", OUTPUT: "samples_per_class seed"})
 @dataclass
 class ExploreSettings(Settings):
-    dataset: str | None = setting(
-        None, "Data set in the workspace. Default: the only one.", panel=DATA
-    )
+    dataset: str | None = setting(None, "Data set in the workspace. Default: the only one.")
     hypotheses: str | None = setting(
         None,
         'JSON file with "groups" (name to list of classes), "comparisons" (pairs of groups) '
         'and "confusable_pairs" (pairs of classes). Default: the CIFAR-10 hypotheses when the '
         "data set has those classes.",
-        panel=DATA,
     )
     samples_per_class: int = setting(
-        8,
-        "Images per class in the sample grid.",
-        ge=1,
-        le=MAX_SAMPLES_PER_CLASS,
-        panel=OUTPUT,
+        8, "Images per class in the sample grid.", ge=1, le=MAX_SAMPLES_PER_CLASS
     )
-    seed: int = setting(0, "Seed of the sample grid.", ge=0, panel=OUTPUT)
+    seed: int = setting(0, "Seed of the sample grid.", ge=0)
 
     def check(self) -> None:
         if self.dataset is not None:
@@ -267,158 +237,122 @@ class ExploreSettings(Settings):
 _UNFREEZE = re.compile(r"^(all|\s*\d+\s*(,\s*\d+\s*)*)$")
 
 
+@panels(
+    {
+        DATA: "dataset image_size interpolation class_weights focus_pairs focus_factor drop_train "
+        "drop_top seed max_train_images",
+        MODEL: "backbone weights stem width_multiplier zero_init_residual unfreeze",
+        SCHEDULE: "progressive_resize batch_size frozen_epochs epochs optimizer lr "
+        "backbone_lr_mult momentum bias_lr_mult ema lookahead pct_start anneal div_factor "
+        "final_div_factor",
+        REGULARISATION: "dropout augment flip mix mix_alpha label_smoothing weight_decay",
+        BUDGET: "budget last_epoch_steps precision deterministic estimate strategy",
+        CHECKPOINTS: "resume resume_or_start checkpoint_minutes keep_checkpoints",
+        OUTPUT: "run_id mva tta",
+    }
+)
 @dataclass
 class TrainSettings(Settings):
-    dataset: str | None = setting(
-        None, "Data set in the workspace. Default: the only one.", panel=DATA
-    )
-    run_id: str | None = setting(
-        None, "Run name (a folder under runs/). Default: backbone-time.", panel=OUTPUT
-    )
-    backbone: str = setting("resnet18", "The network to train.", choices=BACKBONES, panel=MODEL)
+    dataset: str | None = setting(None, "Data set in the workspace. Default: the only one.")
+    run_id: str | None = setting(None, "Run name (a folder under runs/). Default: backbone-time.")
+    backbone: str = setting("resnet18", "The network to train.", choices=BACKBONES)
     weights: str = setting(
-        "none",
-        "imagenet, none, a KerasHub preset folder, a .weights.h5 file or a run folder.",
-        panel=MODEL,
+        "none", "imagenet, none, a KerasHub preset folder, a .weights.h5 file or a run folder."
     )
     stem: str | None = setting(
         None,
         "cifar (3x3, no pooling) or imagenet (ResNet: 7x7 and max-pool; EfficientNet's only "
         "stem). Default: cifar at <= 32 px from scratch where the backbone has it, else imagenet.",
         choices=STEMS,
-        panel=MODEL,
     )
     image_size: int = setting(
-        64,
-        "Pixels fed to the network (64: the CIFAR-10 recipe, upsampled from its 32 px).",
-        panel=DATA,
+        64, "Pixels fed to the network (64: the CIFAR-10 recipe, upsampled from its 32 px)."
     )
     progressive_resize: int | None = setting(
         None,
         "Progressive resizing: the first epoch at this many pixels, growing in steps of 8 to "
         "--image-size, which the last quarter of the epochs keeps. Default: off.",
-        panel=SCHEDULE,
     )
     interpolation: str | None = setting(
         None,
         "Resize method. Default: the one scrub's interpolation study selected.",
         choices=INTERPOLATIONS,
-        panel=DATA,
     )
     width_multiplier: float = setting(
-        1.0,
-        "Channel width factor (<1: a narrow network; from scratch only).",
-        gt=0,
-        le=4,
-        panel=MODEL,
+        1.0, "Channel width factor (<1: a narrow network; from scratch only).", gt=0, le=4
     )
-    dropout: float = setting(0.2, "Dropout rate before the head.", ge=0, lt=1, panel=REGULARISATION)
+    dropout: float = setting(0.2, "Dropout rate before the head.", ge=0, lt=1)
     zero_init_residual: bool = setting(
         False,
         "Start each residual block as the identity: the BatchNorm gamma ending its branch at "
         "zero (from scratch only).",
-        panel=MODEL,
     )
-    augment: str = setting(
-        "standard", "Pixel augmentation preset.", choices=AUGMENT_PRESETS, panel=REGULARISATION
-    )
+    augment: str = setting("standard", "Pixel augmentation preset.", choices=AUGMENT_PRESETS)
     flip: str = setting(
         "random",
         "The preset's mirror: random per image, or alternate (each image mirrored on every "
         "other epoch, airbench's).",
         choices=FLIPS,
-        panel=REGULARISATION,
     )
-    mix: str = setting("none", "Batch mixing.", choices=MIX_MODES, panel=REGULARISATION)
-    mix_alpha: float = setting(
-        1.0, "Beta(alpha, alpha) of the mixing ratio.", gt=0, panel=REGULARISATION
-    )
-    label_smoothing: float = setting(
-        0.0, "Label smoothing epsilon.", ge=0, lt=1, panel=REGULARISATION
-    )
+    mix: str = setting("none", "Batch mixing.", choices=MIX_MODES)
+    mix_alpha: float = setting(1.0, "Beta(alpha, alpha) of the mixing ratio.", gt=0)
+    label_smoothing: float = setting(0.0, "Label smoothing epsilon.", ge=0, lt=1)
     class_weights: str = setting(
-        "none",
-        f"none, balanced, or a per-class recall JSON / an earlier run's {METRICS_FILE}.",
-        panel=DATA,
+        "none", f"none, balanced, or a per-class recall JSON / an earlier run's {METRICS_FILE}."
     )
     focus_pairs: str | None = setting(
-        None,
-        "Oversample confusable classes: cat:dog,automobile:truck, or @FILE.",
-        panel=DATA,
+        None, "Oversample confusable classes: cat:dog,automobile:truck, or @FILE."
     )
-    focus_factor: float = setting(
-        2.0, "How much more often focus classes are drawn.", ge=1, panel=DATA
-    )
+    focus_factor: float = setting(2.0, "How much more often focus classes are drawn.", ge=1)
     drop_train: str | None = setting(
         None,
         "Leave these training images out: a CSV with an index column (interpret's "
         f"{TRAIN_LABEL_ISSUES_FILE}, most doubtful first).",
-        panel=DATA,
     )
     drop_top: int | None = setting(
-        None,
-        "With --drop-train: only the file's first N rows. Default: all.",
-        ge=1,
-        panel=DATA,
+        None, "With --drop-train: only the file's first N rows. Default: all.", ge=1
     )
-    batch_size: int = setting(128, "Images per step (per replica).", ge=1, panel=SCHEDULE)
+    batch_size: int = setting(128, "Images per step (per replica).", ge=1)
     frozen_epochs: int | None = setting(
-        None,
-        "Head-only epochs (phase 1). Default: 1 with pretrained weights, else 0.",
-        ge=0,
-        panel=SCHEDULE,
+        None, "Head-only epochs (phase 1). Default: 1 with pretrained weights, else 0.", ge=0
     )
-    epochs: int = setting(4, "Epochs with stages unfrozen (phase 2).", ge=0, panel=SCHEDULE)
+    epochs: int = setting(4, "Epochs with stages unfrozen (phase 2).", ge=0)
     budget: str | None = setting(
         None,
         "Wall time for the whole command, e.g. 10m, 1h30m, 600s: sets --epochs (and the steps "
         "of the last epoch) from the pre-flight step timing.",
-        panel=BUDGET,
     )
     last_epoch_steps: int | None = setting(
-        None,
-        "Steps in the last epoch of phase 2 (set by --budget).",
-        ge=1,
-        cli=False,
-        panel=BUDGET,
+        None, "Steps in the last epoch of phase 2 (set by --budget).", ge=1, cli=False
     )
     unfreeze: str | None = setting(
         None,
         "Stages to unfreeze: 3,4 or all. Default: all from scratch; pretrained, the backbone's "
         "last stages (ResNets 3,4; EfficientNet-Lite 4-8).",
-        panel=MODEL,
     )
-    optimizer: str = setting(
-        "sgd", "sgd (Nesterov momentum) or adamw.", choices=OPTIMIZERS, panel=SCHEDULE
-    )
+    optimizer: str = setting("sgd", "sgd (Nesterov momentum) or adamw.", choices=OPTIMIZERS)
     lr: float | None = setting(
         None,
         "One-cycle peak rate of the head. Default: 0.4 from scratch, 0.05 pretrained (both "
         "measured on CIFAR-10).",
         gt=0,
-        panel=SCHEDULE,
     )
     backbone_lr_mult: float | None = setting(
-        None,
-        "Backbone rate as a multiple of --lr. Default: 1 from scratch, 0.1 pretrained.",
-        ge=0,
-        panel=SCHEDULE,
+        None, "Backbone rate as a multiple of --lr. Default: 1 from scratch, 0.1 pretrained.", ge=0
     )
-    weight_decay: float = setting(5e-4, "Decoupled weight decay.", ge=0, panel=REGULARISATION)
+    weight_decay: float = setting(5e-4, "Decoupled weight decay.", ge=0)
     momentum: float | None = setting(
         None,
         "SGD momentum (AdamW's beta_1), held constant. Default: cycled against the rate, "
         "0.95 at the lowest rates to 0.85 at the peak.",
         ge=0,
         lt=1,
-        panel=SCHEDULE,
     )
     bias_lr_mult: float = setting(
         1.0,
         "BatchNorm offsets learn at this multiple of their layer's rate (weight decay "
         "unscaled); airbench uses 64.",
         gt=0,
-        panel=SCHEDULE,
     )
     ema: float = setting(
         0.0,
@@ -427,39 +361,26 @@ class TrainSettings(Settings):
         "validation macro-F1 beats the best epoch's; both are scored on the test set.",
         ge=0,
         lt=1,
-        panel=SCHEDULE,
     )
     lookahead: bool = setting(
         False,
         "airbench's lookahead in the last phase: every 5 steps an average of the weights "
         "moves towards them and they jump to it, the average's pull rising over the schedule; "
         "the run ends on the average.",
-        panel=SCHEDULE,
     )
-    pct_start: float = setting(
-        0.25, "Fraction of each phase spent warming up.", gt=0, lt=1, panel=SCHEDULE
-    )
+    pct_start: float = setting(0.25, "Fraction of each phase spent warming up.", gt=0, lt=1)
     anneal: str = setting(
-        "cos",
-        "Shape of the one-cycle rate: cos (fastai's) or linear.",
-        choices=ANNEALS,
-        panel=SCHEDULE,
+        "cos", "Shape of the one-cycle rate: cos (fastai's) or linear.", choices=ANNEALS
     )
-    div_factor: float = setting(
-        25.0, "The one-cycle rate starts at --lr / this.", gt=0, panel=SCHEDULE
-    )
+    div_factor: float = setting(25.0, "The one-cycle rate starts at --lr / this.", gt=0)
     final_div_factor: float = setting(
-        1e4,
-        "The one-cycle rate ends at its starting rate / this.",
-        gt=0,
-        panel=SCHEDULE,
+        1e4, "The one-cycle rate ends at its starting rate / this.", gt=0
     )
     precision: str = setting(
         "auto",
         "Float policy. auto: mixed_float16 on a capable GPU; on a CPU with native bfloat16 "
         "the faster of float32 and mixed_bfloat16 on the run's own step; else float32.",
         choices=PRECISIONS,
-        panel=BUDGET,
     )
     mva: float = setting(
         0.65,
@@ -467,40 +388,32 @@ class TrainSettings(Settings):
         "CIFAR-10 target: set your data set's).",
         ge=0,
         le=1,
-        panel=OUTPUT,
     )
-    seed: int = setting(42, "Random seed.", ge=0, panel=DATA)
-    deterministic: bool = setting(False, "Deterministic ops (slower; exact resume).", panel=BUDGET)
+    seed: int = setting(42, "Random seed.", ge=0)
+    deterministic: bool = setting(False, "Deterministic ops (slower; exact resume).")
     resume: bool = setting(
         False,
         "Continue the unfinished run --run-id names, with its settings; a run id with no run "
         "is an error (never a new run).",
-        panel=CHECKPOINTS,
     )
     resume_or_start: bool = setting(
         False,
         "Continue the run --run-id names if it exists, else start it: for scripts that rerun "
         "(make all).",
-        panel=CHECKPOINTS,
     )
     # Commit the training state every this many minutes within an epoch (and at every epoch
     # end); a killed run loses at most this much. 0: at epoch ends only.
     checkpoint_minutes: float = setting(
-        5.0,
-        "Save the training state this often within an epoch (0: epoch ends only).",
-        ge=0,
-        panel=CHECKPOINTS,
+        5.0, "Save the training state this often within an epoch (0: epoch ends only).", ge=0
     )
     keep_checkpoints: bool = setting(
         False,
         f"Keep checkpoints/ once the run is complete (default: dropped; {MODEL_FILE} holds "
         "the best epoch).",
-        panel=CHECKPOINTS,
     )
     estimate: bool = setting(
         True,
         "Time a few training steps before the first epoch and print the run's expected time.",
-        panel=BUDGET,
     )
     tta: str = setting(
         "none",
@@ -508,19 +421,12 @@ class TrainSettings(Settings):
         "mirror; flip-shift adds four 1/16-side shifts; flip-x-shift the shifts' mirrors "
         "too (10 views).",
         choices=TTA_MODES,
-        panel=OUTPUT,
     )
     max_train_images: int | None = setting(
-        None,
-        "Train on a stratified subset of this many images (quick runs).",
-        ge=1,
-        panel=DATA,
+        None, "Train on a stratified subset of this many images (quick runs).", ge=1
     )
     strategy: str = setting(
-        "auto",
-        "tf.distribute: one device, mirrored (GPUs) or multiworker.",
-        choices=STRATEGIES,
-        panel=BUDGET,
+        "auto", "tf.distribute: one device, mirrored (GPUs) or multiworker.", choices=STRATEGIES
     )
 
     def check(self) -> None:
@@ -572,11 +478,10 @@ EXPERIMENT_ARMS = (
 )
 
 
+@panels({EXPERIMENT: "arms baseline_seeds n_boot issues_from resume resume_or_start"})
 @dataclass
 class ExperimentSettings(Settings):
-    name: str = setting(
-        "", "Experiment name (a folder under experiments/).", cli=False, panel=EXPERIMENT
-    )
+    name: str = setting("", "Experiment name (a folder under experiments/).", cli=False)
     arms: str = setting(
         "baseline,cutmix,mixup,focus-pairs,class-weights,resnet50",
         f"Arms, comma-separated, from: {', '.join(EXPERIMENT_ARMS)}, or any train setting "
@@ -584,34 +489,25 @@ class ExperimentSettings(Settings):
         "flip=random). focus-pairs and class-weights are derived from the baseline's "
         "validation predictions, clean-labels leaves out a run's training label issues "
         "(--issues-from).",
-        panel=EXPERIMENT,
     )
     baseline_seeds: int = setting(
-        2,
-        "Baseline runs with different seeds: their spread is the run-to-run noise.",
-        ge=1,
-        panel=EXPERIMENT,
+        2, "Baseline runs with different seeds: their spread is the run-to-run noise.", ge=1
     )
-    n_boot: int = setting(
-        2000, "Paired bootstrap resamples for every interval.", ge=100, panel=EXPERIMENT
-    )
+    n_boot: int = setting(2000, "Paired bootstrap resamples for every interval.", ge=100)
     issues_from: str | None = setting(
         None,
         f"Run whose interpret/{TRAIN_LABEL_ISSUES_FILE} the clean-labels arm leaves out. "
         "Default: the baseline's (run `deepsight interpret NAME-baseline` once it is trained).",
-        panel=EXPERIMENT,
     )
     resume: bool = setting(
         False,
         "Continue the experiment NAME (finished arms kept, an interrupted one resumed); a name "
         "with no experiment is an error (never a new one).",
-        panel=CHECKPOINTS,
     )
     resume_or_start: bool = setting(
         False,
         "Continue the experiment NAME if it exists, else start it: for scripts that rerun "
         "(make experiment).",
-        panel=CHECKPOINTS,
     )
 
     def check(self) -> None:
@@ -683,38 +579,31 @@ _INTEGERS = frozenset({"progressive_resize", "frozen_epochs", "drop_top", "max_t
 _NUMBERS = _INTEGERS | {"lr", "backbone_lr_mult", "momentum"}
 
 
+@panels(
+    {
+        HEAT_MAPS: "methods max_images sanity_images grid_per_class",
+        FORENSICS: "context_images train_issues",
+        STATISTICS: "n_boot seed",
+    }
+)
 @dataclass
 class InterpretSettings(Settings):
-    run_id: str = setting("", "Run to interpret (a folder under runs/).", cli=False, panel=OUTPUT)
+    run_id: str = setting("", "Run to interpret (a folder under runs/).", cli=False)
     methods: str = setting(
-        ",".join(CAM_METHODS),
-        f"CAM methods, comma-separated: {', '.join(CAM_METHODS)}.",
-        panel=HEAT_MAPS,
+        ",".join(CAM_METHODS), f"CAM methods, comma-separated: {', '.join(CAM_METHODS)}."
     )
     max_images: int = setting(
-        100,
-        "Test images for CAM maps, faithfulness and the sanity check.",
-        ge=1,
-        panel=HEAT_MAPS,
+        100, "Test images for CAM maps, faithfulness and the sanity check.", ge=1
     )
-    context_images: int = setting(
-        5000, "Test images for the occlusion test (0: all).", ge=0, panel=FORENSICS
-    )
-    sanity_images: int = setting(
-        16, "Test images for the randomisation sanity check.", ge=1, panel=HEAT_MAPS
-    )
-    grid_per_class: int = setting(
-        4, "CAM grid: correct and wrong images per class.", ge=0, panel=HEAT_MAPS
-    )
-    n_boot: int = setting(
-        2000, "Bootstrap resamples for every confidence interval.", ge=100, panel=STATISTICS
-    )
-    seed: int = setting(0, "Random seed.", ge=0, panel=STATISTICS)
+    context_images: int = setting(5000, "Test images for the occlusion test (0: all).", ge=0)
+    sanity_images: int = setting(16, "Test images for the randomisation sanity check.", ge=1)
+    grid_per_class: int = setting(4, "CAM grid: correct and wrong images per class.", ge=0)
+    n_boot: int = setting(2000, "Bootstrap resamples for every confidence interval.", ge=100)
+    seed: int = setting(0, "Random seed.", ge=0)
     train_issues: bool = setting(
         True,
         "Label issues in the training images too, from K-fold linear probes on the run's "
         "features (a forward pass over the training set).",
-        panel=FORENSICS,
     )
 
     def check(self) -> None:
