@@ -22,7 +22,7 @@ DOCS = Path(__file__).resolve().parent
 RESULTS_DIR = DOCS / "results"
 RESULTS_PAGE = "results.md"
 REFERENCE_PAGE = "reference.md"
-CSV_MARKER = re.compile(r"<!-- csv: ([\w.-]+\.csv) -->")
+CSV_MARKER = re.compile(r"^<!-- csv: ([\w.-]+\.csv) -->$", re.MULTILINE)  # a line of its own
 OPTIONS_PANEL = "Options"  # Typer's panel for a command's own options and --help
 
 
@@ -120,10 +120,20 @@ def _exit_codes() -> list[str]:
         if isinstance(cls, type) and issubclass(cls, errors.DeepsightError)
     ]
     for cls in sorted(classes, key=lambda c: c.exit_code):
-        if cls is not errors.DeepsightError:
+        if cls not in (errors.DeepsightError, errors.TrainingInterrupted):
             doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
             rows.append((str(cls.exit_code), cls.kind, doc))
-    rows.append(("143", "interrupted", "SIGTERM during training: the state was saved."))
+    rows.append(
+        (
+            str(errors.INTERNAL_EXIT_CODE),
+            "unexpected",
+            "An exception no check foresaw (a bug, or running out of memory): one line naming "
+            "it; --debug shows the traceback.",
+        )
+    )
+    kind = errors.TrainingInterrupted.kind
+    rows.append(("130", kind, "Ctrl-C: train saved its state and says how to resume."))
+    rows.append(("143", kind, "SIGTERM (a scheduler, docker stop): the same as Ctrl-C."))
     lines = ["## Exit codes", "", "| code | kind | meaning |", "| --- | --- | --- |"]
     return lines + [f"| {code} | {kind} | {_text(doc)} |" for code, kind, doc in rows] + [""]
 
@@ -184,9 +194,8 @@ def _cell(column: str, row: dict[str, str]) -> str:
         seconds = float(value)
         return f"{seconds / 60:.1f} min" if seconds >= 600 else f"{seconds:.0f} s"
     low, high = row.get(f"{column}_low", "").strip(), row.get(f"{column}_high", "").strip()
-    if low and high:
-        value = f"{value} [{low}, {high}]"
-    return _text(value)
+    interval = f" [{_text(low)}, {_text(high)}]" if low and high else ""
+    return _text(value) + interval
 
 
 def _heading(column: str) -> str:
