@@ -83,7 +83,7 @@ lint: setup
 # docs/results/ that the results page does not show, fails it. docs/hooks.py generates the
 # command reference from the settings, so it cannot fall behind the code.
 docs: setup
-	$(BIN)/mkdocs build --strict
+	$(BIN)/python -m mkdocs build --strict
 
 obtain: setup
 	$(DEEPSIGHT) obtain $(if $(DATA),--source $(DATA) --name cifar10)
