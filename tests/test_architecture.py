@@ -1,9 +1,9 @@
 """The shape of the package, held to its rules: layers, sizes, one home for each name.
 
-README's Architecture section draws these layers; this module fails when the code stops
-matching the drawing: an import that goes up a layer, a cycle, a module or function grown
-past its limit, an artifact name spelled outside the workspace module, or a vocabulary of
-choices that no longer matches the registry it names.
+docs/architecture.md draws these layers; this module fails when the code stops matching the
+drawing: an import that goes up a layer, a cycle, a module or function grown past its limit,
+an artifact name spelled outside the workspace module, or a vocabulary of choices that no
+longer matches the registry it names.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import fields
 from pathlib import Path
 
 import keras
@@ -18,6 +19,16 @@ from typer.testing import CliRunner
 from deepsight_tf import __version__
 from deepsight_tf.cli import app
 from deepsight_tf.core.progress import TrainingMonitor, epoch_line
+from deepsight_tf.core.settings import (
+    PANELS,
+    ExperimentSettings,
+    ExploreSettings,
+    InterpretSettings,
+    ObtainSettings,
+    ScrubSettings,
+    TrainSettings,
+    flag_name,
+)
 from deepsight_tf.core.workspace import (
     BATCH_FIGURE,
     CHECKPOINTS_DIR,
@@ -83,6 +94,81 @@ def test_every_command_has_examples_and_shows_defaults(command: str) -> None:
         assert "[default: 0.1]" in text and "Default: ScrubSettings" not in text
     if command == "train":
         assert "[default: 64]" in text and "[default: resnet18]" in text
+
+
+TRAIN_PANELS = [
+    "Options",  # the command's own: --find-lr, --help
+    "Data",
+    "Model",
+    "Schedule",
+    "Regularisation",
+    "Budget and precision",
+    "Checkpoints",
+    "Output",
+]
+
+
+def help_panels(text: str) -> dict[str, list[str]]:
+    """Each panel of a rich --help, in order, with the long flags it lists."""
+    panels = {}
+    for chunk in text.split("╭─ ")[1:]:
+        title = chunk.split(" ─", 1)[0]
+        panels[title] = re.findall(r"^│ (--[a-z0-9-]+)", chunk, flags=re.MULTILINE)
+    return panels
+
+
+def test_train_help_groups_its_options_in_the_settings_panels() -> None:
+    text = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "250"}).stdout
+    panels = help_panels(text)
+    assert list(panels) == TRAIN_PANELS
+    assert panels["Options"] == ["--find-lr", "--help"]
+    for flag, panel in [
+        ("--dataset", "Data"),
+        ("--backbone", "Model"),
+        ("--lr", "Schedule"),
+        ("--augment", "Regularisation"),
+        ("--budget", "Budget and precision"),
+        ("--precision", "Budget and precision"),
+        ("--resume", "Checkpoints"),
+        ("--tta", "Output"),
+    ]:
+        assert flag in panels[panel], (flag, panel)
+    # Every option sits in the panel its setting names, once.
+    listed = [flag for flags in panels.values() for flag in flags]
+    for f in fields(TrainSettings):
+        if f.metadata["cli"]:
+            assert f.metadata["panel"] in PANELS, f.name
+            assert flag_name(f.name) in panels[f.metadata["panel"]], f.name
+            assert listed.count(flag_name(f.name)) == 1
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        ObtainSettings,
+        ScrubSettings,
+        ExploreSettings,
+        TrainSettings,
+        ExperimentSettings,
+        InterpretSettings,
+    ],
+)
+def test_every_command_line_setting_names_a_help_panel(cls: type) -> None:
+    for f in fields(cls):
+        assert not f.metadata["cli"] or f.metadata["panel"] in PANELS, f"{cls.__name__}.{f.name}"
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS), ["experiment"]])
+def test_flags_show_no_value_and_options_show_theirs(command: list[str]) -> None:
+    text = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "250"}).stdout
+    assert "<bool>" not in text
+    rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("│ --")}
+    assert re.match(r"│ --help +Show this message", rows["--help"])
+    if command == ["train"]:
+        assert re.match(r"│ --resume +--no-resume +Continue", rows["--resume"])
+        assert re.match(r"│ --epochs +<int> +Epochs", rows["--epochs"])
+    if command == []:
+        assert re.match(r"│ --json +Print", rows["--json"])
 
 
 # --- watchable training -------------------------------------------------------------------
@@ -263,7 +349,8 @@ def test_the_readme_python_example_runs_on_tiny_data(tmp_path: Path, monkeypatch
     """The README's notebook example, with the data source and sizes made tiny."""
     source = separable_npz(tmp_path / "rgb.npz")
     code = readme_example()
-    code = code.replace('"../shared/data/cifar10-jpeg"', repr(str(source)))
+    assert "ds.ObtainSettings()" in code  # Keras's download, here a local file instead
+    code = code.replace("ds.ObtainSettings()", f"ds.ObtainSettings(source={str(source)!r})")
     code = code.replace("ScrubSettings()", "ScrubSettings(image_size=16, interp_sample=16)")
     code = code.replace(
         "TrainSettings(epochs=4)",

@@ -18,7 +18,6 @@ import typer
 from deepsight_tf import __version__
 from deepsight_tf.cli import quiet_tensorflow, render
 from deepsight_tf.cli.console import (
-    OneLineUsageErrors,
     emit_json,
     err_console,
     handle_errors,
@@ -26,7 +25,7 @@ from deepsight_tf.cli.console import (
     progress_bar,
     state,
 )
-from deepsight_tf.cli.options import settings_options
+from deepsight_tf.cli.options import Command, Group, settings_options
 from deepsight_tf.cli.training_display import training_display
 from deepsight_tf.core.settings import (
     EXPORT_FORMATS,
@@ -44,11 +43,11 @@ from deepsight_tf.core.workspace import Workspace
 INTERRUPTED_EXIT_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 app = typer.Typer(
+    cls=Group,
     help=(
         "Transfer learning on CIFAR-10 (or any image folder) that puts the model and the data "
         "on trial."
     ),
-    cls=OneLineUsageErrors,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -90,10 +89,11 @@ def _examples(*lines: str) -> str:
 
 
 @app.command(
+    cls=Command,
     epilog=_examples(
         "deepsight obtain --source ../shared/data/cifar10-jpeg --name cifar10",
         "deepsight obtain --source cifar-10-python.tar.gz",
-    )
+    ),
 )
 @handle_errors
 @settings_options(ObtainSettings)
@@ -108,7 +108,9 @@ def obtain(settings: ObtainSettings) -> None:
     _show(result, render.render_obtain)
 
 
-@app.command(epilog=_examples("deepsight scrub", "deepsight scrub --val-size 0.1 --drop-leaks"))
+@app.command(
+    cls=Command, epilog=_examples("deepsight scrub", "deepsight scrub --val-size 0.1 --drop-leaks")
+)
 @handle_errors
 @settings_options(ScrubSettings)
 def scrub(settings: ScrubSettings) -> None:
@@ -121,7 +123,9 @@ def scrub(settings: ScrubSettings) -> None:
     _show(result, render.render_scrub)
 
 
-@app.command(epilog=_examples("deepsight explore", "deepsight explore --hypotheses groups.json"))
+@app.command(
+    cls=Command, epilog=_examples("deepsight explore", "deepsight explore --hypotheses groups.json")
+)
 @handle_errors
 @settings_options(ExploreSettings)
 def explore(settings: ExploreSettings) -> None:
@@ -134,11 +138,12 @@ def explore(settings: ExploreSettings) -> None:
 
 
 @app.command(
+    cls=Command,
     epilog=_examples(
         "deepsight train --weights none --epochs 4",
         "deepsight train --weights imagenet --frozen-epochs 1 --epochs 3 --unfreeze 3,4",
         "deepsight train --run-id my-run --resume",
-    )
+    ),
 )
 @handle_errors
 @settings_options(TrainSettings)
@@ -179,11 +184,12 @@ def train(
 
 
 @app.command(
+    cls=Command,
     epilog=_examples(
         "deepsight experiment seed-ideas --budget 10m",
         "deepsight experiment quick --arms baseline,cutmix --epochs 2 --baseline-seeds 2",
         "deepsight experiment seed-ideas --budget 10m --resume",
-    )
+    ),
 )
 @handle_errors
 @settings_options(TrainSettings, exclude=frozenset({"run_id", "resume", "resume_or_start"}))
@@ -212,10 +218,11 @@ def experiment(
 
 
 @app.command(
+    cls=Command,
     epilog=_examples(
         "deepsight interpret make-all",
         "deepsight interpret make-all --methods gradcam,layercam --max-images 200",
-    )
+    ),
 )
 @handle_errors
 @settings_options(InterpretSettings)
@@ -236,10 +243,11 @@ def interpret(
 
 
 @app.command(
+    cls=Command,
     epilog=_examples(
         "deepsight predict make-all photo.jpg more_images/ --gradcam overlays/",
         "deepsight --json predict make-all photo.jpg",
-    )
+    ),
 )
 @handle_errors
 def predict(
@@ -280,10 +288,11 @@ ExportFormat = Literal[EXPORT_FORMATS]  # type: ignore[valid-type]
 
 
 @app.command(
+    cls=Command,
     epilog=_examples(
         "deepsight export make-all --format savedmodel",
         "deepsight export make-all --format keras --out exported.keras",
-    )
+    ),
 )
 @handle_errors
 def export(
@@ -310,7 +319,9 @@ def export(
     _show(result, render.render_export)
 
 
-@app.command(epilog=_examples("deepsight report make-all", "deepsight report baseline cutmix"))
+@app.command(
+    cls=Command, epilog=_examples("deepsight report make-all", "deepsight report baseline cutmix")
+)
 @handle_errors
 def report(
     runs: Annotated[

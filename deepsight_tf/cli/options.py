@@ -1,9 +1,10 @@
 """Command-line options made from the settings dataclasses, so each default is written once.
 
 `settings_options(TrainSettings)` gives a Typer command one option per field: the flag from
-the field's name, its default, its help and, for a field with choices, a Literal type, so
-that `--help` lists the values, shell completion offers them and a typo fails while parsing
-with the list (exit 2). The command receives the constructed (and so validated) settings.
+the field's name, its default, its help, its help panel and, for a field with choices, a
+Literal type, so that `--help` lists the values, shell completion offers them and a typo fails
+while parsing with the list (exit 2). The command receives the constructed (and so validated)
+settings.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, Field, fields
 from typing import Annotated, Any, Literal
 
 import typer
+from typer.core import TyperCommand
 
-from deepsight_tf.core.settings import flag_name
-
-OPTIONS_PANEL = "Settings"
+from deepsight_tf.cli.console import OneLineUsageErrors
+from deepsight_tf.core.settings import PANELS, flag_name
 
 
 def _option_type(annotation: Any, choices: tuple[str, ...] | None, default: Any) -> Any:
@@ -29,13 +30,39 @@ def _option_type(annotation: Any, choices: tuple[str, ...] | None, default: Any)
     return literal | None if default is None else literal
 
 
+class _FlagsTakeNoValue:
+    """--help shows no value after a flag (an option that takes none: --resume, --help):
+    Typer 0.29 prints `<bool>` there, as if it took one."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_FlagsTakeNoValue, TyperCommand):
+    """A deepsight command: `@app.command(cls=Command)`."""
+
+
+class Group(_FlagsTakeNoValue, OneLineUsageErrors):
+    """The deepsight app: `typer.Typer(cls=Group)`; usage errors in one line."""
+
+
+def _panel_order(f: Field[Any]) -> int:
+    panel = f.metadata.get("panel")
+    return PANELS.index(panel) if panel in PANELS else len(PANELS)
+
+
 def settings_parameters(
     cls: type, exclude: frozenset[str] = frozenset()
 ) -> list[inspect.Parameter]:
-    """One keyword-only Typer option per command-line field of the settings class `cls`."""
+    """One keyword-only Typer option per command-line field of the settings class `cls`, in the
+    order of their help panels (a field's own order within its panel)."""
     hints = typing.get_type_hints(cls)
     parameters = []
-    for f in fields(cls):
+    for f in sorted(fields(cls), key=_panel_order):
         if f.name in exclude or not f.metadata.get("cli", True):
             continue
         if f.default is MISSING:
@@ -45,7 +72,12 @@ def settings_parameters(
         flag = flag_name(f.name)
         if hints[f.name] is bool:  # both spellings, so a default of True can be turned off
             flag = f"{flag}/--no-{flag.removeprefix('--')}"
-        option = typer.Option(flag, help=f.metadata["help"], show_default=True)
+        option = typer.Option(
+            flag,
+            help=f.metadata["help"],
+            show_default=True,
+            rich_help_panel=f.metadata.get("panel"),
+        )
         parameters.append(
             inspect.Parameter(
                 f.name,
@@ -62,7 +94,9 @@ def settings_options(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a command `def cmd(own params..., settings)`: Typer sees the own parameters and
     one option per settings field; the command is called with `settings=cls(**those values)`.
-    `param` names the command's parameter, so that two settings classes can be stacked."""
+    `param` names the command's parameter, so that two settings classes can be stacked.
+    The command's `settings_fields` maps each option made so to its field (help, rule, panel),
+    which the command reference in docs/ reads."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         own_hints = typing.get_type_hints(func, include_extras=True)
@@ -80,6 +114,8 @@ def settings_options(
             return func(*args, **{param: cls(**values)}, **kwargs)
 
         del command.__wrapped__  # Typer must read the signature below, not func's
+        made = {f.name: f for f in fields(cls) if f.name in names}
+        command.settings_fields = {**getattr(func, "settings_fields", {}), **made}  # type: ignore[attr-defined]
         command.__signature__ = inspect.Signature([*own, *generated])  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in [*own, *generated]}
         return command

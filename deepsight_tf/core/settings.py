@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 from deepsight_tf.core.checks import MAX_IMAGE_SIZE, check_image_size, check_name, parse_duration
@@ -50,6 +52,14 @@ TTA_MODES = ("none", "flip", "flip-shift", "flip-x-shift", "flip-translate")
 ANNEALS = ("cos", "linear")
 FLIPS = ("random", "alternate")
 MAX_SAMPLES_PER_CLASS = 64
+# Help panels, in the order --help shows them: a user looks for "the learning rate" or "the
+# checkpoints", not through one long list of flags. Each class below names its fields' panels.
+DATA, MODEL, SCHEDULE, REGULARISATION = "Data", "Model", "Schedule", "Regularisation"
+BUDGET, CHECKPOINTS, OUTPUT = "Budget and precision", "Checkpoints", "Output"
+DUPLICATES, INTERPOLATION, HEAT_MAPS = "Duplicates", "Interpolation study", "Heat maps"
+FORENSICS, STATISTICS, EXPERIMENT = "Forensics", "Statistics", "Experiment"
+PANELS = (DATA, MODEL, SCHEDULE, REGULARISATION, BUDGET, CHECKPOINTS, OUTPUT)
+PANELS += (DUPLICATES, INTERPOLATION, HEAT_MAPS, FORENSICS, STATISTICS, EXPERIMENT)
 # The near-duplicate decision (reasons in deepsight_tf/data/duplicates.py, stage 3).
 NEAR_CEILING = 0.2  # distance 1 - r at r = 0.8: the most any data set's threshold may be
 NEAR_FALSE_MATCH_TAIL = 1e-3  # share of distinct nearest neighbours put below the threshold
@@ -69,10 +79,35 @@ def setting(
     """A settings field with its help and rule: `choices`, or bounds (ge >=, gt >, le <=, lt <).
 
     None is always allowed where the default is None (it means "decide for me"). `cli=False`
-    keeps a field off the command line.
+    keeps a field off the command line. Its help panel comes from its class's `panels`.
     """
     rule = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt}
-    return field(default=default, metadata={"help": help_text, "cli": cli, **rule})
+    return field(default=default, metadata={"help": help_text, "cli": cli, "panel": None, **rule})
+
+
+def panels(groups: dict[str, str]) -> Callable[[type], type]:
+    """Class decorator (above @dataclass): each listed field's help panel, {panel: "a b c"},
+    into its metadata, where --help and the command reference read it."""
+
+    def apply(cls: type) -> type:
+        by_name = {f.name: f for f in fields(cls)}
+        for panel, names in groups.items():
+            if panel not in PANELS or not set(names.split()) <= set(by_name):
+                raise TypeError(f"{cls.__name__} panel {panel!r}: {names}")
+            for name in names.split():
+                metadata = {**by_name[name].metadata, "panel": panel}
+                by_name[name].metadata = MappingProxyType(metadata)
+        return cls
+
+    return apply
+
+
+def rule_text(meta: dict[str, Any]) -> str:
+    """A field's rule in words: its choices, or its bounds ("> 0 and < 1"); "" when free."""
+    if meta.get("choices") is not None:
+        return ", ".join(meta["choices"])
+    bounds = [(key, meta[key]) for key in _BOUNDS if meta.get(key) is not None]
+    return " and ".join(f"{_BOUNDS[key][1]} {limit:g}" for key, limit in bounds)
 
 
 def flag_name(name: str) -> str:
@@ -101,8 +136,7 @@ def _check_field(name: str, value: Any, meta: dict[str, Any]) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigError(f"{flag} {value!r}: give a finite number")
     if not all(_BOUNDS[key][0](value, limit) for key, limit in bounds):
-        rule = " and ".join(f"{_BOUNDS[key][1]} {limit:g}" for key, limit in bounds)
-        raise ConfigError(f"{flag} {value:g}: must be {rule}")
+        raise ConfigError(f"{flag} {value:g}: must be {rule_text(meta)}")
 
 
 class Settings:
@@ -117,6 +151,7 @@ class Settings:
         """Rules that involve one field's form or several fields (override)."""
 
 
+@panels({DATA: "source name resize strict force"})
 @dataclass
 class ObtainSettings(Settings):
     source: str | None = setting(
@@ -136,6 +171,13 @@ class ObtainSettings(Settings):
             check_name(self.name, "--name")
 
 
+@panels(
+    {
+        DATA: "dataset val_size seed",
+        DUPLICATES: "drop_leaks near_threshold neighbours",
+        INTERPOLATION: "image_size interp_sample",
+    }
+)
 @dataclass
 class ScrubSettings(Settings):
     dataset: str | None = setting(None, "Data set in the workspace. Default: the only one.")
@@ -172,6 +214,7 @@ class ScrubSettings(Settings):
             check_name(self.dataset, "--dataset")
 
 
+@panels({DATA: "dataset hypotheses", OUTPUT: "samples_per_class seed"})
 @dataclass
 class ExploreSettings(Settings):
     dataset: str | None = setting(None, "Data set in the workspace. Default: the only one.")
@@ -194,6 +237,20 @@ class ExploreSettings(Settings):
 _UNFREEZE = re.compile(r"^(all|\s*\d+\s*(,\s*\d+\s*)*)$")
 
 
+@panels(
+    {
+        DATA: "dataset image_size interpolation class_weights focus_pairs focus_factor drop_train "
+        "drop_top seed max_train_images",
+        MODEL: "backbone weights stem width_multiplier zero_init_residual unfreeze",
+        SCHEDULE: "progressive_resize batch_size frozen_epochs epochs optimizer lr "
+        "backbone_lr_mult momentum bias_lr_mult ema lookahead pct_start anneal div_factor "
+        "final_div_factor",
+        REGULARISATION: "dropout augment flip mix mix_alpha label_smoothing weight_decay",
+        BUDGET: "budget last_epoch_steps precision deterministic estimate strategy",
+        CHECKPOINTS: "resume resume_or_start checkpoint_minutes keep_checkpoints",
+        OUTPUT: "run_id mva tta",
+    }
+)
 @dataclass
 class TrainSettings(Settings):
     dataset: str | None = setting(None, "Data set in the workspace. Default: the only one.")
@@ -421,6 +478,7 @@ EXPERIMENT_ARMS = (
 )
 
 
+@panels({EXPERIMENT: "arms baseline_seeds n_boot issues_from resume resume_or_start"})
 @dataclass
 class ExperimentSettings(Settings):
     name: str = setting("", "Experiment name (a folder under experiments/).", cli=False)
@@ -521,6 +579,13 @@ _INTEGERS = frozenset({"progressive_resize", "frozen_epochs", "drop_top", "max_t
 _NUMBERS = _INTEGERS | {"lr", "backbone_lr_mult", "momentum"}
 
 
+@panels(
+    {
+        HEAT_MAPS: "methods max_images sanity_images grid_per_class",
+        FORENSICS: "context_images train_issues",
+        STATISTICS: "n_boot seed",
+    }
+)
 @dataclass
 class InterpretSettings(Settings):
     run_id: str = setting("", "Run to interpret (a folder under runs/).", cli=False)

@@ -31,14 +31,11 @@ from deepsight_tf.training.timing import StepCosts, rescaled, resize_to_budget, 
 # Steps of the measured epoch left out of its pace: the first traces the step function, the
 # next ones fill the input pipeline's buffers and create oneDNN primitives.
 PACE_WARMUP = 5
-# Epochs a re-sizing reads, the last ones measured. One epoch alone is noisy: on a 30-minute run
-# (make all, 13 epochs) its steps' pace moved between 0.87x and 1.04x of the probe's from one
-# epoch to the next, and two epochs took 26 and 43 s beyond their steps and validation where the
-# others took 1 to 4; read alone, the 43 s were counted again for each epoch left and cut the
-# schedule from 4,983 to 4,563 steps, and the epochs after it took 1 s besides. Three epochs
-# pool the pace, their low median outvotes one such stall (of two epochs, the lower counts: a
-# 10-minute run's third epoch stalled 31 s after a second that took 3), and a machine that
-# turns slower for good is still followed within three epochs.
+# Epochs a re-sizing reads, the last ones measured. One epoch alone is noisy (on a 30-minute
+# run its steps' pace moved between 0.87x and 1.04x of the probe's from epoch to epoch), and
+# one stall beyond its steps, counted again for every epoch left, would cut hundreds of steps.
+# Three epochs pool the pace, their low median outvotes one stall (of two epochs, the lower
+# counts), and a machine that turns slower for good is still followed within three epochs.
 PACE_WINDOW = 3
 
 

@@ -5,9 +5,9 @@ is what the model could have been fed in training: a horizontal mirror, and for 
 the image moved by 1/16 of its side up, down, left and right (reflect-padded); flip-x-shift
 is the product of the two, every shift also mirrored (10 views); flip-translate is airbench's
 (Jordan 2024): the image and its mirror weigh half, and the two one-pixel diagonal shifts
-(up-left, down-right), each with its mirror, the other half (6 views). On three 48 px CIFAR-10
-models flip-x-shift beat flip-shift's 6 views by 0.39 to 0.47 test points and flip by 0.52 to
-0.66, each paired interval above zero (README, Results).
+(up-left, down-right), each with its mirror, the other half (6 views). Mirrored shifts earn
+their cost: flip-x-shift beat flip by about half a test point on CIFAR-10, each paired
+interval above zero (docs/results.md).
 """
 
 from __future__ import annotations
