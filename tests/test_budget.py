@@ -436,3 +436,13 @@ def test_a_resized_run_interrupted_after_the_resizing_resumes_exactly(
     )
     assert result.exit_code == 0, result.output
     assert_same_outcome(outcome(prepared.run_dir("slow-cut"), end), want)
+
+
+def test_a_clear_winner_ends_the_timing_after_two_agreeing_rounds() -> None:
+    from deepsight_tf.training.step import clear_winner
+
+    assert not clear_winner({"a": [1.0], "b": [2.0]})  # one round is not enough
+    assert clear_winner({"a": [1.0, 1.0], "b": [2.0, 1.5]})
+    assert not clear_winner({"a": [1.0, 1.0], "b": [2.0, 1.05]})  # the second round is close
+    assert not clear_winner({"a": [1.0, 2.0], "b": [2.0, 1.0]})  # the rounds disagree
+    assert not clear_winner({"a": [1.0, 1.0]})  # nothing to choose between

@@ -327,7 +327,7 @@ def test_the_precision_probe_starts_the_run_where_its_choice_given_would(
     def spy(*args, **kwargs):
         seconds, how = real(*args, **kwargs)
         measured.append(seconds)
-        assert how.startswith("the median of 5 steps each") and "batch 8" in how
+        assert how.startswith("the median of up to 5 steps each") and "batch 8" in how
         return seconds, how
 
     monkeypatch.setattr(prepare_module, "time_precisions", spy)

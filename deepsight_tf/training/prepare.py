@@ -188,15 +188,21 @@ def time_precisions(
     they were timed: `models` holds the run's classifier built under each policy.
 
     The models take turns on one stream of the run's batches (step.step_seconds), the median
-    of PRECISION_TIMED_STEPS each. Every variable is put back and every layer left trainable,
-    as built, so the run starts as it would have without the probe.
+    of PRECISION_TIMED_STEPS each, or of two each when both rounds agree by 10% (a large step
+    costs seconds, and a budget pays for them). Every variable is put back and every layer
+    left trainable, as built, so the run starts as it would have without the probe.
     """
     import keras
 
     from deepsight_tf.model.classifier import unfreeze_all
     from deepsight_tf.training.optim import loss_scaled
     from deepsight_tf.training.plan import plan_phases
-    from deepsight_tf.training.step import WARMUP_STEPS, step_seconds, train_step_function
+    from deepsight_tf.training.step import (
+        WARMUP_STEPS,
+        clear_winner,
+        step_seconds,
+        train_step_function,
+    )
 
     phase = plan_phases(settings)[-1]
     saved = {policy: [v.numpy() for v in model.variables] for policy, model in models.items()}
@@ -209,15 +215,16 @@ def time_precisions(
                 model, loss_scaled(optimizer, policy), keras.losses.CategoricalCrossentropy()
             )
         batches = iter(train_dataset(first_epoch=0).repeat())
-        seconds = step_seconds(steps, batches, PRECISION_TIMED_STEPS)
+        seconds = step_seconds(steps, batches, PRECISION_TIMED_STEPS, settled=clear_winner)
     finally:
         for policy, model in models.items():
             for variable, value in zip(model.variables, saved[policy], strict=True):
                 variable.assign(value)
             unfreeze_all(model)
     measured = (
-        f"the median of {PRECISION_TIMED_STEPS} steps each, taking turns, after {WARMUP_STEPS} "
-        f"warm-up steps; phase {phase.trainable}, batch {batch}, {os.cpu_count()} CPUs"
+        f"the median of up to {PRECISION_TIMED_STEPS} steps each (2 when both rounds agree by "
+        f"10%), taking turns, after {WARMUP_STEPS} warm-up steps; phase {phase.trainable}, "
+        f"batch {batch}, {os.cpu_count()} CPUs"
     )
     return seconds, measured
 

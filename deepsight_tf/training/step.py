@@ -62,12 +62,14 @@ def step_seconds(
     batches: Iterator[Any],
     timed: int,
     before_step: Callable[[], None] = lambda: None,
+    settled: Callable[[dict[str, list[float]]], bool] | None = None,
 ) -> dict[str, float]:
     """Median seconds of `timed` calls of each step on `batches` (x, y, sample_weight), after
     WARMUP_STEPS calls each. Several steps take turns, one call of each, so a neighbour's load
     or a slower stretch of the machine falls on all alike. The wait for each batch counts, as
     it does in training. `before_step` runs before every call (untimed): it may raise to end
-    the timing, as a stop request does."""
+    the timing, as a stop request does. `settled(seconds so far)` true after a round ends
+    the timing early (a decision the rounds so far already make)."""
     for _ in range(WARMUP_STEPS):
         for step in steps.values():
             before_step()
@@ -79,4 +81,21 @@ def step_seconds(
             start = time.perf_counter()
             float(step(*next(batches)))
             seconds[name].append(time.perf_counter() - start)
+        if settled is not None and settled(seconds):
+            break
     return {name: float(np.median(values)) for name, values in seconds.items()}
+
+
+def clear_winner(seconds: dict[str, list[float]], rounds: int = 2, margin: float = 1.1) -> bool:
+    """Whether `rounds` rounds at least were timed and in every one the same step was the
+    fastest by `margin` or more over each other: more rounds would not change the choice."""
+    count = min(len(values) for values in seconds.values())
+    if count < rounds or len(seconds) < 2:
+        return False
+    winners = set()
+    for i in range(count):
+        times = sorted((values[i], name) for name, values in seconds.items())
+        if times[1][0] < margin * times[0][0]:
+            return False
+        winners.add(times[0][1])
+    return len(winners) == 1

@@ -62,6 +62,8 @@ class StepCosts:
     # Seconds each epoch costs beyond its steps and validation (a fit call's set-up, the
     # first batches' pipeline, the commit): 0 as probed; measured in flight (budget.py).
     epoch_overhead: float = 0.0
+    # Kinds of phase whose step the --precision auto probe timed (not timed again here).
+    reused: tuple[str, ...] = ()
 
     def step(self, trainable: str, size: int | None = None) -> float:
         """Seconds per step of this kind of phase on training images of `size` pixels: the
@@ -77,9 +79,16 @@ class StepCosts:
 
     @property
     def measured(self) -> str:
-        return (
+        timed = (
             f"the median of {TIMED_STEPS} training steps timed after {WARMUP_STEPS} warm-up "
-            f"steps per kind of phase (batch {self.batch}, {os.cpu_count()} CPUs); validation at "
+            "steps per kind of phase"
+        )
+        if self.reused and set(self.reused) == set(self.per_step):
+            timed = "the step as the precision probe timed it"
+        elif self.reused:
+            timed += f" ({', '.join(self.reused)}: as the precision probe timed it)"
+        return (
+            f"{timed} (batch {self.batch}, {os.cpu_count()} CPUs); validation at "
             "a third of a step"
             + ("; final scoring timed on the float32 model" if self.final_forward else "")
             + (
@@ -138,7 +147,8 @@ def probe(
         final_forward = _forward_seconds_per_image(
             prepared, stored_classifier(model, settings.image_size)
         )
-    return StepCosts(per_step, forward, batch, final_forward, by_size)
+    reused = tuple(kind for kind in known or {} if kind in per_step)
+    return StepCosts(per_step, forward, batch, final_forward, by_size, reused=reused)
 
 
 def estimate_run(
