@@ -70,10 +70,22 @@ ARM_CHANGES: dict[str, dict[str, Any]] = {
     "progressive": {},  # progressive_resize: two thirds of the baseline's image size
 }
 DERIVED = ("focus-pairs", "class-weights", "clean-labels")
-# Changes that make a step cost more or less: with --budget such an arm is sized by its own
-# probe; every other arm takes the baseline's sized schedule (the same steps), so that the
-# probe's noise (the machine's speed that minute) is not part of the arm's change.
-OWN_SCHEDULE = ("backbone", "image_size", "width_multiplier", "batch_size", "progressive_resize")
+# Changes that make a step, or the final scoring, cost more or less: with --budget such an arm
+# is sized by its own probe (its change includes what the budget buys); every other arm takes
+# the baseline's sized schedule (the same steps), so that the probe's noise (the machine's
+# speed that minute) is not part of the arm's change.
+OWN_SCHEDULE = (
+    "backbone",
+    "image_size",
+    "width_multiplier",
+    "batch_size",
+    "progressive_resize",
+    "tta",
+    "weights",
+    "unfreeze",
+    "frozen_epochs",
+    "precision",
+)
 
 
 @dataclass
