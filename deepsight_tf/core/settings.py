@@ -16,7 +16,12 @@ from typing import Any
 
 from deepsight_tf.core.checks import MAX_IMAGE_SIZE, check_image_size, check_name, parse_duration
 from deepsight_tf.core.errors import ConfigError
-from deepsight_tf.core.workspace import METRICS_FILE, MODEL_FILE, TRAIN_LABEL_ISSUES_FILE
+from deepsight_tf.core.workspace import (
+    IMAGENET_TRAIN_ISSUES_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    TRAIN_LABEL_ISSUES_FILE,
+)
 
 # Vocabularies: the values each choice-valued setting may take.
 BACKBONES = ("resnet18", "resnet50", "airbench94", "airbench93")
@@ -347,6 +352,7 @@ EXPERIMENT_ARMS = (
     "label-smoothing",
     "resnet50",
     "clean-labels",
+    "clean-labels-imagenet",
     "ema",
     "zero-init",
     "progressive",
@@ -360,7 +366,8 @@ class ExperimentSettings(Settings):
         "baseline,cutmix,mixup,focus-pairs,class-weights,resnet50",
         f"Arms, comma-separated, from: {', '.join(EXPERIMENT_ARMS)}. focus-pairs and "
         "class-weights are derived from the baseline's validation predictions, clean-labels "
-        "leaves out a run's training label issues (--issues-from).",
+        "leaves out a run's training label issues (--issues-from), clean-labels-imagenet the "
+        "ones that the same run's interpret found with ImageNet features.",
     )
     baseline_seeds: int = setting(
         2, "Baseline runs with different seeds: their spread is the run-to-run noise.", ge=1
@@ -368,7 +375,8 @@ class ExperimentSettings(Settings):
     n_boot: int = setting(2000, "Paired bootstrap resamples for every interval.", ge=100)
     issues_from: str | None = setting(
         None,
-        f"Run whose interpret/{TRAIN_LABEL_ISSUES_FILE} the clean-labels arm leaves out. "
+        f"Run whose interpret/{TRAIN_LABEL_ISSUES_FILE} the clean-labels arm leaves out (and "
+        f"whose {IMAGENET_TRAIN_ISSUES_FILE} clean-labels-imagenet does). "
         "Default: the baseline's (run `deepsight interpret NAME-baseline` once it is trained).",
     )
 
@@ -407,6 +415,13 @@ class InterpretSettings(Settings):
         True,
         "Label issues in the training images too, from K-fold linear probes on the run's "
         "features (a forward pass over the training set).",
+    )
+    imagenet_evidence: bool = setting(
+        True,
+        "Label evidence from a model that never saw the labels: K-fold linear probes on "
+        "ImageNet features (EfficientNet-Lite0), for the test and the training images. The "
+        "features' forward pass (about 2 minutes on 2 cores for CIFAR-10) is cached in the "
+        "workspace for every later interpret on the same data set.",
     )
 
     def check(self) -> None:
