@@ -142,8 +142,7 @@ def diagnose(study: Study) -> InterpretResult:
     evidence = _independent(study) if study.settings.imagenet_evidence else None
     issues, hard, ranked = _forensics(study, scores["pairs"], evidence)
     train_issues = _train_label_issues(study) if study.settings.train_issues else None
-    imagenet = _imagenet_issues(study, evidence) if evidence is not None else None
-    doubted = None if imagenet is None else imagenet.pop("doubted")
+    imagenet, doubted = _imagenet_issues(study, evidence) if evidence else (None, None)
     attribution = study.timed("error_attribution", lambda: _attribution(study, issues, doubted))
     explained = explain_run(study, scores["losses"], scores["pairs"][:HARD_PAIRS])
     return InterpretResult(
@@ -372,10 +371,11 @@ def _independent(study: Study) -> Any:
     )
 
 
-def _imagenet_issues(study: Study, evidence: Any) -> dict[str, Any]:
+def _imagenet_issues(study: Study, evidence: Any) -> tuple[dict[str, Any], np.ndarray]:
     """cleanlab's flagged sets on the ImageNet probes' probabilities, for the test images
-    (label_issues_imagenet.csv; the attribution's independent_label_issue) and the training
-    images (train_label_issues_imagenet.csv, indices into x_train; clean-labels-imagenet)."""
+    (label_issues_imagenet.csv; the attribution's independent_label_issue, returned as
+    indices) and the training images (train_label_issues_imagenet.csv, indices into x_train;
+    clean-labels-imagenet)."""
     data = study.data
     test = forensics.find_label_issues(
         study.labels, evidence.test_probs, study.names, paths=data.test_paths
@@ -389,11 +389,10 @@ def _imagenet_issues(study: Study, evidence: Any) -> dict[str, Any]:
         issue.index = int(indices[issue.index])
     forensics.write_label_issues_csv(study.out / IMAGENET_TRAIN_ISSUES_FILE, train)
     test_accuracy = float((evidence.test_probs.argmax(axis=1) == study.labels).mean())
-    return {
+    report = {
         **evidence.summary(),
         "features_sha256": evidence.features_sha256,
         "test_probe_accuracy": test_accuracy,
-        "doubted": np.array([i.index for i in test], dtype=np.int64),
         "test": {
             "count": len(test),
             "csv": str(study.out / IMAGENET_ISSUES_FILE),
@@ -406,6 +405,7 @@ def _imagenet_issues(study: Study, evidence: Any) -> dict[str, Any]:
             "top": [asdict(i) for i in train[:20]],
         },
     }
+    return report, np.array([i.index for i in test], dtype=np.int64)
 
 
 def _train_label_issues(study: Study) -> dict[str, Any]:
