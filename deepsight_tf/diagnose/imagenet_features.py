@@ -28,10 +28,11 @@ from deepsight_tf.core.progress import Progress
 from deepsight_tf.core.storage import atomic_save_npz
 from deepsight_tf.core.workspace import FEATURES_FILE, Workspace
 
-# The backbone and input size of the features. 96 px: on 2 CPU cores its pass over CIFAR-10's
-# 60,000 images fits the 3 minutes a ranking may cost, and it beat 64 px on linear-probe
-# accuracy and on planted label flips; 128 px ranked no better and costs about three times as
-# long (bench/imagenet_feature_size.py, README "Label issues").
+# The backbone and input size of the features. 96 px (bench/imagenet_feature_size.py, AMD EPYC,
+# 2 cores): the pass over CIFAR-10's 60,000 images took 212 to 246 s with the machine shared
+# (load 4 to 6), about 110 s at the 559 images/s of a quieter minute; 64 px was 4.5 and 8 points of planted-flip precision worse (uniform,
+# confusable), 128 px 1.6 and 3.5 better for 1.8 times the seconds, past the 3 minutes a
+# ranking may cost (README "Label issues").
 FEATURE_VARIANT = "lite0"
 FEATURE_SIZE = 96  # px
 FEATURE_INTERPOLATION = "bicubic"  # as the recipe upsamples CIFAR-10 for training
