@@ -590,7 +590,7 @@ _NUMBERS = _INTEGERS | {"lr", "backbone_lr_mult", "momentum"}
 @panels(
     {
         HEAT_MAPS: "methods max_images sanity_images grid_per_class",
-        FORENSICS: "context_images train_issues",
+        FORENSICS: "context_images train_issues imagenet_evidence",
         STATISTICS: "n_boot seed",
     }
 )
