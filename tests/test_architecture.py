@@ -34,6 +34,7 @@ MAX_FUNCTION_LINES = 80
 LONG_FUNCTIONS_ALLOWED: set[str] = set()
 ARTIFACT_NAMES = (
     "manifest.json",
+    "settings.toml",
     "report.json",
     "images.npz",
     "split.json",

@@ -160,6 +160,14 @@ def train_flag(*flags: str) -> Callable[[Path, Path], list[str]]:
     return make
 
 
+def config_file(text: str, command: str = "train") -> Callable[[Path, Path], list[str]]:
+    def make(tmp: Path, ws: Path) -> list[str]:
+        (tmp / "recipe.toml").write_text(text)
+        return [command, "--config", str(tmp / "recipe.toml")]
+
+    return make
+
+
 def runs_not_a_folder(tmp: Path, ws: Path) -> list[str]:
     shutil.rmtree(ws / "runs")
     (ws / "runs").write_text("a file where the runs folder belongs")
@@ -375,6 +383,13 @@ CASES = [
     Case("--drop-train /etc/passwd", drop_train_passwd, 3, "no 'index' column"),
     Case("--drop-train missing", train_flag("--drop-train", "/nowhere.csv"), 7, "no such file"),
     Case("runs/ not a folder", runs_not_a_folder, 10, "could not write"),
+    Case("--config not TOML", config_file("[train\nlr = 1"), 7, "recipe.toml: not TOML"),
+    Case("--config, no table", config_file("lr = 0.1"), 7, "'lr' is not a command's table"),
+    Case("--config, unknown key", config_file("[train]\nlearning-rate = 0.1"), 7, "'learning-rate'"),
+    Case("--config, a string for a number", config_file('[train]\nlr = "fast"'), 7, "a number"),
+    Case("--config, a bool for an int", config_file("[train]\nepochs = true"), 7, "whole number"),
+    Case("--config, bad choice", config_file('[train]\nbackbone = "vgg"'), 7, "choose one of"),
+    Case("--config missing", lambda tmp, ws: ["scrub", "--config", "/nowhere.toml"], 7, "no such"),
     Case("corrupt state.json on --resume", corrupt_state_on_resume, 5, "is unreadable"),
     Case("interpret /etc", lambda tmp, ws: ["interpret", "/etc"], 7, "not a path"),
     Case("interpret a Lambda model", lambda_model, 5, "cannot be loaded"),

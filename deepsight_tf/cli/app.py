@@ -159,13 +159,14 @@ def train(
     from deepsight_tf.training.loop import check_gate
     from deepsight_tf.training.loop import train as run_train
 
-    # With --resume the run's stored settings apply; only flags typed here are compared.
-    # (By name: Typer ships its own copy of click, with its own ParameterSource enum.)
+    # With --resume the run's stored settings apply; only flags typed here (or set by
+    # --config) are compared. (By name: Typer ships its own copy of click, with its own
+    # ParameterSource enum.)
     explicit = {
         name
         for name in ctx.params
         if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
-    }
+    } | ctx.meta.get("config_fields", set())
 
     def notify(message: str) -> None:
         err_console.print(f"[dim]{message}[/]", highlight=False, markup=True)

@@ -14,6 +14,7 @@ import inspect
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, Field, fields
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -21,6 +22,7 @@ from typer.core import TyperCommand
 
 from deepsight_tf.cli.console import OneLineUsageErrors
 from deepsight_tf.core.settings import PANELS, flag_name
+from deepsight_tf.core.settings_file import CONFIG_FLAG, read_settings_file
 
 
 def _option_type(annotation: Any, choices: tuple[str, ...] | None, default: Any) -> Any:
@@ -89,6 +91,46 @@ def settings_parameters(
     return parameters
 
 
+CONFIG_PARAM = "config"
+CONTEXT_PARAM = "settings_context"  # not `ctx`: a command may take its own
+
+
+def _config_parameter() -> inspect.Parameter:
+    option = typer.Option(
+        CONFIG_FLAG,
+        help="A TOML file of settings: this command's [table] of it (keys as the flags are "
+        "spelled); flags typed here override it. A run's settings.toml repeats the run.",
+        show_default=False,
+    )
+    return inspect.Parameter(
+        CONFIG_PARAM,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[Path | None, option],
+    )
+
+
+def _context_parameter() -> inspect.Parameter:
+    """Typer hands the click context to a parameter of this type, whatever its name."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    return inspect.Parameter(CONTEXT_PARAM, keyword, annotation=typer.Context)
+
+
+def _from_config(
+    ctx: typer.Context, path: Path, cls: type, names: frozenset[str]
+) -> dict[str, Any]:
+    """The file's values for the options of `cls` not typed on the command line; each is
+    recorded in the context's meta["config_fields"] (a resume compares them as typed ones)."""
+    typed = {
+        name
+        for name in names
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+    }
+    values = {k: v for k, v in read_settings_file(path, cls, names).items() if k not in typed}
+    ctx.meta.setdefault("config_fields", set()).update(values)
+    return values
+
+
 def settings_options(
     cls: type, exclude: frozenset[str] = frozenset(), param: str = "settings"
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -106,11 +148,18 @@ def settings_options(
             if p.name != param
         ]
         generated = settings_parameters(cls, exclude)
-        names = {p.name for p in generated}
+        names = frozenset(p.name for p in generated)
+        owns_config = all(p.name != CONFIG_PARAM for p in own)  # stacked: the inner one reads it
+        if owns_config:
+            own += [_config_parameter(), _context_parameter()]
 
         @functools.wraps(func)
         def command(*args: Any, **kwargs: Any) -> Any:
             values = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+            config = kwargs.pop(CONFIG_PARAM) if owns_config else kwargs.get(CONFIG_PARAM)
+            ctx = kwargs.pop(CONTEXT_PARAM) if owns_config else kwargs.get(CONTEXT_PARAM)
+            if config is not None:
+                values.update(_from_config(ctx, config, cls, names))
             return func(*args, **{param: cls(**values)}, **kwargs)
 
         del command.__wrapped__  # Typer must read the signature below, not func's

@@ -29,6 +29,7 @@ DUPLICATES_FILE = "duplicates.csv"  # scrub/<name>/
 QUALITY_FILE = "quality.csv"  # scrub/<name>/: images flagged dark, blurry, ...
 HYPOTHESES_FILE = "hypotheses.json"  # explore/<name>/
 CONFIG_FILE = "config.json"  # runs/<id>/: resolved settings, preprocessing, phases
+SETTINGS_FILE = "settings.toml"  # runs/<id>/: the settings it was given, for train --config
 HISTORY_FILE = "history.csv"  # runs/<id>/: one row per epoch
 MODEL_FILE = "model.keras"  # runs/<id>/: the best epoch's classifier
 METRICS_FILE = "metrics.json"  # runs/<id>/: validation and test scores, the gate

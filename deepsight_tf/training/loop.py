@@ -28,7 +28,14 @@ from deepsight_tf.core.errors import (
 from deepsight_tf.core.manifest import Manifest, now_iso
 from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor
 from deepsight_tf.core.settings import TrainSettings
-from deepsight_tf.core.storage import atomic_save_npz, atomic_write_json, read_json, storage_error
+from deepsight_tf.core.settings_file import settings_toml
+from deepsight_tf.core.storage import (
+    atomic_save_npz,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    storage_error,
+)
 from deepsight_tf.core.workspace import (
     BATCH_FIGURE,
     CHECKPOINTS_DIR,
@@ -39,6 +46,7 @@ from deepsight_tf.core.workspace import (
     MODEL_FILE,
     PREDICTIONS_FILE,
     SCHEDULE_FIGURE,
+    SETTINGS_FILE,
     Workspace,
 )
 from deepsight_tf.model.classifier import describe, stored_classifier
@@ -259,6 +267,7 @@ class _Run:
         monitor: TrainingMonitor | None,
     ) -> None:
         self.settings, self.unfreeze, self.data = settings, unfreeze, data
+        self.given = settings  # as the command was given them; --budget re-sizes self.settings
         self.workspace, self.run_id, self.run_dir = workspace, run_id, run_dir
         self.progress, self.notify = progress, notify
         self.monitor = monitor or TrainingMonitor()
@@ -431,6 +440,9 @@ class _Run:
         return phases
 
     def _write_config(self, prepared: Prepared, phases: list[PhasePlan], created: str) -> None:
+        recipe = self.run_dir / SETTINGS_FILE
+        if not recipe.exists():  # what the run started from; a resume leaves it as it was
+            atomic_write_text(recipe, settings_toml(self.given))
         atomic_write_json(
             self.run_dir / CONFIG_FILE,
             run_config(

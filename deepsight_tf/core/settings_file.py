@@ -1,0 +1,112 @@
+"""Settings as a TOML file: a recipe any command reads with `--config`, and each run's record.
+
+One file holds any phase's settings, each command's in its own table, keys spelled as the
+flags are (or as the fields are):
+
+    [train]
+    backbone = "airbench94"
+    image-size = 32
+    lookahead = true
+
+    [interpret]
+    max-images = 200
+
+A command reads its own table and leaves the others alone; flags typed on the command line
+override the file. Every training run stores what it was given as `settings.toml` in this same
+form, so `deepsight train --config runs/X/settings.toml` repeats run X.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+import typing
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.inputs import read_input_text
+
+CONFIG_FLAG = "--config"
+# Settings of one invocation, never a recipe's: a stored file that named its run would refuse
+# to start again ("exists"), and one that resumed would never start.
+PER_INVOCATION = frozenset({"run_id", "resume", "resume_or_start"})
+
+
+def section_of(cls: type) -> str:
+    """The table a settings class reads: TrainSettings -> "train"."""
+    return cls.__name__.removesuffix("Settings").lower()
+
+
+def _sections() -> frozenset[str]:
+    from deepsight_tf.core import settings
+
+    return frozenset(
+        section_of(value)
+        for name, value in vars(settings).items()
+        if isinstance(value, type) and name.endswith("Settings") and name != "Settings"
+    )
+
+
+def read_settings_file(path: Path | str, cls: type, names: frozenset[str]) -> dict[str, Any]:
+    """The values `path`'s table for `cls` gives to the settings in `names` (the command's own
+    options); ConfigError, naming the file and the key, for anything else."""
+    text = read_input_text(path, CONFIG_FLAG)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{CONFIG_FLAG} {path}: not TOML ({exc}); fix the file") from None
+    known = _sections()
+    for key, value in data.items():
+        if key not in known or not isinstance(value, dict):
+            raise ConfigError(
+                f"{CONFIG_FLAG} {path}: {key!r} is not a command's table; put settings under "
+                f"one of {', '.join(f'[{s}]' for s in sorted(known))}"
+            )
+    section = section_of(cls)
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in data.get(section, {}).items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise ConfigError(
+                f"{CONFIG_FLAG} {path}: [{section}] has no setting {key!r}; "
+                f"`deepsight {section} --help` lists them"
+            )
+        values[name] = _typed(value, hints[name], f"{CONFIG_FLAG} {path}: [{section}] {key}")
+    return values
+
+
+def _typed(value: Any, annotation: Any, where: str) -> Any:
+    """`value` as the field's type (a TOML integer where a float is wanted becomes one)."""
+    wanted = [t for t in typing.get_args(annotation) if t is not type(None)] or [annotation]
+    kind = wanted[0]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool):
+        raise ConfigError(f"{where} = {value!r}: give a whole number")
+    if not isinstance(value, kind):
+        words = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+        raise ConfigError(f"{where} = {value!r}: give {words.get(kind, kind.__name__)}")
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
+
+
+def settings_toml(settings: Any, exclude: frozenset[str] = PER_INVOCATION) -> str:
+    """`settings` (a settings dataclass) as its command's TOML table: every command-line field
+    but `exclude` and those left to decide (None), keys spelled as the flags are."""
+    lines = [f"[{section_of(type(settings))}]"]
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if f.name in exclude or not f.metadata.get("cli", True) or value is None:
+            continue
+        lines.append(f"{f.name.replace('_', '-')} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
