@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import scipy.stats
 import tensorflow as tf
-from cam_models import (
+
+from deepsight_tf.diagnose import explain
+from deepsight_tf.model.backbones import get_backbone_spec
+from deepsight_tf.model.classifier import build_classifier
+from deepsight_tf.plots import explain as plots
+
+from support.cam_models import (
     LOGIT_SCALE,
     SIZE,
     blob_images,
@@ -21,11 +27,6 @@ from cam_models import (
     to_model_input,
     trained_blob_model,
 )
-
-from deepsight_tf.diagnose import explain
-from deepsight_tf.model.backbones import get_backbone_spec
-from deepsight_tf.model.classifier import build_classifier
-from deepsight_tf.plots import explain as plots
 
 NARROW = 1 / 16
 

@@ -8,7 +8,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
-from cam_models import (
+
+from deepsight_tf.diagnose import explain, occlusion
+from deepsight_tf.plots import explain as plots
+from deepsight_tf.plots import save_figure
+
+from support.cam_models import (
     COLOUR_CLASSES,
     SIZE,
     region_images,
@@ -16,10 +21,6 @@ from cam_models import (
     region_model,
     to_model_input,
 )
-
-from deepsight_tf.diagnose import explain, occlusion
-from deepsight_tf.plots import explain as plots
-from deepsight_tf.plots import save_figure
 
 
 def test_geometry_hides_about_the_same_area_in_the_centre_and_the_border():
