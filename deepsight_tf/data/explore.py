@@ -329,7 +329,14 @@ def _draw_figures(
 
     names = data.class_names
     x_train, y_train = data.split("train")
-    save_figure(plot_class_balance(balance, names), folder / FIGURES["class_balance"])
+    save_figure(
+        plot_class_balance(
+            names,
+            {b.split: [b.counts[name] for name in names] for b in balance},
+            {b.split: b.p_value for b in balance},
+        ),
+        folder / FIGURES["class_balance"],
+    )
     save_figure(
         plot_brightness_contrast(
             names,

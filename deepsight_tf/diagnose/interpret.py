@@ -176,10 +176,30 @@ def _scores(study: Study) -> dict[str, Any]:
     recalls = evaluation.per_class_recall(labels, probs, names, **study.boot)
     losses = evaluation.top_losses(labels, probs, k=TOP_LOSSES)
     study.figure(eval_plots.plot_confusion_matrix(confusion, names), "confusion_matrix")
-    study.figure(eval_plots.plot_per_class_recall(recalls), "per_class_recall")
-    study.figure(eval_plots.plot_most_confused(confused), "most_confused")
     study.figure(
-        eval_plots.plot_top_losses(study.data.x_test[losses.indices], losses, names), "top_losses"
+        eval_plots.plot_per_class_recall(
+            [r.name for r in recalls],
+            [r.recall for r in recalls],
+            [r.low for r in recalls],
+            [r.high for r in recalls],
+            [r.support for r in recalls],
+            ci_level=summary["ci_level"],
+        ),
+        "per_class_recall",
+    )
+    study.figure(
+        eval_plots.plot_most_confused([(p.true, p.predicted, p.count, p.rate) for p in confused]),
+        "most_confused",
+    )
+    study.figure(
+        eval_plots.plot_top_losses(
+            study.data.x_test[losses.indices],
+            losses.labels,
+            losses.predicted,
+            losses.probability,
+            names,
+        ),
+        "top_losses",
     )
     headline = {
         "accuracy": summary["accuracy"],
@@ -209,8 +229,9 @@ def _calibration(study: Study) -> dict[str, Any]:
     )
     study.figure(
         eval_plots.plot_reliability_diagram(
-            calibration.reliability_before,
-            calibration.reliability_after,
+            calibration.reliability_before.bins,
+            asdict(calibration.reliability_before),
+            asdict(calibration.reliability_after),
             ece_before=calibration.ece_before,
             ece_after=calibration.ece_after,
             temperature=calibration.temperature,
@@ -247,7 +268,18 @@ def _hypotheses(study: Study) -> tuple[list[Any], str]:
     if not registered.registered:
         return [], note
     results = test_hypotheses(study.labels, study.probs, study.names, registered, **study.boot)
-    study.figure(eval_plots.plot_hypotheses(results), "hypotheses")
+    study.figure(
+        eval_plots.plot_hypotheses(
+            [r.name for r in results],
+            [r.estimate for r in results],
+            [r.low for r in results],
+            [r.high for r in results],
+            [r.n for r in results],
+            [r.verdict for r in results],
+            ci_level=results[0].ci_level,
+        ),
+        "hypotheses",
+    )
     return results, note
 
 
@@ -266,7 +298,12 @@ def _forensics(study: Study, pairs: list[Any]) -> tuple[list[Any], list[Any]]:
     shown = issues[:LABEL_ISSUES_SHOWN]
     if shown:
         study.figure(
-            eval_plots.plot_label_issues(data.x_test[[i.index for i in shown]], shown),
+            eval_plots.plot_label_issues(
+                data.x_test[[i.index for i in shown]],
+                [i.given_label for i in shown],
+                [i.suggested_label for i in shown],
+                [i.score for i in shown],
+            ),
             "label_issues",
         )
     hard_pairs = [(p.a, p.b) for p in pairs[:HARD_PAIRS]]

@@ -207,7 +207,12 @@ def find_lr(settings: TrainSettings, workspace: Workspace, steps: int = 100) -> 
             optimizer_factory=lambda schedule: phase_optimizer(settings, phase, schedule),
             steps=steps,
         )
-        figure = save_figure(plot_lr_finder(result), run_dir / LR_FINDER_FIGURE)
+        figure = save_figure(
+            plot_lr_finder(
+                result.lrs, result.losses, result.smoothed, result.suggestion, result.method
+            ),
+            run_dir / LR_FINDER_FIGURE,
+        )
         atomic_write_json(
             run_dir / LR_FINDER_FILE, {"settings": asdict(settings), **result.to_dict()}
         )
