@@ -18,9 +18,9 @@ from deepsight_tf.core.errors import ConfigError, StaleArtifactError
 from deepsight_tf.core.storage import read_json
 from deepsight_tf.core.workspace import Workspace
 from deepsight_tf.diagnose.bootstrap import batched_macro_f1, bootstrap_ci
+from deepsight_tf.diagnose.comparison import compare_predictions
 from deepsight_tf.diagnose.evaluation import classification_summary, per_class_recall
 from deepsight_tf.reporting import report
-from deepsight_tf.reporting.compare import compare_predictions
 from deepsight_tf.reporting.html import Html, element, table
 from deepsight_tf.training.history import read_history
 
