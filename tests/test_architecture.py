@@ -51,6 +51,28 @@ ARTIFACT_NAMES = (
     "label_issues.csv",
     "focus_pairs.txt",
     "report.html",
+    # Figures: every file name a phase draws.
+    "duplicates.png",
+    "duplicates_borderline.png",
+    "interpolation.png",
+    "class_balance.png",
+    "brightness_contrast.png",
+    "samples.png",
+    "class_means.png",
+    "batch.png",
+    "schedule.png",
+    "training_history.png",
+    "lr_finder.png",
+    "confusion_matrix.png",
+    "per_class_recall.png",
+    "most_confused.png",
+    "top_losses.png",
+    "reliability.png",
+    "hypotheses.png",
+    "label_issues.png",
+    "deletion_insertion.png",
+    "sanity_check.png",
+    "context_reliance.png",
 )
 
 

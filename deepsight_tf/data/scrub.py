@@ -17,8 +17,11 @@ from deepsight_tf.core.progress import Progress
 from deepsight_tf.core.settings import ScrubSettings
 from deepsight_tf.core.storage import atomic_write_json, atomic_write_text, read_json
 from deepsight_tf.core.workspace import (
+    BORDERLINE_FIGURE,
+    DUPLICATES_FIGURE,
     DUPLICATES_FILE,
     IMAGES_FILE,
+    INTERPOLATION_FIGURE,
     QUALITY_FILE,
     REPORT_JSON,
     SPLIT_FILE,
@@ -31,9 +34,6 @@ from deepsight_tf.data.quality import QUALITY_COLUMNS, QualityFlag, assess_quali
 if TYPE_CHECKING:
     from deepsight_tf.data.duplicates import Calibration
 
-DUPLICATES_FIGURE = "figures/duplicates.png"
-BORDERLINE_FIGURE = "figures/duplicates_borderline.png"
-INTERPOLATION_FIGURE = "figures/interpolation.png"
 PHASE_HINT = "deepsight scrub"
 CATEGORIES = ("train", "test", "train-test")  # where the two images of a pair live
 CSV_COLUMNS = (

@@ -11,6 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deepsight_tf.core.workspace import (
+    CONTEXT_FIGURE,
+    DELETION_INSERTION_FIGURE,
+    SANITY_FIGURE,
+    cam_figure,
+)
 from deepsight_tf.diagnose import explain, occlusion
 from deepsight_tf.diagnose.study import Study, stratified_sample
 
@@ -83,7 +89,7 @@ def _faithfulness(
     )
     curves = {name: vars(curve) for name, curve in faith.curves.items()}
     study.figure(
-        explain_plots.plot_deletion_insertion(curves, faith.baseline), "deletion_insertion"
+        explain_plots.plot_deletion_insertion(curves, faith.baseline), DELETION_INSERTION_FIGURE
     )
     return faith
 
@@ -117,7 +123,7 @@ def _sanity(
             sanity.randomised_maps,
             images=study.data.x_test[sample][:k],
         ),
-        "sanity_check",
+        SANITY_FIGURE,
     )
     return sanity
 
@@ -141,7 +147,7 @@ def _context(study: Study, model: Any, cams: np.ndarray, sample: np.ndarray) -> 
     energy = occlusion.centre_energy_by_class(
         cams, labels[sample], study.names, n_boot=settings.n_boot, seed=settings.seed
     )
-    study.figure(context_figure(context, energy), "context_reliance")
+    study.figure(context_figure(context, energy), CONTEXT_FIGURE)
     return {**context.to_dict(), "cam_energy": energy.to_dict()}
 
 
@@ -186,7 +192,7 @@ def _class_grids(
                         pairs_per_row=2,
                         suptitle=f"{method}: {name}, {kind}",
                     ),
-                    f"cam_{name}_{kind}",
+                    cam_figure(f"{name}_{kind}"),
                 )
 
 
@@ -220,5 +226,6 @@ def _case_grids(
         )
         titles = [f"{names[labels[i]]} → {names[predicted[i]]}" for i in indices]
         study.figure(
-            explain_plots.plot_cam_grid(x_test[indices], maps, titles, suptitle=name), f"cam_{name}"
+            explain_plots.plot_cam_grid(x_test[indices], maps, titles, suptitle=name),
+            cam_figure(name),
         )

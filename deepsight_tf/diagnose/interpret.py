@@ -26,12 +26,19 @@ from deepsight_tf.core.progress import Progress
 from deepsight_tf.core.settings import InterpretSettings
 from deepsight_tf.core.storage import atomic_write_json
 from deepsight_tf.core.workspace import (
+    CONFUSION_FIGURE,
     FOCUS_PAIRS_FILE,
+    HYPOTHESES_FIGURE,
     IMAGES_FILE,
+    LABEL_ISSUES_FIGURE,
     LABEL_ISSUES_FILE,
     MODEL_FILE,
+    MOST_CONFUSED_FIGURE,
+    PER_CLASS_RECALL_FIGURE,
     PREDICTIONS_FILE,
+    RELIABILITY_FIGURE,
     REPORT_JSON,
+    TOP_LOSSES_FIGURE,
     TRAIN_LABEL_ISSUES_FILE,
     Workspace,
 )
@@ -175,7 +182,7 @@ def _scores(study: Study) -> dict[str, Any]:
     pairs = evaluation.most_confused_pairs(confusion, names, top=10)
     recalls = evaluation.per_class_recall(labels, probs, names, **study.boot)
     losses = evaluation.top_losses(labels, probs, k=TOP_LOSSES)
-    study.figure(eval_plots.plot_confusion_matrix(confusion, names), "confusion_matrix")
+    study.figure(eval_plots.plot_confusion_matrix(confusion, names), CONFUSION_FIGURE)
     study.figure(
         eval_plots.plot_per_class_recall(
             [r.name for r in recalls],
@@ -185,11 +192,11 @@ def _scores(study: Study) -> dict[str, Any]:
             [r.support for r in recalls],
             ci_level=summary["ci_level"],
         ),
-        "per_class_recall",
+        PER_CLASS_RECALL_FIGURE,
     )
     study.figure(
         eval_plots.plot_most_confused([(p.true, p.predicted, p.count, p.rate) for p in confused]),
-        "most_confused",
+        MOST_CONFUSED_FIGURE,
     )
     study.figure(
         eval_plots.plot_top_losses(
@@ -199,7 +206,7 @@ def _scores(study: Study) -> dict[str, Any]:
             losses.probability,
             names,
         ),
-        "top_losses",
+        TOP_LOSSES_FIGURE,
     )
     headline = {
         "accuracy": summary["accuracy"],
@@ -236,7 +243,7 @@ def _calibration(study: Study) -> dict[str, Any]:
             ece_after=calibration.ece_after,
             temperature=calibration.temperature,
         ),
-        "reliability",
+        RELIABILITY_FIGURE,
     )
     return asdict(calibration)
 
@@ -278,7 +285,7 @@ def _hypotheses(study: Study) -> tuple[list[Any], str]:
             [r.verdict for r in results],
             ci_level=results[0].ci_level,
         ),
-        "hypotheses",
+        HYPOTHESES_FIGURE,
     )
     return results, note
 
@@ -304,7 +311,7 @@ def _forensics(study: Study, pairs: list[Any]) -> tuple[list[Any], list[Any]]:
                 [i.suggested_label for i in shown],
                 [i.score for i in shown],
             ),
-            "label_issues",
+            LABEL_ISSUES_FIGURE,
         )
     hard_pairs = [(p.a, p.b) for p in pairs[:HARD_PAIRS]]
     hard = forensics.hard_examples(

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 
 from deepsight_tf.core.storage import atomic_write_text
-from deepsight_tf.core.workspace import Workspace
+from deepsight_tf.core.workspace import CONFUSION_FIGURE, Workspace
 from deepsight_tf.diagnose.comparison import Delta, RunComparison, compare_runs
 from deepsight_tf.reporting.artifacts import (
     Headline,
@@ -149,8 +149,8 @@ def compare_sections(
     confusion_parts = [table for c in comparisons for table in _confusion_tables(c)]
     side = [
         figure(
-            r.interpret_figures / "confusion_matrix.png",
-            f"Run {r.run_id}: {CAPTIONS['confusion_matrix']}",
+            r.interpret_dir / CONFUSION_FIGURE,
+            f"Run {r.run_id}: {CAPTIONS[CONFUSION_FIGURE]}",
             f"confusion matrix of {r.run_id}",
         )
         for r in runs

@@ -15,13 +15,11 @@ from keras import ops
 from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.storage import atomic_write_json
-from deepsight_tf.core.workspace import LR_FINDER_FILE, Workspace
+from deepsight_tf.core.workspace import LR_FINDER_FIGURE, LR_FINDER_FILE, Workspace
 from deepsight_tf.training.data import training_data
 from deepsight_tf.training.plan import default_run_id, parse_unfreeze, plan_phases, resolve_settings
 from deepsight_tf.training.prepare import phase_optimizer, prepare, set_trainable
 from deepsight_tf.training.step import train_step_function, weighted_loss
-
-LR_FINDER_FIGURE = "lr_finder.png"
 
 
 @dataclass
