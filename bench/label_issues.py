@@ -1,31 +1,47 @@
-"""Label-issue ranking on real images with planted flips: which score finds wrong labels?
+"""Label-issue ranking on real images with planted label issues: which score finds them?
 
-    .venv/bin/python bench/label_issues.py --workspace /tmp/ws1 --run RUN [--flip 0.02]
+    .venv/bin/python bench/label_issues.py --workspace WS [--run RUN] [--share 0.02]
+        [--seeds 3] [--csv docs/results/label_issues.csv]
 
-The run's model never trained on the test set, so its test probabilities are out of sample
-for any test label. --flip of the test labels are changed to a random other class (one draw
-per --seeds); every score then ranks all test images, most doubtful first, and the bench
-prints, per score, the share of the planted flips among the first k (k = the number of
-flips: precision at k, which equals recall at k), the recall at 2k, and ROC AUC, with the
-mean over seeds; random ranking finds flips at the flip rate. The scores (lower = doubtful):
+Three kinds of label issue are planted on --share of the test images, one draw per seed
+(tests/planted_labels.py): uniform (a random other class), confusable (the class the true
+class is most often confused with, read from the ImageNet probe's out-of-fold predictions on
+the training images, never from the test set or any published list) and composite (a
+CutMix-style box of an image of another class pasted in, a quarter to 45% of the image, and
+the image labelled with that smaller part; every model scores the composites afresh). Every
+score then ranks all test images, most doubtful first; the bench prints, per score and kind,
+the share of the planted issues among the first k (k = the number planted: precision at k,
+which equals recall at k) and the recall at 2k, means over the seeds; a random ranking finds
+--share at k. The scores (lower = doubtful):
 
-  self-confidence    p(given label): cleanlab's default ranking, interpret's until now
-  normalized margin  p(given) - max p(other) (cleanlab's normalized_margin, rescaled)
-  kNN agreement      the share of the image's k nearest training images (cosine on the
-                     run's pooled features) whose label is the given one
-  combined           the mean of self-confidence and kNN agreement
-  cleanlab set       cleanlab.filter.find_label_issues' flagged set (its size varies)
+  run self-confidence       the run's p(given label) on its test probabilities (the kept
+                            model's, test-time augmented as it was trained): interpret's
+                            ranking until now (needs --run)
+  ImageNet kNN              the share of the 10 nearest training images (ImageNet features)
+                            that carry the given label
+  ImageNet probe            p(given) from 5-fold linear probes on the ImageNet features (the
+                            fold probes' mean: no probe read a test label)
+  ImageNet probe + kNN      p(given) of the mean of the two distributions
+  run normalized margin     (p(given) - max p(other) + 1) / 2 of the run's (cleanlab's)
+  run + probe, equal        p(given) of the equal mixture of the run's and the probe's
+                            probabilities (needs --run)
+  run + probe, stacked      the same mixture weighted to maximise the validation images'
+                            log-likelihood (label_scores.mixture_weight; needs --run)
+  run x probe, equal        p(given) of the normalised geometric mean of the two (a product
+                            of experts); needs --run
+  run x probe, stacked      the geometric mixture, its weight stacked on validation
 
-Every set of test probabilities the run stored is ranked, one table each: the kept model's
-(averaged over test-time views when the run used --tta), those without test-time
-augmentation, and for a run trained with --ema the weight average's and the best epoch's
-(both test-time augmented) and their mean. The kNN features are the kept model's. Real
-CIFAR-10 test labels that are already wrong count against every score alike.
+and cleanlab's flagged set (cleanlab.filter.find_label_issues) on three of them. The
+ImageNet features come from the workspace's cache (computed there on first use, timed).
+Real CIFAR-10 test labels that are already wrong count against every score alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -33,129 +49,281 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from deepsight_tf.core.workspace import Workspace  # noqa: E402
+from planted_labels import (  # noqa: E402
+    KINDS,
+    composites,
+    confusable_flips,
+    most_confused_with,
+    uniform_flips,
+)
+
+from deepsight_tf.core.workspace import IMAGES_FILE, Workspace  # noqa: E402
 from deepsight_tf.data.dataset import load_dataset  # noqa: E402
 from deepsight_tf.data.scrub import load_split  # noqa: E402
-from deepsight_tf.diagnose.label_scores import (  # noqa: E402
-    LABEL_SCORES,
-    knn_label_agreement,
-    run_features,
+from deepsight_tf.diagnose.imagenet_features import (  # noqa: E402
+    dataset_features,
+    pooled_features,
 )
-from deepsight_tf.training.record import RunRecord  # noqa: E402
+from deepsight_tf.diagnose.independent import evidence_from_features  # noqa: E402
+from deepsight_tf.diagnose.label_scores import (  # noqa: E402
+    mixture,
+    mixture_weight,
+    normalized_margin,
+    self_confidence,
+)
+
+CSV_COLUMNS = (
+    "run",
+    "run_accuracy",
+    "kind",
+    "share",
+    "k",
+    "seeds",
+    "score",
+    "precision_at_k",
+    "recall_at_2k",
+    "cleanlab_precision",
+    "cleanlab_recall",
+    "cleanlab_flagged",
+)
 
 
-def flip_labels(labels: np.ndarray, k: int, share: float, rng: np.random.Generator):
-    flipped = rng.choice(len(labels), size=round(share * len(labels)), replace=False)
-    noisy = labels.copy()
-    noisy[flipped] = (labels[flipped] + rng.integers(1, k, len(flipped))) % k
-    return noisy, flipped
+def cpu_name() -> str:
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
 
 
-def ranking_metrics(score: np.ndarray, is_flip: np.ndarray) -> tuple[float, float, float]:
-    from sklearn.metrics import roc_auc_score
-
-    k = int(is_flip.sum())
+def ranking_metrics(score: np.ndarray, is_planted: np.ndarray) -> tuple[float, float]:
+    """Precision at k (k = planted) and recall at 2k of the ranking by ascending score."""
+    k = int(is_planted.sum())
     order = np.argsort(score, kind="stable")
-    at_k = is_flip[order[:k]].mean()
-    recall_2k = is_flip[order[: 2 * k]].sum() / k
-    return float(at_k), float(recall_2k), float(roc_auc_score(is_flip, -score))
+    return float(is_planted[order[:k]].mean()), float(is_planted[order[: 2 * k]].sum() / k)
+
+
+def cleanlab_set(labels: np.ndarray, probs: np.ndarray, is_planted: np.ndarray) -> tuple:
+    from cleanlab.filter import find_label_issues
+
+    flagged = find_label_issues(labels, probs / probs.sum(1, keepdims=True), n_jobs=1)
+    return float(is_planted[flagged].mean()), float(flagged[is_planted].mean()), int(flagged.sum())
+
+
+def plant(kind: str, seed: int, data, targets: np.ndarray, share: float):
+    """(labels, planted indices, images of the planted composites or None) for one draw."""
+    rng = np.random.default_rng([seed, KINDS.index(kind)])
+    labels = data.y_test
+    if kind == "uniform":
+        return (*uniform_flips(labels, data.num_classes, share, rng), None)
+    if kind == "confusable":
+        return (*confusable_flips(labels, targets, share, rng), None)
+    images, noisy, planted, _ = composites(data.x_test, labels, share, rng)
+    return noisy, planted, images[planted]
+
+
+def run_probs(record, images: np.ndarray) -> np.ndarray:
+    """The run's probabilities of new images, preprocessed and test-time augmented as its
+    test set was."""
+    from deepsight_tf.training.pipeline import make_eval_dataset
+    from deepsight_tf.training.tta import predict_probs
+
+    model = record.load_model()
+    dataset = make_eval_dataset(
+        images,
+        np.zeros(len(images), np.int64),
+        np.arange(len(images)),
+        len(record.class_names),
+        batch_size=256,
+        preprocessing=record.preprocessing,
+    )
+    return predict_probs(model, dataset, record.settings.tta).astype(np.float64)
+
+
+def normalised(probs: np.ndarray) -> np.ndarray:
+    probs = probs.astype(np.float64)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def scores_of(labels, probe, knn, run, weight) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each score's (per-image score, the distribution its p(given) is read from)."""
+    distributions = {"ImageNet kNN": knn, "ImageNet probe": probe}
+    distributions["ImageNet probe + kNN"] = mixture(probe, knn, 0.5)
+    if run is not None:
+        distributions["run self-confidence"] = run
+        distributions["run + probe, equal"] = mixture(run, probe, 0.5)
+        distributions["run + probe, stacked"] = mixture(run, probe, weight[0])
+        distributions["run x probe, equal"] = mixture(run, probe, 0.5, geometric=True)
+        distributions["run x probe, stacked"] = mixture(run, probe, weight[1], geometric=True)
+    scores = {name: (self_confidence(labels, p), p) for name, p in distributions.items()}
+    if run is not None:
+        scores["run normalized margin"] = (normalized_margin(labels, run), run)
+    return scores
+
+
+CLEANLAB_SETS = (
+    "run self-confidence",
+    "ImageNet probe",
+    "run + probe, stacked",
+    "run x probe, stacked",
+)
+
+
+def bench_kind(kind, args, data, targets, evidence, run, weight, extra) -> list[dict]:
+    """Every score's precision at k and recall at 2k on one kind of planted issue, per seed."""
+    per_score: dict[str, list] = {}
+    for seed in range(args.seeds):
+        labels, planted, _ = plant(kind, seed, data, targets, args.share)
+        n = len(data.y_test)  # the rows after the test set's are the composites'
+        probe, knn = evidence["test_probs"][:n].copy(), evidence["test_knn"][:n].copy()
+        run_seed = None if run is None else run["test"].copy()
+        if kind == "composite":  # the pasted images, as every model scored them
+            rows = extra[seed]
+            probe[planted], knn[planted] = evidence["test_probs"][rows], evidence["test_knn"][rows]
+            if run_seed is not None:
+                run_seed[planted] = run["composites"][rows - n]
+        is_planted = np.zeros(len(labels), bool)
+        is_planted[planted] = True
+        for name, (score, probs) in scores_of(labels, probe, knn, run_seed, weight).items():
+            found = [*ranking_metrics(score, is_planted)]
+            found += [*cleanlab_set(labels, probs, is_planted)] if name in CLEANLAB_SETS else []
+            per_score.setdefault(name, []).append(found)
+    rows = []
+    for name, found in per_score.items():
+        mean = np.mean(np.asarray([f[:2] for f in found]), axis=0)
+        row = {"kind": kind, "score": name, "precision_at_k": mean[0], "recall_at_2k": mean[1]}
+        if len(found[0]) > 2:
+            sets = np.mean(np.asarray([f[2:] for f in found]), axis=0)
+            row.update(cleanlab_precision=sets[0], cleanlab_recall=sets[1])
+            row.update(cleanlab_flagged=sets[2])
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", default="workspace")
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--flip", type=float, default=0.02)
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--run", default=None, help="a trained run: its probabilities too")
+    parser.add_argument("--share", type=float, default=0.02)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--neighbours", type=int, default=10)
+    parser.add_argument("--csv", default=None, help="write the table here")
     args = parser.parse_args()
     ws = Workspace(args.workspace)
-    record = RunRecord.load(ws, args.run)
-    data, _ = load_dataset(ws, record.dataset)
+    data, manifest = load_dataset(ws, args.dataset)
     split = load_split(ws, data.name)
-    predictions = record.predictions()
-    sources = probability_sources(predictions)
-    labels = predictions["test_labels"]
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     start = time.perf_counter()
-    model = record.load_model()
-    test_features = run_features(model, record.preprocessing, data.x_test)
-    reference = run_features(model, record.preprocessing, data.x_train[split.train])
-    reference_labels = data.y_train[split.train]
+    features = dataset_features(ws, data, manifest.outputs[IMAGES_FILE])
+    made = "read from the cache" if features.pass_s is None else "computed"
     print(
-        f"run {args.run}: features of {len(data.x_test):,} test and {len(reference):,} "
-        f"training images in {time.perf_counter() - start:.0f} s"
+        f"ImageNet features ({features.variant}, {features.image_size} px) of "
+        f"{len(features.train) + len(features.test):,} images {made} in "
+        f"{time.perf_counter() - start:.0f} s"
     )
-    neighbours = knn_label_agreement(
-        test_features, reference, reference_labels, data.num_classes, args.neighbours
+    record = run = None
+    val_rows = np.asarray(split.val)
+    if args.run:
+        from deepsight_tf.training.record import RunRecord
+
+        record = RunRecord.load(ws, args.run)
+        predictions = record.predictions()
+        val_rows = predictions["val_indices"]
+        run = {
+            "test": normalised(predictions["test_probs"]),
+            "val": normalised(predictions["val_probs"]),
+            "val_labels": predictions["val_labels"],
+        }
+    composite_images = [plant("composite", s, data, None, args.share)[2] for s in range(args.seeds)]
+    pasted = np.concatenate(composite_images)
+    pasted_features, _ = pooled_features(pasted, features.variant, features.image_size)
+    extra, offset = [], len(data.y_test)
+    for images in composite_images:
+        extra.append(np.arange(offset, offset + len(images)))
+        offset += len(images)
+    start = time.perf_counter()
+    train = np.asarray(split.train)
+    evidence = evidence_from_features(
+        features.train[train],
+        data.y_train[train],
+        features.train[val_rows],
+        np.concatenate([features.test, pasted_features]),
+        data.num_classes,
+        widths=features.widths,
+        neighbours=True,
     )
-    for name, probs in sources.items():
-        accuracy = np.mean(probs.argmax(1) == labels)
-        print(f"\n== test probabilities: {name} (test accuracy {accuracy:.2%})")
-        bench_scores(probs, labels, neighbours, data.num_classes, args)
-
-
-def probability_sources(predictions: dict) -> dict[str, np.ndarray]:
-    """Each distinct set of stored test probabilities, normalised, by what it is."""
-    named = {
-        "kept model": "test_probs",
-        "kept model, no test-time augmentation": "test_probs_plain",
-        "weight average (--ema)": "average_test_probs",
-        "best epoch": "best_epoch_test_probs",
-    }
-    sources: dict[str, np.ndarray] = {}
-    for name, key in named.items():
-        if key not in predictions:
-            continue
-        probs = predictions[key].astype(np.float64)
-        probs /= probs.sum(axis=1, keepdims=True)
-        if not any(np.array_equal(probs, seen) for seen in sources.values()):
-            sources[name] = probs
-    if "average_test_probs" in predictions and "best_epoch_test_probs" in predictions:
-        both = (predictions["average_test_probs"] + predictions["best_epoch_test_probs"]) / 2
-        sources["mean of weight average and best epoch"] = both / both.sum(1, keepdims=True)
-    return sources
-
-
-def bench_scores(
-    probs: np.ndarray,
-    labels: np.ndarray,
-    neighbours: np.ndarray,
-    num_classes: int,
-    args: argparse.Namespace,
-) -> None:
-    results: dict[str, list[tuple[float, float, float]]] = {}
-    cleanlab_set: list[tuple[float, float, int]] = []
-    for seed in range(args.seeds):
-        rng = np.random.default_rng(seed)
-        noisy, flipped = flip_labels(labels, num_classes, args.flip, rng)
-        is_flip = np.zeros(len(labels), dtype=bool)
-        is_flip[flipped] = True
-        for name, score_fn in LABEL_SCORES.items():
-            score = score_fn(noisy, probs, neighbours)
-            results.setdefault(name, []).append(ranking_metrics(score, is_flip))
-        from cleanlab.filter import find_label_issues
-
-        flagged = find_label_issues(noisy, probs, n_jobs=1)
-        cleanlab_set.append(
-            (float(is_flip[flagged].mean()), float(flagged[is_flip].mean()), int(flagged.sum()))
+    oof = evidence["train_probs"].argmax(axis=1)
+    print(
+        f"probes and neighbours in {time.perf_counter() - start:.0f} s; probe accuracy "
+        f"{np.mean(oof == data.y_train[train]):.2%} out of fold (training images), "
+        f"{np.mean(evidence['test_probs'][: len(data.y_test)].argmax(1) == data.y_test):.2%} "
+        "on the test images"
+    )
+    k = data.num_classes
+    targets = most_confused_with(
+        np.bincount(data.y_train[train] * k + oof, minlength=k * k).reshape(k, k)
+    )
+    names = data.class_names
+    print(
+        "confusable flips: " + ", ".join(f"{names[c]}->{names[t]}" for c, t in enumerate(targets))
+    )
+    weight, accuracy = (0.5, 0.5), None
+    if run is not None:
+        run["composites"] = run_probs(record, pasted)
+        weight = tuple(
+            mixture_weight(run["val_labels"], run["val"], evidence["val_probs"], geometric)
+            for geometric in (False, True)
         )
-    n_flips = round(args.flip * len(labels))
+        accuracy = float(np.mean(run["test"].argmax(1) == data.y_test))
+        print(
+            f"run {args.run}: test accuracy {accuracy:.2%}; stacked weight of the run "
+            f"{weight[0]:.2f} (arithmetic), {weight[1]:.2f} (geometric)"
+        )
+    rows = []
+    for kind in KINDS:
+        rows += bench_kind(kind, args, data, targets, evidence, run, weight, extra)
+    report(rows, args, accuracy, len(data.y_test))
+
+
+def report(rows: list[dict], args: argparse.Namespace, accuracy: float | None, n: int) -> None:
+    planted = round(args.share * n)
     print(
-        f"\n{n_flips} planted flips ({args.flip:.0%}) of {len(labels):,} test labels, "
-        f"{args.seeds} seeds, k = {n_flips}, {args.neighbours} neighbours; random finds "
-        f"{args.flip:.1%} at k"
+        f"\n{planted} planted issues ({args.share:.0%}) of {n:,} test labels per kind, "
+        f"{args.seeds} seeds, k = {planted}; a random ranking finds {args.share:.1%} at k"
     )
-    print(f"  {'score':20s} {'precision@k':>12s} {'recall@2k':>10s} {'ROC AUC':>8s}")
-    for name, rows in results.items():
-        p, r, auc = np.mean(rows, axis=0)
-        print(f"  {name:20s} {p:12.1%} {r:10.1%} {auc:8.3f}")
-    precision, recall, size = np.mean(cleanlab_set, axis=0)
-    print(
-        f"  {'cleanlab set':20s} precision {precision:.1%}, recall {recall:.1%} "
-        f"of {size:.0f} flagged"
-    )
+    print(f"  {'kind':11s} {'score':22s} {'precision@k':>11s} {'recall@2k':>9s}   cleanlab set")
+    for row in rows:
+        found = ""
+        if "cleanlab_precision" in row:
+            found = (
+                f"  {row['cleanlab_precision']:.1%} precise, {row['cleanlab_recall']:.1%} "
+                f"recall of {row['cleanlab_flagged']:.0f}"
+            )
+        print(
+            f"  {row['kind']:11s} {row['score']:22s} {row['precision_at_k']:11.1%} "
+            f"{row['recall_at_2k']:9.1%} {found}"
+        )
+    if args.csv:
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, CSV_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(
+                    {
+                        "run": args.run or "",
+                        "share": args.share,
+                        "k": planted,
+                        "seeds": args.seeds,
+                        "run_accuracy": accuracy or "",
+                        **{
+                            key: round(v, 4) if isinstance(v, float) else v
+                            for key, v in row.items()
+                        },
+                    }
+                )
+        print(f"written to {args.csv}")
 
 
 if __name__ == "__main__":

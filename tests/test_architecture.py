@@ -49,6 +49,9 @@ ARTIFACT_NAMES = (
     "state.json",
     "lr_finder.json",
     "label_issues.csv",
+    "label_issues_imagenet.csv",
+    "features.npz",
+    "dropped_train_imagenet.csv",
     "focus_pairs.txt",
     "report.html",
     # Figures: every file name a phase draws.

@@ -61,7 +61,8 @@ def test_every_planted_cause_is_counted_and_the_rates_are_exact() -> None:
     assert rows["low_quality"]["images"] == 11
     assert rows["low_quality"]["error_rate_with"] == pytest.approx(6 / 11)
     assert rows["low_quality"]["error_rate_without"] == pytest.approx(54 / 189)
-    for row in result["rows"]:
+    assert not rows["independent_label_issue"]["measured"]  # not planted: said, not zero
+    for row in filter(lambda row: row["measured"], result["rows"]):
         low, high = row["share_ci"]
         assert low <= row["share"] <= high
 
@@ -107,3 +108,27 @@ def test_label_issues_from_the_model_itself_do_not_decide_the_claim() -> None:
     assert claim["data_quality_causes"] == ["conflicting_twin", "low_quality"]
     assert claim["data_quality_share"] == pytest.approx(10 / 75)
     assert claim["verdict"] == "supported"
+
+
+def test_labels_doubted_by_an_independent_model_count_as_data_quality() -> None:
+    """Planted: 8 of the pair errors and 4 of the causeless errors have a label the ImageNet
+    probes doubt. The row counts them, the claim's data-quality side takes them in, and the
+    errors on both sides are reported."""
+    labels, probs, causes = planted(40, 6, 4, 10, 140)
+    wrong = np.flatnonzero(probs.argmax(axis=1) != labels)
+    pair_errors, causeless = wrong[:40], wrong[50:60]
+    causes["independent_label_issue"] = np.concatenate([pair_errors[:8], causeless[:4], [199]])
+    result = attribute_errors(labels, probs, NAMES, causes, PAIRS, n_boot=500)
+    row = rows_by_cause(result)["independent_label_issue"]
+    assert row["errors"] == 12 and row["images"] == 13
+    assert row["error_rate_with"] == pytest.approx(12 / 13)
+    claim = result["claim"]
+    assert claim["data_quality_causes"] == [
+        "conflicting_twin",
+        "low_quality",
+        "independent_label_issue",
+    ]
+    assert claim["data_quality_share"] == pytest.approx((6 + 4 + 12) / 60)
+    assert claim["both_share"] == pytest.approx(8 / 60)
+    assert claim["difference"] == pytest.approx(40 / 60 - 22 / 60)
+    assert rows_by_cause(result)["none of these"]["errors"] == 10 - 4

@@ -15,7 +15,7 @@ from deepsight_tf.core.errors import ConfigError, DataError, PrerequisiteError, 
 from deepsight_tf.core.manifest import DROPPED_INPUT
 from deepsight_tf.core.settings import ExperimentSettings
 from deepsight_tf.core.storage import read_json, sha256_file
-from deepsight_tf.core.workspace import DROPPED_TRAIN_FILE, PLAN_FILE, REPORT_JSON
+from deepsight_tf.core.workspace import DROPPED_TRAIN_FILE, PLAN_FILE, REPORT_JSON, Workspace
 from deepsight_tf.diagnose.comparison import compare_arms, pair_confusion, verdict
 from deepsight_tf.diagnose.experiment import plan_arms, run_experiment, shares_baseline_schedule
 from deepsight_tf.reporting.experiment_page import experiment_page
@@ -233,15 +233,20 @@ def test_drop_train_reads_the_first_rows_of_a_ranked_index_csv(tmp_path) -> None
         tiny(drop_top=5)
 
 
-@pytest.mark.slow  # two arms trained; reading --drop-train lists is tested fast above
+@pytest.mark.slow  # three arms trained; reading --drop-train lists is tested fast above
 def test_clean_labels_leaves_out_the_flagged_training_images(tmp_path) -> None:
-    """The arm trains on the baseline's split without the images a run flagged; the flagged
-    validation image stays in validation; a missing issues file fails before any training."""
+    """Each clean arm trains on the baseline's split without the images its list flagged (the
+    run's probes' list, the ImageNet probes' list); a flagged validation image stays in
+    validation; a missing issues file fails before any training."""
     from deepsight_tf.data.scrub import load_split
 
     ws = separable_workspace(tmp_path)
     settings = ExperimentSettings(
-        name="c", arms="baseline,clean-labels", baseline_seeds=1, issues_from="src", n_boot=100
+        name="c",
+        arms="baseline,clean-labels,clean-labels-imagenet",
+        baseline_seeds=1,
+        issues_from="src",
+        n_boot=100,
     )
     with pytest.raises(PrerequisiteError, match="--issues-from src: no run 'src'"):
         run_experiment(settings, tiny(epochs=1), ws)
@@ -251,13 +256,37 @@ def test_clean_labels_leaves_out_the_flagged_training_images(tmp_path) -> None:
     source = ws.interpret_dir("src") / "train_label_issues.csv"
     source.parent.mkdir(parents=True)
     source.write_text("index,given\n" + "".join(f"{i},x\n" for i in flagged))
+    imagenet = ws.interpret_dir("src") / "train_label_issues_imagenet.csv"
+    imagenet.write_text("index,given\n" + "".join(f"{i},x\n" for i in split.train[[7, 8]]))
     result = run_experiment(settings, tiny(epochs=1), ws)
     copy = ws.experiment_dir("c") / DROPPED_TRAIN_FILE
     assert copy.read_bytes() == source.read_bytes()
     assert result.arms[1]["changes"] == {"drop_train": str(copy)}
+    imagenet_copy = ws.experiment_dir("c") / "dropped_train_imagenet.csv"
+    assert imagenet_copy.read_bytes() == imagenet.read_bytes()
+    assert result.arms[2]["changes"] == {"drop_train": str(imagenet_copy)}
     images = {name: score["train_images"] for name, score in result.scores.items()}
-    assert images == {"baseline": len(split.train), "clean-labels": len(split.train) - 4}
+    assert images == {
+        "baseline": len(split.train),
+        "clean-labels": len(split.train) - 4,
+        "clean-labels-imagenet": len(split.train) - 2,
+    }
     predictions = np.load(ws.run_dir("c-clean-labels") / "predictions.npz")
     assert predictions["val_indices"].tolist() == list(split.val)  # validation untouched
     manifest = read_json(ws.run_dir("c-clean-labels") / "manifest.json")
     assert manifest["inputs"][DROPPED_INPUT]["sha256"] == sha256_file(copy)
+
+
+def test_the_imagenet_clean_arm_needs_that_list_before_any_training(tmp_path) -> None:
+    """The run's own list is there, the ImageNet one is not: refused before a step, naming
+    the interpret that writes it."""
+    ws = Workspace(tmp_path / "ws")
+    folder = ws.interpret_dir("src")
+    folder.mkdir(parents=True)
+    (folder / "train_label_issues.csv").write_text("index,given\n3,x\n")
+    settings = ExperimentSettings(
+        name="c", arms="baseline,clean-labels,clean-labels-imagenet", issues_from="src"
+    )
+    with pytest.raises(PrerequisiteError, match=r"train_label_issues_imagenet\.csv is missing"):
+        run_experiment(settings, tiny(epochs=1), ws)
+    assert not ws.run_dir("c-baseline").exists()

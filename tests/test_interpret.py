@@ -195,3 +195,58 @@ def test_bad_settings_and_missing_run(tmp_path: Path) -> None:
         interpret(InterpretSettings(run_id="x", methods="gradcam,magic"), Workspace(tmp_path))
     result = CliRunner().invoke(app, ["--workspace", str(tmp_path), "interpret", "nope"])
     assert result.exit_code == 4 and "run `deepsight train` first" in result.stderr
+
+
+def test_label_evidence_from_imagenet_features(interpreted) -> None:
+    """The ImageNet probes' lists are cleanlab on their probabilities (recomputed here from the
+    cached features), the ranking of label_issues.csv is the stacked geometric mixture, the
+    attribution counts the doubted errors, and the manifest cites the features it read."""
+    from deepsight_tf.data.dataset import dataset_sha256, load_dataset
+    from deepsight_tf.data.scrub import load_split
+    from deepsight_tf.diagnose.forensics import find_label_issues
+    from deepsight_tf.diagnose.independent import independent_evidence
+    from deepsight_tf.diagnose.label_scores import mixture, mixture_weight
+
+    ws, result = interpreted
+    folder = Path(result.folder)
+    imagenet = result.label_issues["imagenet"]
+    data, _ = load_dataset(ws, "rgb")
+    evidence = independent_evidence(ws, data, dataset_sha256(ws, "rgb"), load_split(ws, "rgb"))
+    assert evidence.pass_s is None  # interpret cached the features
+    predictions = np.load(ws.run_dir("run") / "predictions.npz")
+    labels = predictions["test_labels"]
+
+    def indices(name: str) -> list[int]:
+        with open(folder / name, newline="") as handle:
+            return [int(row["index"]) for row in csv.DictReader(handle)]
+
+    doubted = indices("label_issues_imagenet.csv")
+    expected = find_label_issues(labels, evidence.test_probs, CLASSES)
+    assert doubted == [i.index for i in expected] and len(doubted) == imagenet["test"]["count"]
+    train_found = find_label_issues(
+        data.y_train[evidence.train_indices], evidence.train_probs, CLASSES
+    )
+    train_indices = [int(evidence.train_indices[i.index]) for i in train_found]
+    assert indices("train_label_issues_imagenet.csv") == train_indices
+    val_probs = predictions["val_probs"] / predictions["val_probs"].sum(1, keepdims=True)
+    weight = mixture_weight(predictions["val_labels"], val_probs, evidence.val_probs, True)
+    assert result.label_issues["ranked_by"]["run_weight"] == weight
+    test_probs = predictions["test_probs"] / predictions["test_probs"].sum(1, keepdims=True)
+    mixed = mixture(test_probs, evidence.test_probs, weight, geometric=True)
+    ranked = find_label_issues(labels, mixed, CLASSES)
+    assert indices("label_issues.csv") == [i.index for i in ranked]
+    wrong = predictions["test_probs"].argmax(1) != labels
+    rows = {row["cause"]: row for row in result.error_attribution["rows"]}
+    assert rows["independent_label_issue"]["errors"] == sum(wrong[i] for i in doubted)
+    claim = result.error_attribution["claim"]
+    if claim["verdict"] != "not tested":  # a tiny model may make no error at all
+        assert "independent_label_issue" in claim["data_quality_causes"]
+    manifest = read_json(folder / "manifest.json")
+    cited = manifest["inputs"]["imagenet features"]
+    assert (
+        cited["sha256"]
+        == read_json(Path(imagenet["features"]) / "manifest.json")["outputs"]["features.npz"]
+    )
+    assert {"label_issues_imagenet.csv", "train_label_issues_imagenet.csv"} <= set(
+        manifest["outputs"]
+    )

@@ -318,8 +318,15 @@ def render_interpret(result: Any) -> None:
 
 def label_issue_lines(issues: dict[str, Any]) -> None:
     """Where interpret's label issues are, for the test and the training images."""
+    ranked = issues.get("ranked_by") or {}
+    how = ""
+    if "weight_from" in ranked:
+        how = (
+            f", ranked by {ranked['probabilities']} probabilities (run weight "
+            f"{ranked['run_weight']:.2f} from the {ranked['weight_from']})"
+        )
     console.print(
-        f"label issues: {issues['count']} test images flagged ({issues['csv']}); "
+        f"label issues: {issues['count']} test images flagged{how} ({issues['csv']}); "
         f"hard pairs for --focus-pairs @{issues['focus_pairs_file']}"
     )
     train = issues.get("train")
@@ -328,6 +335,21 @@ def label_issue_lines(issues: dict[str, Any]) -> None:
             f"training label issues: {train['count']:,} of {train['images']:,} flagged by "
             f"{train['folds']}-fold linear probes (accuracy {train['probe_accuracy']:.1%}; "
             f"{train['csv']})"
+        )
+    imagenet = issues.get("imagenet")
+    if imagenet:
+        made = (
+            "cached features"
+            if imagenet["cached"]
+            else f"features computed in {imagenet['feature_pass_s']:.0f} s, now cached"
+        )
+        console.print(
+            f"labels doubted by {imagenet['folds']}-fold probes on {imagenet['backbone']} "
+            f"features at {imagenet['image_size']} px, which never saw them ({made}; probe "
+            f"accuracy {imagenet['probe_accuracy']:.1%} out of fold, "
+            f"{imagenet['test_probe_accuracy']:.1%} on test): {imagenet['test']['count']:,} "
+            f"test images ({imagenet['test']['csv']}), {imagenet['train']['count']:,} of "
+            f"{imagenet['train']['images']:,} training images ({imagenet['train']['csv']})"
         )
 
 
@@ -360,7 +382,9 @@ def attribution_table(attribution: dict[str, Any]) -> None:
     console.print(
         f'claim "{claim["claim"]}": {claim["verdict"]} (semantic '
         f"{claim['semantic_share']:.1%} minus data quality {claim['data_quality_share']:.1%} "
-        f"= {claim['difference']:+.1%} [{low:+.1%}, {high:+.1%}])"
+        f"= {claim['difference']:+.1%} [{low:+.1%}, {high:+.1%}]; data quality counts "
+        f"{', '.join(claim['data_quality_causes'])}; {claim.get('both_share', 0.0):.1%} of the "
+        "errors on both sides)"
     )
 
 

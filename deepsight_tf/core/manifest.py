@@ -64,3 +64,4 @@ SPLIT_INPUT = "split"  # scrub/<name>/split.json
 DROPPED_INPUT = "dropped training images"  # --drop-train's CSV
 MODEL_INPUT = "model"  # runs/<id>/model.keras
 PREDICTIONS_INPUT = "predictions"  # runs/<id>/predictions.npz
+FEATURES_INPUT = "imagenet features"  # features/<dataset>/<key>/features.npz

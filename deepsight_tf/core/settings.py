@@ -18,7 +18,12 @@ from typing import Any
 
 from deepsight_tf.core.checks import MAX_IMAGE_SIZE, check_image_size, check_name, parse_duration
 from deepsight_tf.core.errors import ConfigError
-from deepsight_tf.core.workspace import METRICS_FILE, MODEL_FILE, TRAIN_LABEL_ISSUES_FILE
+from deepsight_tf.core.workspace import (
+    IMAGENET_TRAIN_ISSUES_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    TRAIN_LABEL_ISSUES_FILE,
+)
 
 # Vocabularies: the values each choice-valued setting may take.
 BACKBONES = (
@@ -475,6 +480,7 @@ EXPERIMENT_ARMS = (
     "label-smoothing",
     "resnet50",
     "clean-labels",
+    "clean-labels-imagenet",
     "ema",
     "zero-init",
     "progressive",
@@ -491,7 +497,8 @@ class ExperimentSettings(Settings):
         "changed alone, SETTING=VALUE (e.g. lookahead=false, label-smoothing=0, "
         "flip=random). focus-pairs and class-weights are derived from the baseline's "
         "validation predictions, clean-labels leaves out a run's training label issues "
-        "(--issues-from).",
+        "(--issues-from), clean-labels-imagenet the ones that the same run's interpret found "
+        "with ImageNet features.",
     )
     baseline_seeds: int = setting(
         2, "Baseline runs with different seeds: their spread is the run-to-run noise.", ge=1
@@ -499,7 +506,8 @@ class ExperimentSettings(Settings):
     n_boot: int = setting(DEFAULT_N_BOOT, "Paired bootstrap resamples for every interval.", ge=100)
     issues_from: str | None = setting(
         None,
-        f"Run whose interpret/{TRAIN_LABEL_ISSUES_FILE} the clean-labels arm leaves out. "
+        f"Run whose interpret/{TRAIN_LABEL_ISSUES_FILE} the clean-labels arm leaves out (and "
+        f"whose {IMAGENET_TRAIN_ISSUES_FILE} clean-labels-imagenet does). "
         "Default: the baseline's (run `deepsight interpret NAME-baseline` once it is trained).",
     )
     resume: bool = setting(
@@ -518,10 +526,10 @@ class ExperimentSettings(Settings):
             check_name(self.name, "experiment name")
         if self.issues_from is not None:
             check_name(self.issues_from, "--issues-from")
-            if "clean-labels" not in self.arm_list():
+            if not {"clean-labels", "clean-labels-imagenet"} & set(self.arm_list()):
                 raise ConfigError(
-                    f"--issues-from {self.issues_from}: only the clean-labels arm reads it; add "
-                    "clean-labels to --arms or drop --issues-from"
+                    f"--issues-from {self.issues_from}: only the clean-labels arms read it; add "
+                    "clean-labels or clean-labels-imagenet to --arms or drop --issues-from"
                 )
         check_continuation(self.resume, self.resume_or_start)
         arms = self.arm_list()
@@ -585,7 +593,7 @@ _NUMBERS = _INTEGERS | {"lr", "backbone_lr_mult", "momentum"}
 @panels(
     {
         HEAT_MAPS: "methods max_images sanity_images grid_per_class",
-        FORENSICS: "context_images train_issues",
+        FORENSICS: "context_images train_issues imagenet_evidence",
         STATISTICS: "n_boot seed",
     }
 )
@@ -609,6 +617,13 @@ class InterpretSettings(Settings):
         True,
         "Label issues in the training images too, from K-fold linear probes on the run's "
         "features (a forward pass over the training set).",
+    )
+    imagenet_evidence: bool = setting(
+        True,
+        "Label evidence from a model that never saw the labels: K-fold linear probes on "
+        "ImageNet features (EfficientNet-Lite0), for the test and the training images. The "
+        "features' forward pass (about 2 minutes on 2 cores for CIFAR-10) is cached in the "
+        "workspace for every later interpret on the same data set.",
     )
 
     def check(self) -> None:

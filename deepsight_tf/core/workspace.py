@@ -39,7 +39,14 @@ TENSORBOARD_DIR = "tensorboard"  # runs/<id>/
 LR_FINDER_FILE = "lr_finder.json"  # runs/<id>/ of an LR range test
 INTERPRET_DIR = "interpret"  # runs/<id>/interpret/
 LABEL_ISSUES_FILE = "label_issues.csv"  # runs/<id>/interpret/
+# runs/<id>/interpret/: the test images whose label the ImageNet probes doubt (attribution)
+IMAGENET_ISSUES_FILE = "label_issues_imagenet.csv"
 TRAIN_LABEL_ISSUES_FILE = "train_label_issues.csv"  # runs/<id>/interpret/: K-fold probes
+# runs/<id>/interpret/: the training images' label issues from ImageNet features (the labels
+# never seen by the features), the list the clean-labels-imagenet arm leaves out
+IMAGENET_TRAIN_ISSUES_FILE = "train_label_issues_imagenet.csv"
+FEATURES_DIR = "features"  # workspace/features/<dataset>/<variant>-<size>px-<images sha>/
+FEATURES_FILE = "features.npz"  # pooled ImageNet features of every train and test image
 FOCUS_PAIRS_FILE = "focus_pairs.txt"  # runs/<id>/interpret/: for train --focus-pairs @FILE
 REPORT_PAGE = "report.html"  # runs/<id>/report.html
 REPORTS_DIR = "reports"  # workspace/reports/: pages comparing runs
@@ -47,6 +54,7 @@ EXPERIMENTS_DIR = "experiments"  # workspace/experiments/<name>/: plan and compa
 PLAN_FILE = "plan.json"  # experiments/<name>/: the arms, their flags and run ids
 BASELINE_RECALL_FILE = "baseline_val_recall.json"  # experiments/<name>/: class-weights arm
 DROPPED_TRAIN_FILE = "dropped_train.csv"  # experiments/<name>/: clean-labels arm
+DROPPED_TRAIN_IMAGENET_FILE = "dropped_train_imagenet.csv"  # clean-labels-imagenet arm
 # Figures, each spelled here only, relative to the folder of the phase that draws it; the
 # report finds them, and their captions, by these names.
 DUPLICATES_FIGURE = f"{FIGURES_DIR}/duplicates.png"  # scrub/<name>/: the pairs worth a look
@@ -101,6 +109,10 @@ class Workspace:
 
     def explore_dir(self, dataset: str) -> Path:
         return self.root / "explore" / dataset
+
+    def features_dir(self, dataset: str, key: str) -> Path:
+        """A cache of one backbone's features of the data set (key: variant, size, images)."""
+        return self.root / FEATURES_DIR / dataset / key
 
     def runs_dir(self) -> Path:
         return self.root / "runs"

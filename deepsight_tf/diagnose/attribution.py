@@ -4,21 +4,27 @@ quality".
 
 The causes of an error (an image may have several):
 
-    label_issue       cleanlab flags the image's label (interpret's label_issues.csv)
-    conflicting_twin  the image has an exact or near duplicate in train with another label
-                      (scrub's duplicates.csv)
-    low_quality       scrub's quality checks flag the image (dark, light, near-constant, low
-                      information, blurry; quality.csv)
-    confusable_pair   the true and the predicted class form a registered confusable pair
-                      (explore's hypotheses)
+    label_issue              cleanlab flags the image's label (interpret's label_issues.csv)
+    independent_label_issue  the label is doubted by a model that never saw the labels:
+                             cleanlab's flagged set on K-fold linear probes over ImageNet
+                             features (interpret's label_issues_imagenet.csv)
+    conflicting_twin         the image has an exact or near duplicate in train with another
+                             label (scrub's duplicates.csv)
+    low_quality              scrub's quality checks flag the image (dark, light, near-constant,
+                             low information, blurry; quality.csv)
+    confusable_pair          the true and the predicted class form a registered confusable
+                             pair (explore's hypotheses)
 
 Semantic overlap is the last cause. For the claim, data quality is the evidence that does not
-come from the model under test: a conflicting twin or a low-quality image. Label issues come
-from the same model's probabilities, so they are errors by construction (a confident vote for
-another class, which a semantic confusion gives just as well): the table shows their share,
-but counting them as data quality would decide the claim by definition. The claim's
-statistic is (share of errors in a confusable pair) - (share of errors with a data-quality
-cause), bootstrapped over the test images: "supported" when its interval lies above 0.
+come from the model under test: a conflicting twin, a low-quality image, or a label that the
+ImageNet probes doubt (their features were learned without these labels, and no probe read the
+label it is asked about). label_issue comes from the model under test (alone, or mixed with the
+probes), so its errors are errors by construction (a confident vote for another class, which a
+semantic confusion gives just as well): the table shows their share, but counting them as data
+quality would decide the claim by definition. The claim's statistic is (share of errors in a
+confusable pair) - (share of errors with a data-quality cause), bootstrapped over the test
+images: "supported" when its interval lies above 0. An error may count on both sides (a cat
+called a dog whose label the probes doubt too); the claim reports that share as well.
 """
 
 from __future__ import annotations
@@ -35,9 +41,10 @@ from deepsight_tf.diagnose.bootstrap import (
 )
 from deepsight_tf.diagnose.checks import check_class_names, check_labels_probs
 
-IMAGE_CAUSES = ("label_issue", "conflicting_twin", "low_quality")
+IMAGE_CAUSES = ("label_issue", "independent_label_issue", "conflicting_twin", "low_quality")
 CAUSES = (*IMAGE_CAUSES, "confusable_pair")
-DATA_QUALITY = ("conflicting_twin", "low_quality")  # evidence from outside the model
+# Evidence from outside the model under test.
+DATA_QUALITY = ("conflicting_twin", "low_quality", "independent_label_issue")
 CLAIM = "the primary sources of error are semantic overlap, not data quality"
 
 
@@ -112,9 +119,10 @@ def attribute_errors(
         "claim": _claim(masks, wrong, n_boot, alpha, seed + 17),
         "ci_level": 1 - alpha,
         "note": "an error may have several causes, so the shares can add up to more than 1; "
-        "label issues come from this model's probabilities and are errors by construction, so "
-        "the claim's data-quality side counts only conflicting train twins and low-quality "
-        "images, evidence from outside the model",
+        "label_issue comes from this model's probabilities and its errors are errors by "
+        "construction, so the claim's data-quality side counts only evidence from outside the "
+        "model: conflicting train twins, low-quality images and labels doubted by linear "
+        "probes on ImageNet features (independent_label_issue), which never saw the labels",
     }
 
 
@@ -176,6 +184,7 @@ def _claim(
         "claim": CLAIM,
         "semantic_share": float(_share_of_errors(semantic, wrong)),
         "data_quality_share": float(_share_of_errors(data, wrong)),
+        "both_share": float(_share_of_errors(semantic & data, wrong)),
         "data_quality_causes": measured,
         "difference": point,
         "difference_ci": [low, high],

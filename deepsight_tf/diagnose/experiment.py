@@ -16,7 +16,9 @@ The arms' derived flags come from the baseline's validation predictions, never f
 set they are judged on: focus-pairs oversamples its three most-confused validation pairs,
 class-weights weighs classes by 1 / validation recall; clean-labels leaves out the training
 images a run's interpret flagged as label issues (train_label_issues.csv, copied into the
-experiment when the arm starts).
+experiment when the arm starts), clean-labels-imagenet those that the same interpret flagged
+from ImageNet features, evidence that never saw the labels (train_label_issues_imagenet.csv):
+two lists, one baseline, the same seed noise.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from deepsight_tf.core.storage import atomic_write_bytes, atomic_write_json, rea
 from deepsight_tf.core.workspace import (
     BASELINE_RECALL_FILE,
     DROPPED_TRAIN_FILE,
+    DROPPED_TRAIN_IMAGENET_FILE,
+    IMAGENET_TRAIN_ISSUES_FILE,
     PLAN_FILE,
     REPORT_JSON,
     TRAIN_LABEL_ISSUES_FILE,
@@ -54,6 +58,11 @@ from deepsight_tf.training.plan import progressive_start
 from deepsight_tf.training.record import RunRecord
 
 FOCUS_PAIRS = 3
+# Each clean arm: the issues file of the --issues-from run it leaves out, and its copy here.
+CLEAN_ARMS = {
+    "clean-labels": (TRAIN_LABEL_ISSUES_FILE, DROPPED_TRAIN_FILE),
+    "clean-labels-imagenet": (IMAGENET_TRAIN_ISSUES_FILE, DROPPED_TRAIN_IMAGENET_FILE),
+}
 
 # The change each named arm makes to the baseline's settings (derived arms filled later).
 ARM_CHANGES: dict[str, dict[str, Any]] = {
@@ -65,15 +74,28 @@ ARM_CHANGES: dict[str, dict[str, Any]] = {
     "label-smoothing": {"label_smoothing": 0.1},
     "resnet50": {"backbone": "resnet50"},
     "clean-labels": {},  # drop_train: a run's training label issues (--issues-from)
+    "clean-labels-imagenet": {},  # drop_train: the same run's list from ImageNet features
     "ema": {"ema": 0.999},
     "zero-init": {"zero_init_residual": True},
     "progressive": {},  # progressive_resize: two thirds of the baseline's image size
 }
-DERIVED = ("focus-pairs", "class-weights", "clean-labels")
-# Changes that make a step cost more or less: with --budget such an arm is sized by its own
-# probe; every other arm takes the baseline's sized schedule (the same steps), so that the
-# probe's noise (the machine's speed that minute) is not part of the arm's change.
-OWN_SCHEDULE = ("backbone", "image_size", "width_multiplier", "batch_size", "progressive_resize")
+DERIVED = ("focus-pairs", "class-weights", *CLEAN_ARMS)
+# Changes that make a step, or the final scoring, cost more or less: with --budget such an arm
+# is sized by its own probe (its change includes what the budget buys); every other arm takes
+# the baseline's sized schedule (the same steps), so that the probe's noise (the machine's
+# speed that minute) is not part of the arm's change.
+OWN_SCHEDULE = (
+    "backbone",
+    "image_size",
+    "width_multiplier",
+    "batch_size",
+    "progressive_resize",
+    "tta",
+    "weights",
+    "unfreeze",
+    "frozen_epochs",
+    "precision",
+)
 
 
 @dataclass
@@ -142,14 +164,19 @@ def run_experiment(
     started, start = now_iso(), time.perf_counter()
     with workspace.lock(f"experiment-{settings.name}"):
         stored = _continuation(settings, base, workspace)
-        if settings.issues_from:
-            _issues_file(workspace, settings.issues_from)  # fail before training anything
+        for name in CLEAN_ARMS:  # fail before training anything
+            if name in settings.arm_list() and settings.issues_from:
+                _issues_file(workspace, settings.issues_from, name)
         for arm in arms:
             _refuse_foreign(workspace, arm, stored, settings.name)
             done = _finished(workspace, arm.run_id)
-            if arm.name == "clean-labels":
+            if arm.name in CLEAN_ARMS:
                 arm.changes = _clean_labels(
-                    workspace, settings.issues_from or arms[0].run_id, folder, arm.name in stored
+                    workspace,
+                    settings.issues_from or arms[0].run_id,
+                    folder,
+                    arm.name,
+                    arm.name in stored,
                 )
             elif arm.name in DERIVED:
                 arm.changes = _derived_changes(arm.name, workspace, arms[0].run_id, folder)
@@ -295,31 +322,34 @@ def _baseline_schedule(workspace: Workspace, baseline: str) -> dict[str, Any]:
     return {"budget": None, "epochs": stored.epochs, "last_epoch_steps": stored.last_epoch_steps}
 
 
-def _issues_file(workspace: Workspace, run_id: str) -> Path:
-    path = workspace.interpret_dir(run_id) / TRAIN_LABEL_ISSUES_FILE
+def _issues_file(workspace: Workspace, run_id: str, arm: str) -> Path:
+    path = workspace.interpret_dir(run_id) / CLEAN_ARMS[arm][0]
     if not workspace.run_dir(run_id).is_dir():
         runs = workspace.runs_dir()
-        issues = sorted(p.parent.parent.name for p in runs.glob(f"*/*/{TRAIN_LABEL_ISSUES_FILE}"))
+        issues = sorted(p.parent.parent.name for p in runs.glob(f"*/*/{CLEAN_ARMS[arm][0]}"))
         raise PrerequisiteError(
             f"--issues-from {run_id}: no run '{run_id}' in {runs} (runs with "
-            f"{TRAIN_LABEL_ISSUES_FILE}: {short_list(issues)}); check the id"
+            f"{CLEAN_ARMS[arm][0]}: {short_list(issues)}); check the id"
         )
     if not path.is_file():
+        extra = " with --imagenet-evidence" if arm == "clean-labels-imagenet" else ""
         raise PrerequisiteError(
-            f"{path} is missing: the clean-labels arm leaves out run {run_id}'s training label "
-            f"issues; run `deepsight interpret {run_id}` first (or name another run with "
-            "--issues-from)"
+            f"{path} is missing: the {arm} arm leaves out run {run_id}'s training label "
+            f"issues; run `deepsight interpret {run_id}`{extra} first (or name another run "
+            "with --issues-from)"
         )
     return path
 
 
-def _clean_labels(workspace: Workspace, source: str, folder: Path, started: bool) -> dict[str, Any]:
-    """clean-labels: the baseline's settings without the training images that run `source`
-    flagged as label issues. The list is copied into the experiment once the arm starts, so a
-    resumed arm leaves out the same images."""
-    copy = folder / DROPPED_TRAIN_FILE
+def _clean_labels(
+    workspace: Workspace, source: str, folder: Path, arm: str, started: bool
+) -> dict[str, Any]:
+    """A clean arm: the baseline's settings without the training images that run `source`
+    flagged as label issues (CLEAN_ARMS: which list). The list is copied into the experiment
+    once the arm starts, so a resumed arm leaves out the same images."""
+    copy = folder / CLEAN_ARMS[arm][1]
     if not (started and copy.is_file()):
-        atomic_write_bytes(copy, _issues_file(workspace, source).read_bytes())
+        atomic_write_bytes(copy, _issues_file(workspace, source, arm).read_bytes())
     return {"drop_train": str(copy)}
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from deepsight_tf.core.errors import PrerequisiteError
 from deepsight_tf.core.manifest import (
     DATA_INPUT,
+    FEATURES_INPUT,
     MODEL_INPUT,
     PREDICTIONS_INPUT,
     Manifest,
@@ -27,8 +28,11 @@ from deepsight_tf.core.settings import InterpretSettings
 from deepsight_tf.core.storage import atomic_write_json
 from deepsight_tf.core.workspace import (
     CONFUSION_FIGURE,
+    FEATURES_FILE,
     FOCUS_PAIRS_FILE,
     HYPOTHESES_FIGURE,
+    IMAGENET_ISSUES_FILE,
+    IMAGENET_TRAIN_ISSUES_FILE,
     IMAGES_FILE,
     LABEL_ISSUES_FIGURE,
     LABEL_ISSUES_FILE,
@@ -103,6 +107,9 @@ def interpret(
         outputs = {REPORT_JSON: "", LABEL_ISSUES_FILE: "", FOCUS_PAIRS_FILE: ""}
         if result.label_issues.get("train") is not None:
             outputs[TRAIN_LABEL_ISSUES_FILE] = ""
+        imagenet = result.label_issues.get("imagenet")
+        if imagenet is not None:
+            outputs.update({IMAGENET_ISSUES_FILE: "", IMAGENET_TRAIN_ISSUES_FILE: ""})
         outputs.update({str(Path(f).relative_to(out)): "" for f in result.figures})
         run_dir = record.run_dir
         inputs = {
@@ -114,6 +121,9 @@ def interpret(
             ),
             DATA_INPUT: workspace.input_record(workspace.images_path(data.name), data_sha),
         }
+        if imagenet is not None:
+            features = Path(imagenet["features"]) / FEATURES_FILE
+            inputs[FEATURES_INPUT] = workspace.input_record(features, imagenet["features_sha256"])
         workspace.write_manifest(
             out,
             Manifest(
@@ -136,9 +146,11 @@ def diagnose(study: Study) -> InterpretResult:
     calibration = _calibration(study)
     leakage = _leakage(study)
     hypotheses, note = _hypotheses(study)
-    issues, hard = _forensics(study, scores["pairs"])
+    evidence = _independent(study) if study.settings.imagenet_evidence else None
+    issues, hard, ranked = _forensics(study, scores["pairs"], evidence)
     train_issues = _train_label_issues(study) if study.settings.train_issues else None
-    attribution = study.timed("error_attribution", lambda: _attribution(study, issues))
+    imagenet, doubted = _imagenet_issues(study, evidence) if evidence else (None, None)
+    attribution = study.timed("error_attribution", lambda: _attribution(study, issues, doubted))
     explained = explain_run(study, scores["losses"], scores["pairs"][:HARD_PAIRS])
     return InterpretResult(
         run_id=study.settings.run_id,
@@ -158,7 +170,9 @@ def diagnose(study: Study) -> InterpretResult:
             "top": [asdict(i) for i in issues[:20]],
             "hard_examples": len(hard),
             "focus_pairs_file": str(study.out / FOCUS_PAIRS_FILE),
+            "ranked_by": ranked,
             "train": train_issues,
+            "imagenet": imagenet,
         },
         faithfulness=explained["faithfulness"],
         sanity=explained["sanity"],
@@ -290,15 +304,19 @@ def _hypotheses(study: Study) -> tuple[list[Any], str]:
     return results, note
 
 
-def _forensics(study: Study, pairs: list[Any]) -> tuple[list[Any], list[Any]]:
-    """Label issues (cleanlab) with their figure, and the hard pairs for --focus-pairs."""
+def _forensics(
+    study: Study, pairs: list[Any], evidence: Any | None
+) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Label issues (cleanlab) with their figure, the hard pairs for --focus-pairs, and what
+    the label issues were ranked by."""
     from deepsight_tf.plots import evaluation as eval_plots
 
     data = study.data
+    probs, ranked = _ranking_probs(study, evidence)
     issues = study.timed(
         "label_issues",
         lambda: forensics.find_label_issues(
-            study.labels, study.probs, study.names, paths=data.test_paths
+            study.labels, probs, study.names, paths=data.test_paths
         ),
     )
     forensics.write_label_issues_csv(study.out / LABEL_ISSUES_FILE, issues)
@@ -318,16 +336,50 @@ def _forensics(study: Study, pairs: list[Any]) -> tuple[list[Any], list[Any]]:
         study.labels, study.probs, study.names, hard_pairs, paths=data.test_paths
     )
     forensics.write_focus_pairs(study.out / FOCUS_PAIRS_FILE, hard_pairs)
-    return issues, hard
+    return issues, hard, ranked
 
 
-def _attribution(study: Study, issues: list[Any]) -> dict[str, Any]:
-    """Each test error's likely causes: label issue, conflicting train twin, low quality
-    (scrub's lists, when scrub ran), confusable pair (explore's, when it ran)."""
+def _ranking_probs(study: Study, evidence: Any | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The probabilities label_issues.csv is ranked by: the normalised geometric mean of the
+    run's test probabilities and the ImageNet probes' (a product of experts), the run's weight
+    stacked on the validation images, which neither model trained on; the run's alone without
+    the ImageNet evidence. On planted label issues of three kinds it found more than either
+    model alone and than the arithmetic mixture (bench/label_issues.py, README "Label
+    issues")."""
+    from deepsight_tf.diagnose.label_scores import mixture, mixture_weight
+
+    if evidence is None:
+        return study.probs, {"probabilities": "the run's", "run_weight": 1.0}
+    predictions = study.predictions
+    position = {int(i): row for row, i in enumerate(evidence.val_indices)}
+    rows = np.asarray([position[int(i)] for i in predictions["val_indices"]], dtype=np.int64)
+    run_val = _normalised(predictions["val_probs"])
+    weight = mixture_weight(
+        predictions["val_labels"], run_val, evidence.val_probs[rows], geometric=True
+    )
+    probs = mixture(_normalised(study.probs), evidence.test_probs, weight, geometric=True)
+    return probs, {
+        "probabilities": "the run's and the ImageNet probes' geometric mean",
+        "run_weight": weight,
+        "weight_from": f"validation log-likelihood ({len(rows):,} images)",
+    }
+
+
+def _normalised(probs: np.ndarray) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def _attribution(study: Study, issues: list[Any], doubted: np.ndarray | None) -> dict[str, Any]:
+    """Each test error's likely causes: label issue, a label the ImageNet probes doubt (when
+    measured), conflicting train twin, low quality (scrub's lists, when scrub ran),
+    confusable pair (explore's, when it ran)."""
     from deepsight_tf.data.explore import load_hypotheses
     from deepsight_tf.data.scrub import load_conflicting_test_twins, load_quality_flags
 
     causes: dict[str, np.ndarray] = {"label_issue": np.array([i.index for i in issues], int)}
+    if doubted is not None:
+        causes["independent_label_issue"] = doubted
     try:
         causes["conflicting_twin"] = load_conflicting_test_twins(study.workspace, study.data.name)
         flags = load_quality_flags(study.workspace, study.data.name, "test")
@@ -340,6 +392,64 @@ def _attribution(study: Study, issues: list[Any]) -> dict[str, Any]:
     except PrerequisiteError:
         pairs = []
     return attribute_errors(study.labels, study.probs, study.names, causes, pairs, **study.boot)
+
+
+def _independent(study: Study) -> Any:
+    """Out-of-sample probabilities and kNN shares from ImageNet features (cached features)."""
+    from deepsight_tf.data.dataset import dataset_sha256
+    from deepsight_tf.data.scrub import load_split
+    from deepsight_tf.diagnose.independent import independent_evidence
+
+    workspace, data = study.workspace, study.data
+    split = load_split(workspace, data.name)
+    return study.timed(
+        "imagenet_evidence",
+        lambda: independent_evidence(
+            workspace,
+            data,
+            dataset_sha256(workspace, data.name),
+            split,
+            seed=study.settings.seed,
+            progress=study.progress,
+        ),
+    )
+
+
+def _imagenet_issues(study: Study, evidence: Any) -> tuple[dict[str, Any], np.ndarray]:
+    """cleanlab's flagged sets on the ImageNet probes' probabilities, for the test images
+    (label_issues_imagenet.csv; the attribution's independent_label_issue, returned as
+    indices) and the training images (train_label_issues_imagenet.csv, indices into x_train;
+    clean-labels-imagenet)."""
+    data = study.data
+    test = forensics.find_label_issues(
+        study.labels, evidence.test_probs, study.names, paths=data.test_paths
+    )
+    forensics.write_label_issues_csv(study.out / IMAGENET_ISSUES_FILE, test)
+    indices = evidence.train_indices
+    labels = data.y_train[indices]
+    paths = [data.train_paths[i] for i in indices]
+    train = forensics.find_label_issues(labels, evidence.train_probs, study.names, paths=paths)
+    for issue in train:  # positions in the split -> indices into x_train
+        issue.index = int(indices[issue.index])
+    forensics.write_label_issues_csv(study.out / IMAGENET_TRAIN_ISSUES_FILE, train)
+    test_accuracy = float((evidence.test_probs.argmax(axis=1) == study.labels).mean())
+    report = {
+        **evidence.summary(),
+        "features_sha256": evidence.features_sha256,
+        "test_probe_accuracy": test_accuracy,
+        "test": {
+            "count": len(test),
+            "csv": str(study.out / IMAGENET_ISSUES_FILE),
+            "top": [asdict(i) for i in test[:20]],
+        },
+        "train": {
+            "count": len(train),
+            "images": len(indices),
+            "csv": str(study.out / IMAGENET_TRAIN_ISSUES_FILE),
+            "top": [asdict(i) for i in train[:20]],
+        },
+    }
+    return report, np.array([i.index for i in test], dtype=np.int64)
 
 
 def _train_label_issues(study: Study) -> dict[str, Any]:

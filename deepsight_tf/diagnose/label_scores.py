@@ -1,14 +1,13 @@
 """Label-quality scores for ranking label issues (lower = more likely mislabelled).
 
-From the model's out-of-sample probabilities alone (cleanlab's rankings), from the model's
-features (does the image's neighbourhood among the training images carry its label?), and
-both combined. bench/label_issues.py measures each on planted flips; interpret ranks with
-the winner (RANKING).
+From out-of-sample probabilities (cleanlab's rankings), from features (does the image's
+neighbourhood among the training images carry its label?), from K-fold linear probes on
+features, and mixtures of two models' probabilities. bench/label_issues.py measures each on
+planted label issues; independent.py holds the evidence interpret ranks with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,17 +35,27 @@ def knn_label_agreement(
     reference_labels: np.ndarray,
     num_classes: int,
     k: int = KNN_NEIGHBOURS,
+    leave_one_out: bool = False,
 ) -> np.ndarray:
     """(n, num_classes): for each query, the share of its k nearest reference images (cosine
-    similarity) in each class. A query that is itself in `reference` should not be: pass
-    disjoint sets (test images against training images)."""
-    k = min(k, len(reference))
+    similarity) in each class. Pass disjoint sets (test images against training images), or
+    the reference itself as `features` with leave_one_out=True: each image's own row is then
+    no neighbour of it, so its own label casts no vote."""
+    if leave_one_out and len(features) != len(reference):
+        raise ValueError(
+            "leave_one_out needs the reference itself as the queries. "
+            f"Received: {len(features)} queries, {len(reference)} reference rows"
+        )
+    k = min(k, len(reference) - int(leave_one_out))
     ref = _unit(reference.astype(np.float32))
     ref_labels = np.asarray(reference_labels, dtype=np.int64)
     shares = np.zeros((len(features), num_classes))
     for start in range(0, len(features), _CHUNK):
         query = _unit(features[start : start + _CHUNK].astype(np.float32))
         similarity = query @ ref.T
+        if leave_one_out:
+            rows = np.arange(len(query))
+            similarity[rows, start + rows] = -np.inf
         nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
         votes = ref_labels[nearest]
         rows = np.arange(len(query))[:, None]
@@ -63,15 +72,6 @@ def knn_agreement_score(labels: np.ndarray, shares: np.ndarray) -> np.ndarray:
     return shares[np.arange(len(labels)), labels]
 
 
-ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
-LABEL_SCORES: dict[str, ScoreFn] = {
-    "self-confidence": lambda y, p, s: self_confidence(y, p),
-    "normalized margin": lambda y, p, s: normalized_margin(y, p),
-    "kNN agreement": lambda y, p, s: knn_agreement_score(y, s),
-    "combined": lambda y, p, s: (self_confidence(y, p) + knn_agreement_score(y, s)) / 2,
-}
-
-
 def run_features(model: Any, preprocessing: Any, x: np.ndarray, batch_size: int = 256) -> Any:
     """The classifier's pooled features of every image in x, preprocessed as in training."""
     from deepsight_tf.training.feature_cache import backbone_features
@@ -81,6 +81,7 @@ def run_features(model: Any, preprocessing: Any, x: np.ndarray, batch_size: int 
 
 
 PROBE_FOLDS = 5
+PROBE_C = 10.0  # inverse L2 strength of the probes' logistic regression
 
 
 def kfold_probe_probs(
@@ -97,19 +98,75 @@ def kfold_probe_probs(
     probabilities are out of sample for the probe, not for the backbone: a wrong label the
     backbone memorised can still look right. cleanlab's intended use all the same.
     """
+    return kfold_probes(features, labels, num_classes, folds=folds, seed=seed)[0]
+
+
+def kfold_probes(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    queries: np.ndarray | None = None,
+    folds: int = PROBE_FOLDS,
+    seed: int = 0,
+    C: float = PROBE_C,
+    tol: float = 1e-4,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(out-of-fold probabilities of every example, the fold probes' mean probabilities of
+    `queries`): K stratified folds, a multinomial logistic regression on the L2-normalised
+    features of the other folds predicting each. The queries' labels are never read, so their
+    probabilities are out of sample for them as well (test images against training images)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     x = _unit(features.astype(np.float64))
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.zeros((len(labels), num_classes))
+    query_x = None if queries is None else _unit(queries.astype(np.float64))
+    query_probs = None if queries is None else np.zeros((len(queries), num_classes))
     counts = np.bincount(labels, minlength=num_classes)
     n_splits = int(min(folds, counts[counts > 0].min()))
     if n_splits < 2:
         raise ValueError("every class needs two examples at least for a K-fold probe")
     splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     for fit_rows, held_out in splitter.split(x, labels):
-        probe = LogisticRegression(C=10.0, max_iter=300, tol=1e-4)
+        probe = LogisticRegression(C=C, max_iter=300, tol=tol)
         probe.fit(x[fit_rows], labels[fit_rows])
         probs[np.ix_(held_out, probe.classes_)] = probe.predict_proba(x[held_out])
-    return probs
+        if query_probs is not None:
+            query_probs[:, probe.classes_] += probe.predict_proba(query_x) / n_splits
+    return probs, query_probs
+
+
+def mixture(
+    first: np.ndarray, second: np.ndarray, weight: float, geometric: bool = False
+) -> np.ndarray:
+    """Two models' probabilities as one: weight * first + (1 - weight) * second, or with
+    `geometric` the normalised first**weight * second**(1 - weight) (a product of experts,
+    which doubts a label as soon as either model gives it little)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must lie in [0, 1]. Received: {weight}")
+    if not geometric:
+        return weight * first + (1.0 - weight) * second
+    logs = weight * np.log(np.maximum(first, 1e-12)) + (1 - weight) * np.log(
+        np.maximum(second, 1e-12)
+    )
+    logs -= logs.max(axis=1, keepdims=True)
+    product = np.exp(logs)
+    return product / product.sum(axis=1, keepdims=True)
+
+
+MIXTURE_GRID = np.linspace(0.0, 1.0, 21)
+
+
+def mixture_weight(
+    labels: np.ndarray, first: np.ndarray, second: np.ndarray, geometric: bool = False
+) -> float:
+    """The weight of `first` in mixture(first, second) that gives held-out labels the highest
+    mean log-likelihood (a grid of 0.05 steps): stacking on images neither model trained on,
+    so a weak run leans on the other model and a strong one on itself."""
+    rows = np.arange(len(labels))
+    likelihood = [
+        np.mean(np.log(np.maximum(mixture(first, second, w, geometric)[rows, labels], 1e-12)))
+        for w in MIXTURE_GRID
+    ]
+    return float(MIXTURE_GRID[int(np.argmax(likelihood))])

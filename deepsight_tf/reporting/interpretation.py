@@ -219,11 +219,17 @@ def _label_issues(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> 
     issues = rep["label_issues"]
     focus_file = run.interpret_dir / Path(issues["focus_pairs_file"]).name
     rows = _issue_rows(issues.get("top", []))
+    ranked = issues.get("ranked_by") or {}
+    doubts = "the model doubts"
+    if "weight_from" in ranked:
+        doubts = (
+            f"the model and the ImageNet probes together doubt (their probabilities mixed, the "
+            f"run's weight {ranked['run_weight']:.2f} from the {ranked['weight_from']})"
+        )
     parts: list[Any] = [
         element("h3", "Label issues"),
         paragraph(
-            f"cleanlab flags {issues['count']:,} test images whose label the model doubts; all "
-            "are in ",
+            f"cleanlab flags {issues['count']:,} test images whose label {doubts}; all are in ",
             element("code", Path(issues["csv"]).name),
             "; the hardest pairs are written for ",
             element("code", f"deepsight train --focus-pairs @{focus_file}"),
@@ -240,7 +246,12 @@ def _label_issues(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> 
                 numeric=(0, 1, 5, 6),
             )
         )
-    return parts + figures.get(LABEL_ISSUES_FIGURE, "label issues") + _train_label_issues(issues)
+    return [
+        *parts,
+        *figures.get(LABEL_ISSUES_FIGURE, "label issues"),
+        *_train_label_issues(issues),
+        *_imagenet_label_issues(issues),
+    ]
 
 
 def _issue_rows(top: list[dict[str, Any]]) -> list[list[str]]:
@@ -288,6 +299,39 @@ def _train_label_issues(issues: dict[str, Any]) -> list[Any]:
     return parts
 
 
+def _imagenet_label_issues(issues: dict[str, Any]) -> list[Any]:
+    """Labels doubted by linear probes on ImageNet features, which never saw the labels."""
+    imagenet = issues.get("imagenet")
+    if not imagenet:
+        return []
+    test, train = imagenet["test"], imagenet["train"]
+    parts: list[Any] = [
+        paragraph(
+            f"A witness that never saw the labels: {imagenet['folds']}-fold linear probes on "
+            f"{imagenet['backbone']} features at {imagenet['image_size']} px (probe accuracy "
+            f"{imagenet['probe_accuracy']:.1%} out of fold on the training images, "
+            f"{imagenet['test_probe_accuracy']:.1%} on test) doubt {test['count']:,} test "
+            f"labels and {train['count']:,} of {train['images']:,} training labels; they are in ",
+            element("code", Path(test["csv"]).name),
+            " and ",
+            element("code", Path(train["csv"]).name),
+            " (the list the clean-labels-imagenet experiment arm leaves out).",
+        )
+    ]
+    rows = _issue_rows(train.get("top", []))
+    if rows:
+        parts.append(
+            table(
+                "The training labels the ImageNet probes doubt most",
+                ["rank", "train index", "file", "given", "suggested", "p(suggested)", "score"],
+                rows,
+                table_id="imagenet-label-issues",
+                numeric=(0, 1, 5, 6),
+            )
+        )
+    return parts
+
+
 def _attribution(rep: dict[str, Any]) -> list[Any]:
     """Each test error's likely causes, and the verdict on "semantic overlap, not data"."""
     attribution = rep.get("error_attribution")
@@ -319,7 +363,8 @@ def _attribution(rep: dict[str, Any]) -> list[Any]:
             f"{claim['semantic_share']:.1%} of the errors, data quality "
             f"({', '.join(claim['data_quality_causes'])}) {claim['data_quality_share']:.1%}; "
             f"the difference is {claim['difference']:+.1%} "
-            f"{fmt_ci(claim['difference_ci'], '+.1%')}: ",
+            f"{fmt_ci(claim['difference_ci'], '+.1%')} "
+            f"({claim.get('both_share', 0.0):.1%} of the errors count on both sides): ",
             badge(claim["verdict"]),
         ]
     return [

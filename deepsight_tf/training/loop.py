@@ -272,9 +272,6 @@ class _Run:
         data = self.data.dataset
         decided = self._stored_precision()
         prepared = prepare(self.settings, self.data, self.workspace, strategy, decided)
-        choice = prepared.precision_choice
-        if decided is None and choice is not None and choice.ms_per_step and self.notify:
-            self.notify(choice.describe())
         costs = self._probe(prepared, strategy)
         self._stop_if_requested()
         phases = plan_phases(self.settings, prepared.distribution["lr"])
@@ -291,6 +288,11 @@ class _Run:
             prepared.distribution["global_batch"],
         )
         make_run_dir(self.run_dir)
+        # Told once the flags and the run folder have passed their checks: bad input gets
+        # its one line and nothing before it.
+        choice = prepared.precision_choice
+        if decided is None and choice is not None and choice.ms_per_step and self.notify:
+            self.notify(choice.describe())
         store = CheckpointStore(self.run_dir / CHECKPOINTS_DIR)
         restored = self._restore(store, prepared) if self.settings.resume else None
         created = (store.created() if restored else None) or started
