@@ -4,7 +4,7 @@ threshold each data set calibrates, and the share of its untouched images it fla
     .venv/bin/python bench/duplicates.py [--workspace /tmp/ws1 [--dataset cifar10]]
         [--near-threshold 0.2] [--csv docs/results/duplicates.csv]
 
-Kinds of image (tests/real_images.py): photos, handwriting and greyscale textures that
+Kinds of image (tests/support/real_images.py): photos, handwriting and greyscale textures that
 scikit-learn and matplotlib ship; each is searched as scrub searches it (find_near_duplicates,
 labels given), once untouched and then --rounds times with copies planted (--per-copy of each
 copy kind, from images drawn at random). A planted pair is found when the search returns it;
@@ -30,10 +30,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from real_images import COPIES, KINDS, ImageKind, plant  # noqa: E402
-from synthetic_images import COPIES as PHOTO_COPIES  # noqa: E402
-from synthetic_images import MARGIN  # noqa: E402
-
 from deepsight_tf.core.settings import ScrubSettings  # noqa: E402
 from deepsight_tf.core.workspace import Workspace  # noqa: E402
 from deepsight_tf.data.dataset import load_dataset  # noqa: E402
@@ -44,6 +40,10 @@ from deepsight_tf.data.duplicates import (  # noqa: E402
     spectra,
     thumbnails,
 )
+
+from support.real_images import COPIES, KINDS, ImageKind, plant  # noqa: E402
+from support.synthetic_images import COPIES as PHOTO_COPIES  # noqa: E402
+from support.synthetic_images import MARGIN  # noqa: E402
 
 CSV_COLUMNS = (
     "kind",

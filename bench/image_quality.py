@@ -23,11 +23,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from synthetic_images import blurred, flattened, posterised  # noqa: E402
-
 from deepsight_tf.core.workspace import Workspace  # noqa: E402
 from deepsight_tf.data.dataset import load_dataset  # noqa: E402
 from deepsight_tf.data.quality import CHECKS, quality_scores  # noqa: E402
+
+from support.synthetic_images import blurred, flattened, posterised  # noqa: E402
 
 # (defect, strength, the issue that should flag it, the transform)
 PLANTS = [

@@ -1,110 +1,27 @@
-"""Shared fixtures: tiny synthetic data sets in every source format, and a CLI runner."""
+"""Shared fixtures: a CLI runner, the separable data set prepared once and copied per module,
+the interpreted chain built once, and EfficientNet-Lite0's converted weights.
+
+The helpers behind them live in tests/support/; test modules import from there, never from
+one another.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
-import pickle
-import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
+from support.workspaces import copy_workspace
+
+if TYPE_CHECKING:
+    from deepsight_tf.core.workspace import Workspace
+
+    from support.chain import Interpreted
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-CLASS_NAMES = ["cat", "dog", "ship"]
-
-
-def random_images(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def write_npz(path: Path, n_train: int = 12, n_test: int = 6, size: int = 8, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    np.savez(
-        path,
-        x_train=random_images(n_train, size, seed),
-        y_train=np.arange(n_train) % len(CLASS_NAMES),
-        x_test=random_images(n_test, size, seed + 1),
-        y_test=rng.permutation(np.arange(n_test) % len(CLASS_NAMES)),
-        class_names=np.asarray(CLASS_NAMES),
-    )
-    return path
-
-
-def write_image_folder(
-    root: Path,
-    per_class: int = 3,
-    size: int = 8,
-    classes: list[str] | None = None,
-    fmt: str = "png",
-) -> Path:
-    """train/<class>/*.png and test/<class>/*.png with random pixels."""
-    classes = classes or CLASS_NAMES
-    seed = 0
-    for split in ("train", "test"):
-        for name in classes:
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                seed += 1
-                Image.fromarray(random_images(1, size, seed)[0]).save(folder / f"{i:04d}.{fmt}")
-    return root
-
-
-def official_batch(images: np.ndarray, labels: list[int]) -> bytes:
-    """A batch laid out like the official Python-2 pickles: bytes keys, (N, 3072) uint8 rows."""
-    rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    return pickle.dumps({b"batch_label": b"x", b"labels": labels, b"data": rows}, protocol=3)
-
-
-def write_batches(folder: Path, per_batch: int = 4, size: int = 32) -> dict[str, np.ndarray]:
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, list] = {"x_train": [], "y_train": []}
-    for b in (1, 2):
-        x = random_images(per_batch, size, seed=b)
-        y = [(i + b) % len(CLASS_NAMES) for i in range(per_batch)]
-        (folder / f"data_batch_{b}").write_bytes(official_batch(x, y))
-        arrays["x_train"].append(x)
-        arrays["y_train"].extend(y)
-    x_test = random_images(per_batch, size, seed=9)
-    y_test = [i % len(CLASS_NAMES) for i in range(per_batch)]
-    (folder / "test_batch").write_bytes(official_batch(x_test, y_test))
-    meta = {b"label_names": [n.encode() for n in CLASS_NAMES], b"num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=3))
-    return {
-        "x_train": np.concatenate(arrays["x_train"]),
-        "y_train": np.asarray(arrays["y_train"]),
-        "x_test": x_test,
-        "y_test": np.asarray(y_test),
-    }
-
-
-def write_archive(path: Path, batches_dir: Path) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(batches_dir, arcname="cifar-10-batches-py")
-    return path
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every file under root with its SHA-256: to prove a failed command changed nothing."""
-    if not root.exists():
-        return {}
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and ".locks" not in p.parts
-    }
-
-
-def add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
 
 
 @pytest.fixture
@@ -115,6 +32,31 @@ def runner() -> CliRunner:
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     return tmp_path / "ws"
+
+
+@pytest.fixture(scope="session")
+def separable(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """The separable data set obtained and scrubbed, once for the session. Read it or copy it
+    (the `prepared` fixture); never write to it."""
+    from support.separable import separable_workspace  # imports TensorFlow: not at collection
+
+    return separable_workspace(tmp_path_factory.mktemp("separable"))
+
+
+@pytest.fixture(scope="module")
+def prepared(separable: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A test module's own copy of `separable`, ready to train runs in."""
+    return copy_workspace(separable, tmp_path_factory.mktemp("prepared"))
+
+
+@pytest.fixture(scope="session")
+def interpreted(separable: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Interpreted:
+    """A copy of `separable` explored, with run "a" trained and interpreted, once for the
+    session (about 30 s). Read it, or copy its workspace before writing (as the report tests
+    do)."""
+    from support.chain import build_interpreted
+
+    return build_interpreted(copy_workspace(separable, tmp_path_factory.mktemp("interpreted")))
 
 
 @pytest.fixture(scope="session")

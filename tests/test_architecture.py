@@ -1,9 +1,10 @@
 """The shape of the package, held to its rules: layers, sizes, one home for each name.
 
 docs/architecture.md draws these layers; this module fails when the code stops matching the
-drawing: an import that goes up a layer, a cycle, a module or function grown past its limit,
-an artifact name spelled outside the workspace module, or a vocabulary of choices that no
-longer matches the registry it names.
+drawing: an import that goes up a layer (type-checking imports included), a cycle, a module
+or function grown past its limit, an artifact or figure name spelled outside the workspace
+module, a vocabulary of choices that no longer matches the registry it names, or a test
+module that imports another.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "deepsight_tf"
-# Each layer may import its own and lower ones. plots draws for every layer and imports only
-# core at run time (types of the layers above come under TYPE_CHECKING).
+TESTS = Path(__file__).resolve().parent
+# Each layer may import its own and lower ones, at run time or for type checking alike. plots
+# draws for every layer: it takes arrays and plain values, so it imports only core.
 LAYERS = {
     "core": 0,
     "plots": 1,
@@ -53,6 +55,28 @@ ARTIFACT_NAMES = (
     "dropped_train_imagenet.csv",
     "focus_pairs.txt",
     "report.html",
+    # Figures: every file name a phase draws.
+    "duplicates.png",
+    "duplicates_borderline.png",
+    "interpolation.png",
+    "class_balance.png",
+    "brightness_contrast.png",
+    "samples.png",
+    "class_means.png",
+    "batch.png",
+    "schedule.png",
+    "training_history.png",
+    "lr_finder.png",
+    "confusion_matrix.png",
+    "per_class_recall.png",
+    "most_confused.png",
+    "top_losses.png",
+    "reliability.png",
+    "hypotheses.png",
+    "label_issues.png",
+    "deletion_insertion.png",
+    "sanity_check.png",
+    "context_reliance.png",
 )
 
 
@@ -70,24 +94,14 @@ def layer_of(module: str) -> int | None:
     return LAYERS.get(parts[1]) if len(parts) > 1 else None
 
 
-def _type_checking_nodes(tree: ast.Module) -> set[int]:
-    inside = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            inside.update(id(child) for stmt in node.body for child in ast.walk(stmt))
-    return inside
-
-
 def imports(tree: ast.Module, known: set[str]) -> set[str]:
-    """deepsight_tf modules imported anywhere in `tree` (functions too), TYPE_CHECKING aside.
+    """deepsight_tf modules imported anywhere in `tree`: at the top, inside functions, and
+    under TYPE_CHECKING (a type named from another module is a dependency on it too).
 
     `from package import module` depends on that module, not on the package's __init__.
     """
-    skip = _type_checking_nodes(tree)
     out = set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module.startswith("deepsight_tf"):
                 for alias in node.names:
@@ -179,12 +193,90 @@ def test_each_artifact_name_is_spelled_in_the_workspace_module_only(name: str) -
     assert spelled == ["deepsight_tf.core.workspace"]
 
 
-def test_vocabularies_match_their_registries() -> None:
-    from deepsight_tf.core import settings
+def _registries() -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Each vocabulary with a registry of its own, above core: the names it registers, and
+    whether their order is the vocabulary's too (the order --help lists them in)."""
+    import tensorflow as tf
+
+    from deepsight_tf.diagnose.experiment import ARM_CHANGES
     from deepsight_tf.diagnose.explain import _EXPLAINERS
     from deepsight_tf.model.backbones import BACKBONES
+    from deepsight_tf.serve.export import DEFAULT_NAMES
     from deepsight_tf.training.augment import AUGMENT_PRESETS
+    from deepsight_tf.training.schedules import ANNEALS
 
-    assert tuple(BACKBONES) == settings.BACKBONES
-    assert tuple(AUGMENT_PRESETS) == settings.AUGMENT_PRESETS
-    assert tuple(_EXPLAINERS) == settings.CAM_METHODS
+    resize_methods = {
+        value for name, value in vars(tf.image.ResizeMethod).items() if name.isupper()
+    }
+    return {
+        "BACKBONES": (tuple(BACKBONES), True),
+        "AUGMENT_PRESETS": (tuple(AUGMENT_PRESETS), True),
+        "CAM_METHODS": (tuple(_EXPLAINERS), True),
+        "EXPERIMENT_ARMS": (tuple(ARM_CHANGES), True),
+        "EXPORT_FORMATS": (tuple(DEFAULT_NAMES), True),
+        "ANNEALS": (tuple(ANNEALS), True),
+        "INTERPOLATIONS": (tuple(sorted(resize_methods)), False),  # tf.image.resize's methods
+    }
+
+
+# Vocabularies with no second list: the one module that acts on them checks every value
+# against the settings tuple itself.
+CONSUMED = {
+    "STEMS": "deepsight_tf.model.backbones.base",
+    "MIX_MODES": "deepsight_tf.training.pipeline",
+    "OPTIMIZERS": "deepsight_tf.training.optim",
+    "PRECISIONS": "deepsight_tf.training.optim",
+    "STRATEGIES": "deepsight_tf.training.distribute",
+    "TTA_MODES": "deepsight_tf.training.tta",
+    "FLIPS": "deepsight_tf.training.augment",
+}
+
+
+def _vocabularies() -> list[str]:
+    """core/settings.py's option vocabularies: its module-level tuples of strings."""
+    found = []
+    for node in modules()["deepsight_tf.core.settings"].body:
+        if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple)):
+            continue
+        values = node.value.elts
+        if values and all(isinstance(v, ast.Constant) and isinstance(v.value, str) for v in values):
+            found += [target.id for target in node.targets if isinstance(target, ast.Name)]
+    return found
+
+
+def test_every_vocabulary_matches_its_registry_or_has_no_second_list() -> None:
+    from deepsight_tf.core import settings
+
+    registries = _registries()
+    assert sorted(_vocabularies()) == sorted([*registries, *CONSUMED])
+    for name, (registered, ordered) in registries.items():
+        vocabulary = getattr(settings, name)
+        assert (registered if ordered else set(registered)) == (
+            vocabulary if ordered else set(vocabulary)
+        ), name
+    for name, module in CONSUMED.items():
+        imported = {
+            alias.name
+            for node in ast.walk(modules()[module])
+            if isinstance(node, ast.ImportFrom) and node.module == "deepsight_tf.core.settings"
+            for alias in node.names
+        }
+        assert name in imported, f"{module} does not check {name}"
+
+
+def test_test_modules_import_helpers_never_each_other() -> None:
+    """Shared fixtures live in conftest.py, shared helpers in tests/support/: importing a test
+    module would couple two modules' tests and run one's fixtures for the other."""
+    found = []
+    for path in sorted(TESTS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            top = [name.split(".")[0] for name in names]
+            found += [f"{path.relative_to(TESTS)} -> {t}" for t in top if t.startswith("test_")]
+            found += [f"{path.relative_to(TESTS)} -> conftest" for t in top if t == "conftest"]
+    assert found == []

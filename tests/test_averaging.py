@@ -9,8 +9,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_faults import Crash, assert_same_outcome, at_step, crash, outcome
-from test_training import separable_workspace, tiny
 
 from deepsight_tf.core.storage import read_json
 from deepsight_tf.core.workspace import METRICS_FILE, PREDICTIONS_FILE, Workspace
@@ -18,6 +16,10 @@ from deepsight_tf.model.classifier import build_classifier
 from deepsight_tf.training.averaging import reestimate_batchnorm, reestimation_batches
 from deepsight_tf.training.loop import train
 from deepsight_tf.training.optim import make_optimizer
+
+from support.planted import Crash, at_step, crash
+from support.resume import assert_same_outcome, outcome
+from support.separable import tiny
 
 
 def test_the_average_is_tensorflows_exponential_moving_average_with_num_updates() -> None:
@@ -92,11 +94,6 @@ def test_reestimated_statistics_are_those_of_the_data_and_nothing_else_moves() -
     assert np.all(variance_error <= bound), (variance_error, bound)
     np.testing.assert_array_equal(layer.gamma.numpy(), gamma)
     np.testing.assert_array_equal(layer.beta.numpy(), beta)
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return separable_workspace(tmp_path_factory.mktemp("averaging"))
 
 
 def averaged(**overrides: object):  # type: ignore[no-untyped-def]

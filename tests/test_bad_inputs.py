@@ -24,9 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import add_tar_member, official_batch, random_images, tree_digest, write_image_folder
 from PIL import Image
-from test_training import separable_workspace, tiny
 from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
@@ -34,16 +32,19 @@ from deepsight_tf.core.errors import INTERNAL_EXIT_CODE
 from deepsight_tf.core.workspace import CHECKPOINTS_DIR, MODEL_FILE, STATE_FILE, Workspace
 from deepsight_tf.training.loop import train
 
+from support.separable import tiny
+from support.sources import add_tar_member, official_batch, random_images, write_image_folder
+from support.workspaces import tree_digest
+
 RUN = "base"
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def stocked(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+def stocked(prepared: Workspace) -> Workspace:
     """A workspace with the separable data set obtained and scrubbed, and one finished run."""
-    ws = separable_workspace(tmp_path_factory.mktemp("stock"))
-    train(tiny(run_id=RUN, epochs=1), ws)
-    return ws
+    train(tiny(run_id=RUN, epochs=1), prepared)
+    return prepared
 
 
 @dataclass
@@ -202,7 +203,7 @@ def drop_train_passwd(tmp: Path, ws: Path) -> list[str]:
 def lambda_model(tmp: Path, ws: Path) -> list[str]:
     """model.keras replaced by one with a Lambda layer, its manifest re-signed (as an attacker
     with write access could): only safe_mode stops it, before interpret writes anything."""
-    from test_faults import lambda_model_file
+    from support.planted import lambda_model_file
 
     run_dir = ws / "runs" / RUN
     lambda_model_file(run_dir / MODEL_FILE)

@@ -16,8 +16,6 @@ from types import SimpleNamespace
 import keras
 import pytest
 import tensorflow as tf
-from test_faults import assert_same_outcome, at_step, outcome, two_phases
-from test_training import separable_workspace, tiny
 from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
@@ -39,6 +37,10 @@ from deepsight_tf.training.timing import (
     resize_to_budget,
     size_to_budget,
 )
+
+from support.planted import at_step
+from support.resume import assert_same_outcome, outcome, two_phases
+from support.separable import tiny
 
 
 @pytest.mark.parametrize(
@@ -284,11 +286,6 @@ def test_one_stalled_epoch_is_outvoted_and_a_lasting_slowdown_is_followed() -> N
 
 
 # --- a run on planted step costs ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return separable_workspace(tmp_path_factory.mktemp("budget"))
 
 
 def plant_clock(monkeypatch: pytest.MonkeyPatch, seconds_per_step: float) -> None:

@@ -290,11 +290,11 @@ def test_deepsight_train_multiworker_matches_a_one_device_run(tmp_path: Path) ->
     statistics and per-replica dropout masks are what data parallelism changes by design,
     so only this setting has one right answer to compare with.
     """
-    from test_training import separable_workspace
-
     from deepsight_tf.core.storage import read_json
     from deepsight_tf.core.workspace import HISTORY_FILE, PREDICTIONS_FILE
     from deepsight_tf.training.history import read_history
+
+    from support.separable import separable_workspace
 
     ws = separable_workspace(tmp_path)
     common = [

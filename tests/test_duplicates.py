@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from real_images import KINDS, plant
 from scipy.stats import norm
-from synthetic_images import COPIES, jpeg, pink_noise_photos, view
 
 from deepsight_tf.core.settings import NEAR_CEILING, NEAR_FALSE_MATCH_TAIL, ScrubSettings
 from deepsight_tf.data.duplicates import (
@@ -25,6 +23,9 @@ from deepsight_tf.data.duplicates import (
     spectra,
     thumbnails,
 )
+
+from support.real_images import KINDS, plant
+from support.synthetic_images import COPIES, jpeg, pink_noise_photos, view
 
 THRESHOLD = NEAR_CEILING  # the photo level: what every pink-noise photo test below is held to
 NEIGHBOURS = ScrubSettings().neighbours

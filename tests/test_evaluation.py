@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -373,23 +374,48 @@ def test_figures_save_and_decode(tmp_path: Path) -> None:
         ht.test_group_recall(labels, probs, NAMES, ["cat"], ["dog"], n_boot=50),
         ht.test_confusable_pair(labels, probs, NAMES, "cat", "dog", n_boot=50),
     ]
+    recalls = ev.per_class_recall(labels, probs, NAMES, n_boot=50)
+    confused = [
+        (p.true, p.predicted, p.count, p.rate)
+        for p in ev.most_confused(summary["confusion"], NAMES)
+    ]
     made = {
         "confusion": figs.plot_confusion_matrix(summary["confusion"], NAMES),
         "reliability": figs.plot_reliability_diagram(
-            report.reliability_before,
-            report.reliability_after,
+            report.reliability_before.bins,
+            asdict(report.reliability_before),
+            asdict(report.reliability_after),
             report.ece_before,
             report.ece_after,
             report.temperature,
         ),
-        "recall": figs.plot_per_class_recall(ev.per_class_recall(labels, probs, NAMES, n_boot=50)),
-        "confused": figs.plot_most_confused(ev.most_confused(summary["confusion"], NAMES)),
-        "top_losses": figs.plot_top_losses(images, losses, NAMES),
-        "hypotheses": figs.plot_hypotheses(hypotheses),
+        "recall": figs.plot_per_class_recall(
+            NAMES,
+            [r.recall for r in recalls],
+            [r.low for r in recalls],
+            [r.high for r in recalls],
+            [r.support for r in recalls],
+            ci_level=0.95,
+        ),
+        "confused": figs.plot_most_confused(confused),
+        "top_losses": figs.plot_top_losses(
+            images, losses.labels, losses.predicted, losses.probability, NAMES
+        ),
+        "hypotheses": figs.plot_hypotheses(
+            [h.name for h in hypotheses],
+            [h.estimate for h in hypotheses],
+            [h.low for h in hypotheses],
+            [h.high for h in hypotheses],
+            [h.n for h in hypotheses],
+            [h.verdict for h in hypotheses],
+            ci_level=0.95,
+        ),
     }
     for name, fig in made.items():
         width, height = fig.get_size_inches()
         path = save_figure(fig, tmp_path / f"{name}.png")
         check_png(path, width / height)
     with pytest.raises(ValueError, match="Received"):
-        figs.plot_top_losses(images.astype(np.float32), losses, NAMES)
+        figs.plot_top_losses(
+            images.astype(np.float32), losses.labels, losses.predicted, losses.probability, NAMES
+        )

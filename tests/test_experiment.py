@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_faults import at_step
-from test_training import separable_workspace, tiny
 
 from deepsight_tf.core.errors import ConfigError, DataError, PrerequisiteError, TrainingInterrupted
 from deepsight_tf.core.manifest import DROPPED_INPUT
@@ -22,6 +20,9 @@ from deepsight_tf.diagnose.comparison import compare_arms, pair_confusion, verdi
 from deepsight_tf.diagnose.experiment import plan_arms, run_experiment, shares_baseline_schedule
 from deepsight_tf.reporting.experiment_page import experiment_page
 from deepsight_tf.training.data import dropped_indices
+
+from support.planted import at_step
+from support.separable import separable_workspace, tiny
 
 NAMES = ["cat", "dog", "ship", "truck"]
 
@@ -175,10 +176,10 @@ def test_with_a_budget_the_seed_reruns_take_the_baselines_schedule(tmp_path, mon
     """The baseline is sized by --budget (planted: 1 s a step, 40 s: about 27 steps, as the
     arm's own clock runs from its start); its rerun with the next seed is given that schedule,
     not a budget of its own."""
-    from test_budget import plant_clock
-
     from deepsight_tf.training import loop
     from deepsight_tf.training.timing import StepCosts
+
+    from support.planted import plant_clock
 
     plant_clock(monkeypatch, 1.0)  # each arm's steps take what the probe said
     monkeypatch.setattr(

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import scipy.stats
 import tensorflow as tf
-from cam_models import (
+
+from deepsight_tf.diagnose import explain
+from deepsight_tf.model.backbones import get_backbone_spec
+from deepsight_tf.model.classifier import build_classifier
+from deepsight_tf.plots import explain as plots
+
+from support.cam_models import (
     LOGIT_SCALE,
     SIZE,
     blob_images,
@@ -21,11 +27,6 @@ from cam_models import (
     to_model_input,
     trained_blob_model,
 )
-
-from deepsight_tf.diagnose import explain
-from deepsight_tf.model.backbones import get_backbone_spec
-from deepsight_tf.model.classifier import build_classifier
-from deepsight_tf.plots import explain as plots
 
 NARROW = 1 / 16
 
@@ -344,13 +345,25 @@ def test_figures_draw_results(border, border_cams, tmp_path):
     assert save_figure(grid, tmp_path / "grid.png").stat().st_size > 0
 
     report = explain.faithfulness(model, x[:8], labels[:8], {"gradcam": border_cams["gradcam"][:8]})
-    curves = plots.plot_deletion_insertion(report)
+    curves = plots.plot_deletion_insertion(
+        {name: vars(curve) for name, curve in report.curves.items()}, report.baseline
+    )
     assert [len(ax.lines) for ax in curves.axes] == [2, 2]  # gradcam and random per panel
     save_figure(curves, tmp_path / "curves.png")
 
     sanity = explain.sanity_check(
         model, x[:4], labels[:4], layer_name="colour_cells", randomise=["head"], n_examples=2
     )
-    figure = plots.plot_sanity_check(sanity, images[:2])
+    figure = plots.plot_sanity_check(
+        sanity.method,
+        sanity.groups,
+        sanity.spearman,
+        sanity.mean_spearman,
+        sanity.threshold,
+        sanity.flagged_steps,
+        sanity.original_maps,
+        sanity.randomised_maps,
+        images=images[:2],
+    )
     assert len([ax for ax in figure.axes if ax.images]) == 2 * 3  # image, trained, + head
     save_figure(figure, tmp_path / "sanity.png")

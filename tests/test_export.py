@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_run import CLASS_NAMES, IMAGE_SIZE, NORMALIZATION, SOURCE_SIZE, TinyRun, make_tiny_run
 from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
@@ -25,6 +24,15 @@ from deepsight_tf.serve.export import (
     sidecar_path,
 )
 from deepsight_tf.serve.predict import load_run_model
+
+from support.tiny_run import (
+    CLASS_NAMES,
+    IMAGE_SIZE,
+    NORMALIZATION,
+    SOURCE_SIZE,
+    TinyRun,
+    make_tiny_run,
+)
 
 TOLERANCE = 1e-5
 

@@ -24,104 +24,28 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from test_training import separable_workspace, tiny
 from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
 from deepsight_tf.core.errors import ConfigError, StorageError, TrainingInterrupted
-from deepsight_tf.core.settings import TrainSettings
-from deepsight_tf.core.storage import read_json
 from deepsight_tf.core.workspace import (
     CHECKPOINTS_DIR,
-    HISTORY_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
     STATE_FILE,
     Workspace,
 )
 from deepsight_tf.training.checkpoints import CheckpointStore
-from deepsight_tf.training.history import read_history
 from deepsight_tf.training.loop import train
 
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return separable_workspace(tmp_path_factory.mktemp("faults"))
-
-
-def two_phases(**overrides: object) -> TrainSettings:
-    """Head phase then all stages, pixel augmentation and dropout on: every kind of state a
-    resume must restore. 13 steps an epoch, 3 epochs."""
-    base: dict[str, object] = dict(
-        frozen_epochs=1,
-        epochs=2,
-        augment="light",
-        deterministic=True,
-        checkpoint_minutes=0,
-    )
-    base.update(overrides)
-    return tiny(**base)
-
-
-def outcome(run_dir: Path, final: str = "phase2.end.weights.npz") -> dict[str, object]:
-    """Everything a run produces that must not depend on interruptions (`final`: the last
-    phase's end weights)."""
-    predictions = np.load(run_dir / PREDICTIONS_FILE)
-    metrics = read_json(run_dir / METRICS_FILE)
-    history = [
-        {k: v for k, v in row.items() if k != "seconds"}
-        for row in read_history(run_dir / HISTORY_FILE)
-    ]
-    final = np.load(run_dir / CHECKPOINTS_DIR / final)
-    return {
-        "test_probs": predictions["test_probs"],
-        "val_probs": predictions["val_probs"],
-        "final_weights": [final[k] for k in sorted(final.files)],
-        "val": metrics["val"],
-        "test": metrics["test"],
-        "best_epoch": metrics["best_epoch"],
-        "history": history,
-    }
-
-
-def assert_same_outcome(got: dict[str, object], want: dict[str, object]) -> None:
-    for key in ("test_probs", "val_probs"):
-        np.testing.assert_array_equal(got[key], want[key])
-    for a, b in zip(got["final_weights"], want["final_weights"], strict=True):  # type: ignore[call-overload]
-        np.testing.assert_array_equal(a, b)
-    assert got["history"] == want["history"]
-    assert (got["val"], got["test"], got["best_epoch"]) == (
-        want["val"],
-        want["test"],
-        want["best_epoch"],
-    )
+from support.planted import Crash, at_step, crash, lambda_model_file
+from support.resume import assert_same_outcome, outcome, two_phases
+from support.tiny_run import make_tiny_run
 
 
 @pytest.fixture(scope="module")
 def reference(prepared: Workspace) -> dict[str, object]:
     return outcome(Path(train(two_phases(run_id="reference"), prepared).run_dir))
-
-
-def at_step(step: int, action: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run `action()` after optimizer step `step` of the run (counted over all fits)."""
-    seen = {"steps": 0}
-    original = keras.callbacks.TensorBoard.on_train_batch_end
-
-    def hooked(self, batch, logs=None):  # type: ignore[no-untyped-def]
-        original(self, batch, logs)
-        seen["steps"] += 1
-        if seen["steps"] == step:
-            action()  # type: ignore[operator]
-
-    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_train_batch_end", hooked)
-
-
-class Crash(Exception):
-    """Stands in for a process dying between two steps."""
-
-
-def crash() -> None:
-    raise Crash
 
 
 # --- Ctrl-C ----------------------------------------------------------------------------------
@@ -405,16 +329,7 @@ def test_the_commit_is_the_state_file_rewrite(tmp_path: Path) -> None:
 # --- hostile and tampered files --------------------------------------------------------------
 
 
-def lambda_model_file(path: Path) -> Path:
-    inputs = keras.Input((4,))
-    outputs = keras.layers.Lambda(lambda t: t * 2)(inputs)
-    keras.Model(inputs, outputs).save(path)
-    return path
-
-
 def test_a_model_file_with_a_lambda_is_refused(tmp_path: Path) -> None:
-    from tiny_run import make_tiny_run
-
     tiny_run = make_tiny_run(tmp_path)
     model_path = tiny_run.run_dir / "model.keras"
     lambda_model_file(model_path)
@@ -461,8 +376,6 @@ def test_a_crafted_keras_file_cannot_run_code(tmp_path: Path) -> None:
 
 
 def test_a_tampered_artifact_is_caught_by_its_manifest_hash(tmp_path: Path) -> None:
-    from tiny_run import make_tiny_run
-
     tiny_run = make_tiny_run(tmp_path)
     predictions = tiny_run.run_dir / PREDICTIONS_FILE
     data = bytearray(predictions.read_bytes())

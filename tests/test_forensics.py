@@ -169,7 +169,12 @@ def test_focus_pairs_file_is_what_train_parses(tmp_path: Path) -> None:
 def test_label_issue_grid_saves(tmp_path: Path) -> None:
     issues = [fo.LabelIssue(r, r, None, 0, "cat", 1, "dog", 0.8, 0.05 * r) for r in range(11)]
     images = np.random.default_rng(0).integers(0, 256, (11, 32, 32, 3), np.uint8)
-    fig = figs.plot_label_issues(images, issues)
+    fig = figs.plot_label_issues(
+        images,
+        [i.given_label for i in issues],
+        [i.suggested_label for i in issues],
+        [i.score for i in issues],
+    )
     width, height = fig.get_size_inches()
     path = save_figure(fig, tmp_path / "label_issues.png")
     with Image.open(path) as image:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synthetic_images import pink_noise_photos, view
 
 from deepsight_tf.data.interpolation import (
     CANDIDATES,
@@ -15,6 +14,8 @@ from deepsight_tf.data.interpolation import (
     overshoot_fraction,
     resize,
 )
+
+from support.synthetic_images import pink_noise_photos, view
 
 
 @pytest.fixture(scope="module")

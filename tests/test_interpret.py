@@ -3,66 +3,30 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
-from test_training import CLASSES, separable_npz, tiny
 from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
 from deepsight_tf.core.errors import ConfigError
-from deepsight_tf.core.settings import (
-    ExploreSettings,
-    InterpretSettings,
-    ObtainSettings,
-    ScrubSettings,
-)
+from deepsight_tf.core.settings import InterpretSettings
 from deepsight_tf.core.storage import read_json
 from deepsight_tf.core.workspace import Workspace
-from deepsight_tf.data.explore import explore
-from deepsight_tf.data.obtain import obtain
-from deepsight_tf.data.scrub import scrub
 from deepsight_tf.diagnose.interpret import interpret
 from deepsight_tf.diagnose.study import stratified_sample
 from deepsight_tf.training.loop import train
 from deepsight_tf.training.pipeline import parse_focus_pairs
 
-
-@pytest.fixture(scope="module")
-def interpreted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, object]:
-    root = tmp_path_factory.mktemp("interpret")
-    ws = Workspace(root / "ws")
-    obtain(ObtainSettings(source=str(separable_npz(root / "rgb.npz")), name="rgb"), ws)
-    scrub(ScrubSettings(image_size=16, interp_sample=16), ws)
-    hypotheses = root / "hypotheses.json"
-    hypotheses.write_text(
-        json.dumps(
-            {
-                "groups": {"warm": ["red"], "cool": ["green", "blue"]},
-                "confusable_pairs": [["green", "blue"]],
-            }
-        )
-    )
-    explore(ExploreSettings(hypotheses=str(hypotheses)), ws)
-    train(tiny(run_id="run"), ws)
-    settings = InterpretSettings(
-        run_id="run",
-        methods="gradcam,layercam",
-        max_images=9,
-        context_images=30,
-        sanity_images=4,
-        grid_per_class=2,
-        n_boot=200,
-    )
-    return ws, interpret(settings, ws)
+from support.chain import INTERPRETED_RUN, Interpreted
+from support.separable import CLASSES, tiny
 
 
-def test_headline_equals_the_stored_predictions(interpreted) -> None:
-    ws, result = interpreted
-    predictions = np.load(ws.run_dir("run") / "predictions.npz")
+def test_headline_equals_the_stored_predictions(interpreted: Interpreted) -> None:
+    ws, result = interpreted.workspace, interpreted.result
+    predictions = np.load(ws.run_dir(INTERPRETED_RUN) / "predictions.npz")
     accuracy = float((predictions["test_probs"].argmax(1) == predictions["test_labels"]).mean())
     assert result.headline["accuracy"] == pytest.approx(accuracy)
     low, high = result.headline["accuracy_ci"]
@@ -72,8 +36,8 @@ def test_headline_equals_the_stored_predictions(interpreted) -> None:
     ws.verify(Path(result.folder), "deepsight interpret")
 
 
-def test_hypotheses_from_explore_get_verdicts(interpreted) -> None:
-    _, result = interpreted
+def test_hypotheses_from_explore_get_verdicts(interpreted: Interpreted) -> None:
+    result = interpreted.result
     names = {h["name"] for h in result.hypotheses}
     assert len(result.hypotheses) == 2, names
     assert {h["verdict"] for h in result.hypotheses} <= {
@@ -85,13 +49,13 @@ def test_hypotheses_from_explore_get_verdicts(interpreted) -> None:
         assert h["low"] <= h["estimate"] <= h["high"]
 
 
-def test_forensic_files_are_usable(interpreted) -> None:
-    ws, result = interpreted
+def test_forensic_files_are_usable(interpreted: Interpreted) -> None:
+    ws, result = interpreted.workspace, interpreted.result
     folder = Path(result.folder)
     pairs = parse_focus_pairs((folder / "focus_pairs.txt").read_text().strip(), CLASSES)
     # By value: the most-confused pairs of the stored test predictions, at most three (none if
     # the tiny model happened to make no mistake: what it learns depends on the CPU).
-    predictions = np.load(ws.run_dir("run") / "predictions.npz")
+    predictions = np.load(ws.run_dir(INTERPRETED_RUN) / "predictions.npz")
     confusion = confusion_matrix(
         predictions["test_labels"], predictions["test_probs"].argmax(1), labels=range(3)
     )
@@ -114,11 +78,11 @@ def test_forensic_files_are_usable(interpreted) -> None:
     assert result.leakage is not None and result.leakage["in_mask"]["n"] == 0
 
 
-def test_error_attribution_counts_the_stored_errors(interpreted) -> None:
+def test_error_attribution_counts_the_stored_errors(interpreted: Interpreted) -> None:
     """By value, whatever the tiny model got wrong: the error count, the label-issue row from
     label_issues.csv, the confusable-pair row from the registered green/blue pair."""
-    ws, result = interpreted
-    predictions = np.load(ws.run_dir("run") / "predictions.npz")
+    ws, result = interpreted.workspace, interpreted.result
+    predictions = np.load(ws.run_dir(INTERPRETED_RUN) / "predictions.npz")
     labels, predicted = predictions["test_labels"], predictions["test_probs"].argmax(1)
     wrong = predicted != labels
     attribution = read_json(Path(result.folder) / "report.json")["error_attribution"]
@@ -135,8 +99,8 @@ def test_error_attribution_counts_the_stored_errors(interpreted) -> None:
     assert rows["conflicting_twin"]["errors"] == 0  # the separable data set has no duplicates
 
 
-def test_explanations_are_measured(interpreted) -> None:
-    _, result = interpreted
+def test_explanations_are_measured(interpreted: Interpreted) -> None:
+    result = interpreted.result
     assert set(result.faithfulness["methods"]) == {"gradcam", "layercam"}
     for method in result.faithfulness["methods"].values():
         assert method["verdict"] in {"beats random", "worse than random", "inconclusive"}
@@ -147,13 +111,10 @@ def test_explanations_are_measured(interpreted) -> None:
 
 
 @pytest.fixture(scope="module")
-def efficientnet_run(tmp_path_factory: pytest.TempPathFactory, lite0_cache) -> tuple:
+def efficientnet_run(prepared: Workspace, lite0_cache) -> tuple:
     """EfficientNet-Lite0 from its ImageNet weights at 64 px: a head epoch, then stages 4-8
     fine-tuned (the defaults), on the separable data set; then interpreted."""
-    root = tmp_path_factory.mktemp("interpret-lite0")
-    ws = Workspace(root / "ws")
-    obtain(ObtainSettings(source=str(separable_npz(root / "rgb.npz")), name="rgb"), ws)
-    scrub(ScrubSettings(image_size=16, interp_sample=16), ws)
+    ws = prepared
     trained = train(
         tiny(
             run_id="lite0",

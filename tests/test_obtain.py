@@ -9,14 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
-    CLASS_NAMES,
-    tree_digest,
-    write_archive,
-    write_batches,
-    write_image_folder,
-    write_npz,
-)
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -26,6 +18,9 @@ from deepsight_tf.core.settings import ObtainSettings
 from deepsight_tf.core.workspace import Workspace
 from deepsight_tf.data.dataset import load_dataset
 from deepsight_tf.data.obtain import obtain
+
+from support.sources import CLASS_NAMES, write_archive, write_batches, write_image_folder, write_npz
+from support.workspaces import tree_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 

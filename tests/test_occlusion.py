@@ -8,7 +8,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
-from cam_models import (
+
+from deepsight_tf.diagnose import explain, occlusion
+from deepsight_tf.diagnose.explain_run import context_figure
+from deepsight_tf.plots import save_figure
+
+from support.cam_models import (
     COLOUR_CLASSES,
     SIZE,
     region_images,
@@ -16,10 +21,6 @@ from cam_models import (
     region_model,
     to_model_input,
 )
-
-from deepsight_tf.diagnose import explain, occlusion
-from deepsight_tf.plots import explain as plots
-from deepsight_tf.plots import save_figure
 
 
 def test_geometry_hides_about_the_same_area_in_the_centre_and_the_border():
@@ -156,7 +157,7 @@ def test_context_figure_and_json(border_run, tmp_path):
         model, to_model_input(images[:8]), labels[:8], layer_name="colour_cells"
     )
     energy = occlusion.centre_energy_by_class(cams, labels[:8], COLOUR_CLASSES, n_boot=100)
-    figure = plots.plot_context_reliance(context, energy)
+    figure = context_figure(context, energy)
     bars = [len(ax.patches) for ax in figure.axes]
     assert bars == [3 * 4, 4]  # clean/centre/border per class; one energy bar per class
     assert save_figure(figure, tmp_path / "context.png").stat().st_size > 0

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_run import CLASS_NAMES, IMAGE_SIZE, NORMALIZATION, TinyRun, make_tiny_run
 from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
@@ -22,6 +21,8 @@ from deepsight_tf.serve.predict import (
     predict_paths,
     resolve_run,
 )
+
+from support.tiny_run import CLASS_NAMES, IMAGE_SIZE, NORMALIZATION, TinyRun, make_tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_faults import assert_same_outcome, at_step, outcome, two_phases
-from test_training import separable_workspace, tiny
 from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
@@ -41,6 +39,10 @@ from deepsight_tf.training.timing import (
     estimate_run,
     size_to_budget,
 )
+
+from support.planted import at_step
+from support.resume import assert_same_outcome, outcome, two_phases
+from support.separable import tiny
 
 
 @pytest.mark.parametrize(("start", "final"), [(32, 48), (30, 48), (32, 64), (8, 16), (60, 64)])
@@ -135,11 +137,6 @@ def test_a_budget_with_progressive_resizing_is_filled_to_the_step(seconds: float
 
 
 # --- tiny runs ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return separable_workspace(tmp_path_factory.mktemp("progressive"))
 
 
 def test_a_run_feeds_each_epoch_its_size_and_stores_the_schedule(

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import scipy.ndimage
 import scipy.stats
-from synthetic_images import DEFECTS, pink_noise_photos, view
 
 from deepsight_tf.core.settings import ObtainSettings, ScrubSettings
 from deepsight_tf.core.workspace import QUALITY_FILE, Workspace
@@ -23,6 +22,8 @@ from deepsight_tf.data.quality import (
     size_scores,
 )
 from deepsight_tf.data.scrub import scrub
+
+from support.synthetic_images import DEFECTS, pink_noise_photos, view
 
 
 def photos(n: int, seed: int) -> np.ndarray:

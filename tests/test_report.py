@@ -6,100 +6,30 @@ import base64
 import html
 import json
 import shutil
-from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from test_training import separable_npz, tiny
 from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
 from deepsight_tf.core.errors import ConfigError, StaleArtifactError
-from deepsight_tf.core.settings import (
-    ExploreSettings,
-    InterpretSettings,
-    ObtainSettings,
-    ScrubSettings,
-)
 from deepsight_tf.core.storage import read_json
 from deepsight_tf.core.workspace import Workspace
-from deepsight_tf.data.explore import explore
-from deepsight_tf.data.obtain import obtain
-from deepsight_tf.data.scrub import scrub
 from deepsight_tf.diagnose.bootstrap import batched_macro_f1, bootstrap_ci
+from deepsight_tf.diagnose.comparison import compare_predictions
 from deepsight_tf.diagnose.evaluation import classification_summary, per_class_recall
-from deepsight_tf.diagnose.interpret import interpret
 from deepsight_tf.reporting import report
-from deepsight_tf.reporting.compare import compare_predictions
 from deepsight_tf.reporting.html import Html, element, table
 from deepsight_tf.training.history import read_history
-from deepsight_tf.training.loop import train
 
-N_BOOT = 200
-# A group name with markup in it: the page must show it as text (escaped), never as markup.
-WARM = '<warm & "red">'
-
-
-@dataclass
-class Chain:
-    workspace: Workspace
-    run_page: Path  # report of run "a" (interpreted)
-    plain_page: Path  # report of run "b" (not interpreted)
-    compare_page: Path
-    results: dict[str, Any] = field(default_factory=dict)
-
-
-def build_chain(root: Path) -> Chain:
-    """obtain, scrub, explore, two tiny runs (one interpreted), then the three reports."""
-    ws = Workspace(root / "ws")
-    obtain(ObtainSettings(source=str(separable_npz(root / "rgb.npz")), name="rgb"), ws)
-    scrub(ScrubSettings(image_size=16, interp_sample=16), ws)
-    hypotheses = root / "hypotheses.json"
-    hypotheses.write_text(
-        json.dumps(
-            {
-                "groups": {WARM: ["red"], "cool": ["green", "blue"]},
-                "confusable_pairs": [["green", "blue"]],
-            }
-        )
-    )
-    explore(ExploreSettings(hypotheses=str(hypotheses)), ws)
-    train(tiny(run_id="a"), ws)
-    # Fewer, larger steps: a different model of the same test images, for the comparison;
-    # with a weight average, so the page shows both candidates.
-    train(tiny(run_id="b", epochs=1, lr=0.02, ema=0.9), ws)
-    interpret(
-        InterpretSettings(
-            run_id="a",
-            methods="gradcam",
-            max_images=6,
-            context_images=30,
-            sanity_images=3,
-            grid_per_class=2,
-            n_boot=N_BOOT,
-        ),
-        ws,
-    )
-    results = {
-        "a": report(ws, ["a"], n_boot=N_BOOT),
-        "b": report(ws, ["b"], n_boot=N_BOOT),
-        "a-b": report(ws, ["a", "b"], n_boot=N_BOOT),
-    }
-    return Chain(
-        ws,
-        Path(results["a"].path),
-        Path(results["b"].path),
-        Path(results["a-b"].path),
-        results,
-    )
+from support.chain import N_BOOT, WARM, Chain, Interpreted, build_report_chain
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
-    return build_chain(tmp_path_factory.mktemp("report"))
+def chain(interpreted: Interpreted, tmp_path_factory: pytest.TempPathFactory) -> Chain:
+    return build_report_chain(interpreted, tmp_path_factory.mktemp("report"))
 
 
 # Reading the page back -------------------------------------------------------------------

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_report import Chain, build_chain
+
+from support.chain import Chain, Interpreted, build_report_chain
 
 CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
@@ -55,8 +56,8 @@ addEventListener("load", () => {
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
-    return build_chain(tmp_path_factory.mktemp("report-browser"))
+def chain(interpreted: Interpreted, tmp_path_factory: pytest.TempPathFactory) -> Chain:
+    return build_report_chain(interpreted, tmp_path_factory.mktemp("report-browser"))
 
 
 def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -243,7 +243,9 @@ def test_figures_draw_the_result_values(tmp_path):
         min_loss_lr=1.0,
         stopped_early=False,
     )
-    fig = plot_lr_finder(result)
+    fig = plot_lr_finder(
+        result.lrs, result.losses, result.smoothed, result.suggestion, result.method
+    )
     lines = fig.axes[0].get_lines()
     np.testing.assert_array_equal(lines[1].get_xdata(), result.lrs)
     np.testing.assert_array_equal(lines[1].get_ydata(), result.smoothed)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from synthetic_images import cropped, jpeg, pink_noise_photos, view
 from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
@@ -29,6 +28,8 @@ from deepsight_tf.data.scrub import (
     make_split,
     scrub,
 )
+
+from support.synthetic_images import cropped, jpeg, pink_noise_photos, view
 
 CLASSES = ["cat", "dog", "ship"]
 TRAIN_PER_CLASS = (60, 40, 30)  # imbalanced, so proportions are a real test
@@ -303,8 +304,9 @@ def digits_folder(root: Path) -> tuple[Path, dict[str, int]]:
     """scikit-learn's 1,797 handwritten digits as an image folder of 16 px greyscale PNGs
     (1,437 train, 360 test, classes by name), and one planted copy of each kind in train
     (tests/real_images.py); returns the folder and each copy's file with its original's."""
-    from real_images import handwriting, plant
     from sklearn.model_selection import train_test_split
+
+    from support.real_images import handwriting, plant
 
     kind = handwriting()
     planted = plant(kind, per_copy=1, seed=0)

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+from PIL import Image
+
+from deepsight_tf.core.errors import DataError
+from deepsight_tf.data.image_folder import read_image_folder
+from deepsight_tf.data.sources import read_archive, read_batches, read_npz, read_source, source_kind
+
+from support.sources import (
     CLASS_NAMES,
     add_tar_member,
     official_batch,
@@ -17,11 +23,6 @@ from conftest import (
     write_image_folder,
     write_npz,
 )
-from PIL import Image
-
-from deepsight_tf.core.errors import DataError
-from deepsight_tf.data.image_folder import read_image_folder
-from deepsight_tf.data.sources import read_archive, read_batches, read_npz, read_source, source_kind
 
 
 def test_batches_folder_round_trips_pixels_labels_and_names(tmp_path: Path) -> None:

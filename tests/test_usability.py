@@ -13,7 +13,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_training import CLASSES, separable_npz, separable_workspace, tiny
 from typer.testing import CliRunner
 
 from deepsight_tf import __version__
@@ -44,12 +43,9 @@ from deepsight_tf.training.loop import train
 from deepsight_tf.training.pipeline import make_eval_dataset
 from deepsight_tf.training.tta import mean_of_views, predict_probs, view_weights, views
 
+from support.separable import CLASSES, separable_npz, tiny
+
 COMMANDS = ["obtain", "scrub", "explore", "train", "interpret", "predict", "export", "report"]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return separable_workspace(tmp_path_factory.mktemp("usability"))
 
 
 # --- the command line -----------------------------------------------------------------------
@@ -314,7 +310,7 @@ def test_warnings_flag_a_collapsed_model_and_not_a_good_one() -> None:
 
 
 def test_the_report_of_a_collapsed_run_opens_with_a_warning(tmp_path: Path) -> None:
-    from tiny_run import make_tiny_run
+    from support.tiny_run import make_tiny_run
 
     run = make_tiny_run(tmp_path)
     ws = run.workspace

@@ -28,6 +28,7 @@ from deepsight_tf.cli.console import (
 from deepsight_tf.cli.options import Command, Group, settings_options
 from deepsight_tf.cli.training_display import training_display
 from deepsight_tf.core.settings import (
+    DEFAULT_N_BOOT,
     EXPORT_FORMATS,
     ExperimentSettings,
     ExploreSettings,
@@ -331,7 +332,7 @@ def report(
     ],
     n_boot: Annotated[
         int, typer.Option(help="Bootstrap resamples for the intervals the report computes.")
-    ] = 2000,
+    ] = DEFAULT_N_BOOT,
     seed: Annotated[int, typer.Option(help="Seed of those resamples.")] = 0,
 ) -> None:
     """One self-contained HTML page: runs/<id>/report.html, or reports/compare-<a>-<b>.html."""

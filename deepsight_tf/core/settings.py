@@ -65,6 +65,9 @@ DUPLICATES, INTERPOLATION, HEAT_MAPS = "Duplicates", "Interpolation study", "Hea
 FORENSICS, STATISTICS, EXPERIMENT = "Forensics", "Statistics", "Experiment"
 PANELS = (DATA, MODEL, SCHEDULE, REGULARISATION, BUDGET, CHECKPOINTS, OUTPUT)
 PANELS += (DUPLICATES, INTERPOLATION, HEAT_MAPS, FORENSICS, STATISTICS, EXPERIMENT)
+# Every interval's bootstrap: resamples (the --n-boot default) and the error rate (95%).
+DEFAULT_N_BOOT = 2000
+DEFAULT_ALPHA = 0.05
 # The near-duplicate decision (reasons in deepsight_tf/data/duplicates.py, stage 3).
 NEAR_CEILING = 0.2  # distance 1 - r at r = 0.8: the most any data set's threshold may be
 NEAR_FALSE_MATCH_TAIL = 1e-3  # share of distinct nearest neighbours put below the threshold
@@ -500,7 +503,7 @@ class ExperimentSettings(Settings):
     baseline_seeds: int = setting(
         2, "Baseline runs with different seeds: their spread is the run-to-run noise.", ge=1
     )
-    n_boot: int = setting(2000, "Paired bootstrap resamples for every interval.", ge=100)
+    n_boot: int = setting(DEFAULT_N_BOOT, "Paired bootstrap resamples for every interval.", ge=100)
     issues_from: str | None = setting(
         None,
         f"Run whose interpret/{TRAIN_LABEL_ISSUES_FILE} the clean-labels arm leaves out (and "
@@ -606,7 +609,9 @@ class InterpretSettings(Settings):
     context_images: int = setting(5000, "Test images for the occlusion test (0: all).", ge=0)
     sanity_images: int = setting(16, "Test images for the randomisation sanity check.", ge=1)
     grid_per_class: int = setting(4, "CAM grid: correct and wrong images per class.", ge=0)
-    n_boot: int = setting(2000, "Bootstrap resamples for every confidence interval.", ge=100)
+    n_boot: int = setting(
+        DEFAULT_N_BOOT, "Bootstrap resamples for every confidence interval.", ge=100
+    )
     seed: int = setting(0, "Random seed.", ge=0)
     train_issues: bool = setting(
         True,

@@ -38,9 +38,6 @@ CHECKPOINTS_DIR = "checkpoints"  # runs/<id>/: training state commits (train/che
 STATE_FILE = "state.json"  # runs/<id>/checkpoints/: names the latest commit
 TENSORBOARD_DIR = "tensorboard"  # runs/<id>/
 LR_FINDER_FILE = "lr_finder.json"  # runs/<id>/ of an LR range test
-BATCH_FIGURE = f"{FIGURES_DIR}/batch.png"  # runs/<id>/: a training batch as the model sees it
-SCHEDULE_FIGURE = f"{FIGURES_DIR}/schedule.png"  # runs/<id>/: each phase's one-cycle curve
-HISTORY_FIGURE = f"{FIGURES_DIR}/training_history.png"  # runs/<id>/: drawn by the report
 INTERPRET_DIR = "interpret"  # runs/<id>/interpret/
 LABEL_ISSUES_FILE = "label_issues.csv"  # runs/<id>/interpret/
 # runs/<id>/interpret/: the test images whose label the ImageNet probes doubt (attribution)
@@ -59,8 +56,37 @@ PLAN_FILE = "plan.json"  # experiments/<name>/: the arms, their flags and run id
 BASELINE_RECALL_FILE = "baseline_val_recall.json"  # experiments/<name>/: class-weights arm
 DROPPED_TRAIN_FILE = "dropped_train.csv"  # experiments/<name>/: clean-labels arm
 DROPPED_TRAIN_IMAGENET_FILE = "dropped_train_imagenet.csv"  # clean-labels-imagenet arm
+# Figures, each spelled here only, relative to the folder of the phase that draws it; the
+# report finds them, and their captions, by these names.
+DUPLICATES_FIGURE = f"{FIGURES_DIR}/duplicates.png"  # scrub/<name>/: the pairs worth a look
+BORDERLINE_FIGURE = f"{FIGURES_DIR}/duplicates_borderline.png"  # scrub/<name>/: nearest calls
+INTERPOLATION_FIGURE = f"{FIGURES_DIR}/interpolation.png"  # scrub/<name>/: one image resized
+CLASS_BALANCE_FIGURE = f"{FIGURES_DIR}/class_balance.png"  # explore/<name>/
+BRIGHTNESS_CONTRAST_FIGURE = f"{FIGURES_DIR}/brightness_contrast.png"  # explore/<name>/
+SAMPLES_FIGURE = f"{FIGURES_DIR}/samples.png"  # explore/<name>/
+CLASS_MEANS_FIGURE = f"{FIGURES_DIR}/class_means.png"  # explore/<name>/
+BATCH_FIGURE = f"{FIGURES_DIR}/batch.png"  # runs/<id>/: a training batch as the model sees it
+SCHEDULE_FIGURE = f"{FIGURES_DIR}/schedule.png"  # runs/<id>/: each phase's one-cycle curve
+HISTORY_FIGURE = f"{FIGURES_DIR}/training_history.png"  # runs/<id>/: drawn by the report
+LR_FINDER_FIGURE = "lr_finder.png"  # runs/<id>/ of an LR range test
+CONFUSION_FIGURE = f"{FIGURES_DIR}/confusion_matrix.png"  # runs/<id>/interpret/
+PER_CLASS_RECALL_FIGURE = f"{FIGURES_DIR}/per_class_recall.png"  # runs/<id>/interpret/
+MOST_CONFUSED_FIGURE = f"{FIGURES_DIR}/most_confused.png"  # runs/<id>/interpret/
+TOP_LOSSES_FIGURE = f"{FIGURES_DIR}/top_losses.png"  # runs/<id>/interpret/
+RELIABILITY_FIGURE = f"{FIGURES_DIR}/reliability.png"  # runs/<id>/interpret/
+HYPOTHESES_FIGURE = f"{FIGURES_DIR}/hypotheses.png"  # runs/<id>/interpret/
+LABEL_ISSUES_FIGURE = f"{FIGURES_DIR}/label_issues.png"  # runs/<id>/interpret/
+DELETION_INSERTION_FIGURE = f"{FIGURES_DIR}/deletion_insertion.png"  # runs/<id>/interpret/
+SANITY_FIGURE = f"{FIGURES_DIR}/sanity_check.png"  # runs/<id>/interpret/
+CONTEXT_FIGURE = f"{FIGURES_DIR}/context_reliance.png"  # runs/<id>/interpret/
+CAM_FIGURE_PREFIX = "cam_"  # runs/<id>/interpret/figures/cam_<grid>.png: see cam_figure
 LOCKS_DIR = ".locks"
 DEFAULT_LOCK_TIMEOUT_S = 120.0
+
+
+def cam_figure(grid: str) -> str:
+    """interpret's CAM grid `grid` (<class>_correct, <class>_wrong, top_losses, pair_<a>_<b>)."""
+    return f"{FIGURES_DIR}/{CAM_FIGURE_PREFIX}{grid}.png"
 
 
 class Workspace:

@@ -17,21 +17,19 @@ from deepsight_tf.core.progress import Progress
 from deepsight_tf.core.settings import ExploreSettings
 from deepsight_tf.core.storage import atomic_write_json, read_json, sha256_file
 from deepsight_tf.core.workspace import (
-    FIGURES_DIR,
+    BRIGHTNESS_CONTRAST_FIGURE,
+    CLASS_BALANCE_FIGURE,
+    CLASS_MEANS_FIGURE,
     HYPOTHESES_FILE,
     IMAGES_FILE,
     REPORT_JSON,
+    SAMPLES_FIGURE,
     Workspace,
 )
 from deepsight_tf.data.dataset import SPLITS, Dataset, dataset_sha256, load_dataset
 from deepsight_tf.data.hypotheses import Hypotheses, default_hypotheses, read_hypotheses_file
 
-FIGURES = {
-    "class_balance": f"{FIGURES_DIR}/class_balance.png",
-    "brightness_contrast": f"{FIGURES_DIR}/brightness_contrast.png",
-    "samples": f"{FIGURES_DIR}/samples.png",
-    "class_means": f"{FIGURES_DIR}/class_means.png",
-}
+FIGURES = (CLASS_BALANCE_FIGURE, BRIGHTNESS_CONTRAST_FIGURE, SAMPLES_FIGURE, CLASS_MEANS_FIGURE)
 PHASE_HINT = "deepsight explore"
 # ITU-R BT.601 luma weights, the same PIL uses for convert("L").
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
@@ -287,7 +285,7 @@ def explore(
             lowest_contrast_class=by_contrast[0].class_name,
             samples=samples,
             hypotheses=hypotheses,
-            figures=list(FIGURES.values()),
+            figures=list(FIGURES),
             duration_s=round(time.perf_counter() - start, 2),
             warnings=_warnings(balance, hypotheses),
         )
@@ -301,7 +299,7 @@ def explore(
             phase="explore",
             settings={**asdict(settings), "dataset": data.name},
             inputs=inputs,
-            outputs=dict.fromkeys([REPORT_JSON, HYPOTHESES_FILE, *FIGURES.values()], ""),
+            outputs=dict.fromkeys([REPORT_JSON, HYPOTHESES_FILE, *FIGURES], ""),
             seed=settings.seed,
             started=started,
             finished=now_iso(),
@@ -329,20 +327,27 @@ def _draw_figures(
 
     names = data.class_names
     x_train, y_train = data.split("train")
-    save_figure(plot_class_balance(balance, names), folder / FIGURES["class_balance"])
+    save_figure(
+        plot_class_balance(
+            names,
+            {b.split: [b.counts[name] for name in names] for b in balance},
+            {b.split: b.p_value for b in balance},
+        ),
+        folder / CLASS_BALANCE_FIGURE,
+    )
     save_figure(
         plot_brightness_contrast(
             names,
             [scan.brightness[y_train == i] for i in range(len(names))],
             [scan.contrast[y_train == i] for i in range(len(names))],
         ),
-        folder / FIGURES["brightness_contrast"],
+        folder / BRIGHTNESS_CONTRAST_FIGURE,
     )
     save_figure(
         plot_sample_grid([x_train[samples[name]] for name in names], names),
-        folder / FIGURES["samples"],
+        folder / SAMPLES_FIGURE,
     )
-    save_figure(plot_class_means(scan.class_means, names), folder / FIGURES["class_means"])
+    save_figure(plot_class_means(scan.class_means, names), folder / CLASS_MEANS_FIGURE)
 
 
 def _warnings(balance: list[ClassBalance], hypotheses: Hypotheses) -> list[str]:

@@ -17,8 +17,11 @@ from deepsight_tf.core.progress import Progress
 from deepsight_tf.core.settings import ScrubSettings
 from deepsight_tf.core.storage import atomic_write_json, atomic_write_text, read_json
 from deepsight_tf.core.workspace import (
+    BORDERLINE_FIGURE,
+    DUPLICATES_FIGURE,
     DUPLICATES_FILE,
     IMAGES_FILE,
+    INTERPOLATION_FIGURE,
     QUALITY_FILE,
     REPORT_JSON,
     SPLIT_FILE,
@@ -31,9 +34,6 @@ from deepsight_tf.data.quality import QUALITY_COLUMNS, QualityFlag, assess_quali
 if TYPE_CHECKING:
     from deepsight_tf.data.duplicates import Calibration
 
-DUPLICATES_FIGURE = "figures/duplicates.png"
-BORDERLINE_FIGURE = "figures/duplicates_borderline.png"
-INTERPOLATION_FIGURE = "figures/interpolation.png"
 PHASE_HINT = "deepsight scrub"
 CATEGORIES = ("train", "test", "train-test")  # where the two images of a pair live
 CSV_COLUMNS = (
@@ -577,11 +577,13 @@ def _draw(
     images = np.concatenate([data.x_train, data.x_test])
 
     def panel(order: list[int], title: str) -> Any:
-        chosen = order[:FIGURE_PAIRS]
+        pairs = [found.pairs[i] for i in order[:FIGURE_PAIRS]]
         return duplicate_pairs_figure(
-            [found.pairs[i] for i in chosen],
-            [images[found.ids[i, 0]] for i in chosen],
-            [images[found.ids[i, 1]] for i in chosen],
+            [images[found.ids[i, 0]] for i in order[:FIGURE_PAIRS]],
+            [images[found.ids[i, 1]] for i in order[:FIGURE_PAIRS]],
+            [(p.split_a, p.index_a, p.label_a) for p in pairs],
+            [(p.split_b, p.index_b, p.label_b) for p in pairs],
+            [None if p.kind == "exact" else p.distance for p in pairs],
             title,
         )
 
@@ -606,7 +608,13 @@ def _draw(
     )
     sample = data.x_train[int(np.random.default_rng(study.seed).integers(len(data.x_train)))]
     shown = image_size if study.rows else data.image_shape[0]
-    save_figure(
-        interpolation_figure(sample, examples(sample, shown), study), folder / INTERPOLATION_FIGURE
+    figure = interpolation_figure(
+        sample,
+        examples(sample, shown),
+        {row.method: row.reconstruction_rmse for row in study.rows},
+        study.selected,
+        study.image_size,
+        study.rule,
     )
+    save_figure(figure, folder / INTERPOLATION_FIGURE)
     return [DUPLICATES_FIGURE, BORDERLINE_FIGURE, INTERPOLATION_FIGURE]

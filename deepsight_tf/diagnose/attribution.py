@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from deepsight_tf.core.settings import DEFAULT_ALPHA, DEFAULT_N_BOOT
 from deepsight_tf.diagnose.bootstrap import (
-    DEFAULT_ALPHA,
-    DEFAULT_N_BOOT,
     bootstrap_ci,
     verdict_from_ci,
 )

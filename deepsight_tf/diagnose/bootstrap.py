@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_N_BOOT = 2000
-DEFAULT_ALPHA = 0.05
+from deepsight_tf.core.settings import DEFAULT_ALPHA, DEFAULT_N_BOOT
+
 # Resampled index matrices are built this many elements at a time, so that 2,000 resamples of
 # 10,000 examples stay near 40 MB of int64 indices instead of 160 MB.
 _BOOT_CHUNK_ELEMENTS = 5_000_000

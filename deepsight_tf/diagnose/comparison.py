@@ -1,6 +1,7 @@
 """Paired comparison of runs scored on the same test images: differences in accuracy,
 macro-F1, per-class recall and confusable-pair confusion, each with a paired bootstrap
-interval, and a verdict judged against the run-to-run noise of the baseline's seeds.
+interval. An experiment judges each arm against the run-to-run noise of the baseline's seeds
+(compare_arms); the report's comparison page puts one run against another (compare_runs).
 
 Paired: every resample draws the same test images for both runs, so the interval is of the
 difference itself (much narrower than two separate intervals when the runs agree on most
@@ -11,16 +12,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from deepsight_tf.diagnose.bootstrap import (
-    DEFAULT_ALPHA,
-    DEFAULT_N_BOOT,
-    batched_macro_f1,
-    bootstrap_ci,
-)
+from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.manifest import DATA_INPUT
+from deepsight_tf.core.settings import DEFAULT_ALPHA, DEFAULT_N_BOOT
+from deepsight_tf.diagnose.bootstrap import batched_macro_f1, bootstrap_ci, verdict_from_ci
+from deepsight_tf.training.metrics import macro_f1
+from deepsight_tf.training.record import RunRecord
+
+TOP_CHANGES = 8  # confusion cells listed as got better / got worse
+# Run against run: verdicts from the interval of B - A (verdict_from_ci's words, renamed).
+CHANGE_WORDS = {"supported": "better", "contradicted": "worse", "inconclusive": "no clear change"}
 
 
 def pair_confusion(labels: np.ndarray, predicted: np.ndarray, a: int, b: int) -> np.ndarray:
@@ -167,3 +173,172 @@ def _summary(
             for (a, b), (ia, ib) in zip(named_pairs, pair_ids, strict=True)
         },
     }
+
+
+# --- one run against another (the report's comparison page) ---------------------------------
+
+
+@dataclass
+class Delta:
+    """B - A for one metric, with a paired bootstrap interval when both scored the same images."""
+
+    name: str
+    a: float
+    b: float
+    delta: float
+    low: float | None
+    high: float | None
+    verdict: str  # better, worse, no clear change, or "not paired"
+
+
+@dataclass
+class ConfusionChange:
+    """One off-diagonal cell of the confusion matrix in both runs (counts of test images)."""
+
+    true: str
+    predicted: str
+    a: int
+    b: int
+    delta: int
+
+
+@dataclass
+class RunComparison:
+    """Run B against run A on the test set."""
+
+    a: str
+    b: str
+    paired: bool
+    pairing: str  # why the intervals are paired, or why they are not
+    n: int
+    accuracy: Delta
+    macro_f1: Delta
+    recall: list[Delta]
+    worse: list[ConfusionChange]  # cells that grew, largest first
+    better: list[ConfusionChange]  # cells that shrank, largest first
+    ci_level: float
+    duration_a: float | None
+    duration_b: float | None
+
+
+def _change(low: float | None, high: float | None) -> str:
+    if low is None or high is None:
+        return "not paired"
+    return CHANGE_WORDS[verdict_from_ci(low, high)]
+
+
+def compare_predictions(
+    labels: np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    paired: bool = True,
+    labels_b: np.ndarray | None = None,
+    n_boot: int = DEFAULT_N_BOOT,
+    alpha: float = DEFAULT_ALPHA,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """B - A in accuracy, macro-F1 and each class's recall, and the confusion cells that moved.
+
+    With `paired` both runs scored the same test images (in the same order): the intervals come
+    from resampling those images once for both runs (a paired bootstrap), which removes the
+    variation the two share. Otherwise (`labels_b` gives B's labels) only the differences of the
+    point estimates are given.
+    """
+    from sklearn.metrics import confusion_matrix
+
+    labels_a = np.asarray(labels)
+    labels_b = labels_a if labels_b is None else np.asarray(labels_b)
+    if paired and not np.array_equal(labels_a, labels_b):
+        raise ValueError("paired comparison needs the same test labels in the same order")
+    k, ids = len(class_names), list(range(len(class_names)))
+    pred_a, pred_b = np.asarray(probs_a).argmax(1), np.asarray(probs_b).argmax(1)
+    hits_a, hits_b = pred_a == labels_a, pred_b == labels_b
+    cis = paired_differences(labels_a, pred_a, pred_b, k, (), n_boot, alpha, seed) if paired else {}
+
+    def delta(name: str, a: float, b: float, ci: tuple[float, float, float] | None) -> Delta:
+        low, high = (ci[1], ci[2]) if ci is not None else (None, None)
+        return Delta(name, a, b, b - a, low, high, _change(low, high))
+
+    accuracy_a, accuracy_b = float(hits_a.mean()), float(hits_b.mean())
+    f1_a, f1_b = macro_f1(labels_a, pred_a, k), macro_f1(labels_b, pred_b, k)
+    recall = []
+    for c, name in enumerate(class_names):
+        in_a, in_b = labels_a == c, labels_b == c
+        if not in_a.any() or not in_b.any():
+            continue
+        a, b = float(hits_a[in_a].mean()), float(hits_b[in_b].mean())
+        recall.append(delta(name, a, b, cis.get(f"recall:{c}")))
+    conf_a = confusion_matrix(labels_a, pred_a, labels=ids)
+    conf_b = confusion_matrix(labels_b, pred_b, labels=ids)
+    cells = [
+        ConfusionChange(class_names[i], class_names[j], int(conf_a[i, j]), int(conf_b[i, j]), d)
+        for (i, j), d in np.ndenumerate(conf_b - conf_a)
+        if i != j and d != 0
+    ]
+    return {
+        "n": len(labels_a),
+        "accuracy": delta("accuracy", accuracy_a, accuracy_b, cis.get("accuracy")),
+        "macro_f1": delta("macro-F1", f1_a, f1_b, cis.get("macro_f1")),
+        "recall": recall,
+        "worse": sorted((c for c in cells if c.delta > 0), key=lambda c: -c.delta)[:TOP_CHANGES],
+        "better": sorted((c for c in cells if c.delta < 0), key=lambda c: c.delta)[:TOP_CHANGES],
+        "ci_level": 1 - alpha,
+    }
+
+
+def same_test_set(
+    a: RunRecord,
+    predictions_a: Mapping[str, np.ndarray],
+    b: RunRecord,
+    predictions_b: Mapping[str, np.ndarray],
+) -> tuple[bool, str]:
+    """Whether a paired comparison is valid: the same stored data set and the same test images."""
+    sha_a = a.manifest.inputs.get(DATA_INPUT, {}).get("sha256")
+    sha_b = b.manifest.inputs.get(DATA_INPUT, {}).get("sha256")
+    if a.class_names != b.class_names:
+        return False, "the runs have different classes"
+    if sha_a is None or sha_a != sha_b:
+        return False, "the runs were trained on different copies of the data set"
+    for key in ("test_indices", "test_labels"):
+        if not np.array_equal(predictions_a[key], predictions_b[key]):
+            return False, "the runs scored different test images"
+    n = len(predictions_a["test_labels"])
+    return True, f"paired bootstrap over the {n:,} test images both runs scored"
+
+
+def compare_runs(
+    a: RunRecord,
+    predictions_a: Mapping[str, np.ndarray],
+    b: RunRecord,
+    predictions_b: Mapping[str, np.ndarray],
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+) -> RunComparison:
+    """Run b against run a on their stored test predictions: paired intervals when both scored
+    the same images of the same data set, differences without intervals otherwise."""
+    if a.class_names != b.class_names:
+        raise ConfigError(
+            f"runs {a.run_id} and {b.run_id} have different classes; compare runs of one data set"
+        )
+    paired, why = same_test_set(a, predictions_a, b, predictions_b)
+    found = compare_predictions(
+        predictions_a["test_labels"],
+        predictions_a["test_probs"],
+        predictions_b["test_probs"],
+        a.class_names,
+        paired=paired,
+        labels_b=predictions_b["test_labels"],
+        n_boot=n_boot,
+        seed=seed,
+    )
+    return RunComparison(
+        a=a.run_id,
+        b=b.run_id,
+        paired=paired,
+        pairing=why if paired else f"not paired: {why}; differences without intervals",
+        duration_a=a.metrics.get("duration_s"),
+        duration_b=b.metrics.get("duration_s"),
+        **found,
+    )

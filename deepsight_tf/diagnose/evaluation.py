@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from deepsight_tf.core.settings import DEFAULT_ALPHA, DEFAULT_N_BOOT
 from deepsight_tf.diagnose.bootstrap import (
-    DEFAULT_ALPHA,
-    DEFAULT_N_BOOT,
     batched_macro_f1,
     batched_mean,
     bootstrap_ci,

@@ -22,7 +22,7 @@ from tf_keras_vis.utils.scores import CategoricalScore
 
 from deepsight_tf.core.checks import verify_labels
 from deepsight_tf.core.progress import Progress
-from deepsight_tf.core.settings import CAM_METHODS
+from deepsight_tf.core.settings import CAM_METHODS, DEFAULT_ALPHA, DEFAULT_N_BOOT
 from deepsight_tf.diagnose.bootstrap import bootstrap_ci, verdict_from_ci
 from deepsight_tf.model.backbones import HEAD_PREFIX, randomisation_cascade, stage_of
 from deepsight_tf.model.fastconv import accelerate_convolutions
@@ -417,8 +417,8 @@ def faithfulness(
     steps: int = 16,
     baseline: str | Sequence[float] = "mean",
     random_grid: tuple[int, int] | None = None,
-    n_boot: int = 2000,
-    alpha: float = 0.05,
+    n_boot: int = DEFAULT_N_BOOT,
+    alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
     batch_size: int = 16,
     progress: Progress | None = None,

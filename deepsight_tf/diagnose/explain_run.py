@@ -11,6 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deepsight_tf.core.workspace import (
+    CONTEXT_FIGURE,
+    DELETION_INSERTION_FIGURE,
+    SANITY_FIGURE,
+    cam_figure,
+)
 from deepsight_tf.diagnose import explain, occlusion
 from deepsight_tf.diagnose.study import Study, stratified_sample
 
@@ -81,7 +87,10 @@ def _faithfulness(
             seed=study.settings.seed,
         ),
     )
-    study.figure(explain_plots.plot_deletion_insertion(faith), "deletion_insertion")
+    curves = {name: vars(curve) for name, curve in faith.curves.items()}
+    study.figure(
+        explain_plots.plot_deletion_insertion(curves, faith.baseline), DELETION_INSERTION_FIGURE
+    )
     return faith
 
 
@@ -103,15 +112,24 @@ def _sanity(
         ),
     )
     study.figure(
-        explain_plots.plot_sanity_check(sanity, study.data.x_test[sample][:k]), "sanity_check"
+        explain_plots.plot_sanity_check(
+            sanity.method,
+            sanity.groups,
+            sanity.spearman,
+            sanity.mean_spearman,
+            sanity.threshold,
+            sanity.flagged_steps,
+            sanity.original_maps,
+            sanity.randomised_maps,
+            images=study.data.x_test[sample][:k],
+        ),
+        SANITY_FIGURE,
     )
     return sanity
 
 
 def _context(study: Study, model: Any, cams: np.ndarray, sample: np.ndarray) -> dict[str, Any]:
     """Accuracy with the centre hidden against the border hidden, per class; CAM centre energy."""
-    from deepsight_tf.plots import explain as explain_plots
-
     settings, labels = study.settings, study.labels
     context_idx = stratified_sample(labels, settings.context_images or None, settings.seed)
     context = study.timed(
@@ -129,8 +147,27 @@ def _context(study: Study, model: Any, cams: np.ndarray, sample: np.ndarray) -> 
     energy = occlusion.centre_energy_by_class(
         cams, labels[sample], study.names, n_boot=settings.n_boot, seed=settings.seed
     )
-    study.figure(explain_plots.plot_context_reliance(context, energy), "context_reliance")
+    study.figure(context_figure(context, energy), CONTEXT_FIGURE)
     return {**context.to_dict(), "cam_energy": energy.to_dict()}
+
+
+def context_figure(context: occlusion.ContextReliance, energy: occlusion.CentreEnergy) -> Any:
+    """The occlusion test's figure: accuracy per class and condition, and the CAMs' centre
+    share."""
+    from deepsight_tf.plots import explain as explain_plots
+
+    classes = context.classes
+    return explain_plots.plot_context_reliance(
+        [c.name for c in classes],
+        np.array([[getattr(c, k) for c in classes] for k in occlusion.CONDITIONS]),
+        np.array([[getattr(c, f"{k}_ci") for c in classes] for k in occlusion.CONDITIONS]),
+        chance=context.chance,
+        ci_level=context.ci_level,
+        geometry=context.geometry.describe(),
+        centre_share=energy.mean,
+        centre_share_ci=energy.ci,
+        uniform_share=energy.uniform,
+    )
 
 
 def _class_grids(
@@ -155,7 +192,7 @@ def _class_grids(
                         pairs_per_row=2,
                         suptitle=f"{method}: {name}, {kind}",
                     ),
-                    f"cam_{name}_{kind}",
+                    cam_figure(f"{name}_{kind}"),
                 )
 
 
@@ -189,5 +226,6 @@ def _case_grids(
         )
         titles = [f"{names[labels[i]]} → {names[predicted[i]]}" for i in indices]
         study.figure(
-            explain_plots.plot_cam_grid(x_test[indices], maps, titles, suptitle=name), f"cam_{name}"
+            explain_plots.plot_cam_grid(x_test[indices], maps, titles, suptitle=name),
+            cam_figure(name),
         )

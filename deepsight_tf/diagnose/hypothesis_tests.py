@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deepsight_tf.core.settings import DEFAULT_ALPHA, DEFAULT_N_BOOT
 from deepsight_tf.diagnose.bootstrap import (
-    DEFAULT_ALPHA,
-    DEFAULT_N_BOOT,
     batched_confusion,
     batched_mean,
     bootstrap_ci,

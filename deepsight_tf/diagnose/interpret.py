@@ -27,15 +27,22 @@ from deepsight_tf.core.progress import Progress
 from deepsight_tf.core.settings import InterpretSettings
 from deepsight_tf.core.storage import atomic_write_json
 from deepsight_tf.core.workspace import (
+    CONFUSION_FIGURE,
     FEATURES_FILE,
     FOCUS_PAIRS_FILE,
+    HYPOTHESES_FIGURE,
     IMAGENET_ISSUES_FILE,
     IMAGENET_TRAIN_ISSUES_FILE,
     IMAGES_FILE,
+    LABEL_ISSUES_FIGURE,
     LABEL_ISSUES_FILE,
     MODEL_FILE,
+    MOST_CONFUSED_FIGURE,
+    PER_CLASS_RECALL_FIGURE,
     PREDICTIONS_FILE,
+    RELIABILITY_FIGURE,
     REPORT_JSON,
+    TOP_LOSSES_FIGURE,
     TRAIN_LABEL_ISSUES_FILE,
     Workspace,
 )
@@ -189,11 +196,31 @@ def _scores(study: Study) -> dict[str, Any]:
     pairs = evaluation.most_confused_pairs(confusion, names, top=10)
     recalls = evaluation.per_class_recall(labels, probs, names, **study.boot)
     losses = evaluation.top_losses(labels, probs, k=TOP_LOSSES)
-    study.figure(eval_plots.plot_confusion_matrix(confusion, names), "confusion_matrix")
-    study.figure(eval_plots.plot_per_class_recall(recalls), "per_class_recall")
-    study.figure(eval_plots.plot_most_confused(confused), "most_confused")
+    study.figure(eval_plots.plot_confusion_matrix(confusion, names), CONFUSION_FIGURE)
     study.figure(
-        eval_plots.plot_top_losses(study.data.x_test[losses.indices], losses, names), "top_losses"
+        eval_plots.plot_per_class_recall(
+            [r.name for r in recalls],
+            [r.recall for r in recalls],
+            [r.low for r in recalls],
+            [r.high for r in recalls],
+            [r.support for r in recalls],
+            ci_level=summary["ci_level"],
+        ),
+        PER_CLASS_RECALL_FIGURE,
+    )
+    study.figure(
+        eval_plots.plot_most_confused([(p.true, p.predicted, p.count, p.rate) for p in confused]),
+        MOST_CONFUSED_FIGURE,
+    )
+    study.figure(
+        eval_plots.plot_top_losses(
+            study.data.x_test[losses.indices],
+            losses.labels,
+            losses.predicted,
+            losses.probability,
+            names,
+        ),
+        TOP_LOSSES_FIGURE,
     )
     headline = {
         "accuracy": summary["accuracy"],
@@ -223,13 +250,14 @@ def _calibration(study: Study) -> dict[str, Any]:
     )
     study.figure(
         eval_plots.plot_reliability_diagram(
-            calibration.reliability_before,
-            calibration.reliability_after,
+            calibration.reliability_before.bins,
+            asdict(calibration.reliability_before),
+            asdict(calibration.reliability_after),
             ece_before=calibration.ece_before,
             ece_after=calibration.ece_after,
             temperature=calibration.temperature,
         ),
-        "reliability",
+        RELIABILITY_FIGURE,
     )
     return asdict(calibration)
 
@@ -261,7 +289,18 @@ def _hypotheses(study: Study) -> tuple[list[Any], str]:
     if not registered.registered:
         return [], note
     results = test_hypotheses(study.labels, study.probs, study.names, registered, **study.boot)
-    study.figure(eval_plots.plot_hypotheses(results), "hypotheses")
+    study.figure(
+        eval_plots.plot_hypotheses(
+            [r.name for r in results],
+            [r.estimate for r in results],
+            [r.low for r in results],
+            [r.high for r in results],
+            [r.n for r in results],
+            [r.verdict for r in results],
+            ci_level=results[0].ci_level,
+        ),
+        HYPOTHESES_FIGURE,
+    )
     return results, note
 
 
@@ -284,8 +323,13 @@ def _forensics(
     shown = issues[:LABEL_ISSUES_SHOWN]
     if shown:
         study.figure(
-            eval_plots.plot_label_issues(data.x_test[[i.index for i in shown]], shown),
-            "label_issues",
+            eval_plots.plot_label_issues(
+                data.x_test[[i.index for i in shown]],
+                [i.given_label for i in shown],
+                [i.suggested_label for i in shown],
+                [i.score for i in shown],
+            ),
+            LABEL_ISSUES_FIGURE,
         )
     hard_pairs = [(p.a, p.b) for p in pairs[:HARD_PAIRS]]
     hard = forensics.hard_examples(

@@ -12,6 +12,7 @@ import numpy as np
 
 from deepsight_tf.core.checks import verify_labels
 from deepsight_tf.core.progress import Progress
+from deepsight_tf.core.settings import DEFAULT_ALPHA, DEFAULT_N_BOOT
 from deepsight_tf.diagnose.bootstrap import bootstrap_ci
 
 CONDITIONS = ("clean", "centre_occluded", "border_occluded")
@@ -242,8 +243,8 @@ def context_reliance(
     centre_fraction: float = 0.5,
     fill: Sequence[float] | None = None,
     hold_margin: float = 0.1,
-    n_boot: int = 2000,
-    alpha: float = 0.05,
+    n_boot: int = DEFAULT_N_BOOT,
+    alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
     batch_size: int = 256,
     progress: Progress | None = None,
@@ -346,8 +347,8 @@ def centre_energy_by_class(
     class_names: Sequence[str],
     *,
     centre_fraction: float = 0.5,
-    n_boot: int = 2000,
-    alpha: float = 0.05,
+    n_boot: int = DEFAULT_N_BOOT,
+    alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
 ) -> CentreEnergy:
     """cam_energy per class (images grouped by `labels`), with percentile bootstrap CIs."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from deepsight_tf.core.progress import Progress
 from deepsight_tf.core.settings import InterpretSettings
-from deepsight_tf.core.workspace import FIGURES_DIR, Workspace
+from deepsight_tf.core.workspace import Workspace
 from deepsight_tf.data.dataset import Dataset
 from deepsight_tf.training.record import RunRecord
 
@@ -66,9 +66,10 @@ class Study:
         return {"n_boot": self.settings.n_boot, "seed": self.settings.seed}
 
     def figure(self, fig: Any, name: str) -> None:
+        """Save `fig` as `name`, a figure's path in the interpret folder (core/workspace.py)."""
         from deepsight_tf.plots import save_figure
 
-        self.figures.append(str(save_figure(fig, self.out / FIGURES_DIR / f"{name}.png")))
+        self.figures.append(str(save_figure(fig, self.out / name)))
 
     def timed(self, name: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Figures: the only package that draws. Each function takes results and returns a Figure."""
+"""Figures: the only package that draws. Each function takes arrays and plain values (never
+another layer's result types: plots imports nothing above core) and returns a Figure."""
 
 from __future__ import annotations
 

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from deepsight_tf.plots import HEATMAP_CMAP, OKABE_ITO
-
-if TYPE_CHECKING:
-    from deepsight_tf.diagnose.calibration import ReliabilityBins
-    from deepsight_tf.diagnose.evaluation import ClassRecall, ConfusedPair, TopLosses
-    from deepsight_tf.diagnose.forensics import LabelIssue
-    from deepsight_tf.diagnose.hypothesis_tests import HypothesisResult
 
 # Verdict colours from Okabe-Ito: bluish green, vermillion, grey (told apart by colour-blind
 # readers, and the legend names them as well).
@@ -60,13 +53,19 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str]) -> 
 
 
 def plot_reliability_diagram(
-    before: ReliabilityBins,
-    after: ReliabilityBins | None = None,
+    bins: int,
+    before: Mapping[str, Sequence[float]],
+    after: Mapping[str, Sequence[float]] | None = None,
     ece_before: float | None = None,
     ece_after: float | None = None,
     temperature: float | None = None,
 ) -> Figure:
-    """Accuracy against confidence per bin (markers sized by count), before and after scaling."""
+    """Accuracy against confidence per bin (markers sized by count), before and after scaling.
+
+    `before` and `after` hold the non-empty ones of `bins` equal-width confidence bins as
+    parallel lists: "lower" and "upper" (the bin's edges), "confidence" (mean top-class
+    probability), "accuracy" and "count".
+    """
     fig = Figure(figsize=(6.4, 5.2), layout="constrained")
     ax, hist = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     ax.plot([0, 1], [0, 1], color="0.4", linestyle="--", linewidth=1, label="perfect calibration")
@@ -74,47 +73,55 @@ def plot_reliability_diagram(
     if after is not None:
         t = "" if temperature is None else f", T={temperature:.2f}"
         series.append((after, ece_after, f"after temperature scaling{t}", OKABE_ITO[0], "s"))
-    width = 1.0 / before.bins
-    for i, (bins, ece, label, colour, marker) in enumerate(series):
-        counts = np.asarray(bins.count, dtype=float)
+    width = 1.0 / bins
+    for i, (values, ece, label, colour, marker) in enumerate(series):
+        counts = np.asarray(values["count"], dtype=float)
         share = counts / max(counts.sum(), 1.0)
         text = label if ece is None else f"{label} (ECE {ece:.3f})"
-        ax.plot(bins.confidence, bins.accuracy, color=colour, linewidth=1)
+        ax.plot(values["confidence"], values["accuracy"], color=colour, linewidth=1)
         ax.scatter(
-            bins.confidence,
-            bins.accuracy,
+            values["confidence"],
+            values["accuracy"],
             s=20 + 400 * share,
             color=colour,
             marker=marker,
             label=text,
             zorder=3,
         )
-        centres = (np.asarray(bins.lower) + np.asarray(bins.upper)) / 2
+        centres = (np.asarray(values["lower"]) + np.asarray(values["upper"])) / 2
         offset = (i - (len(series) - 1) / 2) * width / len(series)
         hist.bar(centres + offset, counts, width=width / len(series), color=colour)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy in bin")
-    ax.set_title(f"Reliability diagram ({before.bins} equal-width confidence bins)")
+    ax.set_title(f"Reliability diagram ({bins} equal-width confidence bins)")
     ax.legend(loc="upper left", fontsize="small")
     hist.set_xlabel("confidence (top-class probability)")
     hist.set_ylabel("examples")
     return fig
 
 
-def plot_per_class_recall(recalls: Sequence[ClassRecall], ci_level: float = 0.95) -> Figure:
-    """Recall per class with its bootstrap CI as error bars; the dashed line is mean recall."""
-    k = len(recalls)
+def plot_per_class_recall(
+    class_names: Sequence[str],
+    recall: Sequence[float],
+    low: Sequence[float | None],
+    high: Sequence[float | None],
+    support: Sequence[int],
+    ci_level: float,
+) -> Figure:
+    """Recall per class with its bootstrap CI as error bars (an interval of None: none drawn);
+    the dashed line is mean recall."""
+    k = len(class_names)
     fig = Figure(figsize=(max(6.0, 0.6 * k + 2), 4.0), layout="constrained")
     ax = fig.add_subplot()
-    values = np.array([r.recall for r in recalls])
-    low = np.array([r.recall if r.low is None else r.low for r in recalls])
-    high = np.array([r.recall if r.high is None else r.high for r in recalls])
+    values = np.asarray(recall, dtype=float)
+    lows = np.array([v if lo is None else lo for v, lo in zip(values, low, strict=True)])
+    highs = np.array([v if hi is None else hi for v, hi in zip(values, high, strict=True)])
     ax.bar(range(k), values, color=OKABE_ITO[0])
     ax.errorbar(
         range(k),
         values,
-        yerr=[values - low, high - values],
+        yerr=[values - lows, highs - values],
         fmt="none",
         ecolor="black",
         capsize=3,
@@ -123,7 +130,7 @@ def plot_per_class_recall(recalls: Sequence[ClassRecall], ci_level: float = 0.95
     ax.axhline(
         values.mean(), color=OKABE_ITO[1], linestyle="--", label=f"mean recall {values.mean():.3f}"
     )
-    names = [f"{r.name}\n(n={r.support})" for r in recalls]
+    names = [f"{name}\n(n={n})" for name, n in zip(class_names, support, strict=True)]
     ax.set_xticks(
         range(k),
         names,
@@ -138,17 +145,18 @@ def plot_per_class_recall(recalls: Sequence[ClassRecall], ci_level: float = 0.95
     return fig
 
 
-def plot_most_confused(pairs: Sequence[ConfusedPair]) -> Figure:
-    """Horizontal bars of the most-confused (true → predicted) cells, largest at the top."""
+def plot_most_confused(pairs: Sequence[tuple[str, str, int, float]]) -> Figure:
+    """Horizontal bars of the most-confused cells, largest at the top: each pair is (true class,
+    predicted class, count of test images, that count's share of the true class)."""
     n = max(len(pairs), 1)
     fig = Figure(figsize=(6.4, 0.35 * n + 1.2), layout="constrained")
     ax = fig.add_subplot()
-    labels = [f"{p.true} → {p.predicted}" for p in pairs]
-    counts = [p.count for p in pairs]
+    labels = [f"{true} → {predicted}" for true, predicted, _, _ in pairs]
+    counts = [count for _, _, count, _ in pairs]
     bars = ax.barh(range(len(pairs)), counts, color=OKABE_ITO[1])
     ax.bar_label(
         bars,
-        labels=[f"{p.count} ({p.rate:.1%} of {p.true})" for p in pairs],
+        labels=[f"{count} ({rate:.1%} of {true})" for true, _, count, rate in pairs],
         padding=3,
         fontsize="small",
     )
@@ -183,34 +191,51 @@ def _image_grid(
     return fig
 
 
-def plot_top_losses(images: np.ndarray, losses: TopLosses, class_names: Sequence[str]) -> Figure:
-    """The top-loss images (`images[i]` is the image of `losses.indices[i]`), titled
-    "true → predicted (p)" with p the predicted class's probability."""
+def plot_top_losses(
+    images: np.ndarray,
+    labels: Sequence[int],
+    predicted: Sequence[int],
+    probability: Sequence[float],
+    class_names: Sequence[str],
+) -> Figure:
+    """The top-loss images, each titled "true → predicted (p)" with p the predicted class's
+    probability (`images[i]` goes with `labels[i]`, `predicted[i]`, `probability[i]`)."""
     titles = [
         f"{class_names[t]} → {class_names[p]} ({q:.2f})"
-        for t, p, q in zip(losses.labels, losses.predicted, losses.probability, strict=True)
+        for t, p, q in zip(labels, predicted, probability, strict=True)
     ]
     return _image_grid(images, titles, "Top losses: true → predicted (probability)")
 
 
-def plot_label_issues(images: np.ndarray, issues: Sequence[LabelIssue]) -> Figure:
-    """Suspected label issues (`images[i]` is the image of `issues[i]`), titled
-    "given → suggested (label quality)"."""
-    titles = [f"{i.given_label} → {i.suggested_label} ({i.score:.2f})" for i in issues]
+def plot_label_issues(
+    images: np.ndarray, given: Sequence[str], suggested: Sequence[str], scores: Sequence[float]
+) -> Figure:
+    """Suspected label issues, each titled "given → suggested (label quality)"."""
+    titles = [f"{g} → {s} ({q:.2f})" for g, s, q in zip(given, suggested, scores, strict=True)]
     return _image_grid(images, titles, "Label issues: given → suggested (label quality score)")
 
 
-def plot_hypotheses(results: Sequence[HypothesisResult]) -> Figure:
-    """Forest plot: each hypothesis's estimate with its CI, coloured by verdict."""
-    n = max(len(results), 1)
+def plot_hypotheses(
+    names: Sequence[str],
+    estimates: Sequence[float],
+    low: Sequence[float],
+    high: Sequence[float],
+    counts: Sequence[int],
+    verdicts: Sequence[str],
+    ci_level: float,
+) -> Figure:
+    """Forest plot: each hypothesis's estimate with its CI (from `count` test images),
+    coloured by verdict."""
+    n = max(len(names), 1)
     fig = Figure(figsize=(7.5, 0.5 * n + 1.6), layout="constrained")
     ax = fig.add_subplot()
-    for row, result in enumerate(results):
-        colour = VERDICT_COLOURS.get(result.verdict, "black")
+    rows = zip(estimates, low, high, verdicts, strict=True)
+    for row, (estimate, lo, hi, verdict) in enumerate(rows):
+        colour = VERDICT_COLOURS.get(verdict, "black")
         ax.errorbar(
-            result.estimate,
+            estimate,
             row,
-            xerr=[[result.estimate - result.low], [result.high - result.estimate]],
+            xerr=[[estimate - lo], [hi - estimate]],
             fmt="o",
             color=colour,
             ecolor=colour,
@@ -219,11 +244,12 @@ def plot_hypotheses(results: Sequence[HypothesisResult]) -> Figure:
         )
     ax.axvline(0, color="0.3", linestyle="--", linewidth=1)
     ax.set_yticks(
-        range(len(results)), [f"{r.name}\n(n={r.n:,})" for r in results], fontsize="small"
+        range(len(names)),
+        [f"{name}\n(n={count:,})" for name, count in zip(names, counts, strict=True)],
+        fontsize="small",
     )
     ax.invert_yaxis()
-    level = results[0].ci_level if results else 0.95
-    ax.set_xlabel(f"estimate (difference the hypothesis predicts > 0), {level:.0%} bootstrap CI")
+    ax.set_xlabel(f"estimate (difference the hypothesis predicts > 0), {ci_level:.0%} bootstrap CI")
     handles = [
         Line2D([], [], color=c, marker="o", linestyle="", label=v)
         for v, c in VERDICT_COLOURS.items()

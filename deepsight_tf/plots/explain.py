@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -13,10 +12,6 @@ import scipy.ndimage
 from matplotlib.figure import Figure
 
 from deepsight_tf.plots import HEATMAP_CMAP, OKABE_ITO
-
-if TYPE_CHECKING:
-    from deepsight_tf.diagnose.explain import FaithfulnessReport, SanityCheckResult
-    from deepsight_tf.diagnose.occlusion import CentreEnergy, ContextReliance
 
 OVERLAY_ALPHA = 0.45  # share of the heat map in an overlay; the image stays readable beneath
 
@@ -101,24 +96,31 @@ def _mean_band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, 1.96 * curves.std(axis=0, ddof=1) / math.sqrt(len(curves))
 
 
-def plot_deletion_insertion(report: FaithfulnessReport) -> Figure:
-    """Mean deletion and insertion curves per method against the random order, with 95% bands."""
+def plot_deletion_insertion(
+    curves: Mapping[str, Mapping[str, np.ndarray]], baseline: str
+) -> Figure:
+    """Mean deletion and insertion curves per method against the random order, with 95% bands.
+
+    `curves` maps each method, and "random" (the reference), to its "fractions" (the share of
+    pixels removed or revealed at each step), its "deletion" and "insertion" curves (one row
+    per image) and their per-image "deletion_auc" and "insertion_auc". `baseline` names what
+    removed pixels become.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    chance = report.curves["random"]
+    chance = curves["random"]
+    fractions = chance["fractions"]
+    methods = [name for name in curves if name != "random"]
     for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
-        for i, (name, result) in enumerate(report.methods.items()):
-            curves = getattr(report.curves[name], kind)
-            mean, band = _mean_band(curves)
+        for i, name in enumerate(methods):
+            mean, band = _mean_band(curves[name][kind])
             colour = OKABE_ITO[i % len(OKABE_ITO)]
-            auc = getattr(result, f"{kind}_auc")
-            ax.plot(chance.fractions, mean, color=colour, label=f"{name} (AUC {auc:.3f})")
-            ax.fill_between(chance.fractions, mean - band, mean + band, color=colour, alpha=0.2)
-        mean, band = _mean_band(getattr(chance, kind))
-        auc = float(getattr(chance, f"{kind}_auc").mean())
-        ax.plot(
-            chance.fractions, mean, color="0.2", linestyle="--", label=f"random (AUC {auc:.3f})"
-        )
-        ax.fill_between(chance.fractions, mean - band, mean + band, color="0.5", alpha=0.15)
+            auc = float(np.mean(curves[name][f"{kind}_auc"]))
+            ax.plot(fractions, mean, color=colour, label=f"{name} (AUC {auc:.3f})")
+            ax.fill_between(fractions, mean - band, mean + band, color=colour, alpha=0.2)
+        mean, band = _mean_band(chance[kind])
+        auc = float(np.mean(chance[f"{kind}_auc"]))
+        ax.plot(fractions, mean, color="0.2", linestyle="--", label=f"random (AUC {auc:.3f})")
+        ax.fill_between(fractions, mean - band, mean + band, color="0.5", alpha=0.15)
         verb = "removed" if kind == "deletion" else "revealed"
         ax.set_xlabel(f"share of pixels {verb}, in map order")
         ax.set_title(
@@ -126,7 +128,7 @@ def plot_deletion_insertion(report: FaithfulnessReport) -> Figure:
         )
         ax.legend(fontsize="small")
     axes[0].set_ylabel("probability of the target class")
-    fig.suptitle(f"Faithfulness: removed pixels become the {report.baseline} baseline")
+    fig.suptitle(f"Faithfulness: removed pixels become the {baseline} baseline")
     return fig
 
 
@@ -136,56 +138,70 @@ def _errors(points: Sequence[float], cis: Sequence[tuple[float, float]]) -> np.n
     return np.clip(np.stack([points_arr - cis_arr[:, 0], cis_arr[:, 1] - points_arr]), 0, None)
 
 
-def plot_context_reliance(result: ContextReliance, energy: CentreEnergy | None = None) -> Figure:
-    """Per-class accuracy clean / centre occluded / border occluded with CIs; CAM centre share."""
-    names = [c.name for c in result.classes]
-    positions = np.arange(len(names))
-    panels = 2 if energy is not None else 1
+# The occlusion test's conditions, in the order of the rows plot_context_reliance takes.
+CONDITION_LABELS = (
+    "clean",
+    "centre occluded (object hidden)",
+    "border occluded (context hidden)",
+)
+
+
+def plot_context_reliance(
+    class_names: Sequence[str],
+    accuracy: np.ndarray,
+    accuracy_ci: np.ndarray,
+    *,
+    chance: float,
+    ci_level: float,
+    geometry: str,
+    centre_share: Sequence[float] | None = None,
+    centre_share_ci: Sequence[tuple[float, float]] | None = None,
+    uniform_share: float | None = None,
+) -> Figure:
+    """Per-class accuracy clean / centre occluded / border occluded with CIs; CAM centre share.
+
+    `accuracy` is (3, classes), one row per condition of CONDITION_LABELS, and `accuracy_ci`
+    (3, classes, 2) their intervals; `geometry` describes the occluded regions. With
+    `centre_share` (each class's mean share of CAM mass on the centre, its intervals in
+    `centre_share_ci`) a second panel shows it against `uniform_share`, a uniform map's.
+    """
+    positions = np.arange(len(class_names))
+    panels = 2 if centre_share is not None else 1
     fig, axes = plt.subplots(
-        panels, 1, figsize=(max(9.0, 0.8 * len(names) + 4), 3.6 * panels), squeeze=False
+        panels, 1, figsize=(max(9.0, 0.8 * len(class_names) + 4), 3.6 * panels), squeeze=False
     )
     ax = axes[0, 0]
     width = 0.27
-    for i, (field, label) in enumerate(
-        (
-            ("clean", "clean"),
-            ("centre_occluded", "centre occluded (object hidden)"),
-            ("border_occluded", "border occluded (context hidden)"),
-        )
-    ):
-        points = [getattr(c, field) for c in result.classes]
-        cis = [getattr(c, f"{field}_ci") for c in result.classes]
+    for i, label in enumerate(CONDITION_LABELS):
         ax.bar(
             positions + (i - 1) * width,
-            points,
+            accuracy[i],
             width,
-            yerr=_errors(points, cis),
+            yerr=_errors(accuracy[i], accuracy_ci[i]),
             color=OKABE_ITO[i],
             label=label,
             capsize=2,
         )
-    ax.axhline(result.chance, color="0.3", linestyle="--", linewidth=1, label="chance")
-    ax.set_xticks(positions, names, rotation=45 if len(names) > 6 else 0, ha="right")
+    ax.axhline(chance, color="0.3", linestyle="--", linewidth=1, label="chance")
+    tilt = 45 if len(class_names) > 6 else 0
+    ax.set_xticks(positions, class_names, rotation=tilt, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
-    ax.set_title(
-        f"Context reliance ({result.geometry.describe()}; {100 * result.ci_level:.0f}% CIs)",
-        fontsize="medium",
-    )
+    ax.set_title(f"Context reliance ({geometry}; {100 * ci_level:.0f}% CIs)", fontsize="medium")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    if energy is not None:
+    if centre_share is not None:
         ax = axes[1, 0]
         ax.bar(
             positions,
-            energy.mean,
+            centre_share,
             0.5,
-            yerr=_errors(energy.mean, energy.ci),
+            yerr=None if centre_share_ci is None else _errors(centre_share, centre_share_ci),
             color=OKABE_ITO[5],
             capsize=2,
             label="mean share of CAM mass on the centre",
         )
-        ax.axhline(energy.uniform, color="0.3", linestyle="--", linewidth=1, label="uniform map")
-        ax.set_xticks(positions, energy.class_names, rotation=45 if len(names) > 6 else 0)
+        ax.axhline(uniform_share, color="0.3", linestyle="--", linewidth=1, label="uniform map")
+        ax.set_xticks(positions, class_names, rotation=tilt)
         ax.set_ylim(0, 1.0)
         ax.set_ylabel("CAM mass on centre")
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -193,31 +209,46 @@ def plot_context_reliance(result: ContextReliance, energy: CentreEnergy | None =
     return fig
 
 
-def plot_sanity_check(result: SanityCheckResult, images: np.ndarray | None = None) -> Figure:
-    """Spearman of the maps to the trained model's per cascade step, and example maps."""
-    steps = len(result.groups)
-    examples = len(result.original_maps)
+def plot_sanity_check(
+    method: str,
+    groups: Sequence[str],
+    spearman: np.ndarray,
+    mean_spearman: Sequence[float],
+    threshold: float,
+    flagged_steps: Sequence[str],
+    original_maps: np.ndarray,
+    randomised_maps: np.ndarray,
+    images: np.ndarray | None = None,
+) -> Figure:
+    """Spearman of the maps to the trained model's per cascade step, and example maps.
+
+    Step k randomises `groups[0..k]`; `spearman` is (steps, images) with nan where a trained
+    map is constant; the steps whose mean exceeds `threshold` are `flagged_steps`. The examples:
+    `original_maps` (n, H, W), `randomised_maps` (steps, n, H, W) and their `images`.
+    """
+    steps = len(groups)
+    examples = len(original_maps)
     fig = plt.figure(figsize=(max(7.0, 1.6 * (steps + 2)), 3.4 + 1.8 * examples))
     grid = fig.add_gridspec(
         1 + examples, steps + 2, height_ratios=[2.0] + [1.0] * examples, hspace=0.45
     )
     ax = fig.add_subplot(grid[0, :])
-    labels = [f"+ {g}" for g in result.groups]
+    labels = [f"+ {g}" for g in groups]
     for step in range(steps):
-        values = result.spearman[step]
+        values = spearman[step]
         values = values[np.isfinite(values)]
         jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
         ax.scatter(step + jitter[: len(values)], values, s=8, color=OKABE_ITO[0], alpha=0.4)
-    ax.plot(range(steps), result.mean_spearman, marker="o", color=OKABE_ITO[1], label="mean")
-    ax.axhline(result.threshold, color="0.3", linestyle="--", linewidth=1, label="threshold")
+    ax.plot(range(steps), mean_spearman, marker="o", color=OKABE_ITO[1], label="mean")
+    ax.axhline(threshold, color="0.3", linestyle="--", linewidth=1, label="threshold")
     ax.set_xticks(range(steps), labels)
     ax.set_ylim(-1.05, 1.05)
     ax.set_ylabel("Spearman to trained map")
-    verdict = "passed" if result.passed else f"flagged: {', '.join(result.flagged_steps)}"
-    ax.set_title(f"Sanity check ({result.method}, cascading randomisation): {verdict}")
+    verdict = f"flagged: {', '.join(flagged_steps)}" if flagged_steps else "passed"
+    ax.set_title(f"Sanity check ({method}, cascading randomisation): {verdict}")
     ax.legend(fontsize="small")
     for row in range(examples):
-        columns = [result.original_maps[row], *result.randomised_maps[:, row]]
+        columns = [original_maps[row], *randomised_maps[:, row]]
         titles = ["trained", *labels]
         if images is not None:
             image_ax = fig.add_subplot(grid[1 + row, 0])

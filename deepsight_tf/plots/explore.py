@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,29 +11,36 @@ from matplotlib.figure import Figure
 
 from deepsight_tf.plots import OKABE_ITO
 
-if TYPE_CHECKING:
-    from deepsight_tf.data.explore import ClassBalance
-
 GAP_PX = 2  # white pixels between images in a mosaic
 MEANS_PER_ROW = 10
 
 
-def plot_class_balance(balance: Sequence[ClassBalance], class_names: Sequence[str]) -> Figure:
-    """Share of each class per split, against the uniform share, with each chi-square p-value."""
+def plot_class_balance(
+    class_names: Sequence[str],
+    counts: Mapping[str, Sequence[int]],
+    p_values: Mapping[str, float | None],
+) -> Figure:
+    """Share of each class per split, against the uniform share, with each chi-square p-value.
+
+    `counts` maps each split to its images per class (in `class_names` order); `p_values` maps
+    it to the chi-square test's p-value of a uniform distribution (None: undefined).
+    """
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * k + 2), 3.8))
-    width = 0.8 / max(len(balance), 1)
+    width = 0.8 / max(len(counts), 1)
     positions = np.arange(k)
-    for i, split in enumerate(balance):
-        counts = np.array([split.counts[name] for name in class_names], dtype=float)
-        share = 100 * counts / max(split.total, 1)
-        p = "n/a" if split.p_value is None else f"{split.p_value:.3g}"
+    for i, (split, split_counts) in enumerate(counts.items()):
+        values = np.asarray(split_counts, dtype=float)
+        total = int(values.sum())
+        share = 100 * values / max(total, 1)
+        p_value = p_values[split]
+        p = "n/a" if p_value is None else f"{p_value:.3g}"
         ax.bar(
-            positions + (i - (len(balance) - 1) / 2) * width,
+            positions + (i - (len(counts) - 1) / 2) * width,
             share,
             width=width,
             color=OKABE_ITO[i % len(OKABE_ITO)],
-            label=f"{split.split} (n={split.total:,}, chi-square p={p})",
+            label=f"{split} (n={total:,}, chi-square p={p})",
         )
     ax.axhline(100 / k, color="0.3", linestyle="--", linewidth=1, label="uniform")
     ax.set_xticks(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,21 +11,25 @@ from matplotlib.figure import Figure
 
 from deepsight_tf.plots import OKABE_ITO
 
-if TYPE_CHECKING:
-    from deepsight_tf.data.interpolation import InterpolationStudy
-    from deepsight_tf.data.scrub import DuplicatePair
-
 PAIRS_PER_ROW = 4
 CONFLICT_COLOUR = OKABE_ITO[3]  # vermillion: the two sides carry different labels
 
 
 def duplicate_pairs_figure(
-    pairs: Sequence[DuplicatePair],
     images_a: Sequence[np.ndarray],
     images_b: Sequence[np.ndarray],
+    sides_a: Sequence[tuple[str, int, str]],
+    sides_b: Sequence[tuple[str, int, str]],
+    distances: Sequence[float | None],
     title: str,
 ) -> Figure:
-    """Each pair as two images side by side, captioned with split:index, label and distance."""
+    """Each pair as two images side by side, captioned with split:index, label and distance.
+
+    Pair i is `images_a[i]` and `images_b[i]`, each side described by (split, index within the
+    split, label) in `sides_a[i]` and `sides_b[i]`; `distances[i]` is None for an identical
+    pair. Pairs whose labels differ are drawn in the conflict colour.
+    """
+    pairs = list(zip(sides_a, sides_b, distances, strict=True))
     if not pairs:
         fig, ax = plt.subplots(figsize=(6, 1.2))
         ax.axis("off")
@@ -39,19 +42,16 @@ def duplicate_pairs_figure(
     )
     for ax in axes.ravel():
         ax.axis("off")
-    for n, (pair, a, b) in enumerate(zip(pairs, images_a, images_b, strict=True)):
+    for n, ((side_a, side_b, distance), a, b) in enumerate(
+        zip(pairs, images_a, images_b, strict=True)
+    ):
         row, col = divmod(n, PAIRS_PER_ROW)
-        colour = "black" if pair.same_label else CONFLICT_COLOUR
-        for side, (image, split, index, label) in enumerate(
-            (
-                (a, pair.split_a, pair.index_a, pair.label_a),
-                (b, pair.split_b, pair.index_b, pair.label_b),
-            )
-        ):
+        colour = "black" if side_a[2] == side_b[2] else CONFLICT_COLOUR
+        for side, (image, (split, index, label)) in enumerate(((a, side_a), (b, side_b))):
             ax = axes[row, 2 * col + side]
             ax.imshow(image, interpolation="nearest")
             ax.set_title(f"{split}:{index}\n{label}", fontsize=6.5, color=colour)
-        caption = "identical" if pair.kind == "exact" else f"d={pair.distance:.3f}"
+        caption = "identical" if distance is None else f"d={distance:.3f}"
         axes[row, 2 * col].text(
             1.0, -0.08, caption, transform=axes[row, 2 * col].transAxes, ha="center",
             va="top", fontsize=6.5, color=colour,
@@ -62,10 +62,18 @@ def duplicate_pairs_figure(
 
 
 def interpolation_figure(
-    source: np.ndarray, upsampled: Mapping[str, np.ndarray], study: InterpolationStudy
+    source: np.ndarray,
+    upsampled: Mapping[str, np.ndarray],
+    reconstruction_rmse: Mapping[str, float],
+    selected: str,
+    image_size: int,
+    rule: str,
 ) -> Figure:
-    """The source image and its upsampled versions, full and as a zoomed centre crop."""
-    rows = {r.method: r for r in study.rows}
+    """The source image and its upsampled versions, full and as a zoomed centre crop.
+
+    Each method of the study has its reconstruction RMSE in `reconstruction_rmse`; `selected`
+    is the method the `rule` chose for `image_size` px.
+    """
     names = ["source", *upsampled]
     fig, axes = plt.subplots(2, len(names), figsize=(1.9 * len(names), 4.0), squeeze=False)
     for col, name in enumerate(names):
@@ -76,21 +84,16 @@ def interpolation_figure(
         axes[1, col].imshow(crop, interpolation="nearest")
         if name == "source":
             label = f"source {w}x{h}"
-        elif name in rows:
-            row = rows[name]
-            chosen = " (selected)" if row.selected else ""
-            label = f"{name}{chosen}\nrecon. RMSE {row.reconstruction_rmse:.1f}"
+        elif name in reconstruction_rmse:
+            chosen = " (selected)" if name == selected else ""
+            label = f"{name}{chosen}\nrecon. RMSE {reconstruction_rmse[name]:.1f}"
         else:
             label = name
-        axes[0, col].set_title(
-            label, fontsize=7, fontweight="bold" if name == study.selected else None
-        )
+        axes[0, col].set_title(label, fontsize=7, fontweight="bold" if name == selected else None)
         for ax in axes[:, col]:
             ax.set_xticks([])
             ax.set_yticks([])
     axes[1, 0].set_ylabel("centre crop", fontsize=7)
-    fig.suptitle(
-        f"Upsampling to {study.image_size} px; rule: {study.rule}", fontsize=7.5, wrap=True
-    )
+    fig.suptitle(f"Upsampling to {image_size} px; rule: {rule}", fontsize=7.5, wrap=True)
     fig.tight_layout()
     return fig

@@ -3,31 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from deepsight_tf.plots import OKABE_ITO
 
-if TYPE_CHECKING:
-    from deepsight_tf.training.lr_finder import LRFinderResult
 
-
-def plot_lr_finder(result: LRFinderResult) -> Figure:
-    """Loss (raw and smoothed) against learning rate on a log axis, with the suggestion."""
+def plot_lr_finder(
+    lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray, suggestion: float, method: str
+) -> Figure:
+    """Loss (raw and smoothed) against learning rate on a log axis, with the suggested rate
+    (found by `method`)."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.add_subplot()
-    ax.plot(result.lrs, result.losses, color=OKABE_ITO[0], alpha=0.35, label="loss")
-    ax.plot(result.lrs, result.smoothed, color=OKABE_ITO[0], label="smoothed loss")
+    ax.plot(lrs, losses, color=OKABE_ITO[0], alpha=0.35, label="loss")
+    ax.plot(lrs, smoothed, color=OKABE_ITO[0], label="smoothed loss")
     ax.axvline(
-        result.suggestion,
+        suggestion,
         color=OKABE_ITO[3],
         linestyle="--",
-        label=f"suggested lr {result.suggestion:.2g} ({result.method})",
+        label=f"suggested lr {suggestion:.2g} ({method})",
     )
     ax.set_xscale("log")
-    finite = result.smoothed[np.isfinite(result.smoothed)]
+    smoothed = np.asarray(smoothed)
+    finite = smoothed[np.isfinite(smoothed)]
     # Keep the blow-up at the end from flattening the descent that matters.
     top = min(float(np.max(finite)), 2.0 * float(finite[0]))
     ax.set_ylim(bottom=float(np.min(finite)) * 0.95, top=top * 1.05)

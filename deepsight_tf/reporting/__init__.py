@@ -11,12 +11,13 @@ from collections.abc import Sequence
 
 from deepsight_tf.core.checks import check_name
 from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.settings import DEFAULT_N_BOOT
 from deepsight_tf.core.workspace import Workspace
 from deepsight_tf.reporting.run_page import ReportResult, run_report
 
 
 def report(
-    workspace: Workspace, run_ids: Sequence[str], n_boot: int = 2000, seed: int = 0
+    workspace: Workspace, run_ids: Sequence[str], n_boot: int = DEFAULT_N_BOOT, seed: int = 0
 ) -> ReportResult:
     """runs/<id>/report.html for one run; reports/compare-<a>-<b>.html for two or more."""
     from deepsight_tf.reporting.compare import compare_report

@@ -13,7 +13,6 @@ from deepsight_tf.core.errors import PrerequisiteError, StaleArtifactError
 from deepsight_tf.core.manifest import DATA_INPUT, PREDICTIONS_INPUT, SPLIT_INPUT, Manifest
 from deepsight_tf.core.storage import read_json
 from deepsight_tf.core.workspace import (
-    FIGURES_DIR,
     IMAGES_FILE,
     INTERPRET_DIR,
     MANIFEST,
@@ -70,10 +69,6 @@ class RunArtifacts:
     @property
     def interpret_dir(self) -> Path:
         return self.record.run_dir / INTERPRET_DIR
-
-    @property
-    def interpret_figures(self) -> Path:
-        return self.interpret_dir / FIGURES_DIR
 
 
 def load_run_artifacts(workspace: Workspace, run_id: str) -> RunArtifacts:

@@ -1,18 +1,14 @@
-"""The comparison page: runs side by side, paired bootstrap intervals over their test set."""
+"""The comparison page: runs side by side, and the paired differences diagnose/comparison.py
+computes over their test set."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
-
-from deepsight_tf.core.errors import ConfigError
-from deepsight_tf.core.manifest import DATA_INPUT
 from deepsight_tf.core.storage import atomic_write_text
-from deepsight_tf.core.workspace import Workspace
+from deepsight_tf.core.workspace import CONFUSION_FIGURE, Workspace
+from deepsight_tf.diagnose.comparison import Delta, RunComparison, compare_runs
 from deepsight_tf.reporting.artifacts import (
     Headline,
     RunArtifacts,
@@ -39,145 +35,6 @@ from deepsight_tf.reporting.results_section import pct_points
 from deepsight_tf.reporting.run_page import PROVENANCE_SUFFIXES, ReportResult, provenance
 from deepsight_tf.reporting.training_section import SETTINGS_SHOWN, plain
 
-TOP_CHANGES = 8  # confusion cells listed as got better / got worse
-
-
-# Compare verdicts from the interval of B - A (evaluation.verdict_from_ci's words, renamed).
-CHANGE_WORDS = {"supported": "better", "contradicted": "worse", "inconclusive": "no clear change"}
-
-
-@dataclass
-class Delta:
-    """B - A for one metric, with a paired bootstrap interval when both scored the same images."""
-
-    name: str
-    a: float
-    b: float
-    delta: float
-    low: float | None
-    high: float | None
-    verdict: str  # better, worse, no clear change, or "not paired"
-
-
-@dataclass
-class ConfusionChange:
-    """One off-diagonal cell of the confusion matrix in both runs (counts of test images)."""
-
-    true: str
-    predicted: str
-    a: int
-    b: int
-    delta: int
-
-
-@dataclass
-class RunComparison:
-    """Run B against run A on the test set."""
-
-    a: str
-    b: str
-    paired: bool
-    pairing: str  # why the intervals are paired, or why they are not
-    n: int
-    accuracy: Delta
-    macro_f1: Delta
-    recall: list[Delta]
-    worse: list[ConfusionChange]  # cells that grew, largest first
-    better: list[ConfusionChange]  # cells that shrank, largest first
-    duration_a: float | None
-    duration_b: float | None
-
-
-def _change(low: float | None, high: float | None) -> str:
-    from deepsight_tf.diagnose.bootstrap import verdict_from_ci
-
-    if low is None or high is None:
-        return "not paired"
-    return CHANGE_WORDS[verdict_from_ci(low, high)]
-
-
-def compare_predictions(
-    labels: np.ndarray,
-    probs_a: np.ndarray,
-    probs_b: np.ndarray,
-    class_names: Sequence[str],
-    *,
-    paired: bool = True,
-    labels_b: np.ndarray | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """B - A in accuracy, macro-F1 and each class's recall, and the confusion cells that moved.
-
-    With `paired` both runs scored the same test images (in the same order): the intervals come
-    from resampling those images once for both runs (a paired bootstrap), which removes the
-    variation the two share. Otherwise (`labels_b` gives B's labels) only the differences of the
-    point estimates are given.
-    """
-    from sklearn.metrics import confusion_matrix, f1_score
-
-    from deepsight_tf.diagnose.comparison import paired_differences
-
-    labels_a = np.asarray(labels)
-    labels_b = labels_a if labels_b is None else np.asarray(labels_b)
-    if paired and not np.array_equal(labels_a, labels_b):
-        raise ValueError("paired comparison needs the same test labels in the same order")
-    k, ids = len(class_names), list(range(len(class_names)))
-    pred_a, pred_b = np.asarray(probs_a).argmax(1), np.asarray(probs_b).argmax(1)
-    hits_a, hits_b = pred_a == labels_a, pred_b == labels_b
-    cis = (
-        paired_differences(labels_a, pred_a, pred_b, k, (), n_boot=n_boot, seed=seed)
-        if paired
-        else {}
-    )
-
-    def delta(name: str, a: float, b: float, ci: tuple[float, float, float] | None) -> Delta:
-        low, high = (ci[1], ci[2]) if ci is not None else (None, None)
-        return Delta(name, a, b, b - a, low, high, _change(low, high))
-
-    accuracy_a, accuracy_b = float(hits_a.mean()), float(hits_b.mean())
-    f1_a = float(f1_score(labels_a, pred_a, labels=ids, average="macro", zero_division=0))
-    f1_b = float(f1_score(labels_b, pred_b, labels=ids, average="macro", zero_division=0))
-    recall = []
-    for c, name in enumerate(class_names):
-        in_a, in_b = labels_a == c, labels_b == c
-        if not in_a.any() or not in_b.any():
-            continue
-        a, b = float(hits_a[in_a].mean()), float(hits_b[in_b].mean())
-        recall.append(delta(name, a, b, cis.get(f"recall:{c}")))
-    conf_a = confusion_matrix(labels_a, pred_a, labels=ids)
-    conf_b = confusion_matrix(labels_b, pred_b, labels=ids)
-    moved = conf_b - conf_a
-    cells = [
-        ConfusionChange(class_names[i], class_names[j], int(conf_a[i, j]), int(conf_b[i, j]), d)
-        for (i, j), d in np.ndenumerate(moved)
-        if i != j and d != 0
-    ]
-    return {
-        "n": len(labels_a),
-        "accuracy": delta("accuracy", accuracy_a, accuracy_b, cis.get("accuracy")),
-        "macro_f1": delta("macro-F1", f1_a, f1_b, cis.get("macro_f1")),
-        "recall": recall,
-        "worse": sorted((c for c in cells if c.delta > 0), key=lambda c: -c.delta)[:TOP_CHANGES],
-        "better": sorted((c for c in cells if c.delta < 0), key=lambda c: c.delta)[:TOP_CHANGES],
-    }
-
-
-def same_test_set(a: RunArtifacts, b: RunArtifacts) -> tuple[bool, str]:
-    """Whether a paired comparison is valid: the same stored data set and the same test images."""
-
-    sha_a = a.manifest.inputs.get(DATA_INPUT, {}).get("sha256")
-    sha_b = b.manifest.inputs.get(DATA_INPUT, {}).get("sha256")
-    if a.class_names != b.class_names:
-        return False, "the runs have different classes"
-    if sha_a is None or sha_a != sha_b:
-        return False, "the runs were trained on different copies of the data set"
-    for key in ("test_indices", "test_labels"):
-        if not np.array_equal(a.predictions[key], b.predictions[key]):
-            return False, "the runs scored different test images"
-    n = len(a.predictions["test_labels"])
-    return True, f"paired bootstrap over the {n:,} test images both runs scored"
-
 
 def compare_report(
     workspace: Workspace, run_ids: Sequence[str], n_boot: int, seed: int
@@ -187,35 +44,10 @@ def compare_report(
     summaries = [scored_summary(r, n_boot, seed) for r in runs]
     heads = [make_headline(r, s) for r, s in zip(runs, summaries, strict=True)]
     base = runs[0]
-    comparisons = []
-    for other in runs[1:]:
-        paired, why = same_test_set(base, other)
-        if base.class_names != other.class_names:
-            raise ConfigError(
-                f"runs {base.run_id} and {other.run_id} have different classes; compare runs "
-                "of one data set"
-            )
-        found = compare_predictions(
-            base.predictions["test_labels"],
-            base.predictions["test_probs"],
-            other.predictions["test_probs"],
-            base.class_names,
-            paired=paired,
-            labels_b=other.predictions["test_labels"],
-            n_boot=n_boot,
-            seed=seed,
-        )
-        comparisons.append(
-            RunComparison(
-                a=base.run_id,
-                b=other.run_id,
-                paired=paired,
-                pairing=why if paired else f"not paired: {why}; differences without intervals",
-                duration_a=base.metrics.get("duration_s"),
-                duration_b=other.metrics.get("duration_s"),
-                **found,
-            )
-        )
+    comparisons = [
+        compare_runs(base.record, base.predictions, other.record, other.predictions, n_boot, seed)
+        for other in runs[1:]
+    ]
     path = workspace.reports_dir() / f"compare-{'-'.join(run_ids)}.html"
     page = render_page(
         title="Compare " + " vs ".join(run_ids),
@@ -317,8 +149,8 @@ def compare_sections(
     confusion_parts = [table for c in comparisons for table in _confusion_tables(c)]
     side = [
         figure(
-            r.interpret_figures / "confusion_matrix.png",
-            f"Run {r.run_id}: {CAPTIONS['confusion_matrix']}",
+            r.interpret_dir / CONFUSION_FIGURE,
+            f"Run {r.run_id}: {CAPTIONS[CONFUSION_FIGURE]}",
             f"confusion matrix of {r.run_id}",
         )
         for r in runs
@@ -351,7 +183,7 @@ def _runs_table(runs: Sequence[RunArtifacts], heads: Sequence[Headline]) -> Html
             ]
         )
     return table(
-        "The runs compared (intervals: 95% bootstrap on each run's test set)",
+        f"The runs compared (intervals: {heads[0].ci_level:.0%} bootstrap on each run's test set)",
         ["run", "backbone", "input", "augmentation", "accuracy", "macro-F1", "gate"],
         rows,
         table_id="runs",
@@ -362,7 +194,7 @@ def _runs_table(runs: Sequence[RunArtifacts], heads: Sequence[Headline]) -> Html
 def _difference_table(c: RunComparison) -> Html:
     return table(
         f"{c.b} − {c.a} on {c.n:,} test images ({c.pairing})",
-        ["metric", c.a, c.b, "difference", "95% CI", "verdict"],
+        ["metric", c.a, c.b, "difference", f"{c.ci_level:.0%} CI", "verdict"],
         [
             [
                 d.name,
@@ -382,7 +214,7 @@ def _difference_table(c: RunComparison) -> Html:
 def _recall_table(c: RunComparison) -> Html:
     return table(
         f"Recall per class, {c.b} − {c.a} (paired within each class)",
-        ["class", c.a, c.b, "difference", "95% CI", "verdict"],
+        ["class", c.a, c.b, "difference", f"{c.ci_level:.0%} CI", "verdict"],
         [
             [
                 d.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deepsight_tf.core.workspace import IMAGES_FILE, QUALITY_FILE
+from deepsight_tf.core.workspace import IMAGES_FILE, INTERPOLATION_FIGURE, QUALITY_FILE
 from deepsight_tf.reporting.artifacts import UpstreamArtifacts
 from deepsight_tf.reporting.captions import CAPTIONS
 from deepsight_tf.reporting.html import (
@@ -115,7 +115,7 @@ def balance_parts(up: UpstreamArtifacts) -> list[Any]:
     for rel in e.get("figures", []):
         stem = Path(rel).stem
         parts.append(
-            figure(Path(up.explore_dir or "") / rel, CAPTIONS.get(stem, stem), f"explore: {stem}")
+            figure(Path(up.explore_dir or "") / rel, CAPTIONS.get(rel, stem), f"explore: {stem}")
         )
     return parts
 
@@ -182,8 +182,8 @@ def scrub_parts(up: UpstreamArtifacts, image_size: int) -> list[Any]:
     figures = [f for f in s.get("files", []) if f.endswith(".png")]
     for rel in figures:
         stem = Path(rel).stem
-        if stem != "interpolation":
-            parts.append(figure(scrub_dir / rel, CAPTIONS.get(stem, stem), f"scrub: {stem}"))
+        if rel != INTERPOLATION_FIGURE:
+            parts.append(figure(scrub_dir / rel, CAPTIONS.get(rel, stem), f"scrub: {stem}"))
     parts += quality_parts(s.get("quality") or {})
     if study["image_size"] != image_size:
         return [
@@ -250,7 +250,12 @@ def interpolation_parts(study: dict[str, Any], figures: list[str], scrub_dir: Pa
             )
         )
     parts.append(paragraph(f"Selected: {study['selected']} ({study['rule']})."))
-    for rel in figures:
-        if Path(rel).stem == "interpolation":
-            parts.append(figure(scrub_dir / rel, CAPTIONS["interpolation"], "scrub: interpolation"))
+    if INTERPOLATION_FIGURE in figures:
+        parts.append(
+            figure(
+                scrub_dir / INTERPOLATION_FIGURE,
+                CAPTIONS[INTERPOLATION_FIGURE],
+                "scrub: interpolation",
+            )
+        )
     return parts

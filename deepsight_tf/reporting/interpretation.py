@@ -9,6 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deepsight_tf.core.workspace import (
+    CAM_FIGURE_PREFIX,
+    CONTEXT_FIGURE,
+    DELETION_INSERTION_FIGURE,
+    FIGURES_DIR,
+    HYPOTHESES_FIGURE,
+    LABEL_ISSUES_FIGURE,
+    SANITY_FIGURE,
+    TOP_LOSSES_FIGURE,
+    cam_figure,
+)
 from deepsight_tf.reporting.artifacts import RunArtifacts, interpret_hint
 from deepsight_tf.reporting.captions import CAPTIONS, cam_caption
 from deepsight_tf.reporting.html import (
@@ -27,15 +38,16 @@ from deepsight_tf.reporting.html import (
 
 @dataclass
 class _Figures:
-    """interpret's figures by name: the ones it drew are shown with their captions."""
+    """interpret's figures by name (core/workspace.py's, relative to the interpret folder): the
+    ones it drew are shown with their captions."""
 
     folder: Path
-    stems: set[str]
+    drawn: set[str]  # the file names of the figures interpret lists in its report
 
-    def get(self, stem: str, alt: str) -> list[Any]:
-        if stem not in self.stems:
+    def get(self, name: str, alt: str) -> list[Any]:
+        if Path(name).name not in self.drawn:
             return []
-        return [figure(self.folder / f"{stem}.png", CAPTIONS[stem], alt)]
+        return [figure(self.folder / name, CAPTIONS[name], alt)]
 
 
 def interpretation_section(run: RunArtifacts) -> Html:
@@ -46,7 +58,7 @@ def interpretation_section(run: RunArtifacts) -> Html:
             "Interpretation",
             [missing(f"not run yet: {interpret_hint(run.run_id)}")],
         )
-    figures = _Figures(run.interpret_figures, {Path(f).stem for f in rep.get("figures", [])})
+    figures = _Figures(run.interpret_dir, {Path(f).name for f in rep.get("figures", [])})
     parts = [
         *_hypotheses(rep, figures),
         *_faithfulness(rep, figures),
@@ -82,7 +94,7 @@ def _hypotheses(rep: dict[str, Any], figures: _Figures) -> list[Any]:
             numeric=(1, 2, 3),
         )
     )
-    return parts + figures.get("hypotheses", "hypotheses")
+    return parts + figures.get(HYPOTHESES_FIGURE, "hypotheses")
 
 
 def _faithfulness(rep: dict[str, Any], figures: _Figures) -> list[Any]:
@@ -114,7 +126,7 @@ def _faithfulness(rep: dict[str, Any], figures: _Figures) -> list[Any]:
                 numeric=range(1, 6),
             )
         )
-        parts += figures.get("deletion_insertion", "deletion and insertion curves")
+        parts += figures.get(DELETION_INSERTION_FIGURE, "deletion and insertion curves")
     sanity = rep.get("sanity")
     if sanity:
         steps = ", ".join(
@@ -130,7 +142,7 @@ def _faithfulness(rep: dict[str, Any], figures: _Figures) -> list[Any]:
                 f"(flagged above {sanity['threshold']}).",
             )
         )
-        parts += figures.get("sanity_check", "sanity check")
+        parts += figures.get(SANITY_FIGURE, "sanity check")
     return parts
 
 
@@ -178,7 +190,7 @@ def _context(rep: dict[str, Any], figures: _Figures) -> list[Any]:
     )
     if "assumes" in ctx:
         parts.append(paragraph(f"The test assumes {ctx['assumes']}.", css="note"))
-    return parts + figures.get("context_reliance", "context reliance")
+    return parts + figures.get(CONTEXT_FIGURE, "context reliance")
 
 
 def _cam_gallery(run: RunArtifacts, figures: _Figures) -> list[Any]:
@@ -186,18 +198,18 @@ def _cam_gallery(run: RunArtifacts, figures: _Figures) -> list[Any]:
     settings = run.interpret_manifest.settings if run.interpret_manifest else {}
     method = str(settings.get("methods", "gradcam")).split(",")[0]
     names = run.class_names
-    order = [f"cam_{n}_{k}" for n in names for k in ("correct", "wrong")]
-    order += sorted(s for s in figures.stems if s.startswith("cam_") and s not in order)
+    order = [Path(cam_figure(f"{n}_{k}")).name for n in names for k in ("correct", "wrong")]
+    order += sorted(f for f in figures.drawn if f.startswith(CAM_FIGURE_PREFIX) and f not in order)
     # Per-class grids two to a row; the top losses and confused pairs (more images) span it.
     grids = [
         figure(
-            figures.folder / f"{stem}.png",
-            cam_caption(stem, method, names),
-            stem.replace("_", " "),
-            css=None if stem.endswith(("_correct", "_wrong")) else "wide",
+            figures.folder / FIGURES_DIR / file,
+            cam_caption(Path(file).stem, method, names),
+            Path(file).stem.replace("_", " "),
+            css=None if Path(file).stem.endswith(("_correct", "_wrong")) else "wide",
         )
-        for stem in order
-        if stem in figures.stems
+        for file in order
+        if file in figures.drawn
     ]
     gallery = element("div", grids, class_="gallery") if grids else missing("no CAM grids")
     return [element("h3", "Grad-CAM"), gallery]
@@ -236,7 +248,7 @@ def _label_issues(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> 
         )
     return [
         *parts,
-        *figures.get("label_issues", "label issues"),
+        *figures.get(LABEL_ISSUES_FIGURE, "label issues"),
         *_train_label_issues(issues),
         *_imagenet_label_issues(issues),
     ]
@@ -394,5 +406,5 @@ def _top_losses(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> li
             table_id="top-losses",
             numeric=(0, 3, 4, 5),
         ),
-        *figures.get("top_losses", "top losses"),
+        *figures.get(TOP_LOSSES_FIGURE, "top losses"),
     ]

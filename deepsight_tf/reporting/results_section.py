@@ -7,6 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from deepsight_tf.core.workspace import (
+    CONFUSION_FIGURE,
+    MOST_CONFUSED_FIGURE,
+    PER_CLASS_RECALL_FIGURE,
+    RELIABILITY_FIGURE,
+)
 from deepsight_tf.reporting.artifacts import Headline, RunArtifacts, interpret_hint
 from deepsight_tf.reporting.captions import CAPTIONS
 from deepsight_tf.reporting.html import (
@@ -35,10 +41,10 @@ def results_section(run: RunArtifacts, summary: dict[str, Any], head: Headline) 
     return section("results", "Results", parts)
 
 
-def _interpret_figure(run: RunArtifacts, stem: str, alt: str) -> list[Any]:
+def _interpret_figure(run: RunArtifacts, name: str, alt: str) -> list[Any]:
     if run.interpret is None:
         return []
-    return [figure(run.interpret_figures / f"{stem}.png", CAPTIONS[stem], alt)]
+    return [figure(run.interpret_dir / name, CAPTIONS[name], alt)]
 
 
 def _weight_average_rows(ema: dict[str, Any] | None) -> list[list[str]]:
@@ -160,7 +166,7 @@ def _per_class(run: RunArtifacts, summary: dict[str, Any], head: Headline) -> li
             table_id="per-class",
             numeric=range(1, 6),
         ),
-        *_interpret_figure(run, "per_class_recall", "per-class recall"),
+        *_interpret_figure(run, PER_CLASS_RECALL_FIGURE, "per-class recall"),
     ]
 
 
@@ -194,7 +200,7 @@ def _confusion(run: RunArtifacts, summary: dict[str, Any]) -> list[Any]:
             css="confusion",
             cell_styles=styles,
         ),
-        *_interpret_figure(run, "confusion_matrix", "confusion matrix"),
+        *_interpret_figure(run, CONFUSION_FIGURE, "confusion matrix"),
         table(
             "Most confused pairs (both directions; rate over the two classes' images)",
             ["pair", "a → b", "b → a", "rate"],
@@ -202,7 +208,7 @@ def _confusion(run: RunArtifacts, summary: dict[str, Any]) -> list[Any]:
             table_id="confused-pairs",
             numeric=(1, 2, 3),
         ),
-        *_interpret_figure(run, "most_confused", "most confused"),
+        *_interpret_figure(run, MOST_CONFUSED_FIGURE, "most confused"),
     ]
 
 
@@ -228,7 +234,7 @@ def _calibration(run: RunArtifacts) -> list[Any]:
             table_id="calibration",
             numeric=(1, 2),
         ),
-        *_interpret_figure(run, "reliability", "reliability"),
+        *_interpret_figure(run, RELIABILITY_FIGURE, "reliability"),
     ]
     leak = run.interpret.get("leakage")
     if leak and leak["in_mask"]["n"]:

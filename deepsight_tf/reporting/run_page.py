@@ -52,7 +52,7 @@ class ReportResult:
     sections: dict[str, str]  # section: "shown", or what to run to fill it
     headlines: list[Headline]
     hypotheses: list[dict[str, Any]] = field(default_factory=list)
-    comparisons: list[Any] = field(default_factory=list)  # compare.RunComparison
+    comparisons: list[Any] = field(default_factory=list)  # diagnose.comparison.RunComparison
     duration_s: float = 0.0
 
 

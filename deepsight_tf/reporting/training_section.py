@@ -97,7 +97,7 @@ def training_section(run: RunArtifacts, history_figure: Path | None) -> Html:
     ]
     if history_figure is not None:
         starts = ", ".join(f"phase {r[0]} is epochs {r[2]}" for r in phase_rows)
-        caption = f"{CAPTIONS['training_history']} Phases: {starts}."
+        caption = f"{CAPTIONS[HISTORY_FIGURE]} Phases: {starts}."
         parts.append(figure(history_figure, caption, "training history"))
     parts.append(_history_table(run))
     return section("training", "Training", parts)
@@ -106,8 +106,8 @@ def training_section(run: RunArtifacts, history_figure: Path | None) -> Html:
 def _input_figures(run: RunArtifacts) -> list[Any]:
     """What the model was fed (a real batch) and the schedule each phase followed."""
     shown = [
-        figure(run.run_dir / BATCH_FIGURE, CAPTIONS["batch"], "a training batch"),
-        figure(run.run_dir / SCHEDULE_FIGURE, CAPTIONS["schedule"], "one-cycle schedules"),
+        figure(run.run_dir / BATCH_FIGURE, CAPTIONS[BATCH_FIGURE], "a training batch"),
+        figure(run.run_dir / SCHEDULE_FIGURE, CAPTIONS[SCHEDULE_FIGURE], "one-cycle schedules"),
     ]
     return [element("div", shown, class_="side-by-side")]
 

@@ -15,13 +15,11 @@ from keras import ops
 from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.storage import atomic_write_json
-from deepsight_tf.core.workspace import LR_FINDER_FILE, Workspace
+from deepsight_tf.core.workspace import LR_FINDER_FIGURE, LR_FINDER_FILE, Workspace
 from deepsight_tf.training.data import training_data
 from deepsight_tf.training.plan import default_run_id, parse_unfreeze, plan_phases, resolve_settings
 from deepsight_tf.training.prepare import phase_optimizer, prepare, set_trainable
 from deepsight_tf.training.step import train_step_function, weighted_loss
-
-LR_FINDER_FIGURE = "lr_finder.png"
 
 
 @dataclass
@@ -207,7 +205,12 @@ def find_lr(settings: TrainSettings, workspace: Workspace, steps: int = 100) -> 
             optimizer_factory=lambda schedule: phase_optimizer(settings, phase, schedule),
             steps=steps,
         )
-        figure = save_figure(plot_lr_finder(result), run_dir / LR_FINDER_FIGURE)
+        figure = save_figure(
+            plot_lr_finder(
+                result.lrs, result.losses, result.smoothed, result.suggestion, result.method
+            ),
+            run_dir / LR_FINDER_FIGURE,
+        )
         atomic_write_json(
             run_dir / LR_FINDER_FILE, {"settings": asdict(settings), **result.to_dict()}
         )

@@ -83,6 +83,15 @@ def training_metrics(num_classes: int, sparse_labels: bool = False) -> list[kera
     return [accuracy, MacroF1(num_classes)]
 
 
+def macro_f1(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
+    """Macro-F1 of predicted classes over all `num_classes` classes, by scikit-learn (a class
+    neither present nor predicted scores 0): the one implementation for held-out arrays."""
+    from sklearn.metrics import f1_score
+
+    ids = list(range(num_classes))
+    return float(f1_score(labels, predicted, labels=ids, average="macro", zero_division=0))
+
+
 def classification_scores(
     labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
 ) -> dict[str, Any]:
@@ -91,7 +100,7 @@ def classification_scores(
     Per class: precision, recall, f1 and support (scikit-learn's classification_report, with
     0 where a class is never predicted). The confusion matrix has the true class in rows.
     """
-    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
     labels = np.asarray(labels)
     predicted = np.asarray(probs).argmax(axis=1)
@@ -107,9 +116,7 @@ def classification_scores(
     return {
         "n": len(labels),
         "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(
-            f1_score(labels, predicted, labels=ids, average="macro", zero_division=0)
-        ),
+        "macro_f1": macro_f1(labels, predicted, len(class_names)),
         "per_class": {
             name: {
                 "precision": float(report[name]["precision"]),

@@ -1,4 +1,4 @@
-"""Hand-built models with known answers for the explanation tests (not a test module)."""
+"""Hand-built models with known answers for the explanation tests."""
 
 from __future__ import annotations
 

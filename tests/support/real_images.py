@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from synthetic_images import jpeg, recoloured
+
+from support.synthetic_images import jpeg, recoloured
 
 REFERENCE_SIDE = 32  # the copies below are stated for 32 px images
 
@@ -153,7 +154,7 @@ def cropped(
 
 
 Copy = Callable[[np.ndarray, int, int], np.ndarray]
-# The copies a data set picks up, as bench/duplicates.py and tests/synthetic_images.py plant
+# The copies a data set picks up, as bench/duplicates.py and tests/support/synthetic_images.py plant
 # them into 32 px photos; each maps (source, side, margin) to a copy of the image.
 COPIES: dict[str, Copy] = {
     "shift 1 px": lambda s, n, m: view(s, n, m, 1, 0),
