@@ -11,16 +11,12 @@ WEIGHTS ?= none
 DEEPSIGHT := $(BIN)/deepsight --workspace $(WS)
 
 # Training budget of `make all`: the schedule is sized to BUDGET of wall time (the whole train
-# command), so the chain ends in a known time on any machine. The recipe is airbench94's, in
-# deepsight's flags: its network at the data's own 32 px (feature maps the CPU's matrix units
-# fill), a whitened first layer, batch 1024 under a linear one-cycle with a 64x rate on biases,
-# label smoothing 0.2, translation and alternating flips, Lookahead, and 6 test-time views.
-# Against it and the earlier ResNet-18 recipe: docs/results.md.
+# command), so the chain ends in a known time on any machine. RECIPE is the recipe's one home,
+# a settings file (airbench94's network and schedule); TRAIN_FLAGS, typed after it, override
+# any of its lines.
 BUDGET ?= 30m
-TRAIN_FLAGS ?= --backbone airbench94 --image-size 32 --batch-size 1024 --lr 1.5 --momentum 0.85 \
-	--weight-decay 0.00887 --bias-lr-mult 64 --anneal linear --pct-start 0.23 --div-factor 5 \
-	--final-div-factor 2.857 --label-smoothing 0.2 --augment translate --flip alternate --dropout 0 \
-	--tta flip-translate --lookahead
+RECIPE ?= assets/recipes/airbench94.toml
+TRAIN_FLAGS ?=
 RUN ?= make-all
 
 .PHONY: setup lock wheel-check bench-setup test test-browser test-full lint docs all obtain scrub explore train interpret report experiment clean
@@ -100,7 +96,7 @@ explore: scrub
 # --resume-or-start: a rerun of `make all` continues an interrupted run $(RUN), or starts it
 # when there is none (plain --resume refuses a run id with no run: a typo never trains).
 train: explore
-	$(DEEPSIGHT) train --weights $(WEIGHTS) --budget $(BUDGET) --run-id $(RUN) --resume-or-start $(TRAIN_FLAGS)
+	$(DEEPSIGHT) train --weights $(WEIGHTS) --budget $(BUDGET) --run-id $(RUN) --resume-or-start --config $(RECIPE) $(TRAIN_FLAGS)
 
 interpret: train
 	$(DEEPSIGHT) interpret $(RUN)

@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from label_issues import cpu_name, ranking_metrics  # noqa: E402
-from planted_labels import confusable_flips, most_confused_with, uniform_flips  # noqa: E402
 
 from deepsight_tf.core.workspace import Workspace  # noqa: E402
 from deepsight_tf.data.dataset import load_dataset  # noqa: E402
@@ -41,6 +40,8 @@ from deepsight_tf.diagnose.imagenet_features import pooled_features  # noqa: E40
 from deepsight_tf.diagnose.independent import evidence_from_features  # noqa: E402
 from deepsight_tf.diagnose.label_scores import self_confidence  # noqa: E402
 from deepsight_tf.training.data import stratified_subset  # noqa: E402
+
+from support.planted_labels import confusable_flips, most_confused_with, uniform_flips  # noqa: E402
 
 CSV_COLUMNS = (
     "image_size",

@@ -4,7 +4,7 @@
         [--seeds 3] [--csv docs/results/label_issues.csv]
 
 Three kinds of label issue are planted on --share of the test images, one draw per seed
-(tests/planted_labels.py): uniform (a random other class), confusable (the class the true
+(tests/support/planted_labels.py): uniform (a random other class), confusable (the class the true
 class is most often confused with, read from the ImageNet probe's out-of-fold predictions on
 the training images, never from the test set or any published list) and composite (a
 CutMix-style box of an image of another class pasted in, a quarter to 45% of the image, and
@@ -51,14 +51,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from planted_labels import (  # noqa: E402
-    KINDS,
-    composites,
-    confusable_flips,
-    most_confused_with,
-    uniform_flips,
-)
-
 from deepsight_tf.core.workspace import IMAGES_FILE, Workspace  # noqa: E402
 from deepsight_tf.data.dataset import load_dataset  # noqa: E402
 from deepsight_tf.data.scrub import load_split  # noqa: E402
@@ -72,6 +64,14 @@ from deepsight_tf.diagnose.label_scores import (  # noqa: E402
     mixture_weight,
     normalized_margin,
     self_confidence,
+)
+
+from support.planted_labels import (  # noqa: E402
+    KINDS,
+    composites,
+    confusable_flips,
+    most_confused_with,
+    uniform_flips,
 )
 
 CSV_COLUMNS = (

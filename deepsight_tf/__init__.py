@@ -31,6 +31,7 @@ _EXPORTS = {
     "ExploreSettings": "deepsight_tf.core.settings",
     "TrainSettings": "deepsight_tf.core.settings",
     "InterpretSettings": "deepsight_tf.core.settings",
+    "settings_from_file": "deepsight_tf.core.settings_file",
     "DeepsightError": "deepsight_tf.core.errors",
     "TrainingMonitor": "deepsight_tf.core.progress",
     "PrintMonitor": "deepsight_tf.core.progress",

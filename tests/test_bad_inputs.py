@@ -386,7 +386,7 @@ CASES = [
     Case("runs/ not a folder", runs_not_a_folder, 10, "could not write"),
     Case("--config not TOML", config_file("[train\nlr = 1"), 7, "recipe.toml: not TOML"),
     Case("--config, no table", config_file("lr = 0.1"), 7, "'lr' is not a command's table"),
-    Case("--config, unknown key", config_file("[train]\nlearning-rate = 0.1"), 7, "'learning-rate'"),
+    Case("--config, unknown key", config_file("[train]\nrate = 0.1"), 7, "no setting 'rate'"),
     Case("--config, a string for a number", config_file('[train]\nlr = "fast"'), 7, "a number"),
     Case("--config, a bool for an int", config_file("[train]\nepochs = true"), 7, "whole number"),
     Case("--config, bad choice", config_file('[train]\nbackbone = "vgg"'), 7, "choose one of"),

@@ -1,21 +1,22 @@
 """Label evidence that never saw the labels: the ImageNet feature cache (computed once, read
 back, rebuilt when stale), the probes and neighbours on it finding planted label issues, and
-the planted kinds themselves (tests/planted_labels.py, which bench/label_issues.py uses)."""
+the planted kinds themselves (tests/support/planted_labels.py, which bench/label_issues.py uses)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from planted_labels import (
+
+from deepsight_tf.diagnose.independent import evidence_from_features, project
+from deepsight_tf.diagnose.label_scores import self_confidence
+
+from support.planted_labels import (
     COMPOSITE_AREA,
     composites,
     confusable_flips,
     most_confused_with,
     uniform_flips,
 )
-
-from deepsight_tf.diagnose.independent import evidence_from_features, project
-from deepsight_tf.diagnose.label_scores import self_confidence
 
 
 # The planted kinds ---------------------------------------------------------------------------
@@ -126,10 +127,10 @@ def test_each_stage_is_normalised_on_its_own() -> None:
 def stored(tmp_path_factory: pytest.TempPathFactory):
     """A stored separable data set (40 + 10 images a class, 16 px), lite0 converted into a
     temporary DEEPSIGHT_CACHE."""
-    from test_training import separable_workspace
-
     from deepsight_tf.data.dataset import load_dataset
     from deepsight_tf.model import efficientnet_lite
+
+    from support.separable import separable_workspace
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DEEPSIGHT_CACHE", str(tmp_path_factory.mktemp("deepsight-cache")))

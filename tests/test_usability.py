@@ -117,7 +117,7 @@ def test_train_help_groups_its_options_in_the_settings_panels() -> None:
     text = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "250"}).stdout
     panels = help_panels(text)
     assert list(panels) == TRAIN_PANELS
-    assert panels["Options"] == ["--find-lr", "--help"]
+    assert panels["Options"] == ["--find-lr", "--config", "--help"]
     for flag, panel in [
         ("--dataset", "Data"),
         ("--backbone", "Model"),

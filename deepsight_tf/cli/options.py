@@ -99,7 +99,7 @@ def _config_parameter() -> inspect.Parameter:
     option = typer.Option(
         CONFIG_FLAG,
         help="A TOML file of settings: this command's [table] of it (keys as the flags are "
-        "spelled); flags typed here override it. A run's settings.toml repeats the run.",
+        "spelled); flags typed here override it. A run's own stored settings file repeats it.",
         show_default=False,
     )
     return inspect.Parameter(
@@ -150,14 +150,17 @@ def settings_options(
         generated = settings_parameters(cls, exclude)
         names = frozenset(p.name for p in generated)
         owns_config = all(p.name != CONFIG_PARAM for p in own)  # stacked: the inner one reads it
+        # Typer hands the context to one parameter only: the command's own, where it has one.
+        ctx_name = next((p.name for p in own if p.annotation is typer.Context), CONTEXT_PARAM)
+        adds_context = owns_config and ctx_name == CONTEXT_PARAM
         if owns_config:
-            own += [_config_parameter(), _context_parameter()]
+            own += [_config_parameter(), *([_context_parameter()] if adds_context else [])]
 
         @functools.wraps(func)
         def command(*args: Any, **kwargs: Any) -> Any:
             values = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
             config = kwargs.pop(CONFIG_PARAM) if owns_config else kwargs.get(CONFIG_PARAM)
-            ctx = kwargs.pop(CONTEXT_PARAM) if owns_config else kwargs.get(CONTEXT_PARAM)
+            ctx = kwargs.pop(ctx_name) if adds_context else kwargs.get(ctx_name)
             if config is not None:
                 values.update(_from_config(ctx, config, cls, names))
             return func(*args, **{param: cls(**values)}, **kwargs)

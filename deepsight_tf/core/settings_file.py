@@ -12,8 +12,8 @@ flags are (or as the fields are):
     max-images = 200
 
 A command reads its own table and leaves the others alone; flags typed on the command line
-override the file. Every training run stores what it was given as `settings.toml` in this same
-form, so `deepsight train --config runs/X/settings.toml` repeats run X.
+override the file. Every training run stores what it was given in this same form (its
+workspace.SETTINGS_FILE), and `deepsight train --config` on that file repeats the run.
 """
 
 from __future__ import annotations
@@ -76,6 +76,13 @@ def read_settings_file(path: Path | str, cls: type, names: frozenset[str]) -> di
             )
         values[name] = _typed(value, hints[name], f"{CONFIG_FLAG} {path}: [{section}] {key}")
     return values
+
+
+def settings_from_file(path: Path | str, cls: type, **overrides: Any) -> Any:
+    """`cls` from `path`'s table for it, `overrides` winning, as `--config` and typed flags:
+    `settings_from_file("assets/recipes/airbench94.toml", TrainSettings, budget="30m")`."""
+    names = frozenset(f.name for f in fields(cls) if f.metadata.get("cli", True))
+    return cls(**{**read_settings_file(path, cls, names), **overrides})
 
 
 def _typed(value: Any, annotation: Any, where: str) -> Any:

@@ -1,0 +1,129 @@
+"""Recipes as files: `--config FILE` equals the same flags, flags override the file, and a run's
+stored settings.toml repeats the run (its config.json equal but for times and its name)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from deepsight_tf.cli import app
+from deepsight_tf.core.settings import InterpretSettings, ScrubSettings, TrainSettings
+from deepsight_tf.core.settings_file import (
+    PER_INVOCATION,
+    read_settings_file,
+    settings_from_file,
+    settings_toml,
+)
+from deepsight_tf.core.workspace import CONFIG_FILE, SETTINGS_FILE, Workspace
+
+from support.separable import separable_workspace
+
+# Times and names that differ between two runs of one recipe; everything else must match.
+VOLATILE = {"run_id", "created", "started", "finished", "seconds", "duration_s", "measured"}
+
+TINY_FLAGS = [
+    "--image-size", "16", "--width-multiplier", "0.0625", "--batch-size", "8", "--epochs", "1",
+    "--lr", "0.05", "--augment", "none", "--seed", "3", "--no-estimate", "--precision", "float32",
+    "--label-smoothing", "0.1", "--flip", "alternate", "--lookahead",
+]  # fmt: skip
+
+
+def _cli_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls) if f.metadata.get("cli", True))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        TrainSettings(),
+        TrainSettings(
+            backbone="airbench94", image_size=32, lr=1.5, momentum=0.85, lookahead=True,
+            label_smoothing=0.2, tta="flip-translate", budget="10m", run_id="x", resume=True,
+            weights='/tmp/odd "name"/w.weights.h5',
+        ),
+        InterpretSettings(methods="gradcam", max_images=7, imagenet_evidence=False),
+        ScrubSettings(val_size=0.2),
+    ],
+    ids=["train defaults", "train recipe", "interpret", "scrub"],
+)  # fmt: skip
+def test_a_settings_file_reads_back_as_the_settings_it_was_written_from(
+    settings: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "recipe.toml"
+    path.write_text(settings_toml(settings))
+    cls = type(settings)
+    values = read_settings_file(path, cls, _cli_names(cls))
+    expected = {
+        f.name: getattr(settings, f.name)
+        for f in fields(settings)
+        if f.name not in PER_INVOCATION and f.metadata.get("cli", True)
+    }
+    assert values == {k: v for k, v in expected.items() if v is not None}
+    reset = {f.name: f.default for f in fields(settings) if f.name in PER_INVOCATION}
+    assert cls(**values) == replace(settings, **reset)
+
+
+def test_one_file_holds_every_phase_and_each_reads_its_own_table(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.toml"
+    path.write_text("[train]\nimage-size = 24\nlr = 1\n\n[scrub]\nval_size = 0.25\n")
+    assert read_settings_file(path, TrainSettings, _cli_names(TrainSettings)) == {
+        "image_size": 24,
+        "lr": 1.0,  # a TOML integer where a rate is wanted
+    }
+    assert read_settings_file(path, ScrubSettings, _cli_names(ScrubSettings)) == {"val_size": 0.25}
+    assert read_settings_file(path, InterpretSettings, _cli_names(InterpretSettings)) == {}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return separable_workspace(tmp_path_factory.mktemp("recipes"))
+
+
+def _train(ws: Workspace, *args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(app, ["--workspace", str(ws.root), "train", *args])
+    assert result.exit_code == 0, result.output
+    run_id = args[args.index("--run-id") + 1]
+    return json.loads((ws.root / "runs" / run_id / CONFIG_FILE).read_text())
+
+
+def _steady(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _steady(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_steady(v) for v in value]
+    return value
+
+
+def test_config_equals_the_flags_and_a_runs_settings_file_repeats_it(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    by_flags = _train(workspace, "--run-id", "flags", *TINY_FLAGS)
+    stored = workspace.root / "runs" / "flags" / SETTINGS_FILE
+    assert "run-id" not in stored.read_text()  # a recipe, not this run's name
+    repeated = _train(workspace, "--run-id", "again", "--config", str(stored))
+    assert _steady(repeated) == _steady(by_flags)
+    assert repeated["settings"]["lookahead"] is True
+
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(stored.read_text().replace("lr = 0.05", "lr = 0.2"))
+    typed = _train(workspace, "--run-id", "typed", "--config", str(recipe), "--lr", "0.05")
+    assert _steady(typed) == _steady(by_flags)  # the flag typed here beats the file's 0.2
+
+
+def test_the_shipped_recipe_is_valid_and_the_one_make_all_trains() -> None:
+    root = Path(__file__).resolve().parents[1]
+    recipe = root / "assets" / "recipes" / "airbench94.toml"
+    settings = settings_from_file(recipe, TrainSettings, budget="30m")
+    assert (settings.backbone, settings.image_size, settings.tta) == (
+        "airbench94",
+        32,
+        "flip-translate",
+    )
+    makefile = (root / "Makefile").read_text()
+    assert "RECIPE ?= assets/recipes/airbench94.toml" in makefile
+    assert "--config $(RECIPE)" in makefile
