@@ -431,6 +431,7 @@ def test_bad_input_is_one_line_with_its_exit_code_and_loses_nothing(
     assert not Path("/tmp/deepsight-pwned").exists()
 
 
+@pytest.mark.slow  # seconds of training each: make test-full runs it
 def test_a_rejected_or_crashed_run_does_not_block_its_id(stocked: Workspace, tmp_path) -> None:
     ws = tmp_path / "ws"
     shutil.copytree(stocked.root, ws)
@@ -446,6 +447,7 @@ def test_a_rejected_or_crashed_run_does_not_block_its_id(stocked: Workspace, tmp
     assert (ws / "runs" / "again" / MODEL_FILE).is_file()
 
 
+@pytest.mark.slow  # seconds of training each: make test-full runs it
 def test_resume_or_start_starts_a_missing_run_then_leaves_it_as_it_is(
     stocked: Workspace, tmp_path: Path
 ) -> None:
@@ -593,6 +595,7 @@ def test_line_breaks_escapes_and_surrogates_in_a_message_stay_on_one_line(
 
 
 # --- a stop is quick: a container manager sends SIGKILL 10 s after SIGTERM ------------------
+@pytest.mark.slow  # seconds of training each: make test-full runs it
 def test_sigterm_exits_within_2_seconds_of_the_commit(stocked: Workspace, tmp_path: Path) -> None:
     """The real command in a fresh process: SIGTERM after the second epoch's row; the commit
     (state.json written) to the process's end is under 2 s, exit code 143. (TensorFlow's

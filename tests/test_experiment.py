@@ -172,6 +172,7 @@ def test_an_interrupted_experiment_resumes_and_compares(tmp_path, monkeypatch) -
         run_experiment(settings, tiny(epochs=3), ws)
 
 
+@pytest.mark.slow  # seconds of training each: make test-full runs it
 def test_with_a_budget_the_seed_reruns_take_the_baselines_schedule(tmp_path, monkeypatch) -> None:
     """The baseline is sized by --budget (planted: 1 s a step, 40 s: about 27 steps, as the
     arm's own clock runs from its start); its rerun with the next seed is given that schedule,

@@ -53,7 +53,12 @@ def reference(prepared: Workspace) -> dict[str, object]:
 
 @pytest.mark.parametrize(
     ("step", "augment"),
-    [(5, "light"), (12, "light"), (20, "light"), (5, "none")],
+    [
+        pytest.param(5, "light", marks=pytest.mark.slow),
+        (12, "light"),
+        (20, "light"),
+        pytest.param(5, "none", marks=pytest.mark.slow),
+    ],
     ids=["phase1-pixels", "epoch-end", "phase2", "phase1-cached-features"],
 )
 def test_ctrl_c_stops_at_the_next_step_saves_and_resumes_exactly(
@@ -219,6 +224,7 @@ def test_a_crash_before_the_first_commit_resumes_from_the_start(
         assert_same_outcome(outcome(Path(result.run_dir)), reference)
 
 
+@pytest.mark.slow  # seconds of training each: make test-full runs it
 def test_a_crash_after_the_last_commit_still_completes_every_artifact(
     prepared: Workspace, reference: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:

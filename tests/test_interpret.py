@@ -141,6 +141,7 @@ def efficientnet_run(prepared: Workspace, lite0_cache) -> tuple:
     return ws, trained, interpret(settings, ws)
 
 
+@pytest.mark.slow  # seconds of training each: make test-full runs it
 def test_explanations_run_on_an_efficientnet_run(efficientnet_run) -> None:
     """Grad-CAMs read at EfficientNet's head conv (2 x 2 at 64 px) are maps of the input's
     size in [0, 1]; faithfulness, the sanity cascade and the occlusion test run on them."""
@@ -197,7 +198,7 @@ def test_bad_settings_and_missing_run(tmp_path: Path) -> None:
     assert result.exit_code == 4 and "run `deepsight train` first" in result.stderr
 
 
-def test_label_evidence_from_imagenet_features(interpreted) -> None:
+def test_label_evidence_from_imagenet_features(interpreted: Interpreted) -> None:
     """The ImageNet probes' lists are cleanlab on their probabilities (recomputed here from the
     cached features), the ranking of label_issues.csv is the stacked geometric mixture, the
     attribution counts the doubted errors, and the manifest cites the features it read."""
@@ -207,7 +208,7 @@ def test_label_evidence_from_imagenet_features(interpreted) -> None:
     from deepsight_tf.diagnose.independent import independent_evidence
     from deepsight_tf.diagnose.label_scores import mixture, mixture_weight
 
-    ws, result = interpreted
+    ws, result = interpreted.workspace, interpreted.result
     folder = Path(result.folder)
     imagenet = result.label_issues["imagenet"]
     data, _ = load_dataset(ws, "rgb")

@@ -70,7 +70,11 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("code", [THROUGH_FASTCONV, NARROW_MODELS], ids=["conv", "models"])
+@pytest.mark.parametrize(
+    "code",
+    [THROUGH_FASTCONV, pytest.param(NARROW_MODELS, marks=pytest.mark.slow)],
+    ids=["conv", "models"],
+)
 def test_narrow_convolution_gradients_do_not_crash(code: str) -> None:
     done = run_python(code)
     assert done.returncode == 0 and "survived" in done.stdout, (

@@ -139,6 +139,7 @@ def test_a_budget_with_progressive_resizing_is_filled_to_the_step(seconds: float
 # --- tiny runs ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # seconds of training each: make test-full runs it
 def test_a_run_feeds_each_epoch_its_size_and_stores_the_schedule(
     prepared: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

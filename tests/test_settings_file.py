@@ -99,9 +99,7 @@ def _steady(value: Any) -> Any:
     return value
 
 
-def test_config_equals_the_flags_and_a_runs_settings_file_repeats_it(
-    workspace: Workspace, tmp_path: Path
-) -> None:
+def test_config_equals_the_flags_and_a_runs_settings_file_repeats_it(workspace: Workspace) -> None:
     by_flags = _train(workspace, "--run-id", "flags", *TINY_FLAGS)
     stored = workspace.root / "runs" / "flags" / SETTINGS_FILE
     assert "run-id" not in stored.read_text()  # a recipe, not this run's name
@@ -109,10 +107,11 @@ def test_config_equals_the_flags_and_a_runs_settings_file_repeats_it(
     assert _steady(repeated) == _steady(by_flags)
     assert repeated["settings"]["lookahead"] is True
 
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(stored.read_text().replace("lr = 0.05", "lr = 0.2"))
-    typed = _train(workspace, "--run-id", "typed", "--config", str(recipe), "--lr", "0.05")
-    assert _steady(typed) == _steady(by_flags)  # the flag typed here beats the file's 0.2
+    # A flag typed after --config beats the file: a bad one fails where the file's was fine.
+    ws = ["--workspace", str(workspace.root)]
+    typed = ["train", "--run-id", "typed", "--config", str(stored), "--lr", "-1"]
+    result = CliRunner().invoke(app, [*ws, *typed])
+    assert result.exit_code == 7 and "--lr -1" in result.stderr, result.output
 
 
 def test_the_shipped_recipe_is_valid_and_the_one_make_all_trains() -> None:

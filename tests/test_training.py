@@ -248,6 +248,7 @@ def test_auto_precision_keeps_what_the_probe_measured_faster_and_records_it(
     assert all(f"{policy} {s * 1000:.0f} ms" in line for policy, s in seconds.items())
 
 
+@pytest.mark.slow  # seconds of training each: make test-full runs it
 def test_the_precision_probe_starts_the_run_where_its_choice_given_would(
     prepared: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -288,6 +289,7 @@ def test_the_precision_probe_starts_the_run_where_its_choice_given_would(
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
+@pytest.mark.slow  # seconds of training each: make test-full runs it
 def test_a_resumed_auto_run_keeps_the_precision_it_measured(
     prepared: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

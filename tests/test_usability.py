@@ -184,6 +184,7 @@ class Recorder(TrainingMonitor):
         self.events.append(("epoch", dict(row)))
 
 
+@pytest.mark.slow  # seconds of training each: make test-full runs it
 def test_the_monitor_hears_an_estimate_every_step_and_the_history_rows(
     prepared: Workspace,
 ) -> None:
@@ -215,6 +216,7 @@ def test_the_cli_prints_the_estimate_and_one_line_per_epoch(prepared: Workspace)
     ]
 
 
+@pytest.mark.slow  # seconds of training each: make test-full runs it
 def test_a_run_draws_its_batch_and_schedule_and_drops_its_checkpoints(
     prepared: Workspace,
 ) -> None:
@@ -341,6 +343,7 @@ def readme_example() -> str:
     return block
 
 
+@pytest.mark.slow  # seconds of training each: make test-full runs it
 def test_the_readme_python_example_runs_on_tiny_data(tmp_path: Path, monkeypatch) -> None:
     """The README's notebook example, with the data source and sizes made tiny."""
     source = separable_npz(tmp_path / "rgb.npz")
