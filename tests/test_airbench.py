@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -125,3 +128,25 @@ def test_saved_airbench_reloads_in_safe_mode_and_predicts_the_same(tmp_path) -> 
     np.testing.assert_allclose(
         loaded.predict(images[:8], verbose=0), model.predict(images[:8], verbose=0), atol=1e-6
     )
+
+
+def test_a_fresh_process_loads_a_saved_airbench_through_the_saving_module_alone(tmp_path) -> None:
+    """Its custom layers (whitening, fused BatchNorm) are registered by importing the module
+    that loads models, not by whatever the process imported before (a bench, predict)."""
+    images = patches_images(16)
+    model = build_classifier("airbench93", 10, 32, init_images=images, width_multiplier=0.25)
+    path = tmp_path / "model.keras"
+    save_classifier(model, path)
+    np.save(tmp_path / "images.npy", images[:4])
+    code = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from deepsight_tf.model.saving import load_classifier\n"
+        "model = load_classifier(Path(sys.argv[1]))\n"
+        "np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))\n"
+    )
+    out = tmp_path / "probs.npy"
+    args = [sys.executable, "-c", code, str(path), str(tmp_path / "images.npy"), str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(out), model.predict(images[:4], verbose=0), atol=1e-6)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import keras
 
+from deepsight_tf.model import layers  # noqa: F401  (registers the layers a saved model names)
 from deepsight_tf.model.fastconv import accelerate_convolutions
 
 
