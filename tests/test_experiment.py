@@ -13,7 +13,8 @@ import pytest
 
 from deepsight_tf.core.errors import ConfigError, DataError, PrerequisiteError, TrainingInterrupted
 from deepsight_tf.core.manifest import DROPPED_INPUT
-from deepsight_tf.core.settings import ExperimentSettings
+from deepsight_tf.core.settings import ExperimentSettings, TrainSettings
+from deepsight_tf.core.settings_file import settings_from_file
 from deepsight_tf.core.storage import read_json, sha256_file
 from deepsight_tf.core.workspace import DROPPED_TRAIN_FILE, PLAN_FILE, REPORT_JSON, Workspace
 from deepsight_tf.diagnose.comparison import compare_arms, pair_confusion, verdict
@@ -100,6 +101,25 @@ def test_plan_names_every_arm_and_refuses_unknown_ones() -> None:
         ExperimentSettings(name="e", arms="baseline,cutmx")
     with pytest.raises(ConfigError, match="give baseline"):
         ExperimentSettings(name="e", arms="cutmix")
+
+
+def test_the_transfer_arm_is_deepsights_transfer_defaults_on_the_experiments_data() -> None:
+    """Against airbench94's recipe: Lite0 from ImageNet with every recipe setting at the default
+    `deepsight train --backbone efficientnet-lite0 --weights imagenet` has, while the seed,
+    budget and precision stay the experiment's; it is sized by a probe of its own."""
+    root = Path(__file__).resolve().parents[1]
+    recipe = settings_from_file(
+        root / "assets/recipes/airbench94.toml", TrainSettings, budget="10m", seed=3
+    )
+    plan = ExperimentSettings(name="t", arms="baseline,transfer", baseline_seeds=1)
+    (arm,) = plan_arms(plan, recipe)[1:]
+    assert arm.run_id == "t-transfer"
+    assert replace(recipe, **arm.changes) == TrainSettings(
+        backbone="efficientnet-lite0", weights="imagenet", budget="10m", seed=3
+    )
+    assert {"seed", "budget", "precision"}.isdisjoint(arm.changes)
+    assert arm.changes["image_size"] == 64 and arm.changes["lookahead"] is False
+    assert not shares_baseline_schedule(arm)
 
 
 def test_a_setting_arm_changes_that_setting_alone_read_as_its_type() -> None:

@@ -484,6 +484,7 @@ EXPERIMENT_ARMS = (
     "ema",
     "zero-init",
     "progressive",
+    "transfer",
 )
 
 
@@ -498,7 +499,8 @@ class ExperimentSettings(Settings):
         "flip=random). focus-pairs and class-weights are derived from the baseline's "
         "validation predictions, clean-labels leaves out a run's training label issues "
         "(--issues-from), clean-labels-imagenet the ones that the same run's interpret found "
-        "with ImageNet features.",
+        "with ImageNet features. transfer trains EfficientNet-Lite0 from its ImageNet weights "
+        "with deepsight's transfer defaults in place of the baseline's recipe.",
     )
     baseline_seeds: int = setting(
         2, "Baseline runs with different seeds: their spread is the run-to-run noise.", ge=1

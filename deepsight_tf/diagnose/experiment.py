@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,14 @@ from deepsight_tf.core.errors import (
 )
 from deepsight_tf.core.manifest import now_iso
 from deepsight_tf.core.progress import Notify, TrainingMonitor
-from deepsight_tf.core.settings import ExperimentSettings, TrainSettings, setting_arm
+from deepsight_tf.core.settings import (
+    MODEL,
+    REGULARISATION,
+    SCHEDULE,
+    ExperimentSettings,
+    TrainSettings,
+    setting_arm,
+)
 from deepsight_tf.core.storage import atomic_write_bytes, atomic_write_json, read_json
 from deepsight_tf.core.workspace import (
     BASELINE_RECALL_FILE,
@@ -78,7 +85,14 @@ ARM_CHANGES: dict[str, dict[str, Any]] = {
     "ema": {"ema": 0.999},
     "zero-init": {"zero_init_residual": True},
     "progressive": {},  # progressive_resize: two thirds of the baseline's image size
+    "transfer": {},  # the baseline's recipe undone, then TRANSFER: see transfer_changes
 }
+# The transfer arm's network. The recipe it undoes: every setting of the Model, Schedule and
+# Regularisation panels, the image size and the test-time views (the data, seed, budget and
+# precision stay the experiment's).
+TRANSFER = {"backbone": "efficientnet-lite0", "weights": "imagenet"}
+RECIPE_PANELS = (MODEL, SCHEDULE, REGULARISATION)
+RECIPE_FIELDS = ("image_size", "tta")
 DERIVED = ("focus-pairs", "class-weights", *CLEAN_ARMS)
 # Changes that make a step, or the final scoring, cost more or less: with --budget such an arm
 # is sized by its own probe (its change includes what the budget buys); every other arm takes
@@ -144,7 +158,21 @@ def _changes(arm: str, base: TrainSettings) -> dict[str, Any]:
         return setting_arm(arm)
     if arm == "progressive":
         return {"progressive_resize": progressive_start(base.image_size)}
+    if arm == "transfer":
+        return transfer_changes(base)
     return dict(ARM_CHANGES[arm])
+
+
+def transfer_changes(base: TrainSettings) -> dict[str, Any]:
+    """ImageNet transfer against the baseline's recipe: TRANSFER with every other recipe
+    setting at the default `deepsight train` gives it (those that differ from the baseline's)."""
+    recipe = {
+        f.name: f.default
+        for f in fields(TrainSettings)
+        if f.metadata.get("panel") in RECIPE_PANELS or f.name in RECIPE_FIELDS
+    }
+    wanted = {**recipe, **TRANSFER}
+    return {name: value for name, value in wanted.items() if getattr(base, name) != value}
 
 
 def run_experiment(
