@@ -379,13 +379,22 @@ def attribution_table(attribution: dict[str, Any]) -> None:
         console.print(f'claim "{claim["claim"]}": not tested ({claim["why"]})')
         return
     low, high = claim["difference_ci"]
-    console.print(
+    line = (
         f'claim "{claim["claim"]}": {claim["verdict"]} (semantic '
         f"{claim['semantic_share']:.1%} minus data quality {claim['data_quality_share']:.1%} "
         f"= {claim['difference']:+.1%} [{low:+.1%}, {high:+.1%}]; data quality counts "
         f"{', '.join(claim['data_quality_causes'])}; {claim.get('both_share', 0.0):.1%} of the "
-        "errors on both sides)"
+        "errors on both sides"
     )
+    certain = claim.get("certain_causes")
+    if certain is not None and certain != claim["data_quality_causes"]:
+        c_low, c_high = claim["certain_difference_ci"]
+        line += (
+            f"; with only {', '.join(certain) or 'no cause'} counted, "
+            f"{claim['certain_difference']:+.1%} [{c_low:+.1%}, {c_high:+.1%}]"
+        )
+    line += ")" + (f"; {claim['why']}" if claim.get("why") else "")
+    console.print(line)
 
 
 def render_experiment(result: Any) -> None:

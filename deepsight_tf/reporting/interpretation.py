@@ -254,6 +254,19 @@ def _label_issues(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> 
     ]
 
 
+def _certain_bound(claim: dict[str, Any]) -> str:
+    """The claim's difference with only the certain data-quality causes, where the probes'
+    doubts (an upper bound) were counted too; "" otherwise (older reports have no bound)."""
+    certain = claim.get("certain_causes")
+    if certain is None or certain == claim["data_quality_causes"]:
+        return ""
+    return (
+        f"; with only {', '.join(certain) or 'no cause'} counted (a lower bound on data "
+        f"quality, {claim['certain_share']:.1%}) it is {claim['certain_difference']:+.1%} "
+        f"{fmt_ci(claim['certain_difference_ci'], '+.1%')}"
+    )
+
+
 def _issue_rows(top: list[dict[str, Any]]) -> list[list[str]]:
     """Table rows of label issues (label_issues.csv's top rows, test or training)."""
     return [
@@ -364,9 +377,13 @@ def _attribution(rep: dict[str, Any]) -> list[Any]:
             f"({', '.join(claim['data_quality_causes'])}) {claim['data_quality_share']:.1%}; "
             f"the difference is {claim['difference']:+.1%} "
             f"{fmt_ci(claim['difference_ci'], '+.1%')} "
-            f"({claim.get('both_share', 0.0):.1%} of the errors count on both sides): ",
+            f"({claim.get('both_share', 0.0):.1%} of the errors count on both sides)"
+            + _certain_bound(claim)
+            + ": ",
             badge(claim["verdict"]),
         ]
+        if claim.get("why"):
+            verdict.append(f" ({claim['why']})")
     return [
         element("h3", "What the errors have in common"),
         table(
