@@ -77,6 +77,10 @@ def test_one_file_holds_every_phase_and_each_reads_its_own_table(tmp_path: Path)
     }
     assert read_settings_file(path, ScrubSettings, _cli_names(ScrubSettings)) == {"val_size": 0.25}
     assert read_settings_file(path, InterpretSettings, _cli_names(InterpretSettings)) == {}
+    # experiment names its arms' runs itself: a recipe's run id is left to it, not refused
+    path.write_text('[train]\nrun-id = "mine"\nlr = 0.5\n')
+    names = _cli_names(TrainSettings) - {"run_id", "resume", "resume_or_start"}
+    assert read_settings_file(path, TrainSettings, names) == {"lr": 0.5}
 
 
 @pytest.fixture(scope="module")

@@ -66,9 +66,13 @@ def read_settings_file(path: Path | str, cls: type, names: frozenset[str]) -> di
             )
     section = section_of(cls)
     hints = typing.get_type_hints(cls)
+    # Settings this command decides itself (experiment names its runs): read, not applied.
+    decided_here = {f.name for f in fields(cls) if f.metadata.get("cli", True)} - names
     values: dict[str, Any] = {}
     for key, value in data.get(section, {}).items():
         name = key.replace("-", "_")
+        if name in decided_here:
+            continue
         if name not in names:
             raise ConfigError(
                 f"{CONFIG_FLAG} {path}: [{section}] has no setting {key!r}; "
