@@ -98,8 +98,9 @@ CONTEXT_PARAM = "settings_context"  # not `ctx`: a command may take its own
 def _config_parameter() -> inspect.Parameter:
     option = typer.Option(
         CONFIG_FLAG,
-        help="A TOML file of settings: this command's [table] of it (keys as the flags are "
-        "spelled); flags typed here override it. A run's own stored settings file repeats it.",
+        help="A TOML file of settings: its table named after this command (keys spelled as "
+        "the flags are); flags typed here override it. A run's own stored settings file "
+        "repeats the run.",
         show_default=False,
     )
     return inspect.Parameter(
