@@ -214,7 +214,7 @@ def test_label_evidence_from_imagenet_features(interpreted: Interpreted) -> None
     data, _ = load_dataset(ws, "rgb")
     evidence = independent_evidence(ws, data, dataset_sha256(ws, "rgb"), load_split(ws, "rgb"))
     assert evidence.pass_s is None  # interpret cached the features
-    predictions = np.load(ws.run_dir("run") / "predictions.npz")
+    predictions = np.load(ws.run_dir(INTERPRETED_RUN) / "predictions.npz")
     labels = predictions["test_labels"]
 
     def indices(name: str) -> list[int]:
