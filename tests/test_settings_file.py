@@ -103,6 +103,7 @@ def _steady(value: Any) -> Any:
     return value
 
 
+@pytest.mark.slow  # two runs of training: make test-full runs it
 def test_config_equals_the_flags_and_a_runs_settings_file_repeats_it(workspace: Workspace) -> None:
     by_flags = _train(workspace, "--run-id", "flags", *TINY_FLAGS)
     stored = workspace.root / "runs" / "flags" / SETTINGS_FILE
