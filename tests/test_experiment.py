@@ -120,6 +120,9 @@ def test_the_transfer_arm_is_deepsights_transfer_defaults_on_the_experiments_dat
     assert {"seed", "budget", "precision"}.isdisjoint(arm.changes)
     assert arm.changes["image_size"] == 64 and arm.changes["lookahead"] is False
     assert not shares_baseline_schedule(arm)
+    # without a budget both arms train the experiment's epochs
+    (arm,) = plan_arms(plan, replace(recipe, budget=None, epochs=2))[1:]
+    assert "epochs" not in arm.changes
 
 
 def test_a_setting_arm_changes_that_setting_alone_read_as_its_type() -> None:

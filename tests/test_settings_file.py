@@ -8,10 +8,12 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
+from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.settings import InterpretSettings, ScrubSettings, TrainSettings
 from deepsight_tf.core.settings_file import (
     PER_INVOCATION,
@@ -108,6 +110,11 @@ def test_config_equals_the_flags_and_a_runs_settings_file_repeats_it(workspace: 
     by_flags = _train(workspace, "--run-id", "flags", *TINY_FLAGS)
     stored = workspace.root / "runs" / "flags" / SETTINGS_FILE
     assert "run-id" not in stored.read_text()  # a recipe, not this run's name
+    # as given: what deepsight decides from the weights (rate, frozen phase, stages) is left
+    # to decide again, so the file with --weights imagenet gets the pretrained defaults
+    assert not {"frozen-epochs", "unfreeze", "stem"} & {
+        line.split(" = ")[0] for line in stored.read_text().splitlines()
+    }
     repeated = _train(workspace, "--run-id", "again", "--config", str(stored))
     assert _steady(repeated) == _steady(by_flags)
     assert repeated["settings"]["lookahead"] is True
@@ -131,3 +138,16 @@ def test_the_shipped_recipe_is_valid_and_the_one_make_all_trains() -> None:
     makefile = (root / "Makefile").read_text()
     assert "RECIPE ?= assets/recipes/airbench94.toml" in makefile
     assert "--config $(RECIPE)" in makefile
+
+
+def test_strings_toml_cannot_hold_raw_are_escaped_or_refused(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.toml"
+    odd = TrainSettings(weights='/tmp/del\x7f"q\\é\u2028.weights.h5', lr=np.float64(0.5))
+    path.write_text(settings_toml(odd))
+    values = read_settings_file(path, TrainSettings, _cli_names(TrainSettings))
+    assert values["weights"] == odd.weights and values["lr"] == 0.5
+    with pytest.raises(ConfigError, match=r"--drop-train .*not UTF-8 text"):
+        settings_toml(TrainSettings(drop_train="/tmp/\udcff.csv"))
+    path.write_text("[train]\nimage-size = 24\nimage_size = 32\n")
+    with pytest.raises(ConfigError, match="sets image-size twice"):
+        read_settings_file(path, TrainSettings, _cli_names(TrainSettings))

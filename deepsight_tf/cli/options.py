@@ -98,9 +98,9 @@ CONTEXT_PARAM = "settings_context"  # not `ctx`: a command may take its own
 def _config_parameter() -> inspect.Parameter:
     option = typer.Option(
         CONFIG_FLAG,
-        help="A TOML file of settings: its table named after this command (keys spelled as "
-        "the flags are); flags typed here override it. A run's own stored settings file "
-        "repeats the run.",
+        help="A TOML file of settings: its tables named after this command (experiment reads "
+        "train's too; keys spelled as the flags are); flags typed here override it. A run's "
+        "own stored settings file repeats the run.",
         show_default=False,
     )
     return inspect.Parameter(

@@ -390,7 +390,7 @@ def attribution_table(attribution: dict[str, Any]) -> None:
     if certain is not None and certain != claim["data_quality_causes"]:
         c_low, c_high = claim["certain_difference_ci"]
         line += (
-            f"; with only {', '.join(certain) or 'no cause'} counted, "
+            f"; without the probes' doubts ({', '.join(certain) or 'no other cause measured'}), "
             f"{claim['certain_difference']:+.1%} [{c_low:+.1%}, {c_high:+.1%}]"
         )
     line += ")" + (f"; {claim['why']}" if claim.get("why") else "")

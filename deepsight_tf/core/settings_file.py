@@ -19,6 +19,7 @@ workspace.SETTINGS_FILE), and `deepsight train --config` on that file repeats th
 from __future__ import annotations
 
 import json
+import numbers
 import tomllib
 import typing
 from dataclasses import fields
@@ -71,6 +72,10 @@ def read_settings_file(path: Path | str, cls: type, names: frozenset[str]) -> di
     values: dict[str, Any] = {}
     for key, value in data.get(section, {}).items():
         name = key.replace("-", "_")
+        if name in values:
+            raise ConfigError(
+                f"{CONFIG_FLAG} {path}: [{section}] sets {name.replace('_', '-')} twice; keep one"
+            )
         if name in decided_here:
             continue
         if name not in names:
@@ -103,12 +108,23 @@ def _typed(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def _toml_value(value: Any) -> str:
+def _toml_value(name: str, value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))
+    text = str(value)  # a path given from Python, too
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"--{name.replace('_', '-')} {text!r}: not UTF-8 text, which a settings file "
+            "cannot hold; rename it"
+        ) from None
+    # A TOML basic string: JSON's escapes, and DEL, which TOML refuses raw.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def settings_toml(settings: Any, exclude: frozenset[str] = PER_INVOCATION) -> str:
@@ -119,5 +135,5 @@ def settings_toml(settings: Any, exclude: frozenset[str] = PER_INVOCATION) -> st
         value = getattr(settings, f.name)
         if f.name in exclude or not f.metadata.get("cli", True) or value is None:
             continue
-        lines.append(f"{f.name.replace('_', '-')} = {_toml_value(value)}")
+        lines.append(f"{f.name.replace('_', '-')} = {_toml_value(f.name, value)}")
     return "\n".join(lines) + "\n"

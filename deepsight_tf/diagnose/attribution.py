@@ -210,9 +210,12 @@ def _claim(
         "certain_difference_ci": [c_low, c_high],
         "verdict": verdict,
     }
-    if verdict_from_ci(low, high) != verdict_from_ci(c_low, c_high):
+    with_all, with_none = verdict_from_ci(low, high), verdict_from_ci(c_low, c_high)
+    if with_all != with_none:
+        words = {"supported": "semantic overlap leads", "contradicted": "data quality leads"}
         claim["why"] = (
             "the answer turns on how many of the ImageNet probes' doubts are real label "
-            "issues: with all of them data quality wins or ties, with none semantic overlap"
+            f"issues: counting all of them, {words.get(with_all, 'neither leads')}; counting "
+            f"none, {words.get(with_none, 'neither leads')}"
         )
     return claim

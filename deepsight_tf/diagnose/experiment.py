@@ -88,8 +88,8 @@ ARM_CHANGES: dict[str, dict[str, Any]] = {
     "transfer": {},  # the baseline's recipe undone, then TRANSFER: see transfer_changes
 }
 # The transfer arm's network. The recipe it undoes: every setting of the Model, Schedule and
-# Regularisation panels, the image size and the test-time views (the data, seed, budget and
-# precision stay the experiment's).
+# Regularisation panels, the image size and the test-time views (the data, seed, budget,
+# precision and the epochs stay the experiment's: without a budget both arms train as long).
 TRANSFER = {"backbone": "efficientnet-lite0", "weights": "imagenet"}
 RECIPE_PANELS = (MODEL, SCHEDULE, REGULARISATION)
 RECIPE_FIELDS = ("image_size", "tta")
@@ -169,7 +169,8 @@ def transfer_changes(base: TrainSettings) -> dict[str, Any]:
     recipe = {
         f.name: f.default
         for f in fields(TrainSettings)
-        if f.metadata.get("panel") in RECIPE_PANELS or f.name in RECIPE_FIELDS
+        if (f.metadata.get("panel") in RECIPE_PANELS or f.name in RECIPE_FIELDS)
+        and f.name != "epochs"
     }
     wanted = {**recipe, **TRANSFER}
     return {name: value for name, value in wanted.items() if getattr(base, name) != value}

@@ -261,7 +261,8 @@ def _certain_bound(claim: dict[str, Any]) -> str:
     if certain is None or certain == claim["data_quality_causes"]:
         return ""
     return (
-        f"; with only {', '.join(certain) or 'no cause'} counted (a lower bound on data "
+        f"; without the probes' doubts ({', '.join(certain) or 'no other cause measured'}: "
+        "a lower bound on data "
         f"quality, {claim['certain_share']:.1%}) it is {claim['certain_difference']:+.1%} "
         f"{fmt_ci(claim['certain_difference_ci'], '+.1%')}"
     )

@@ -28,7 +28,7 @@ from deepsight_tf.core.errors import (
 from deepsight_tf.core.manifest import Manifest, now_iso
 from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor
 from deepsight_tf.core.settings import TrainSettings
-from deepsight_tf.core.settings_file import settings_toml
+from deepsight_tf.core.settings_file import PER_INVOCATION, settings_toml
 from deepsight_tf.core.storage import (
     atomic_save_npz,
     atomic_write_json,
@@ -158,7 +158,8 @@ def train(
     is the time.monotonic() a --budget counts from (None: the process's start, so the
     command's imports and data loading count; deepsight experiment gives each arm its own).
     """
-    settings = resolve_settings(continuation(settings, workspace))
+    given = continuation(settings, workspace)
+    settings = resolve_settings(given)
     run_id = settings.run_id or default_run_id(settings)
     run_dir = workspace.run_dir(run_id)
     if settings.resume and (run_dir / CONFIG_FILE).is_file():
@@ -178,6 +179,7 @@ def train(
         run_dir = Path(tempfile.mkdtemp(prefix="deepsight-worker-")) / run_id
         lock = contextlib.nullcontext()
     run = _Run(settings, unfreeze, data, workspace, run_id, run_dir, progress, notify, monitor)
+    run.given = given  # the recipe it stores: the settings before the defaults were decided
     run.budget_from = budget_from
     policy = keras.config.dtype_policy()  # the run sets its own; the caller gets theirs back
     with lock:
@@ -296,6 +298,7 @@ class _Run:
             len(self.data.train_indices),
             prepared.distribution["global_batch"],
         )
+        recipe = self._recipe()  # before the folder exists: a setting TOML cannot hold fails
         make_run_dir(self.run_dir)
         # Told once the flags and the run folder have passed their checks: bad input gets
         # its one line and nothing before it.
@@ -305,7 +308,7 @@ class _Run:
         store = CheckpointStore(self.run_dir / CHECKPOINTS_DIR)
         restored = self._restore(store, prepared) if self.settings.resume else None
         created = (store.created() if restored else None) or started
-        self._write_config(prepared, phases, created)
+        self._write_config(prepared, phases, created, recipe)
         val_ds = shard_by_data(
             make_eval_dataset(
                 data.x_train,
@@ -439,10 +442,18 @@ class _Run:
         draw_inputs(self.run_dir, prepared, phases, self.data.dataset.class_names, self.settings)
         return phases
 
-    def _write_config(self, prepared: Prepared, phases: list[PhasePlan], created: str) -> None:
-        recipe = self.run_dir / SETTINGS_FILE
-        if not recipe.exists():  # what the run started from; a resume leaves it as it was
-            atomic_write_text(recipe, settings_toml(self.given))
+    def _recipe(self) -> str:
+        """settings.toml's text: the settings as given (None where deepsight decides), without
+        the epochs where a budget decides them, so the file repeats and resumes the run."""
+        sized = {"epochs"} if self.given.budget else set()
+        return settings_toml(self.given, PER_INVOCATION | sized)
+
+    def _write_config(
+        self, prepared: Prepared, phases: list[PhasePlan], created: str, recipe: str
+    ) -> None:
+        path = self.run_dir / SETTINGS_FILE
+        if not path.exists():  # what the run started from; a resume leaves it as it was
+            atomic_write_text(path, recipe)
         atomic_write_json(
             self.run_dir / CONFIG_FILE,
             run_config(
