@@ -449,10 +449,11 @@ class _Run:
         return settings_toml(self.given, PER_INVOCATION | sized)
 
     def _write_config(
-        self, prepared: Prepared, phases: list[PhasePlan], created: str, recipe: str
+        self, prepared: Prepared, phases: list[PhasePlan], created: str, recipe: str | None = None
     ) -> None:
+        """config.json, and at the run's start (`recipe`) settings.toml."""
         path = self.run_dir / SETTINGS_FILE
-        if not path.exists():  # what the run started from; a resume leaves it as it was
+        if recipe is not None and not path.exists():  # a resume leaves it as it started
             atomic_write_text(path, recipe)
         atomic_write_json(
             self.run_dir / CONFIG_FILE,
