@@ -23,7 +23,7 @@ from deepsight_tf.model.torch_checkpoint import (
     read_state_dict,
 )
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "fixtures"
 
 
 # Reader -------------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def test_lite0_has_the_published_parameter_count(classifier, backbone):
 
 def test_lite0_matches_an_independent_pytorch_forward_pass(classifier):
     """Logits equal those of a float64 PyTorch pass with TensorFlow SAME padding (written by
-    tests/data/make_lite0_reference.py), on an even and an odd-sized, non-square photo crop.
+    tests/fixtures/make_lite0_reference.py), on an even and an odd-sized, non-square photo crop.
     KerasHub's default symmetric padding or ImageNet mean/std inputs miss this by far."""
     import keras
 
