@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-import keras
 import pytest
 import tensorflow as tf
 from typer.testing import CliRunner
@@ -38,7 +37,7 @@ from deepsight_tf.training.timing import (
     size_to_budget,
 )
 
-from support.planted import at_step
+from support.planted import at_step, plant_clock
 from support.resume import assert_same_outcome, outcome, two_phases
 from support.separable import tiny
 
@@ -286,24 +285,6 @@ def test_one_stalled_epoch_is_outvoted_and_a_lasting_slowdown_is_followed() -> N
 
 
 # --- a run on planted step costs ---------------------------------------------------------------
-
-
-def plant_clock(monkeypatch: pytest.MonkeyPatch, seconds_per_step: float) -> None:
-    """The budget's clock reads `seconds_per_step` for every optimizer step taken since the
-    budget was made, and nothing else: the run's pace is planted, not measured."""
-    steps = [0]
-    original = keras.callbacks.TensorBoard.on_train_batch_end
-
-    def ticked(self, batch, logs=None):  # type: ignore[no-untyped-def]
-        original(self, batch, logs)
-        steps[0] += 1
-
-    def clock(self: budget.Budget) -> float:
-        origin = self.__dict__.setdefault("planted_origin", steps[0])
-        return (steps[0] - origin) * seconds_per_step
-
-    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_train_batch_end", ticked)
-    monkeypatch.setattr(budget.Budget, "clock", clock)
 
 
 @pytest.fixture
