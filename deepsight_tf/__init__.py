@@ -12,6 +12,7 @@ result dataclass (the same calls the command line makes):
     run = ds.train(ds.TrainSettings(epochs=4), ws, monitor=ds.PrintMonitor())
     ds.interpret(ds.InterpretSettings(run_id=run.run_id), ws)
     ds.report(ws, [run.run_id])
+    model = ds.load_model(run.run_dir)  # Keras, on 0..255 RGB of any size: model(uint8_images)
 
 Names load on first use, so `import deepsight_tf` does not import TensorFlow.
 """
@@ -44,6 +45,7 @@ _EXPORTS = {
     "RunRecord": "deepsight_tf.training.record",
     "interpret": "deepsight_tf.diagnose.interpret",
     "predict": "deepsight_tf.serve.predict",
+    "load_model": "deepsight_tf.serve.predict",
     "export_run": "deepsight_tf.serve.export",
     "report": "deepsight_tf.reporting",
 }

@@ -67,10 +67,12 @@ def test_keras_export_predicts_as_the_run_and_has_no_optimizer(
     result = export_run(tiny.workspace, "tiny", "keras")
     path = Path(result.path)
     assert path == default_export_path(tiny.run_dir, "keras") == tiny.run_dir / "export/model.keras"
-    inputs, expected = test_set
-    # No custom object needed: the export carries no optimizer, schedule or metric.
+    _, expected = test_set
+    # No custom object needed: the export carries no optimizer, schedule or metric. It takes
+    # the raw uint8 images (12 px, the network 16): its preprocessing is its first layers.
     reloaded = keras.saving.load_model(path, safe_mode=True, custom_objects={})
-    np.testing.assert_allclose(reloaded.predict(inputs, verbose=0), expected, atol=TOLERANCE)
+    assert tiny.x_test.dtype == np.uint8 and tiny.x_test.shape[1] == SOURCE_SIZE != IMAGE_SIZE
+    np.testing.assert_allclose(reloaded.predict(tiny.x_test, verbose=0), expected, atol=TOLERANCE)
     # Neither file carries optimizer state (the run's own model.keras is the network alone too).
     assert weight_groups(tiny.run_dir / "model.keras") == {"layers"}
     assert weight_groups(path) == {"layers"}

@@ -76,6 +76,70 @@ def test_any_size_and_mode_is_converted_and_resized_as_in_training(
     assert [(p.width, p.height) for p in result.predictions] == [(40, 24), (30, 50), (16, 16)]
 
 
+PLAIN_KERAS = """
+import sys
+import numpy as np
+import deepsight_tf.model  # registers deepsight's layers; nothing else of deepsight is used
+import keras
+model = keras.saving.load_model(sys.argv[1])
+for name in sys.argv[2:]:
+    np.save(name + ".out.npy", np.asarray(model(np.load(name + ".npy"))))
+"""
+
+
+def test_model_file_predicts_uint8_images_of_any_size_in_plain_keras(
+    tiny: TinyRun, tmp_path: Path
+) -> None:
+    """model.keras holds its resize and normalisation: Keras alone, in a fresh process, turns the
+    data set's uint8 images (and other sizes) into what `deepsight predict` gives for them."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(11)
+    batches = {
+        "stored": tiny.x_test,  # 12 px, the data set's size; the network takes 16
+        "exact": rng.integers(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
+        "large": rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8),
+    }
+    for name, images in batches.items():
+        np.save(tmp_path / f"{name}.npy", images)
+    subprocess.run(
+        [sys.executable, "-c", PLAIN_KERAS, str(tiny.run_dir / "model.keras")]
+        + [str(tmp_path / name) for name in batches],
+        check=True,
+        capture_output=True,
+    )
+    for name, images in batches.items():
+        paths = []
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(tmp_path / f"{name}{i}.png")
+            paths.append(tmp_path / f"{name}{i}.png")
+        expected = predict_paths(tiny.run_dir, paths).probs
+        got = np.load(tmp_path / f"{name}.out.npy")
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_load_model_takes_raw_images_from_new_and_older_run_folders(
+    tiny: TinyRun, tmp_path: Path
+) -> None:
+    """ds.load_model reads a run folder or its model.keras; a run saved before the model file
+    held its preprocessing (the network alone) is wrapped with its config.json's."""
+    from deepsight_tf.model.saving import load_classifier
+    from deepsight_tf.serve.predict import load_model
+
+    expected = np.load(tiny.run_dir / "predictions.npz")["test_probs"]
+    for source in (tiny.run_dir, tiny.run_dir / "model.keras"):
+        model = load_model(source)
+        np.testing.assert_allclose(model.predict(tiny.x_test, verbose=0), expected, atol=1e-5)
+    older = make_tiny_run(tmp_path, older_model_file=True)  # the same seed: the same network
+    assert load_classifier(older.run_dir / "model.keras", preprocessing=True).input_shape[1:3] == (
+        IMAGE_SIZE,
+        IMAGE_SIZE,
+    )
+    model = load_model(older.run_dir)
+    np.testing.assert_allclose(model.predict(tiny.x_test, verbose=0), expected, atol=1e-5)
+
+
 def test_unreadable_files_are_listed_and_the_rest_predicted(tiny: TinyRun, tmp_path: Path) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff not really a jpeg")

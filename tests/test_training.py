@@ -14,6 +14,7 @@ from deepsight_tf.core.errors import ConfigError, StaleArtifactError
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.storage import read_json
 from deepsight_tf.core.workspace import HISTORY_FILE, MODEL_FILE, PREDICTIONS_FILE, Workspace
+from deepsight_tf.model.saving import network_of
 from deepsight_tf.training.checkpoints import load_weights_npz
 from deepsight_tf.training.history import read_history
 from deepsight_tf.training.loop import train
@@ -72,7 +73,9 @@ def test_a_run_writes_consistent_artifacts(prepared: Workspace, precision: str) 
     assert metrics["test"]["accuracy"] == recomputed["accuracy"] == result.test["accuracy"]
     assert metrics["test"]["macro_f1"] == pytest.approx(recomputed["macro_f1"])
     model = keras.saving.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
-    assert {layer.dtype_policy.compute_dtype for layer in model.layers} == {"float32"}
+    network = network_of(model)
+    assert network is not model  # the file holds the run's preprocessing in front of it
+    assert {layer.dtype_policy.compute_dtype for layer in network.layers} == {"float32"}
     import io
     import zipfile
 
@@ -86,11 +89,15 @@ def test_a_run_writes_consistent_artifacts(prepared: Workspace, precision: str) 
     config = read_json(run / "config.json")
     normalize = Normalization.from_dict(config["preprocessing"]["normalization"])
     data = np.load(prepared.data_dir("rgb") / "images.npz")
-    probs = model.predict(
+    probs = network.predict(
         preprocess(data["x_test"], 16, normalize, config["preprocessing"]["interpolation"]),
         verbose=0,
     )
     np.testing.assert_allclose(probs, predictions["test_probs"], atol=1e-5)
+    # The file itself takes the data set's uint8 images as stored (other sizes: test_predict).
+    assert data["x_test"].dtype == np.uint8
+    raw = model.predict(data["x_test"], verbose=0)
+    np.testing.assert_allclose(raw, predictions["test_probs"], atol=1e-5)
     prepared.verify(run, "deepsight train")
     assert config["preprocessing"]["normalization"]["source"] == "imagenet"  # no explore here
 

@@ -28,6 +28,7 @@ SERVE_IMAGES_ENDPOINT = "serve_images"
 CHECK_IMAGES = 8  # random images per probe size the export is compared on against the model
 CHECK_SEED = 0
 ONNX_INSTALL = "pip install tf2onnx onnxruntime"
+RAW_IMAGES = "uint8 [batch, height, width, 3] RGB of any one size: preprocessing is built in"
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -189,15 +190,15 @@ def _write_savedmodel(run: RunModel, path: Path) -> dict[str, str]:
     archive.write_out(str(path), verbose=False)
     return {
         SERVE_ENDPOINT: _float_input(run) + " (also serving_default)",
-        SERVE_IMAGES_ENDPOINT: "uint8 [batch, height, width, 3] RGB of any one size: "
-        "preprocessing is built in",
+        SERVE_IMAGES_ENDPOINT: RAW_IMAGES,
     }
 
 
 def _write_keras(run: RunModel, path: Path) -> dict[str, str]:
-    # Loaded with compile=False, so the copy carries no optimizer state and no custom classes.
-    run.model.save(path)
-    return {"model": _float_input(run)}
+    # The network behind its preprocessing layers, as the run's own model.keras is; loaded with
+    # compile=False, so the copy carries no optimizer state.
+    run.on_images().save(path)
+    return {"model": RAW_IMAGES}
 
 
 def _write_onnx(run: RunModel, path: Path) -> dict[str, str]:
@@ -254,8 +255,8 @@ def _size(path: Path) -> int:
 def load_export(path: str | Path, fmt: str, endpoint: str = SERVE_ENDPOINT) -> Predictor | None:
     """A batch predict function of an exported model, as a consumer would load it.
 
-    For `serve` (and the .keras and ONNX files) it takes preprocessed float32 inputs; for
-    `serve_images`, raw uint8 images. None for ONNX when onnxruntime is not installed.
+    For `serve` (and the ONNX file) it takes preprocessed float32 inputs; for `serve_images`
+    and the .keras file, raw uint8 images. None for ONNX when onnxruntime is not installed.
     """
     check_format(fmt)
     path = Path(path)
@@ -273,7 +274,7 @@ def load_export(path: str | Path, fmt: str, endpoint: str = SERVE_ENDPOINT) -> P
     if fmt == "keras":
         from deepsight_tf.model.saving import load_classifier
 
-        model = load_classifier(path)
+        model = load_classifier(path, preprocessing=True)
         return lambda x: np.asarray(model.predict_on_batch(x))
     if importlib.util.find_spec("onnxruntime") is None:
         return None
@@ -293,8 +294,8 @@ def probe_images(size: int, n: int = CHECK_IMAGES) -> np.ndarray:
 def check_export(run: RunModel, path: Path, fmt: str) -> tuple[int, float | None]:
     """(images compared, largest |probability difference|) between the export and run.model.
 
-    Probe images come at the input size and at half of it, so that `serve_images` is checked
-    through its baked-in resize too.
+    Probe images come at the input size and at half of it, so that `serve_images` and the
+    .keras file are checked through their baked-in resize too.
     """
 
     if fmt == "savedmodel":
@@ -303,6 +304,8 @@ def check_export(run: RunModel, path: Path, fmt: str) -> tuple[int, float | None
         loaded = tf.saved_model.load(str(path))  # once: each load costs seconds
         predictor = getattr(loaded, SERVE_ENDPOINT)
         raw_predictor = getattr(loaded, SERVE_IMAGES_ENDPOINT)
+    elif fmt == "keras":
+        predictor, raw_predictor = None, load_export(path, fmt)
     else:
         predictor, raw_predictor = load_export(path, fmt), None
         if predictor is None:
@@ -312,7 +315,7 @@ def check_export(run: RunModel, path: Path, fmt: str) -> tuple[int, float | None
     inputs = np.concatenate([np.asarray(run.preprocessing(p)) for p in probes]).astype(np.float32)
     # One batch for every probe: each new batch shape costs a retrace on both sides.
     expected = np.asarray(run.model.predict_on_batch(inputs), np.float32)
-    diffs = [np.abs(np.asarray(predictor(inputs)) - expected).max()]
+    diffs = [] if predictor is None else [np.abs(np.asarray(predictor(inputs)) - expected).max()]
     if raw_predictor is not None:
         for i, images in enumerate(probes):
             rows = slice(i * len(images), (i + 1) * len(images))

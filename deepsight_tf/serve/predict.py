@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from deepsight_tf.core.errors import ConfigError, DataError, PrerequisiteError
+from deepsight_tf.core.errors import ConfigError, DataError, PrerequisiteError, StaleArtifactError
 from deepsight_tf.core.progress import Progress
 from deepsight_tf.core.storage import atomic_path
 from deepsight_tf.core.workspace import CONFIG_FILE, Workspace
@@ -20,7 +20,7 @@ from deepsight_tf.core.workspace import CONFIG_FILE, Workspace
 # obtain's decoder, so that a file predicted on gives the pixels it would give in a data set.
 from deepsight_tf.data.image_folder import IMAGE_EXTENSIONS, UnreadableImageError, decode_image
 from deepsight_tf.model.preprocessing import Preprocessing
-from deepsight_tf.training.record import RunRecord
+from deepsight_tf.training.record import TRAIN_HINT, RunRecord
 
 # Same-sized images are resized together; past this many pixels a group is processed at once, so
 # a batch of large photos never holds more than ~200 MB of float32 pixels before resizing.
@@ -106,6 +106,12 @@ class RunModel:
     def backbone(self) -> str:
         return self.record.settings.backbone
 
+    def on_images(self) -> Any:
+        """The classifier behind the run's preprocessing: 0..255 RGB of any size in."""
+        from deepsight_tf.model.saving import with_preprocessing
+
+        return with_preprocessing(self.model, self.preprocessing)
+
 
 # Run loading ------------------------------------------------------------------------------------
 def resolve_run(workspace: Workspace, run: str | Path) -> RunRecord:
@@ -125,6 +131,26 @@ def load_run_model(run: RunRecord | Path) -> RunModel:
     """The run's classifier (without its optimizer) beside its record."""
     record = run if isinstance(run, RunRecord) else RunRecord.at(Path(run))
     return RunModel(record, record.load_model())
+
+
+def load_model(run: str | Path) -> Any:
+    """A run's classifier as a Keras model on raw images, for use outside deepsight.
+
+    `run` is a run folder or its model.keras. The model takes 0..255 RGB images of any size
+    (uint8 or float, NHWC) and returns class probabilities in the run's class order: the
+    run's resize and normalisation are its first layers. A model.keras saved before they
+    moved into the file is wrapped with the preprocessing its config.json records.
+    """
+    from deepsight_tf.model.saving import has_preprocessing, load_classifier
+
+    path = Path(run)
+    run_dir = path.parent if path.suffix == ".keras" else path
+    record = RunRecord.at(run_dir)
+    try:
+        model = load_classifier(record.model_path, preprocessing=True)
+    except ValueError as exc:
+        raise StaleArtifactError(f"{exc}; rerun `{TRAIN_HINT}`") from exc
+    return model if has_preprocessing(model) else RunModel(record, model).on_images()
 
 
 # Inputs -----------------------------------------------------------------------------------------

@@ -555,7 +555,7 @@ class _Run:
         """model.keras, predictions.npz, metrics.json, then the manifest that vouches for them."""
         data, run_dir, settings = self.data.dataset, self.run_dir, self.settings
         passed = scores.test["accuracy"] >= settings.mva
-        save_classifier(model, run_dir / MODEL_FILE)
+        save_classifier(model, run_dir / MODEL_FILE, prepared.preprocessing)
         plain = {}
         if scores.test_probs_plain is not None:
             plain["test_probs_plain"] = scores.test_probs_plain

@@ -46,13 +46,17 @@ class TinyRun:
     x_test: np.ndarray
 
 
-def make_tiny_run(root: Path, n_test: int = 10, seed: int = 3) -> TinyRun:
+def make_tiny_run(
+    root: Path, n_test: int = 10, seed: int = 3, *, older_model_file: bool = False
+) -> TinyRun:
     """An untrained narrow ResNet-18 saved as a finished run, with test predictions made by the
     training pipeline's own evaluation dataset and the test images written as lossless PNGs.
 
     Built directly rather than by `deepsight train`: obtain, scrub and a training that learns
     something cost 30-50 s on two cores, too slow for a fixture of the fast tests. The files
     are those training.py writes; the slow test in test_predict.py runs the real chain.
+    `older_model_file` saves the network alone, as runs did before model.keras held its
+    preprocessing.
     """
     keras.utils.set_random_seed(seed)
     ws = Workspace(root / "ws")
@@ -86,7 +90,7 @@ def make_tiny_run(root: Path, n_test: int = 10, seed: int = 3) -> TinyRun:
         x_test, y_test, test_indices, len(CLASS_NAMES), batch_size=4, preprocessing=PREPROCESSING
     )
     test_probs = predict_probs(model, eval_ds)
-    save_classifier(model, run_dir / MODEL_FILE)
+    save_classifier(model, run_dir / MODEL_FILE, None if older_model_file else PREPROCESSING)
     settings = resolve_settings(
         TrainSettings(run_id=RUN_ID, image_size=IMAGE_SIZE, width_multiplier=1 / 16)
     )
