@@ -11,11 +11,10 @@ WEIGHTS ?= none
 DEEPSIGHT := $(BIN)/deepsight --workspace $(WS)
 
 # Training budget of `make all`: the schedule is sized to BUDGET of wall time (the whole train
-# command), so the chain ends in a known time on any machine. RECIPE is the recipe's one home,
-# a settings file (airbench94's network and schedule); TRAIN_FLAGS, typed after it, override
-# any of its lines.
+# command), so the chain ends in a known time on any machine. The recipe is what `deepsight
+# train` does with no flags (airbench94's network and schedule, deepsight_tf/core/recipes.py);
+# TRAIN_FLAGS override any of it, e.g. TRAIN_FLAGS='--config my-recipe.toml'.
 BUDGET ?= 30m
-RECIPE ?= assets/recipes/airbench94.toml
 TRAIN_FLAGS ?=
 RUN ?= make-all
 
@@ -96,7 +95,7 @@ explore: scrub
 # --resume-or-start: a rerun of `make all` continues an interrupted run $(RUN), or starts it
 # when there is none (plain --resume refuses a run id with no run: a typo never trains).
 train: explore
-	$(DEEPSIGHT) train --weights $(WEIGHTS) --budget $(BUDGET) --run-id $(RUN) --resume-or-start --config $(RECIPE) $(TRAIN_FLAGS)
+	$(DEEPSIGHT) train --weights $(WEIGHTS) --budget $(BUDGET) --run-id $(RUN) --resume-or-start $(TRAIN_FLAGS)
 
 interpret: train
 	$(DEEPSIGHT) interpret $(RUN)

@@ -42,10 +42,10 @@ def _code(value: str) -> str:
 
 def _default(param: Any, field: Any) -> str:
     default = field.default if field is not None else param.default
+    if default is None or default == "" or param.required:
+        return ""  # decided for the user: the help names the rule (a backbone's recipe)
     if getattr(param, "is_flag", False):
         return _code(param.opts[0] if default else (param.secondary_opts or ["off"])[0])
-    if default is None or default == "" or param.required:
-        return ""
     if isinstance(default, list | tuple):
         return ", ".join(_code(str(v)) for v in default)
     return _code(f"{default:g}" if isinstance(default, float) else str(default))

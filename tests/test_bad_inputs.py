@@ -156,7 +156,16 @@ def bomb_strict(tmp: Path, ws: Path) -> list[str]:
 
 def train_flag(*flags: str) -> Callable[[Path, Path], list[str]]:
     def make(tmp: Path, ws: Path) -> list[str]:
-        return ["train", "--image-size", "16", "--width-multiplier", "0.0625", *flags]
+        return [
+            "train",
+            "--backbone",
+            "resnet18",
+            "--image-size",
+            "16",
+            "--width-multiplier",
+            "0.0625",
+            *flags,
+        ]
 
     return make
 
@@ -435,7 +444,8 @@ def test_bad_input_is_one_line_with_its_exit_code_and_loses_nothing(
 def test_a_rejected_or_crashed_run_does_not_block_its_id(stocked: Workspace, tmp_path) -> None:
     ws = tmp_path / "ws"
     shutil.copytree(stocked.root, ws)
-    base = ["--workspace", str(ws), "train", "--image-size", "16", "--width-multiplier", "0.0625"]
+    base = ["--workspace", str(ws), "train", "--backbone", "resnet18", "--image-size", "16"]
+    base += ["--width-multiplier", "0.0625"]
     refused = CliRunner().invoke(app, [*base, "--run-id", "again", "--unfreeze", "9"])
     assert refused.exit_code == 7 and not (ws / "runs" / "again").exists()
     # A crash before the first commit leaves config.json and nothing else of value.

@@ -64,7 +64,9 @@ def test_a_shorter_last_epoch_counts_in_the_phase_and_its_schedule() -> None:
     assert replace(phase, last_epoch_steps=99).total_steps(10) == 30  # never above an epoch
     # Only the last phase (fine-tuning) is shortened; a head phase keeps whole epochs.
     settings = resolve_settings(
-        TrainSettings(weights="none", frozen_epochs=1, epochs=3, last_epoch_steps=4)
+        TrainSettings(
+            backbone="resnet18", weights="none", frozen_epochs=1, epochs=3, last_epoch_steps=4
+        )
     )
     head, tune = plan_phases(settings)
     assert (head.last_epoch_steps, tune.last_epoch_steps) == (None, 4)
@@ -74,7 +76,7 @@ COSTS = StepCosts(per_step={"head": 0.05, "all": 0.5}, forward=0.002, batch=8)
 
 
 def sized(seconds: float, **overrides: object) -> tuple[list[PhasePlan], TrainSettings]:
-    settings = resolve_settings(TrainSettings(weights="none", **overrides))  # type: ignore[arg-type]
+    settings = resolve_settings(TrainSettings(backbone="resnet18", weights="none", **overrides))  # type: ignore[arg-type]
     prepared = SimpleNamespace(steps_per_epoch=10)
     epochs, last = size_to_budget(
         planted_costs(settings), prepared, plan_phases(settings), settings, (40, 60), seconds
@@ -126,7 +128,9 @@ def test_the_weight_average_costs_its_reestimation_its_validation_and_a_second_t
     model = build_classifier("resnet18", 3, 16, width_multiplier=1 / 16, stem="cifar")
     prepared = SimpleNamespace(steps_per_epoch=10, model=model)
     costs = replace(COSTS, final_forward=0.003)
-    plain = resolve_settings(TrainSettings(weights="none", epochs=2, tta="flip"))
+    plain = resolve_settings(
+        TrainSettings(backbone="resnet18", weights="none", epochs=2, tta="flip")
+    )
     averaged = replace(plain, ema=0.999)
     phases = plan_phases(plain)
     base = estimate_run(costs, prepared, phases, plain, (40, 60))
@@ -239,7 +243,9 @@ def test_an_epochs_overhead_counts_once_for_every_epoch_left() -> None:
 
 def test_an_epoch_corrects_steps_always_and_validation_and_overhead_once_untraced() -> None:
     """COSTS: 0.5 s a step, 2 ms a forward image, 40 validation images (0.08 s as probed)."""
-    plan = budget.Budget(resolve_settings(TrainSettings(weights="none")), COSTS, (40, 60))
+    plan = budget.Budget(
+        resolve_settings(TrainSettings(backbone="resnet18", weights="none")), COSTS, (40, 60)
+    )
     # The first epoch traced: its steps' pace only (1.2x), forward passes by the same ratio.
     first = budget.EpochPace(80.0, 100, 0.6, 9.0, traced=True)
     costs = plan.corrected(first, "all")
@@ -262,7 +268,9 @@ def test_an_epoch_corrects_steps_always_and_validation_and_overhead_once_untrace
 def test_one_stalled_epoch_is_outvoted_and_a_lasting_slowdown_is_followed() -> None:
     """A re-sizing reads the last PACE_WINDOW epochs: their pooled pace, the low median of what
     each took beyond its steps and validation."""
-    plan = budget.Budget(resolve_settings(TrainSettings(weights="none")), COSTS, (40, 60))
+    plan = budget.Budget(
+        resolve_settings(TrainSettings(backbone="resnet18", weights="none")), COSTS, (40, 60)
+    )
 
     def epoch(seconds_per_step: float, besides: float) -> budget.EpochPace:
         # 100 steps and 0.08 s of validation (the probed forward pass), nothing traced.

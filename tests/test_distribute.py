@@ -298,7 +298,8 @@ def test_deepsight_train_multiworker_matches_a_one_device_run(tmp_path: Path) ->
 
     ws = separable_workspace(tmp_path)
     common = [
-        *("--weights", "none", "--image-size", "16", "--width-multiplier", "0.0625"),
+        *("--backbone", "resnet18", "--weights", "none", "--image-size", "16"),
+        *("--width-multiplier", "0.0625"),
         *("--frozen-epochs", "2", "--epochs", "0", "--dropout", "0", "--augment", "light"),
         *("--seed", "4", "--mva", "0", "--precision", "float32"),
     ]

@@ -293,7 +293,8 @@ def test_a_full_disk_mid_checkpoint_keeps_the_previous_state_and_resume_complete
     monkeypatch.setattr("deepsight_tf.core.storage.np.savez", savez_until_the_disk_fills)
     args = ["--workspace", str(prepared.root), "train", "--run-id", "full-disk"]
     flags = ["--frozen-epochs", "1", "--epochs", "2", "--augment", "light", "--deterministic"]
-    flags += ["--checkpoint-minutes", "0", "--weights", "none", "--image-size", "16"]
+    flags += ["--checkpoint-minutes", "0", "--backbone", "resnet18", "--weights", "none"]
+    flags += ["--image-size", "16"]
     flags += ["--width-multiplier", "0.0625", "--batch-size", "8", "--lr", "0.05", "--seed", "1"]
     flags += ["--mva", "0", "--keep-checkpoints", "--precision", "float32"]
     result = CliRunner().invoke(app, [*args, *flags])
@@ -417,7 +418,8 @@ def test_storage_error_is_raised_for_enospc(tmp_path: Path) -> None:
 ROOT = Path(__file__).resolve().parents[1]
 # 27 steps an epoch, 3 epochs over two phases: long enough to land kills anywhere in it.
 KILL_RUN_FLAGS = [
-    *("--weights", "none", "--image-size", "16", "--width-multiplier", "0.0625"),
+    *("--backbone", "resnet18", "--weights", "none", "--image-size", "16"),
+    *("--width-multiplier", "0.0625"),
     *("--batch-size", "4", "--frozen-epochs", "1", "--epochs", "2", "--lr", "0.03"),
     *("--augment", "light", "--seed", "1", "--mva", "0.0", "--deterministic"),
     *("--precision", "float32"),

@@ -305,6 +305,7 @@ def test_predict_and_export_agree_with_a_trained_runs_test_predictions(tmp_path:
     scrub(ScrubSettings(image_size=IMAGE_SIZE, interp_sample=16), ws)
     settings = TrainSettings(
         run_id="real",
+        backbone="resnet18",
         image_size=IMAGE_SIZE,
         width_multiplier=1 / 16,
         batch_size=8,

@@ -87,7 +87,7 @@ def test_a_constant_momentum_is_a_cycle_with_equal_ends():
     np.testing.assert_allclose(momenta, 0.85, rtol=1e-6)
     assert lrs[0] == pytest.approx(0.4, rel=1e-6)
     assert lrs[-1] == pytest.approx(0.4 / 3, rel=1e-5)
-    cycled = phase_schedule(TrainSettings(), 2.0, 50).curve()[2]
+    cycled = phase_schedule(TrainSettings(backbone="resnet18"), 2.0, 50).curve()[2]
     assert cycled.min() == pytest.approx(0.85, rel=1e-3) and cycled[0] == pytest.approx(0.95)
 
 

@@ -29,7 +29,8 @@ from support.separable import separable_workspace
 VOLATILE = {"run_id", "created", "started", "finished", "seconds", "duration_s", "measured"}
 
 TINY_FLAGS = [
-    "--image-size", "16", "--width-multiplier", "0.0625", "--batch-size", "8", "--epochs", "1",
+    "--backbone", "resnet18", "--image-size", "16", "--width-multiplier", "0.0625",
+    "--batch-size", "8", "--epochs", "1",
     "--lr", "0.05", "--augment", "none", "--seed", "3", "--no-estimate", "--precision", "float32",
     "--label-smoothing", "0.1", "--flip", "alternate", "--lookahead",
 ]  # fmt: skip
@@ -126,18 +127,39 @@ def test_config_equals_the_flags_and_a_runs_settings_file_repeats_it(workspace: 
     assert result.exit_code == 7 and "--lr -1" in result.stderr, result.output
 
 
-def test_the_shipped_recipe_is_valid_and_the_one_make_all_trains() -> None:
+def test_the_default_is_the_recipe_written_out_and_the_one_make_all_trains() -> None:
     root = Path(__file__).resolve().parents[1]
     recipe = root / "assets" / "recipes" / "airbench94.toml"
-    settings = settings_from_file(recipe, TrainSettings, budget="30m")
-    assert (settings.backbone, settings.image_size, settings.tta) == (
+    written = settings_from_file(recipe, TrainSettings, budget="30m")
+    assert written == TrainSettings(budget="30m")  # the file cannot drift from the defaults
+    assert (written.backbone, written.image_size, written.batch_size, written.tta) == (
         "airbench94",
         32,
+        1024,
         "flip-translate",
     )
     makefile = (root / "Makefile").read_text()
-    assert "RECIPE ?= assets/recipes/airbench94.toml" in makefile
-    assert "--config $(RECIPE)" in makefile
+    train_line = next(line for line in makefile.splitlines() if "$(DEEPSIGHT) train " in line)
+    assert "--config" not in train_line and "--backbone" not in train_line
+
+
+def test_unset_settings_take_their_backbones_recipe() -> None:
+    from deepsight_tf.core.recipes import GENERAL_RECIPE, recipe_for
+
+    resnet = TrainSettings(backbone="resnet18")
+    assert {name: getattr(resnet, name) for name in GENERAL_RECIPE} == dict(GENERAL_RECIPE)
+    assert resnet.lr is None  # decided with the weights, in training.plan.resolve_settings
+    airbench = TrainSettings()
+    assert {name: getattr(airbench, name) for name in recipe_for("airbench94")} == recipe_for(
+        "airbench94"
+    )
+    # A value given wins over the recipe, for any backbone; None means "the recipe's".
+    assert TrainSettings(image_size=48, batch_size=None).image_size == 48
+    assert TrainSettings(batch_size=None).batch_size == 1024
+    # replace() keeps what the settings hold; an experiment arm that swaps the backbone
+    # passes None for the recipe settings it wants the new backbone's values of.
+    swapped = replace(airbench, backbone="resnet18", image_size=None, tta=None)
+    assert (swapped.image_size, swapped.tta, swapped.batch_size) == (64, "none", 1024)
 
 
 def test_strings_toml_cannot_hold_raw_are_escaped_or_refused(tmp_path: Path) -> None:

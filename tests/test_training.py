@@ -25,14 +25,14 @@ from support.separable import CLASSES, tiny
 
 
 def test_defaults_depend_on_the_weights() -> None:
-    scratch = resolve_settings(TrainSettings(weights="none", image_size=32))
+    scratch = resolve_settings(TrainSettings(backbone="resnet18", weights="none", image_size=32))
     assert (scratch.stem, scratch.frozen_epochs, scratch.unfreeze, scratch.lr) == (
         "cifar",
         0,
         "all",
         0.4,
     )
-    pretrained = resolve_settings(TrainSettings(weights="imagenet"))
+    pretrained = resolve_settings(TrainSettings(backbone="resnet18", weights="imagenet"))
     assert (pretrained.frozen_epochs, pretrained.unfreeze, pretrained.backbone_lr_mult) == (
         1,
         "3,4",
@@ -113,6 +113,8 @@ def test_gate_failure_exits_8_and_keeps_the_run(prepared: Workspace) -> None:
             "gated",
             "--mva",
             "1.0",
+            "--backbone",
+            "resnet18",
             "--image-size",
             "16",
             "--width-multiplier",
@@ -184,7 +186,7 @@ def test_training_from_a_saved_kerashub_preset(prepared: Workspace, tmp_path: Pa
         prepared,
     )
     assert [p.trainable for p in result.phases] == ["head", "4"]
-    model = keras.saving.load_model(Path(result.run_dir) / MODEL_FILE, compile=False)
+    model = network_of(keras.saving.load_model(Path(result.run_dir) / MODEL_FILE, compile=False))
     stem = model.get_layer("conv1_conv").get_weights()[0]
     np.testing.assert_array_equal(stem, hub.get_layer("conv1_conv").get_weights()[0])
     # Stage 4 was fine-tuned in phase 2 (model.keras holds the best epoch, maybe phase 1's).
@@ -349,8 +351,10 @@ def test_transfer_from_a_run_and_stale_split(prepared: Workspace) -> None:
     # mode), so they hold the source run's weights and statistics bit for bit; the head is new.
     from deepsight_tf.model.backbones import is_head_layer, stage_of
 
-    source_model = keras.saving.load_model(source / MODEL_FILE, compile=False)
-    transferred = keras.saving.load_model(Path(result.run_dir) / MODEL_FILE, compile=False)
+    source_model = network_of(keras.saving.load_model(source / MODEL_FILE, compile=False))
+    transferred = network_of(
+        keras.saving.load_model(Path(result.run_dir) / MODEL_FILE, compile=False)
+    )
     frozen = [layer for layer in transferred.layers if stage_of(layer.name) in (0, 1, 2, 3)]
     assert sum(len(layer.weights) for layer in frozen) > 20
     for layer in frozen:

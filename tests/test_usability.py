@@ -89,7 +89,9 @@ def test_every_command_has_examples_and_shows_defaults(command: str) -> None:
     if command == "scrub":
         assert "[default: 0.1]" in text and "Default: ScrubSettings" not in text
     if command == "train":
-        assert "[default: 64]" in text and "[default: resnet18]" in text
+        assert "[default: airbench94]" in text and "[default: 4]" in text
+        # A setting its backbone's recipe decides names each backbone's value instead.
+        assert "Default: 32 for airbench94, 64 for the other backbones." in text
 
 
 TRAIN_PANELS = [
@@ -204,7 +206,8 @@ def test_the_monitor_hears_an_estimate_every_step_and_the_history_rows(
 
 
 def test_the_cli_prints_the_estimate_and_one_line_per_epoch(prepared: Workspace) -> None:
-    flags = ["--image-size", "16", "--width-multiplier", "0.0625", "--batch-size", "8"]
+    flags = ["--backbone", "resnet18", "--image-size", "16", "--width-multiplier", "0.0625"]
+    flags += ["--batch-size", "8"]
     flags += ["--epochs", "2", "--augment", "none", "--mva", "0", "--run-id", "lines"]
     done = CliRunner().invoke(app, ["--workspace", str(prepared.root), "train", *flags])
     assert done.exit_code == 0, done.output
@@ -353,7 +356,8 @@ def test_the_readme_python_example_runs_on_tiny_data(tmp_path: Path, monkeypatch
     code = code.replace("ScrubSettings()", "ScrubSettings(image_size=16, interp_sample=16)")
     code = code.replace(
         "TrainSettings(epochs=4)",
-        "TrainSettings(image_size=16, width_multiplier=1 / 16, batch_size=8, epochs=1, "
+        "TrainSettings(backbone='resnet18', image_size=16, width_multiplier=1 / 16, "
+        "batch_size=8, epochs=1, "
         "augment='none', mva=0.0)",
     )
     code = code.replace(

@@ -141,8 +141,9 @@ def explore(settings: ExploreSettings) -> None:
 @app.command(
     cls=Command,
     epilog=_examples(
-        "deepsight train --weights none --epochs 4",
-        "deepsight train --weights imagenet --frozen-epochs 1 --epochs 3 --unfreeze 3,4",
+        "deepsight train --budget 30m",
+        "deepsight train --backbone efficientnet-lite0 --weights imagenet --budget 30m",
+        "deepsight train --backbone resnet18 --weights none --epochs 4",
         "deepsight train --run-id my-run --resume",
     ),
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -18,6 +19,7 @@ from typing import Any
 
 from deepsight_tf.core.checks import MAX_IMAGE_SIZE, check_image_size, check_name, parse_duration
 from deepsight_tf.core.errors import ConfigError
+from deepsight_tf.core.recipes import DEFAULT_BACKBONE, recipe_default, recipe_for
 from deepsight_tf.core.workspace import (
     IMAGENET_TRAIN_ISSUES_FILE,
     METRICS_FILE,
@@ -195,7 +197,9 @@ class ScrubSettings(Settings):
     seed: int = setting(42, "Seed of the validation split and the interpolation sample.", ge=0)
     drop_leaks: bool = setting(False, "Drop training images that duplicate a test image.")
     image_size: int = setting(
-        64, "Training size that the interpolation study upsamples to (64: the CIFAR-10 recipe's)."
+        64,
+        "Training size that the interpolation study upsamples to (64: the upsampled ResNet "
+        "recipe's; the default recipe trains at the data's own 32 px).",
     )
     interp_sample: int = setting(512, "Images measured in the interpolation study.", ge=1)
     # Near duplicates (see deepsight_tf/data/duplicates.py, stage 3): how close two distinct
@@ -263,7 +267,11 @@ _UNFREEZE = re.compile(r"^(all|\s*\d+\s*(,\s*\d+\s*)*)$")
 class TrainSettings(Settings):
     dataset: str | None = setting(None, "Data set in the workspace. Default: the only one.")
     run_id: str | None = setting(None, "Run name (a folder under runs/). Default: backbone-time.")
-    backbone: str = setting("resnet18", "The network to train.", choices=BACKBONES)
+    backbone: str = setting(
+        DEFAULT_BACKBONE,
+        "The network to train. Settings left unset take its recipe (core/recipes.py).",
+        choices=BACKBONES,
+    )
     weights: str = setting(
         "none", "imagenet, none, a KerasHub preset folder, a .weights.h5 file or a run folder."
     )
@@ -274,7 +282,7 @@ class TrainSettings(Settings):
         choices=STEMS,
     )
     image_size: int = setting(
-        64, "Pixels fed to the network (64: the CIFAR-10 recipe, upsampled from its 32 px)."
+        None, "Pixels fed to the network (CIFAR-10 is 32 px). " + recipe_default("image_size")
     )
     progressive_resize: int | None = setting(
         None,
@@ -289,22 +297,28 @@ class TrainSettings(Settings):
     width_multiplier: float = setting(
         1.0, "Channel width factor (<1: a narrow network; from scratch only).", gt=0, le=4
     )
-    dropout: float = setting(0.2, "Dropout rate before the head.", ge=0, lt=1)
+    dropout: float = setting(
+        None, "Dropout rate before the head. " + recipe_default("dropout"), ge=0, lt=1
+    )
     zero_init_residual: bool = setting(
         False,
         "Start each residual block as the identity: the BatchNorm gamma ending its branch at "
         "zero (from scratch only).",
     )
-    augment: str = setting("standard", "Pixel augmentation preset.", choices=AUGMENT_PRESETS)
+    augment: str = setting(
+        None, "Pixel augmentation preset. " + recipe_default("augment"), choices=AUGMENT_PRESETS
+    )
     flip: str = setting(
-        "random",
+        None,
         "The preset's mirror: random per image, or alternate (each image mirrored on every "
-        "other epoch, airbench's).",
+        "other epoch, airbench's). " + recipe_default("flip"),
         choices=FLIPS,
     )
     mix: str = setting("none", "Batch mixing.", choices=MIX_MODES)
     mix_alpha: float = setting(1.0, "Beta(alpha, alpha) of the mixing ratio.", gt=0)
-    label_smoothing: float = setting(0.0, "Label smoothing epsilon.", ge=0, lt=1)
+    label_smoothing: float = setting(
+        None, "Label smoothing epsilon. " + recipe_default("label_smoothing"), ge=0, lt=1
+    )
     class_weights: str = setting(
         "none", f"none, balanced, or a per-class recall JSON / an earlier run's {METRICS_FILE}."
     )
@@ -320,7 +334,9 @@ class TrainSettings(Settings):
     drop_top: int | None = setting(
         None, "With --drop-train: only the file's first N rows. Default: all.", ge=1
     )
-    batch_size: int = setting(128, "Images per step (per replica).", ge=1)
+    batch_size: int = setting(
+        None, "Images per step (per replica). " + recipe_default("batch_size"), ge=1
+    )
     frozen_epochs: int | None = setting(
         None, "Head-only epochs (phase 1). Default: 1 with pretrained weights, else 0.", ge=0
     )
@@ -341,25 +357,27 @@ class TrainSettings(Settings):
     optimizer: str = setting("sgd", "sgd (Nesterov momentum) or adamw.", choices=OPTIMIZERS)
     lr: float | None = setting(
         None,
-        "One-cycle peak rate of the head. Default: 0.4 from scratch, 0.05 pretrained (both "
-        "measured on CIFAR-10).",
+        "One-cycle peak rate of the head. Default: 1.5 for airbench94 (its recipe); else 0.4 "
+        "from scratch, 0.05 pretrained (both measured on CIFAR-10).",
         gt=0,
     )
     backbone_lr_mult: float | None = setting(
         None, "Backbone rate as a multiple of --lr. Default: 1 from scratch, 0.1 pretrained.", ge=0
     )
-    weight_decay: float = setting(5e-4, "Decoupled weight decay.", ge=0)
+    weight_decay: float = setting(
+        None, "Decoupled weight decay. " + recipe_default("weight_decay"), ge=0
+    )
     momentum: float | None = setting(
         None,
-        "SGD momentum (AdamW's beta_1), held constant. Default: cycled against the rate, "
-        "0.95 at the lowest rates to 0.85 at the peak.",
+        "SGD momentum (AdamW's beta_1), held constant; unset, it is cycled against the rate, "
+        "0.95 at the lowest rates to 0.85 at the peak. " + recipe_default("momentum"),
         ge=0,
         lt=1,
     )
     bias_lr_mult: float = setting(
-        1.0,
+        None,
         "BatchNorm offsets learn at this multiple of their layer's rate (weight decay "
-        "unscaled); airbench uses 64.",
+        "unscaled). " + recipe_default("bias_lr_mult"),
         gt=0,
     )
     ema: float = setting(
@@ -371,18 +389,30 @@ class TrainSettings(Settings):
         lt=1,
     )
     lookahead: bool = setting(
-        False,
+        None,
         "airbench's lookahead in the last phase: every 5 steps an average of the weights "
         "moves towards them and they jump to it, the average's pull rising over the schedule; "
-        "the run ends on the average.",
+        "the run ends on the average. " + recipe_default("lookahead"),
     )
-    pct_start: float = setting(0.25, "Fraction of each phase spent warming up.", gt=0, lt=1)
+    pct_start: float = setting(
+        None,
+        "Fraction of each phase spent warming up. " + recipe_default("pct_start"),
+        gt=0,
+        lt=1,
+    )
     anneal: str = setting(
-        "cos", "Shape of the one-cycle rate: cos (fastai's) or linear.", choices=ANNEALS
+        None,
+        "Shape of the one-cycle rate: cos (fastai's) or linear. " + recipe_default("anneal"),
+        choices=ANNEALS,
     )
-    div_factor: float = setting(25.0, "The one-cycle rate starts at --lr / this.", gt=0)
+    div_factor: float = setting(
+        None, "The one-cycle rate starts at --lr / this. " + recipe_default("div_factor"), gt=0
+    )
     final_div_factor: float = setting(
-        1e4, "The one-cycle rate ends at its starting rate / this.", gt=0
+        None,
+        "The one-cycle rate ends at its starting rate / this. "
+        + recipe_default("final_div_factor"),
+        gt=0,
     )
     precision: str = setting(
         "auto",
@@ -424,10 +454,10 @@ class TrainSettings(Settings):
         "Time a few training steps before the first epoch and print the run's expected time.",
     )
     tta: str = setting(
-        "none",
+        None,
         "Test-time augmentation for the final scoring: flip averages each image with its "
         "mirror; flip-shift adds four 1/16-side shifts; flip-x-shift the shifts' mirrors "
-        "too (10 views).",
+        "too (10 views); flip-translate airbench's 6 weighted views. " + recipe_default("tta"),
         choices=TTA_MODES,
     )
     max_train_images: int | None = setting(
@@ -436,6 +466,13 @@ class TrainSettings(Settings):
     strategy: str = setting(
         "auto", "tf.distribute: one device, mirrored (GPUs) or multiworker.", choices=STRATEGIES
     )
+
+    def __post_init__(self) -> None:
+        """Settings left unset take the backbone's recipe, then every rule is checked."""
+        for name, value in recipe_for(self.backbone).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        super().__post_init__()
 
     def check(self) -> None:
         check_image_size(self.image_size)
@@ -563,20 +600,24 @@ def setting_arm(arm: str) -> dict[str, Any]:
     if field_name not in found or field_name in _NOT_ARMS or not found[field_name].metadata["cli"]:
         raise ConfigError(f"--arms {arm!r}: {name!r} is not a train setting an arm can change")
     default = found[field_name].default
+    hint = typing.get_type_hints(TrainSettings)[field_name]
+    kind = ([t for t in typing.get_args(hint) if t is not type(None)] or [hint])[0]
     text = text.strip()
     value: Any
-    if text.lower() == "none" and default is None:
-        value = None
-    elif isinstance(default, bool):
+    if text in (found[field_name].metadata.get("choices") or ()):
+        value = text  # tta=none is the choice "none", not "unset"
+    elif text.lower() == "none" and default is None:
+        value = None  # "decide for me": the backbone's recipe, or the rule the help names
+    elif kind is bool:
         if text.lower() not in ("true", "false"):
             raise ConfigError(f"--arms {arm!r}: {flag_name(field_name)} takes true or false")
         value = text.lower() == "true"
-    elif isinstance(default, int | float) or field_name in _NUMBERS:
+    elif kind in (int, float):
         try:
             value = float(text)
         except ValueError:
             raise ConfigError(f"--arms {arm!r}: {flag_name(field_name)} takes a number") from None
-        if isinstance(default, int) or field_name in _INTEGERS:
+        if kind is int:
             if value != int(value):
                 raise ConfigError(f"--arms {arm!r}: {flag_name(field_name)} takes a whole number")
             value = int(value)
@@ -585,11 +626,6 @@ def setting_arm(arm: str) -> dict[str, Any]:
     meta = dict(found[field_name].metadata)
     _check_field(field_name, value, meta)
     return {field_name: value}
-
-
-# Number-valued settings whose default is None (so their type is not in the default).
-_INTEGERS = frozenset({"progressive_resize", "frozen_epochs", "drop_top", "max_train_images"})
-_NUMBERS = _INTEGERS | {"lr", "backbone_lr_mult", "momentum"}
 
 
 @panels(

@@ -89,7 +89,7 @@ def read_settings_file(path: Path | str, cls: type, names: frozenset[str]) -> di
 
 def settings_from_file(path: Path | str, cls: type, **overrides: Any) -> Any:
     """`cls` from `path`'s table for it, `overrides` winning, as `--config` and typed flags:
-    `settings_from_file("assets/recipes/airbench94.toml", TrainSettings, budget="30m")`."""
+    `settings_from_file("my-recipe.toml", TrainSettings, budget="30m")`."""
     names = frozenset(f.name for f in fields(cls) if f.metadata.get("cli", True))
     return cls(**{**read_settings_file(path, cls, names), **overrides})
 

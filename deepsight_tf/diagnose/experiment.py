@@ -166,13 +166,13 @@ def _changes(arm: str, base: TrainSettings) -> dict[str, Any]:
 def transfer_changes(base: TrainSettings) -> dict[str, Any]:
     """ImageNet transfer against the baseline's recipe: TRANSFER with every other recipe
     setting at the default `deepsight train` gives it (those that differ from the baseline's)."""
-    recipe = {
-        f.name: f.default
+    fresh = TrainSettings(**TRANSFER)  # the transfer backbone's own recipe filled in
+    wanted = {
+        f.name: getattr(fresh, f.name)
         for f in fields(TrainSettings)
         if (f.metadata.get("panel") in RECIPE_PANELS or f.name in RECIPE_FIELDS)
         and f.name != "epochs"
     }
-    wanted = {**recipe, **TRANSFER}
     return {name: value for name, value in wanted.items() if getattr(base, name) != value}
 
 

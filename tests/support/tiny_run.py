@@ -92,7 +92,9 @@ def make_tiny_run(
     test_probs = predict_probs(model, eval_ds)
     save_classifier(model, run_dir / MODEL_FILE, None if older_model_file else PREPROCESSING)
     settings = resolve_settings(
-        TrainSettings(run_id=RUN_ID, image_size=IMAGE_SIZE, width_multiplier=1 / 16)
+        TrainSettings(
+            run_id=RUN_ID, backbone="resnet18", image_size=IMAGE_SIZE, width_multiplier=1 / 16
+        )
     )
     config = run_config(
         RUN_ID, settings, "float32", PREPROCESSING, plan_phases(settings), {}, "2026-01-01"
