@@ -156,6 +156,8 @@ def test_unset_settings_take_their_backbones_recipe() -> None:
     # A value given wins over the recipe, for any backbone; None means "the recipe's".
     assert TrainSettings(image_size=48, batch_size=None).image_size == 48
     assert TrainSettings(batch_size=None).batch_size == 1024
+    # The recipe's rate is for training from scratch; from a run's weights the pretrained rule.
+    assert TrainSettings().lr == 1.5 and TrainSettings(weights="runs/a").lr is None
     # replace() keeps what the settings hold; an experiment arm that swaps the backbone
     # passes None for the recipe settings it wants the new backbone's values of.
     swapped = replace(airbench, backbone="resnet18", image_size=None, tta=None)

@@ -357,8 +357,8 @@ class TrainSettings(Settings):
     optimizer: str = setting("sgd", "sgd (Nesterov momentum) or adamw.", choices=OPTIMIZERS)
     lr: float | None = setting(
         None,
-        "One-cycle peak rate of the head. Default: 1.5 for airbench94 (its recipe); else 0.4 "
-        "from scratch, 0.05 pretrained (both measured on CIFAR-10).",
+        "One-cycle peak rate of the head. Default: from scratch 1.5 for airbench94 (its "
+        "recipe), else 0.4; 0.05 pretrained (both measured on CIFAR-10).",
         gt=0,
     )
     backbone_lr_mult: float | None = setting(
@@ -469,7 +469,7 @@ class TrainSettings(Settings):
 
     def __post_init__(self) -> None:
         """Settings left unset take the backbone's recipe, then every rule is checked."""
-        for name, value in recipe_for(self.backbone).items():
+        for name, value in recipe_for(self.backbone, self.weights).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         super().__post_init__()
