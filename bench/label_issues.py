@@ -23,6 +23,8 @@ which equals recall at k) and the recall at 2k, means over the seeds; a random r
                             fold probes' mean: no probe read a test label)
   ImageNet probe + kNN      p(given) of the mean of the two distributions
   run normalized margin     (p(given) - max p(other) + 1) / 2 of the run's (cleanlab's)
+  run self-confidence,      p(given) after each class's mean self-confidence is subtracted
+    class-adjusted          (cleanlab's adjust_pred_probs; thresholds from the ranked labels)
   run + probe, equal        p(given) of the equal mixture of the run's and the probe's
                             probabilities (needs --run)
   run + probe, stacked      the same mixture weighted to maximise the validation images'
@@ -60,6 +62,7 @@ from deepsight_tf.diagnose.imagenet_features import (  # noqa: E402
 )
 from deepsight_tf.diagnose.independent import evidence_from_features  # noqa: E402
 from deepsight_tf.diagnose.label_scores import (  # noqa: E402
+    class_adjusted,
     mixture,
     mixture_weight,
     normalized_margin,
@@ -160,6 +163,8 @@ def scores_of(labels, probe, knn, run, weight) -> dict[str, tuple[np.ndarray, np
     scores = {name: (self_confidence(labels, p), p) for name, p in distributions.items()}
     if run is not None:
         scores["run normalized margin"] = (normalized_margin(labels, run), run)
+        adjusted = class_adjusted(labels, run)
+        scores["run self-confidence, class-adjusted"] = (self_confidence(labels, adjusted), run)
     return scores
 
 

@@ -8,6 +8,7 @@ import pytest
 from cleanlab.rank import get_label_quality_scores
 
 from deepsight_tf.diagnose.label_scores import (
+    class_adjusted,
     knn_agreement_score,
     knn_label_agreement,
     mixture,
@@ -29,6 +30,15 @@ def test_probability_scores_equal_cleanlab(method: str) -> None:
     np.testing.assert_allclose(
         ours(labels, probs), get_label_quality_scores(labels, probs, method=method), atol=1e-12
     )
+
+
+@pytest.mark.parametrize("method", ["self_confidence", "normalized_margin"])
+def test_class_adjusted_scores_equal_cleanlabs_adjust_pred_probs(method: str) -> None:
+    labels, probs = probabilities(300, 5, seed=2)
+    labels[labels == 4] = 3  # a class no image is labelled with: cleanlab's placeholder
+    ours = {"self_confidence": self_confidence, "normalized_margin": normalized_margin}[method]
+    expected = get_label_quality_scores(labels, probs, method=method, adjust_pred_probs=True)
+    np.testing.assert_allclose(ours(labels, class_adjusted(labels, probs)), expected, atol=1e-12)
 
 
 def clusters(n_per: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

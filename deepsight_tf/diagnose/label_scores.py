@@ -21,6 +21,20 @@ def self_confidence(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return probs[np.arange(len(labels)), labels]
 
 
+def class_adjusted(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """probs with each class's mean self-confidence among the images labelled with it
+    subtracted, shifted positive and renormalised: cleanlab's `adjust_pred_probs`, which keeps
+    a class the model is unsure of throughout (cat, dog) from filling the top of a ranking."""
+    probs = np.asarray(probs, np.float64)
+    present = np.bincount(labels, minlength=probs.shape[1]) > 0
+    thresholds = np.full(probs.shape[1], 2.0)  # cleanlab's value for a class with no image
+    for k in np.flatnonzero(present):
+        thresholds[k] = probs[labels == k, k].mean()
+    thresholds = np.maximum(thresholds, 2e-6)
+    adjusted = probs - thresholds + thresholds.max()
+    return adjusted / adjusted.sum(axis=1, keepdims=True)
+
+
 def normalized_margin(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """(p(given) - max p(other) + 1) / 2, in [0, 1] (cleanlab's normalized_margin)."""
     given = self_confidence(labels, probs)
