@@ -105,15 +105,15 @@ report: interpret
 
 all: report
 
-# The seed's proposed interventions against a baseline, each arm a run of EXPERIMENT_BUDGET
-# (5 minutes: the 7 runs take about 45 minutes on 2 cores). Light augmentation: at one or two
-# epochs it beat the standard preset (docs/results.md). The clean-labels arm reads an interpreted
-# run's label issues: EXPERIMENT_ARMS=baseline,clean-labels EXPERIMENT_FLAGS+=" --issues-from
-# RUN" (`make interpret` first). --resume-or-start: a rerun continues the experiment.
+# The seed's proposed interventions against a baseline on the default recipe, each arm (and a
+# second baseline seed, the noise) a run of EXPERIMENT_BUDGET, so the whole takes about seven
+# times that. The clean-labels arm reads an interpreted run's label issues:
+# EXPERIMENT_ARMS=baseline,clean-labels EXPERIMENT_FLAGS+=" --issues-from RUN" (`make interpret`
+# first). --resume-or-start: a rerun continues the experiment.
 EXPERIMENT ?= seed-ideas
 EXPERIMENT_ARMS ?= baseline,cutmix,mixup,focus-pairs,class-weights,resnet50
 EXPERIMENT_BUDGET ?= 5m
-EXPERIMENT_FLAGS ?= --augment light --label-smoothing 0.1 --tta flip
+EXPERIMENT_FLAGS ?=
 experiment: explore
 	$(DEEPSIGHT) experiment $(EXPERIMENT) --arms $(EXPERIMENT_ARMS) --budget $(EXPERIMENT_BUDGET) --weights $(WEIGHTS) --resume-or-start $(EXPERIMENT_FLAGS)
 
