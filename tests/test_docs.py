@@ -86,7 +86,7 @@ def test_the_reference_lists_every_option_of_every_command_in_its_panel(hooks) -
     assert re.search(r"\| `--lr` \|  \| &gt; 0 \| One-cycle peak rate", train)
     assert "| `--resume` / `--no-resume` | `--no-resume` |" in train
     assert "| `--backbone` | `airbench94` | `resnet18`, `resnet50`," in train
-    recipe_default = r"\| `--image-size` \|  \|.*Default: 32 for airbench94, 64 for the other"
+    recipe_default = r"\| `--image-size` \|  \|.*Default: 32 for airbench94, airbench93 and"
     assert re.search(recipe_default, train)
     assert "| 7 | configuration |" in sections["Exit codes"]
 

@@ -65,8 +65,12 @@ AIRBENCH94_RECIPE: MappingProxyType[str, Any] = MappingProxyType(
     }
 )
 
+# The other networks designed for CIFAR's 32 px (airbench93, Page's ResNet-9) train at the
+# data's own size, not upsampled; the rest of their recipe is the general one, unmeasured.
+AT_DATA_SIZE: MappingProxyType[str, Any] = MappingProxyType({"image_size": 32})
+
 BACKBONE_RECIPES: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
-    {"airbench94": AIRBENCH94_RECIPE}
+    {"airbench94": AIRBENCH94_RECIPE, "airbench93": AT_DATA_SIZE, "resnet9": AT_DATA_SIZE}
 )
 RECIPE_FIELDS = tuple(GENERAL_RECIPE)
 
@@ -85,15 +89,19 @@ def recipe_for(backbone: str, weights: str = "none") -> dict[str, Any]:
 
 def recipe_default(name: str) -> str:
     """A recipe setting's default in words, for its help: which backbone gets what."""
-    parts = [
-        f"{_words(recipe[name])} for {backbone}"
-        for backbone, recipe in BACKBONE_RECIPES.items()
-        if name in recipe
-    ]
+    by_value: dict[str, list[str]] = {}
+    for backbone, recipe in BACKBONE_RECIPES.items():
+        if name in recipe:
+            by_value.setdefault(_words(recipe[name]), []).append(backbone)
+    parts = [f"{value} for {_listed(backbones)}" for value, backbones in by_value.items()]
     general = GENERAL_RECIPE.get(name)
     if name in GENERAL_RECIPE:
         parts.append(f"{_words(general)} for the other backbones" if parts else _words(general))
     return "Default: " + ", ".join(parts) + "."
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _words(value: Any) -> str:

@@ -31,6 +31,7 @@ from deepsight_tf.core.workspace import (
 BACKBONES = (
     "resnet18",
     "resnet50",
+    "resnet9",
     "airbench94",
     "airbench93",
     "efficientnet-lite0",

@@ -18,9 +18,10 @@ from deepsight_tf.model.backbones.base import (
 )
 from deepsight_tf.model.backbones.efficientnet import EFFICIENTNETS, EfficientNetLiteSpec
 from deepsight_tf.model.backbones.resnet import RESNETS, ResNetSpec
+from deepsight_tf.model.backbones.resnet9 import RESNET9, ResNet9Spec
 from deepsight_tf.model.preprocessing import Normalization
 
-BACKBONES: dict[str, Backbone] = {**RESNETS, **AIRBENCH, **EFFICIENTNETS}
+BACKBONES: dict[str, Backbone] = {**RESNETS, **RESNET9, **AIRBENCH, **EFFICIENTNETS}
 
 __all__ = [
     "BACKBONES",
@@ -30,6 +31,7 @@ __all__ = [
     "AirbenchSpec",
     "Backbone",
     "EfficientNetLiteSpec",
+    "ResNet9Spec",
     "ResNetSpec",
     "check_stem",
     "choose_normalization",
