@@ -103,6 +103,22 @@ def test_plan_names_every_arm_and_refuses_unknown_ones() -> None:
         ExperimentSettings(name="e", arms="cutmix")
 
 
+def test_the_resnet50_arm_takes_its_recipe_where_the_baseline_has_its_own() -> None:
+    plan = ExperimentSettings(name="n", arms="baseline,resnet50", baseline_seeds=1)
+    (arm,) = plan_arms(plan, TrainSettings(budget="10m", label_smoothing=0.1))[1:]
+    swapped = replace(TrainSettings(budget="10m", label_smoothing=0.1), **arm.changes)
+    # airbench94's recipe gives way to the ResNets' (64 px, batch 128, the rate by the
+    # weights), but the label smoothing the baseline was given stays.
+    assert (swapped.backbone, swapped.image_size, swapped.batch_size, swapped.lr) == (
+        "resnet50",
+        64,
+        128,
+        None,
+    )
+    assert swapped.label_smoothing == 0.1 and not swapped.lookahead
+    assert "label_smoothing" not in arm.changes and "budget" not in arm.changes
+
+
 def test_the_transfer_arm_is_deepsights_transfer_defaults_on_the_experiments_data() -> None:
     """Against airbench94's recipe: Lite0 from ImageNet with every recipe setting at the default
     `deepsight train --backbone efficientnet-lite0 --weights imagenet` has, while the seed,

@@ -538,7 +538,8 @@ class ExperimentSettings(Settings):
         "validation predictions, clean-labels leaves out a run's training label issues "
         "(--issues-from), clean-labels-imagenet the ones that the same run's interpret found "
         "with ImageNet features. transfer trains EfficientNet-Lite0 from its ImageNet weights "
-        "with deepsight's transfer defaults in place of the baseline's recipe.",
+        "with deepsight's transfer defaults in place of the baseline's recipe; resnet50 "
+        "swaps in ResNet-50, with its recipe where the baseline has its own backbone's.",
     )
     baseline_seeds: int = setting(
         2, "Baseline runs with different seeds: their spread is the run-to-run noise.", ge=1

@@ -40,6 +40,7 @@ from deepsight_tf.core.errors import (
 )
 from deepsight_tf.core.manifest import now_iso
 from deepsight_tf.core.progress import Notify, TrainingMonitor
+from deepsight_tf.core.recipes import recipe_for
 from deepsight_tf.core.settings import (
     MODEL,
     REGULARISATION,
@@ -79,7 +80,7 @@ ARM_CHANGES: dict[str, dict[str, Any]] = {
     "focus-pairs": {},  # focus_pairs: the baseline's most-confused validation pairs
     "class-weights": {},  # class_weights: 1 / the baseline's validation recall
     "label-smoothing": {"label_smoothing": 0.1},
-    "resnet50": {"backbone": "resnet50"},
+    "resnet50": {},  # backbone: resnet50, with its recipe where the baseline has its own
     "clean-labels": {},  # drop_train: a run's training label issues (--issues-from)
     "clean-labels-imagenet": {},  # drop_train: the same run's list from ImageNet features
     "ema": {"ema": 0.999},
@@ -160,7 +161,22 @@ def _changes(arm: str, base: TrainSettings) -> dict[str, Any]:
         return {"progressive_resize": progressive_start(base.image_size)}
     if arm == "transfer":
         return transfer_changes(base)
+    if arm == "resnet50":
+        return backbone_changes(base, "resnet50")
     return dict(ARM_CHANGES[arm])
+
+
+def backbone_changes(base: TrainSettings, backbone: str) -> dict[str, Any]:
+    """Another network in the baseline's place: each setting the baseline holds at its own
+    backbone's recipe value takes the new backbone's (airbench94's batch 1024 at a rate of 1.5
+    is no recipe for a ResNet-50); a setting the baseline was given keeps its value."""
+    own = recipe_for(base.backbone, base.weights)
+    new = recipe_for(backbone, base.weights)
+    changes: dict[str, Any] = {"backbone": backbone}
+    for name in sorted(own.keys() | new.keys()):
+        if getattr(base, name) == own.get(name) and own.get(name) != new.get(name):
+            changes[name] = new.get(name)  # None: decided with the weights (the rate)
+    return changes
 
 
 def transfer_changes(base: TrainSettings) -> dict[str, Any]:
