@@ -119,6 +119,28 @@ def test_the_resnet50_arm_takes_its_recipe_where_the_baseline_has_its_own() -> N
     assert "label_smoothing" not in arm.changes and "budget" not in arm.changes
 
 
+def test_arms_that_cannot_train_or_change_nothing_are_refused_before_any_training() -> None:
+    recipe = TrainSettings(budget="10m")  # airbench94: no residual blocks, lookahead on
+    for arms, message in [
+        ("baseline,zero-init", "no residual blocks"),
+        ("baseline,lr=none", "already trains with that"),  # none: the recipe's 1.5 again
+        ("baseline,flip=alternate", "already trains with that"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            plan_arms(ExperimentSettings(name="r", arms=arms, baseline_seeds=1), recipe)
+    # The ema arm is one weight average in place of the other; backbone=X brings X's recipe.
+    plan = ExperimentSettings(name="r", arms="baseline,ema,backbone=resnet9", baseline_seeds=1)
+    ema, resnet9 = plan_arms(plan, recipe)[1:]
+    assert ema.changes == {"ema": 0.999, "lookahead": False}
+    swapped = replace(recipe, **resnet9.changes)
+    assert (swapped.backbone, swapped.image_size, swapped.batch_size, swapped.lr) == (
+        "resnet9",
+        32,
+        128,
+        None,
+    )
+
+
 def test_the_transfer_arm_is_deepsights_transfer_defaults_on_the_experiments_data() -> None:
     """Against airbench94's recipe: Lite0 from ImageNet with every recipe setting at the default
     `deepsight train --backbone efficientnet-lite0 --weights imagenet` has, while the seed,
@@ -147,7 +169,7 @@ def test_a_setting_arm_changes_that_setting_alone_read_as_its_type() -> None:
         arms="baseline,lookahead=true,label-smoothing=0,flip=random,momentum=none,batch-size=512",
         baseline_seeds=1,
     )
-    arms = plan_arms(settings, tiny())
+    arms = plan_arms(settings, tiny(label_smoothing=0.2, momentum=0.9, flip="alternate"))
     assert [(a.name, a.run_id, a.changes) for a in arms[1:]] == [
         ("lookahead=true", "a-lookahead-true", {"lookahead": True}),
         ("label-smoothing=0", "a-label-smoothing-0", {"label_smoothing": 0.0}),

@@ -79,6 +79,14 @@ def test_keras_export_predicts_as_the_run_and_has_no_optimizer(
     assert json.loads(zipfile.ZipFile(path).read("config.json")).get("compile_config") in (None, {})
     assert result.check_images == 16  # 8 at the input size, 8 at half of it
     assert result.max_abs_diff is not None and result.max_abs_diff <= TOLERANCE
+    # An export written before the file held its preprocessing (the network alone, beside its
+    # sidecar) is fed raw images all the same.
+    from deepsight_tf.model.saving import load_classifier, save_classifier
+
+    save_classifier(load_classifier(path), path)
+    predict = load_export(path, "keras")
+    assert predict is not None
+    np.testing.assert_allclose(predict(tiny.x_test), expected, atol=TOLERANCE)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from deepsight_tf.cli import app
 from deepsight_tf.core.errors import DataError, PrerequisiteError, StaleArtifactError
+from deepsight_tf.core.settings import INTERPOLATIONS
 from deepsight_tf.model.preprocessing import preprocess
 from deepsight_tf.serve.predict import (
     collect_images,
@@ -22,7 +23,14 @@ from deepsight_tf.serve.predict import (
     resolve_run,
 )
 
-from support.tiny_run import CLASS_NAMES, IMAGE_SIZE, NORMALIZATION, TinyRun, make_tiny_run
+from support.tiny_run import (
+    CLASS_NAMES,
+    IMAGE_SIZE,
+    NORMALIZATION,
+    SOURCE_SIZE,
+    TinyRun,
+    make_tiny_run,
+)
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +125,26 @@ def test_model_file_predicts_uint8_images_of_any_size_in_plain_keras(
         expected = predict_paths(tiny.run_dir, paths).probs
         got = np.load(tmp_path / f"{name}.out.npy")
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_the_saved_preprocessing_is_preprocess_for_every_interpolation(
+    tiny: TinyRun, tmp_path: Path, interpolation: str
+) -> None:
+    import keras
+
+    from deepsight_tf.model.preprocessing import Preprocessing
+    from deepsight_tf.model.saving import load_classifier, save_classifier
+
+    network = load_classifier(tiny.run_dir / "model.keras")
+    path = tmp_path / "m.keras"
+    save_classifier(network, path, Preprocessing(IMAGE_SIZE, interpolation, NORMALIZATION))
+    model = keras.saving.load_model(path)
+    for side in (SOURCE_SIZE, IMAGE_SIZE):
+        images = tiny.x_test if side == SOURCE_SIZE else tiny.x_test.repeat(2, 1).repeat(2, 2)
+        images = images[:, :side, :side]
+        expected = network(preprocess(images, IMAGE_SIZE, NORMALIZATION, interpolation))
+        np.testing.assert_allclose(model(images), expected, atol=1e-5)
 
 
 def test_load_model_takes_raw_images_from_new_and_older_run_folders(

@@ -83,7 +83,7 @@ ARM_CHANGES: dict[str, dict[str, Any]] = {
     "resnet50": {},  # backbone: resnet50, with its recipe where the baseline has its own
     "clean-labels": {},  # drop_train: a run's training label issues (--issues-from)
     "clean-labels-imagenet": {},  # drop_train: the same run's list from ImageNet features
-    "ema": {"ema": 0.999},
+    "ema": {"ema": 0.999, "lookahead": False},  # one weight average in place of the other
     "zero-init": {"zero_init_residual": True},
     "progressive": {},  # progressive_resize: two thirds of the baseline's image size
     "transfer": {},  # the baseline's recipe undone, then TRANSFER: see transfer_changes
@@ -141,11 +141,36 @@ def plan_arms(settings: ExperimentSettings, base: TrainSettings) -> list[Arm]:
         arm = f"baseline-seed{i + 1}"
         arms.append(Arm(arm, f"{name}-{arm}", {"seed": base.seed + i}))
     arms += [
-        Arm(arm, f"{name}-{arm_slug(arm)}", _changes(arm, base))
+        Arm(arm, f"{name}-{arm_slug(arm)}", _checked(arm, base, _changes(arm, base)))
         for arm in settings.arm_list()
         if arm != "baseline"
     ]
     return arms
+
+
+def _checked(arm: str, base: TrainSettings, changes: dict[str, Any]) -> dict[str, Any]:
+    """An arm that trains at all, and differs from the baseline: refused before anything
+    trains otherwise (a late failure would cost the arms already trained)."""
+    from deepsight_tf.model.backbones import get_backbone_spec
+
+    if arm == "zero-init" and not get_backbone_spec(base.backbone).residual_end_batchnorms:
+        raise ConfigError(
+            f"--arms zero-init: {base.backbone} has no residual blocks; drop the arm or train "
+            "a ResNet (--backbone resnet18, resnet9)"
+        )
+    if arm in DERIVED:
+        return changes  # filled from the baseline's run later
+    changes = {k: v for k, v in changes.items() if getattr(base, k) != v}
+    try:
+        changed = replace(base, **changes)
+    except ConfigError as exc:
+        raise ConfigError(f"--arms {arm}: {exc}") from None
+    if changed == base:
+        raise ConfigError(
+            f"--arms {arm}: the baseline already trains with that (its backbone's recipe "
+            "decides what a setting left unset is); give a value that differs"
+        )
+    return changes
 
 
 def arm_slug(arm: str) -> str:
@@ -156,23 +181,31 @@ def arm_slug(arm: str) -> str:
 def _changes(arm: str, base: TrainSettings) -> dict[str, Any]:
     """An arm's changes to the baseline's settings that need no baseline run."""
     if "=" in arm:
-        return setting_arm(arm)
+        changes = setting_arm(arm)
+        if "backbone" in changes or "weights" in changes:  # the recipe follows the network
+            return backbone_changes(base, **changes)
+        return changes
     if arm == "progressive":
         return {"progressive_resize": progressive_start(base.image_size)}
     if arm == "transfer":
         return transfer_changes(base)
     if arm == "resnet50":
-        return backbone_changes(base, "resnet50")
+        return backbone_changes(base, backbone="resnet50")
     return dict(ARM_CHANGES[arm])
 
 
-def backbone_changes(base: TrainSettings, backbone: str) -> dict[str, Any]:
-    """Another network in the baseline's place: each setting the baseline holds at its own
-    backbone's recipe value takes the new backbone's (airbench94's batch 1024 at a rate of 1.5
-    is no recipe for a ResNet-50); a setting the baseline was given keeps its value."""
+def backbone_changes(
+    base: TrainSettings, backbone: str | None = None, weights: str | None = None
+) -> dict[str, Any]:
+    """Another network or start in the baseline's place: each setting the baseline holds at
+    its own recipe's value takes the new one's (airbench94's batch 1024 at a rate of 1.5 is
+    no recipe for a ResNet-50; from a run's weights the pretrained rate rule holds); a
+    setting the baseline holds at another value keeps it."""
+    backbone, weights = backbone or base.backbone, weights or base.weights
     own = recipe_for(base.backbone, base.weights)
-    new = recipe_for(backbone, base.weights)
-    changes: dict[str, Any] = {"backbone": backbone}
+    new = recipe_for(backbone, weights)
+    changes: dict[str, Any] = {"backbone": backbone, "weights": weights}
+    changes = {k: v for k, v in changes.items() if getattr(base, k) != v}
     for name in sorted(own.keys() | new.keys()):
         if getattr(base, name) == own.get(name) and own.get(name) != new.get(name):
             changes[name] = new.get(name)  # None: decided with the weights (the rate)

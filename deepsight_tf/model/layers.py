@@ -114,3 +114,31 @@ def whitening_kernel(images: np.ndarray, kernel_size: int, eps: float) -> np.nda
     scaled = eigenvectors[:, order] / np.sqrt(eigenvalues[order] + eps)
     filters = np.concatenate([scaled, -scaled], axis=1)
     return filters.reshape(kernel_size, kernel_size, channels, -1).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="deepsight")
+class ImageResize(keras.layers.Layer):
+    """Images resized to `size` x `size` by tf.image.resize with any of its methods: Keras's
+    Resizing layer has no gaussian or mitchellcubic, which a run may have trained with. Images
+    already at the size pass unchanged, as preprocess leaves them (a Gaussian kernel would
+    blur them even at scale 1)."""
+
+    def __init__(self, size: int, interpolation: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.size = int(size)
+        self.interpolation = str(interpolation)
+
+    def call(self, images: Any) -> Any:
+        images = tf.cast(images, tf.float32)
+        shape = tf.shape(images)
+        return tf.cond(
+            tf.logical_and(tf.equal(shape[-3], self.size), tf.equal(shape[-2], self.size)),
+            lambda: images,
+            lambda: tf.image.resize(images, (self.size, self.size), method=self.interpolation),
+        )
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        return (input_shape[0], self.size, self.size, input_shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "size": self.size, "interpolation": self.interpolation}

@@ -18,13 +18,15 @@ from typing import Any
 import keras
 import numpy as np
 
-from deepsight_tf.model import layers  # noqa: F401  (registers the layers a saved model names)
+from deepsight_tf.model import layers  # also registers the layers a saved model names
 from deepsight_tf.model.fastconv import accelerate_convolutions
 from deepsight_tf.model.preprocessing import Normalization, Preprocessing
 
 # The preprocessing layers' names in a saved model, in the order they run.
 RESIZE_LAYER, CLIP_LAYER, NORMALIZE_LAYER = "resize", "clip", "normalize"
 IMAGES_INPUT = "images"
+# The methods Keras's Resizing layer takes (tf.image.resize's others: deepsight's ImageResize).
+KERAS_RESIZE_METHODS = ("bilinear", "nearest", "lanczos3", "lanczos5", "bicubic", "area")
 
 
 def with_preprocessing(network: keras.Model, preprocessing: Preprocessing) -> keras.Model:
@@ -37,11 +39,15 @@ def with_preprocessing(network: keras.Model, preprocessing: Preprocessing) -> ke
     normalization = preprocessing.normalization
     if not isinstance(normalization, Normalization):
         raise TypeError(f"only a Normalization serialises. Received: {normalization!r}")
-    size = preprocessing.image_size
+    size, method = preprocessing.image_size, preprocessing.interpolation
     images = keras.Input((None, None, 3), dtype="float32", name=IMAGES_INPUT)
-    x = keras.layers.Resizing(
-        size, size, interpolation=preprocessing.interpolation, dtype="float32", name=RESIZE_LAYER
-    )(images)
+    if method in KERAS_RESIZE_METHODS:
+        resize = keras.layers.Resizing(
+            size, size, interpolation=method, dtype="float32", name=RESIZE_LAYER
+        )
+    else:  # the same tf.image.resize, in deepsight's layer
+        resize = layers.ImageResize(size, method, dtype="float32", name=RESIZE_LAYER)
+    x = resize(images)
     x = keras.layers.ReLU(max_value=255.0, dtype="float32", name=CLIP_LAYER)(x)
     x = keras.layers.Normalization(
         mean=list(normalization.mean),

@@ -16,7 +16,7 @@ import numpy as np
 from deepsight_tf.core.errors import ConfigError, StorageError
 from deepsight_tf.core.manifest import library_versions, now_iso
 from deepsight_tf.core.settings import EXPORT_FORMATS
-from deepsight_tf.core.storage import atomic_write_json, sha256_file, storage_error
+from deepsight_tf.core.storage import atomic_write_json, read_json, sha256_file, storage_error
 from deepsight_tf.core.workspace import MODEL_FILE, Workspace
 from deepsight_tf.serve.predict import RunModel, load_run_model, resolve_run
 
@@ -272,9 +272,13 @@ def load_export(path: str | Path, fmt: str, endpoint: str = SERVE_ENDPOINT) -> P
         predict_savedmodel.loaded = loaded  # type: ignore[attr-defined] - keeps it alive
         return predict_savedmodel
     if fmt == "keras":
-        from deepsight_tf.model.saving import load_classifier
+        from deepsight_tf.model.preprocessing import Preprocessing
+        from deepsight_tf.model.saving import has_preprocessing, load_classifier, with_preprocessing
 
         model = load_classifier(path, preprocessing=True)
+        if not has_preprocessing(model):  # exported before the file held its preprocessing
+            sidecar = read_json(sidecar_path(path, fmt))
+            model = with_preprocessing(model, Preprocessing.from_dict(sidecar))
         return lambda x: np.asarray(model.predict_on_batch(x))
     if importlib.util.find_spec("onnxruntime") is None:
         return None
