@@ -408,6 +408,37 @@ def test_normalisation_is_the_preset_converters_scale_and_offset():
         choose_normalization("resnet18", "none", [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
 
 
+def test_a_fine_tuning_phase_trains_the_same_layers_fresh_or_after_the_head_phase():
+    """Stages it does not name stay frozen on a freshly built model too (--frozen-epochs 0, a
+    resume into the phase, the step probes), as after a head phase: only stage 4 and the head
+    learn, every BatchNorm in inference mode."""
+    from deepsight_tf.core.settings import TrainSettings
+    from deepsight_tf.model.backbones import stage_of
+    from deepsight_tf.training.plan import parse_unfreeze, plan_phases, resolve_settings
+    from deepsight_tf.training.prepare import set_trainable
+
+    settings = resolve_settings(
+        TrainSettings(backbone="resnet18", weights="imagenet", unfreeze="4", image_size=32)
+    )
+    head, finetune = plan_phases(settings)
+    unfreeze = parse_unfreeze(settings.unfreeze, settings.backbone)
+
+    def trained(model: keras.Model) -> list[str]:
+        return [v.path for v in model.trainable_variables]
+
+    fresh = build_classifier("resnet18", 3, 32, stem="cifar", width_multiplier=NARROW)
+    set_trainable(fresh, finetune, settings, unfreeze)
+    staged = build_classifier("resnet18", 3, 32, stem="cifar", width_multiplier=NARROW)
+    set_trainable(staged, head, settings, unfreeze)
+    set_trainable(staged, finetune, settings, unfreeze)
+    assert trained(fresh) == trained(staged)
+    layers = {la.name: la for la in fresh.layers}
+    assert {stage_of(la.name) for la in fresh.layers if la.trainable_weights} == {4, None}
+    assert not any(
+        la.trainable for la in layers.values() if isinstance(la, keras.layers.BatchNormalization)
+    )
+
+
 @pytest.mark.slow  # ~1 min; staged unfreezing is tested fast above on a narrow model
 def test_unfreeze_all_after_a_frozen_head_phase_trains_every_layer():
     """`model.trainable = True` alone leaves layers frozen one by one still frozen."""

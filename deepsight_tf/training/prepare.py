@@ -281,7 +281,13 @@ def _train_stream(
 def set_trainable(
     model: Any, phase: PhasePlan, settings: TrainSettings, unfreeze: tuple[int, ...] | str
 ) -> None:
-    """Freeze for the head phase; unfreeze the chosen stages (BN frozen) for fine-tuning."""
+    """Freeze for the head phase; unfreeze the chosen stages (BN frozen) for fine-tuning.
+
+    The same layers train whatever state the model is in: a fine-tuning phase first freezes
+    the backbone, so the stages it does not name stay frozen on a freshly built (all
+    trainable) model too, as they are after a head phase: with --frozen-epochs 0, in a resume
+    that starts in the fine-tuning phase, and in the step probes.
+    """
     from deepsight_tf.model import classifier
 
     if phase.trainable == "head":
@@ -291,6 +297,7 @@ def set_trainable(
         # kept in inference mode only to protect pretrained statistics.
         classifier.unfreeze_all(model)
     else:
+        classifier.freeze_backbone(model)
         classifier.unfreeze_stages(model, unfreeze)
 
 
