@@ -69,3 +69,14 @@ def lite0_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         patch.setenv("DEEPSIGHT_CACHE", str(tmp_path_factory.mktemp("deepsight-cache")))
         efficientnet_lite.cached_dir("lite0")
         yield efficientnet_lite.cache_dir("lite0")
+
+
+@pytest.fixture
+def float32_policy():
+    """The global Keras dtype policy float32 for the test, and again after it (a test that
+    builds under mixed precision must not leave it to the next)."""
+    import keras
+
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")

@@ -16,12 +16,8 @@ from deepsight_tf.model.classifier import build_classifier, describe
 from deepsight_tf.model.layers import FusedBatchNormalization, whitening_kernel
 from deepsight_tf.model.saving import load_classifier, save_classifier
 
-
-@pytest.fixture(autouse=True)
-def float32_policy():
-    keras.config.set_dtype_policy("float32")
-    yield
-    keras.config.set_dtype_policy("float32")
+# Every test here starts and ends under the float32 policy (conftest's float32_policy).
+pytestmark = pytest.mark.usefixtures("float32_policy")
 
 
 def patches_images(n: int = 200, seed: int = 0) -> np.ndarray:

@@ -25,12 +25,8 @@ from deepsight_tf.training.optim import (
 )
 from deepsight_tf.training.schedules import OneCycle
 
-
-@pytest.fixture(autouse=True)
-def float32_policy():
-    keras.config.set_dtype_policy("float32")
-    yield
-    keras.config.set_dtype_policy("float32")
+# Every test here starts and ends under the float32 policy (conftest's float32_policy).
+pytestmark = pytest.mark.usefixtures("float32_policy")
 
 
 def tiny_classifier(seed: int = 0) -> keras.Model:

@@ -25,12 +25,8 @@ from deepsight_tf.training.loop import train
 from support.planted import at_step
 from support.resume import assert_same_outcome, outcome, two_phases
 
-
-@pytest.fixture(autouse=True)
-def float32_policy():
-    keras.config.set_dtype_policy("float32")
-    yield
-    keras.config.set_dtype_policy("float32")
+# Every test here starts and ends under the float32 policy (conftest's float32_policy).
+pytestmark = pytest.mark.usefixtures("float32_policy")
 
 
 def resnet9_parameters(classes: int) -> int:
