@@ -61,9 +61,22 @@ class _Event:
         return 1e3 * (other.t - self.t)
 torch.cuda.Event = _Event
 import airbench
+import airbench.utils
+
+# The whitening layer's covariance and eigendecomposition in float32, as on the GPU (where no
+# autocast runs): under bfloat16 autocast the covariance's matrix product rounds to bfloat16,
+# eigenvalues come out below -eps, and the square root makes the whole network NaN.
+_init_whitening = airbench.utils.init_whitening_conv
+def _init_whitening_float32(*args, **kwargs):
+    with torch.autocast("cpu", enabled=False):
+        return _init_whitening(*args, **kwargs)
+airbench.utils.init_whitening_conv = _init_whitening_float32
 
 data = np.load(sys.argv[1])
-folder = sys.argv[2]
+# airbench's train() opens "cifar10/test.pt" relative to the working directory (this process
+# runs in a scratch folder), so both splits go there.
+folder = os.path.join(sys.argv[2], "cifar10")
+os.makedirs(folder, exist_ok=True)
 for split in ("train", "test"):
     torch.save({"images": torch.tensor(data[f"x_{split}"]),
                 "labels": torch.tensor(data[f"y_{split}"]).long(),
@@ -99,7 +112,7 @@ def run_airbench(python: str, images: Path) -> dict:
         start = time.perf_counter()
         out = subprocess.run(
             [
-                python,
+                os.path.abspath(python),  # the subprocess runs in the scratch folder
                 "-c",
                 AIRBENCH_ON_CPU,
                 str(images),
@@ -108,8 +121,11 @@ def run_airbench(python: str, images: Path) -> dict:
             ],
             capture_output=True,
             text=True,
-            check=True,
+            check=False,
+            cwd=folder,
         )
+        if out.returncode:
+            sys.exit(f"airbench failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
         result = json.loads(out.stdout.strip().splitlines()[-1])
         result["wall_s"] = time.perf_counter() - start  # the process as launched
         return result
