@@ -141,6 +141,7 @@ def test_missing_source_and_bad_name_have_distinct_codes(
     missing = run(runner, workspace, "--source", str(tmp_path / "nope"))
     assert missing.exit_code == DataError.exit_code
     assert "no such file or folder" in missing.stderr
+    assert not workspace.exists()  # refused before a lock or a folder was made
     bad_name = run(
         runner, workspace, "--source", str(write_npz(tmp_path / "d.npz")), "--name", "../x"
     )

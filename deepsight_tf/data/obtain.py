@@ -6,6 +6,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,13 @@ from deepsight_tf.core.storage import atomic_write_json, read_json
 from deepsight_tf.core.workspace import IMAGES_FILE, MANIFEST, REPORT_JSON, Workspace
 from deepsight_tf.data.dataset import SPLITS, Dataset, save_dataset
 from deepsight_tf.data.raw import RawDataset, SkippedFile
-from deepsight_tf.data.sources import CIFAR10_SHA256, download_cifar10, fingerprint, read_source
+from deepsight_tf.data.sources import (
+    CIFAR10_SHA256,
+    download_cifar10,
+    fingerprint,
+    read_source,
+    source_kind,
+)
 
 
 @dataclass
@@ -59,6 +66,9 @@ def obtain(
     name = dataset_name(settings)
     if settings.resize is not None and not 8 <= settings.resize <= 1024:
         raise ConfigError(f"--resize {settings.resize}: choose a size between 8 and 1024 pixels")
+    if settings.source is not None:
+        # A path that is no source fails here, before the workspace or a lock is made.
+        source_kind(Path(settings.source))
     source = str(Path(settings.source).resolve()) if settings.source else "keras:cifar10"
     recorded = {"source": source, "resize": settings.resize, "strict": settings.strict}
     folder = workspace.data_dir(name)
@@ -73,18 +83,7 @@ def obtain(
             if stored is not None:
                 return stored
         started = now_iso()
-        raw = (
-            download_cifar10()
-            if settings.source is None
-            else read_source(Path(settings.source), resize=settings.resize, progress=progress)
-        )
-        if settings.strict and raw.skipped:
-            first = raw.skipped[0]
-            raise DataError(
-                f"{Path(source) / first.path}: {first.reason} ({len(raw.skipped)} such files); "
-                "fix or remove them, or drop --strict to skip them"
-            )
-        check_raw(raw, source)
+        raw = _read(settings, source, progress)
         data = Dataset(
             name=name,
             class_names=raw.class_names,
@@ -98,7 +97,6 @@ def obtain(
             test_sizes=raw.test_sizes,
         )
         save_dataset(folder / IMAGES_FILE, data)
-        duration = time.perf_counter() - start
         result = ObtainResult(
             dataset=name,
             folder=str(folder),
@@ -108,25 +106,56 @@ def obtain(
             counts={split: data.counts(split) for split in SPLITS},
             image_shape=list(data.image_shape),
             sha256="",
-            duration_s=round(duration, 2),
+            duration_s=round(time.perf_counter() - start, 2),
             skipped=raw.skipped,
             conversions=raw.conversions,
             warnings=raw.warnings,
         )
         atomic_write_json(folder / REPORT_JSON, result)
-        manifest = Manifest(
-            phase="obtain",
-            settings=recorded,
-            inputs={"source": {"path": source, "fingerprint": source_id, "kind": raw.kind}},
-            outputs={IMAGES_FILE: "", REPORT_JSON: ""},
-            started=started,
-            finished=now_iso(),
-            duration_s=round(duration, 2),
-            extra={"summary": _summary(result)},
-        )
-        workspace.write_manifest(folder, manifest)
-        result.sha256 = manifest.outputs[IMAGES_FILE]
+        source_input = {"path": source, "fingerprint": source_id, "kind": raw.kind}
+        result.sha256 = _vouch(workspace, folder, result, recorded, source_input, started)
         return result
+
+
+def _read(settings: ObtainSettings, source: str, progress: Progress | None) -> RawDataset:
+    """The images and labels of the source (or the Keras download), checked; with --strict
+    a file that could not be read is an error instead of a skipped file."""
+    raw = (
+        download_cifar10()
+        if settings.source is None
+        else read_source(Path(settings.source), resize=settings.resize, progress=progress)
+    )
+    if settings.strict and raw.skipped:
+        first = raw.skipped[0]
+        raise DataError(
+            f"{Path(source) / first.path}: {first.reason} ({len(raw.skipped)} such files); "
+            "fix or remove them, or drop --strict to skip them"
+        )
+    check_raw(raw, source)
+    return raw
+
+
+def _vouch(
+    workspace: Workspace,
+    folder: Path,
+    result: ObtainResult,
+    recorded: dict[str, Any],
+    source: dict[str, Any],
+    started: str,
+) -> str:
+    """The manifest that vouches for the stored files; returns the images' SHA-256."""
+    manifest = Manifest(
+        phase="obtain",
+        settings=recorded,
+        inputs={"source": source},
+        outputs={IMAGES_FILE: "", REPORT_JSON: ""},
+        started=started,
+        finished=now_iso(),
+        duration_s=result.duration_s,
+        extra={"summary": _summary(result)},
+    )
+    workspace.write_manifest(folder, manifest)
+    return manifest.outputs[IMAGES_FILE]
 
 
 def check_raw(raw: RawDataset, source: str) -> None:
