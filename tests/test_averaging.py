@@ -18,7 +18,7 @@ from deepsight_tf.training.loop import train
 from deepsight_tf.training.optim import make_optimizer
 
 from support.planted import Crash, at_step, crash
-from support.resume import assert_same_outcome, outcome
+from support.resume import assert_same_outcome, crash_after_commit, outcome
 from support.separable import tiny
 
 
@@ -161,14 +161,7 @@ def test_a_resume_after_the_last_commit_puts_the_average_in_again(
 ) -> None:
     """Killed after the last epoch's commit, before the average was put in: the resume finds
     the phase done and rebuilds the average from the committed optimizer state."""
-    original = keras.callbacks.TensorBoard.on_epoch_end
-
-    def crash_after_the_last_commit(self, epoch, logs=None):  # type: ignore[no-untyped-def]
-        original(self, epoch, logs)
-        if epoch == 2:
-            raise Crash
-
-    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end", crash_after_the_last_commit)
+    crash_after_commit(monkeypatch, 2, Crash)
     with pytest.raises(Crash):
         train(averaged(run_id="ema-end"), prepared)
     monkeypatch.undo()

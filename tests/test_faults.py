@@ -230,7 +230,7 @@ def test_a_crash_after_the_last_commit_still_completes_every_artifact(
 ) -> None:
     """Killed after the final epoch's commit but before the phase's end weights, the model
     and the predictions are written: resume finds training done and finishes the rest."""
-    import deepsight_tf.training.fitting as training
+    import deepsight_tf.training.events as training
 
     real = training.save_weights_npz
 
@@ -423,6 +423,7 @@ KILL_RUN_FLAGS = [
     *("--batch-size", "4", "--frozen-epochs", "1", "--epochs", "2", "--lr", "0.03"),
     *("--augment", "light", "--seed", "1", "--mva", "0.0", "--deterministic"),
     *("--precision", "float32"),
+    "--keep-checkpoints",  # the outcome compares the last phase's end weights
 ]
 
 

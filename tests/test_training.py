@@ -20,7 +20,10 @@ from deepsight_tf.training.history import read_history
 from deepsight_tf.training.loop import train
 from deepsight_tf.training.metrics import classification_scores
 from deepsight_tf.training.plan import plan_phases, resolve_settings
+from deepsight_tf.training.record import RunRecord
+from deepsight_tf.training.run_metrics import SCHEMA, RunMetrics
 
+from support.resume import crash_after_commit
 from support.separable import CLASSES, tiny
 
 
@@ -72,6 +75,14 @@ def test_a_run_writes_consistent_artifacts(prepared: Workspace, precision: str) 
     metrics = read_json(run / "metrics.json")
     assert metrics["test"]["accuracy"] == recomputed["accuracy"] == result.test["accuracy"]
     assert metrics["test"]["macro_f1"] == pytest.approx(recomputed["macro_f1"])
+    # The file is a typed record with its layout's version, read back field for field.
+    record = RunRecord.at(run).metrics
+    assert (record.schema, record.epochs_run, record.best_epoch) == (SCHEMA, 3, result.best_epoch)
+    assert (
+        record.test.per_class[CLASSES[0]]["support"]
+        == recomputed["per_class"][CLASSES[0]]["support"]
+    )
+    assert record.to_dict() == metrics
     model = keras.saving.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
     network = network_of(model)
     assert network is not model  # the file holds the run's preprocessing in front of it
@@ -100,6 +111,28 @@ def test_a_run_writes_consistent_artifacts(prepared: Workspace, precision: str) 
     np.testing.assert_allclose(raw, predictions["test_probs"], atol=1e-5)
     prepared.verify(run, "deepsight train")
     assert config["preprocessing"]["normalization"]["source"] == "imagenet"  # no explore here
+
+
+def test_metrics_files_of_other_versions() -> None:
+    """A file written before the layout had a version reads as version 0, its absent parts
+    None; a version newer than this code knows is refused, naming the fix."""
+    held_out = {"n": 4, "accuracy": 0.5, "macro_f1": 0.4, "per_class": {}}
+    old = {
+        "dataset": "rgb",
+        "class_names": ["a", 1],
+        "val": held_out,
+        "test": held_out,
+        "mva": 0.65,
+        "passed": False,
+        "duration_s": 3,
+        "best_epoch": 2,
+    }
+    metrics = RunMetrics.from_dict(old)
+    assert (metrics.schema, metrics.epochs_run, metrics.tta, metrics.ema) == (0, None, None, None)
+    assert metrics.class_names == ["a", "1"] and metrics.test.macro_f1 == 0.4
+    assert metrics.to_dict()["schema"] == SCHEMA
+    with pytest.raises(ValueError, match=r"schema 99 is newer .* upgrade"):
+        RunMetrics.from_dict({**old, "schema": 99})
 
 
 def test_gate_failure_exits_8_and_keeps_the_run(prepared: Workspace) -> None:
@@ -141,17 +174,10 @@ def test_existing_run_needs_resume_and_resume_continues(
     class Crash(Exception):
         pass
 
-    original = keras.callbacks.TensorBoard.on_epoch_end
-
-    def crash_after_first_epoch(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 0:
-            raise Crash
-
-    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end", crash_after_first_epoch)
+    crash_after_commit(monkeypatch, 0, Crash)
     with pytest.raises(Crash):
         train(tiny(run_id="resumed", epochs=3), prepared)
-    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end", original)
+    monkeypatch.undo()
     with pytest.raises(ConfigError, match="pass --resume"):
         train(tiny(run_id="resumed", epochs=3), prepared)
     with pytest.raises(ConfigError, match="different settings \\(lr\\)"):
@@ -305,19 +331,13 @@ def test_a_resumed_auto_run_keeps_the_precision_it_measured(
     class Crash(Exception):
         pass
 
-    original = keras.callbacks.TensorBoard.on_epoch_end
-
-    def crash_after_first_epoch(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 0:
-            raise Crash
-
     _bfloat16_cpu(monkeypatch)
     _planted(monkeypatch, {"float32": 0.03, "mixed_bfloat16": 0.02})
-    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end", crash_after_first_epoch)
+    crash_after_commit(monkeypatch, 0, Crash)
     with pytest.raises(Crash):
         train(tiny(run_id="auto-resumed", precision="auto"), prepared)
-    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end", original)
+    monkeypatch.undo()
+    _bfloat16_cpu(monkeypatch)
     # The machine now measures the other way: the run goes on as it began.
     given = _planted(monkeypatch, {"float32": 0.02, "mixed_bfloat16": 0.03})
     result = train(tiny(run_id="auto-resumed", precision="auto", resume=True), prepared)

@@ -245,6 +245,23 @@ def render_interpret(result: Any) -> None:
         f"accuracy {head['accuracy']:.2%}{_ci(*head['accuracy_ci'][-2:])}, macro-F1 "
         f"{head['macro_f1']:.4f}{_ci(*head['macro_f1_ci'][-2:], percent=False)}"
     )
+    _errors_and_confidence(result)
+    if result.hypotheses:
+        _hypotheses_table(result.hypotheses)
+    elif result.hypotheses_note:
+        console.print(f"hypotheses: {result.hypotheses_note}")
+    _heat_map_tests(result)
+    if result.error_attribution:
+        attribution_table(result.error_attribution)
+    label_issue_lines(result.label_issues)
+    console.print(
+        f"{len(result.figures)} figures and {REPORT_JSON} in {result.folder} "
+        f"({result.duration_s / 60:.1f} min)"
+    )
+
+
+def _errors_and_confidence(result: Any) -> None:
+    """The most confused pairs, calibration, and accuracy on leaked test images."""
     pairs = Table(title="Most confused pairs (both directions)")
     for column in ("pair", "a → b", "b → a", "rate"):
         pairs.add_column(column, justify="left" if column == "pair" else "right")
@@ -264,20 +281,24 @@ def render_interpret(result: Any) -> None:
             f"leakage: accuracy {leak['in_mask']['accuracy']:.2%} on {leak['in_mask']['n']} test "
             f"images with a train twin vs {leak['rest']['accuracy']:.2%} on the rest"
         )
-    if result.hypotheses:
-        table = Table(title="Hypotheses registered before training")
-        for column in ("hypothesis", "estimate", "95% CI", "verdict"):
-            table.add_column(column)
-        for h in result.hypotheses:
-            table.add_row(
-                h["name"],
-                f"{h['estimate']:+.3f}",
-                f"[{h['low']:+.3f}, {h['high']:+.3f}]",
-                h["verdict"],
-            )
-        console.print(table)
-    elif result.hypotheses_note:
-        console.print(f"hypotheses: {result.hypotheses_note}")
+
+
+def _hypotheses_table(hypotheses: list[dict[str, Any]]) -> None:
+    table = Table(title="Hypotheses registered before training")
+    for column in ("hypothesis", "estimate", "95% CI", "verdict"):
+        table.add_column(column)
+    for h in hypotheses:
+        table.add_row(
+            h["name"],
+            f"{h['estimate']:+.3f}",
+            f"[{h['low']:+.3f}, {h['high']:+.3f}]",
+            h["verdict"],
+        )
+    console.print(table)
+
+
+def _heat_map_tests(result: Any) -> None:
+    """Whether the heat maps are faithful and sane, and which classes rely on context."""
     if result.faithfulness:
         table = Table(title="Do the heat maps point at what the model uses? (vs random order)")
         for column in ("method", "deletion AUC", "random", "insertion AUC", "random", "verdict"):
@@ -307,13 +328,6 @@ def render_interpret(result: Any) -> None:
         )
         if "assumes" in ctx:
             console.print(f"[dim]the test assumes {ctx['assumes']}[/]")
-    if result.error_attribution:
-        attribution_table(result.error_attribution)
-    label_issue_lines(result.label_issues)
-    console.print(
-        f"{len(result.figures)} figures and {REPORT_JSON} in {result.folder} "
-        f"({result.duration_s / 60:.1f} min)"
-    )
 
 
 def label_issue_lines(issues: dict[str, Any]) -> None:

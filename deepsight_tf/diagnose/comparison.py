@@ -338,7 +338,7 @@ def compare_runs(
         b=b.run_id,
         paired=paired,
         pairing=why if paired else f"not paired: {why}; differences without intervals",
-        duration_a=a.metrics.get("duration_s"),
-        duration_b=b.metrics.get("duration_s"),
+        duration_a=a.metrics.duration_s,
+        duration_b=b.metrics.duration_s,
         **found,
     )

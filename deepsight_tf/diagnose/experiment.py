@@ -480,11 +480,11 @@ def _compare(
     )
     scores = {
         name: {
-            "accuracy": float(records[name].metrics["test"]["accuracy"]),
-            "macro_f1": float(records[name].metrics["test"]["macro_f1"]),
-            "epochs": int(records[name].metrics.get("epochs_run", 0)),
-            "duration_s": float(records[name].metrics.get("duration_s", 0.0)),
-            "train_images": int(records[name].metrics.get("train_images", 0)),
+            "accuracy": records[name].metrics.test.accuracy,
+            "macro_f1": records[name].metrics.test.macro_f1,
+            "epochs": records[name].metrics.epochs_run or 0,
+            "duration_s": records[name].metrics.duration_s,
+            "train_images": records[name].metrics.train_images or 0,
         }
         for name in records
     }

@@ -22,6 +22,7 @@ from deepsight_tf.core.workspace import (
     Workspace,
 )
 from deepsight_tf.training.record import RunRecord
+from deepsight_tf.training.run_metrics import RunMetrics
 
 
 def interpret_hint(run_id: str) -> str:
@@ -55,7 +56,7 @@ class RunArtifacts:
         return self.record.config
 
     @property
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> RunMetrics:
         return self.record.metrics
 
     @property
@@ -200,7 +201,7 @@ def make_headline(run: RunArtifacts, summary: dict[str, Any]) -> Headline:
         macro_f1_ci=[float(v) for v in summary["macro_f1_ci"][-2:]],
         ci_level=float(summary["ci_level"]),
         n=int(summary["n"]),
-        mva=float(run.metrics["mva"]),
-        passed=bool(run.metrics["passed"]),
+        mva=run.metrics.mva,
+        passed=run.metrics.passed,
         source=summary["source"],
     )

@@ -254,10 +254,10 @@ def _confusion_tables(c: RunComparison) -> list[Html]:
 def _training_tables(runs: Sequence[RunArtifacts]) -> list[Html]:
     """Training time relative to the first run, and the settings in which the runs differ."""
     time_rows = []
-    base_duration = runs[0].metrics.get("duration_s")
+    base_duration = runs[0].metrics.duration_s
     for r in runs:
         seconds = sum(float(x.get("seconds", 0.0)) for x in r.history)
-        duration = r.metrics.get("duration_s")
+        duration = r.metrics.duration_s
         epochs = len(r.history)
         time_rows.append(
             [
@@ -266,7 +266,7 @@ def _training_tables(runs: Sequence[RunArtifacts]) -> list[Html]:
                 fmt(duration / base_duration if duration and base_duration else None, ".2f"),
                 str(epochs),
                 fmt(seconds / epochs if epochs else None, ".1f"),
-                str(r.metrics.get("best_epoch", "n/a")),
+                str(r.metrics.best_epoch or "n/a"),
             ]
         )
     keys = [

@@ -120,9 +120,9 @@ def balance_parts(up: UpstreamArtifacts) -> list[Any]:
     return parts
 
 
-def scrub_parts(up: UpstreamArtifacts, image_size: int) -> list[Any]:
-    s = up.scrub or {}
-    scrub_dir = Path(up.scrub_dir or "")
+def _duplicate_parts(s: dict[str, Any]) -> list[Any]:
+    """Exact and near duplicates within and across the splits, and the test images that
+    leak (a twin in train); the validation split's overlap, which must be none."""
     dup = s["duplicates"]
     rows = []
     names = {"train": "within train", "test": "within test", "train-test": "across train-test"}
@@ -141,9 +141,8 @@ def scrub_parts(up: UpstreamArtifacts, image_size: int) -> list[Any]:
     leaks = s["leakage"]
     n_test = s["integrity"]["test"]["images"]
     share = leaks["test_images_with_train_twin"] / max(n_test, 1)
-    study = s["interpolation"]
     overlap = s["split"]["duplicate_overlap"]
-    parts: list[Any] = [
+    return [
         element("h3", "Duplicates and leakage"),
         table(
             f"Exact and near duplicates (near: distance ≤ {dup['threshold']})",
@@ -167,6 +166,14 @@ def scrub_parts(up: UpstreamArtifacts, image_size: int) -> list[Any]:
         ),
         paragraph(dup["method"], css="note"),
     ]
+
+
+def scrub_parts(up: UpstreamArtifacts, image_size: int) -> list[Any]:
+    s = up.scrub or {}
+    scrub_dir = Path(up.scrub_dir or "")
+    dup = s["duplicates"]
+    study = s["interpolation"]
+    parts = _duplicate_parts(s)
     short = s["split"].get("short", {})
     if short:
         gave = ", ".join(f"{c} {v['placed']} of {v['drawn']}" for c, v in short.items())

@@ -25,6 +25,7 @@ from deepsight_tf.reporting.html import (
     section,
     table,
 )
+from deepsight_tf.training.run_metrics import AverageScores, HeldOut
 
 
 def pct_points(value: float) -> str:
@@ -47,32 +48,27 @@ def _interpret_figure(run: RunArtifacts, name: str, alt: str) -> list[Any]:
     return [figure(run.interpret_dir / name, CAPTIONS[name], alt)]
 
 
-def _weight_average_rows(ema: dict[str, Any] | None) -> list[list[str]]:
+def _scores_row(label: str, scores: HeldOut) -> list[str]:
+    return [label, f"{scores.accuracy:.2%}", "", f"{scores.macro_f1:.4f}", "", f"{scores.n:,}"]
+
+
+def _weight_average_rows(ema: AverageScores | None) -> list[list[str]]:
     """With --ema: the test scores of the weight average and of the best epoch, which kept."""
     rows: list[list[str]] = []
     for name, label in (("average", "weight average"), ("best_epoch", "best epoch")):
-        scores = (ema or {}).get("test", {}).get(name)
-        if scores is None:
+        scores = ema.test.get(name) if ema else None
+        if ema is None or scores is None:
             continue
-        kept = " (kept)" if ema["kept"] == name else ""  # type: ignore[index]
-        val_f1 = ema["val_macro_f1"].get(name)  # type: ignore[index]
-        rows.append(
-            [
-                f"test, {label}{kept}; validation macro-F1 "
-                + ("n/a" if val_f1 is None else f"{val_f1:.4f}"),
-                f"{scores['accuracy']:.2%}",
-                "",
-                f"{scores['macro_f1']:.4f}",
-                "",
-                f"{scores['n']:,}",
-            ]
-        )
+        kept = " (kept)" if ema.kept == name else ""
+        val_f1 = ema.val_macro_f1.get(name)
+        validation = "n/a" if val_f1 is None else f"{val_f1:.4f}"
+        rows.append(_scores_row(f"test, {label}{kept}; validation macro-F1 {validation}", scores))
     return rows
 
 
 def _metric_tables(run: RunArtifacts, head: Headline) -> list[Any]:
     """Accuracy and macro-F1 on test (with intervals) and validation, and the MVA gate."""
-    val = run.metrics.get("val", {})
+    metrics = run.metrics
     rows = [
         [
             "test",
@@ -83,31 +79,10 @@ def _metric_tables(run: RunArtifacts, head: Headline) -> list[Any]:
             f"{head.n:,}",
         ]
     ]
-    tta = run.metrics.get("tta")
-    if tta:
-        plain = tta["test_without"]
-        rows.append(
-            [
-                f"test without TTA ({tta['mode']})",
-                f"{plain['accuracy']:.2%}",
-                "",
-                f"{plain['macro_f1']:.4f}",
-                "",
-                f"{plain['n']:,}",
-            ]
-        )
-    rows += _weight_average_rows(run.metrics.get("ema"))
-    if val:
-        rows.append(
-            [
-                "validation",
-                f"{val['accuracy']:.2%}",
-                "",
-                f"{val['macro_f1']:.4f}",
-                "",
-                f"{val['n']:,}",
-            ]
-        )
+    if metrics.tta is not None:
+        rows.append(_scores_row(f"test without TTA ({metrics.tta.mode})", metrics.tta.test_without))
+    rows += _weight_average_rows(metrics.ema)
+    rows.append(_scores_row("validation", metrics.val))
     gate_rows = [
         [
             "test accuracy (the gate)",

@@ -56,15 +56,10 @@ class ReportResult:
     duration_s: float = 0.0
 
 
-def headline_html(
-    head: Headline,
-    hypotheses: list[dict[str, Any]],
-    note: str,
-    base: Baselines,
-    warnings: list[str],
-) -> Html:
+def _metric_cards(head: Headline, base: Baselines) -> list[Html]:
+    """Test accuracy (with the chance and majority baselines), macro-F1, and the gate."""
     level = f"{head.ci_level:.0%}"
-    cards = [
+    return [
         element(
             "div",
             [
@@ -99,6 +94,16 @@ def headline_html(
             class_="metric-card",
         ),
     ]
+
+
+def headline_html(
+    head: Headline,
+    hypotheses: list[dict[str, Any]],
+    note: str,
+    base: Baselines,
+    warnings: list[str],
+) -> Html:
+    cards = _metric_cards(head, base)
     lines: list[Html] = []
     for h in hypotheses:
         lines.append(
@@ -203,6 +208,21 @@ def _hypotheses_note(run: RunArtifacts, up: UpstreamArtifacts) -> str:
     return f"not run yet: {interpret_hint(run.run_id)}"
 
 
+def _sources(workspace: Workspace, run: RunArtifacts, up: UpstreamArtifacts) -> list[Any]:
+    """The provenance footer's rows: the run's files and each earlier phase's manifest."""
+    sources = [
+        ("run", workspace.relative(run.run_dir / name), sha)
+        for name, sha in run.manifest.outputs.items()
+    ]
+    sources += manifest_sources(
+        workspace, "obtain", workspace.data_dir(run.dataset), up.obtain_manifest
+    )
+    sources += manifest_sources(workspace, "scrub", up.scrub_dir, up.scrub_manifest)
+    sources += manifest_sources(workspace, "explore", up.explore_dir, up.explore_manifest)
+    sources += manifest_sources(workspace, "interpret", run.interpret_dir, run.interpret_manifest)
+    return sources
+
+
 def run_report(workspace: Workspace, run_id: str, n_boot: int, seed: int) -> ReportResult:
     """runs/<id>/report.html: one self-contained page for a run."""
     start = time.perf_counter()
@@ -220,18 +240,7 @@ def run_report(workspace: Workspace, run_id: str, n_boot: int, seed: int) -> Rep
             results_section(run, summary, head),
             interpretation_section(run),
         ]
-        sources = [
-            ("run", workspace.relative(run.run_dir / name), sha)
-            for name, sha in run.manifest.outputs.items()
-        ]
-        sources += manifest_sources(
-            workspace, "obtain", workspace.data_dir(run.dataset), up.obtain_manifest
-        )
-        sources += manifest_sources(workspace, "scrub", up.scrub_dir, up.scrub_manifest)
-        sources += manifest_sources(workspace, "explore", up.explore_dir, up.explore_manifest)
-        sources += manifest_sources(
-            workspace, "interpret", run.interpret_dir, run.interpret_manifest
-        )
+        sources = _sources(workspace, run, up)
         page = render_page(
             title=f"Run {run_id} on {run.dataset}",
             kicker="deepsight report",

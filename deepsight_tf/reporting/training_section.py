@@ -71,9 +71,9 @@ def plain(value: Any) -> str:
 
 
 def training_section(run: RunArtifacts, history_figure: Path | None) -> Html:
-    history, best = run.history, run.metrics.get("best_epoch")
+    history, best = run.history, run.metrics.best_epoch
     phase_rows = _phase_rows(run)
-    duration = run.metrics.get("duration_s") or run.manifest.duration_s
+    duration = run.metrics.duration_s or run.manifest.duration_s
     epoch_seconds = sum(float(r.get("seconds", 0.0)) for r in history)
     parts: list[Any] = [
         paragraph(
@@ -156,7 +156,7 @@ def _phase_rows(run: RunArtifacts) -> list[list[str]]:
 
 
 def _history_table(run: RunArtifacts) -> Html:
-    history, best = run.history, run.metrics.get("best_epoch")
+    history, best = run.history, run.metrics.best_epoch
     if not history:
         return missing(f"{HISTORY_FILE} has no epochs")
     columns = [c for c in HISTORY_COLUMNS if any(c in r for r in history)]

@@ -236,25 +236,11 @@ def predict_paths(
     cam = _GradcamWriter(run, Path(gradcam_dir)) if gradcam_dir is not None else None
     k = min(top_k, n_classes)
     for start in range(0, len(paths), batch_size):
-        rows, images = [], []
-        for i in range(start, min(start + batch_size, len(paths))):
-            try:
-                images.append(decode_image(paths[i])[0])
-                rows.append(i)
-            except UnreadableImageError as exc:
-                errors.append(UnreadableImage(str(paths[i]), str(exc)))
+        batch_range = range(start, min(start + batch_size, len(paths)))
+        rows, images = _read_images(paths, batch_range, errors)
         if rows:
-            inputs = _preprocess_batch(images, run)
-            batch_probs = np.asarray(run.model.predict_on_batch(inputs), dtype=np.float32)
-            probs[rows] = batch_probs
-            overlays = cam.write(inputs, images, batch_probs, rows, paths) if cam else None
-            predictions += [
-                _prediction(paths[i], i, images[j], batch_probs[j], run.class_names, k)
-                for j, i in enumerate(rows)
-            ]
-            if overlays is not None:
-                for prediction, overlay in zip(predictions[-len(rows) :], overlays, strict=True):
-                    prediction.gradcam = overlay
+            probs[rows], batch = _predict_batch(run, cam, paths, rows, images, k)
+            predictions += batch
         if progress is not None:
             progress("predicting", min(start + batch_size, len(paths)), len(paths))
     if not predictions:
@@ -278,6 +264,44 @@ def predict_paths(
         duration_s=round(time.perf_counter() - started, 2),
         probs=probs,
     )
+
+
+def _read_images(
+    paths: list[Path], indices: range, errors: list[UnreadableImage]
+) -> tuple[list[int], list[np.ndarray]]:
+    """The positions and RGB uint8 images of the paths that decode; each that does not is
+    added to `errors` with its reason."""
+    rows, images = [], []
+    for i in indices:
+        try:
+            images.append(decode_image(paths[i])[0])
+            rows.append(i)
+        except UnreadableImageError as exc:
+            errors.append(UnreadableImage(str(paths[i]), str(exc)))
+    return rows, images
+
+
+def _predict_batch(
+    run: RunModel,
+    cam: _GradcamWriter | None,
+    paths: list[Path],
+    rows: list[int],
+    images: list[np.ndarray],
+    k: int,
+) -> tuple[np.ndarray, list[Prediction]]:
+    """One batch through the run's preprocessing and model: its probabilities and each
+    image's prediction (with its Grad-CAM overlay where asked for)."""
+    inputs = _preprocess_batch(images, run)
+    probs = np.asarray(run.model.predict_on_batch(inputs), dtype=np.float32)
+    predictions = [
+        _prediction(paths[i], i, images[j], probs[j], run.class_names, k)
+        for j, i in enumerate(rows)
+    ]
+    if cam is not None:
+        overlays = cam.write(inputs, images, probs, rows, paths)
+        for prediction, overlay in zip(predictions, overlays, strict=True):
+            prediction.gradcam = overlay
+    return probs, predictions
 
 
 def _prediction(

@@ -1,4 +1,5 @@
-"""Keras callbacks of a training run: progress, history rows, divergence, checkpoint commits.
+"""The events inside an epoch, as Keras callbacks: steps counted, a NaN loss, progress, the
+pace a --budget measures, commits within an epoch; and the state they share.
 
 They share one `RunControl` (the position in the run, the best epoch, the stop flags), which
 is how a Ctrl-C, a NaN or a commit seen by one callback reaches the others and the loop.
@@ -11,8 +12,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -21,7 +21,6 @@ import numpy as np
 from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.progress import Notify, Progress, TrainingMonitor
 from deepsight_tf.training.checkpoints import CheckpointStore, Commit, Position
-from deepsight_tf.training.history import write_history
 from deepsight_tf.training.plan import PhasePlan
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -46,6 +45,7 @@ class RunControl:
     stop_requested: bool = False
     stop_signal: int | None = None  # SIGINT or SIGTERM, when one asked the run to stop
     last_commit: Commit | None = None
+    committed_at: float = field(default_factory=time.monotonic)  # when last_commit was made
 
 
 def assign_all(variables: list[Any], values: list[np.ndarray], what: str) -> None:
@@ -157,46 +157,6 @@ class Pace(keras.callbacks.Callback):
         return (self._end - self._start) / self._steps
 
 
-class HistoryRecorder(keras.callbacks.Callback):
-    """One row per epoch in history.csv (phase, rate, train and validation metrics)."""
-
-    def __init__(
-        self,
-        path: Path,
-        rows: list[dict[str, Any]],
-        phase: PhasePlan,
-        epoch_offset: int,
-        control: RunControl,
-        monitor: TrainingMonitor,
-    ) -> None:
-        super().__init__()
-        self.path, self.rows, self.phase, self.offset = path, rows, phase, epoch_offset
-        self.control, self.monitor = control, monitor
-        self._start = time.perf_counter()
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.control.diverged_step is not None:
-            return  # a diverged epoch is not a result
-        logs = logs or {}
-        lr = self.model.optimizer.learning_rate
-        row = {
-            "epoch": self.offset + epoch + 1,
-            "phase": self.phase.index,
-            "lr_end": float(np.asarray(lr)),
-            "seconds": round(time.perf_counter() - self._start, 2),
-        }
-        if self.phase.image_sizes:  # progressive resizing: the epoch's training pixels
-            row["image_size"] = self.phase.image_sizes[epoch]
-        row.update({k: float(v) for k, v in sorted(logs.items()) if k != "learning_rate"})
-        # An epoch redone after a resume replaces its row, and any row after it.
-        self.rows[:] = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
-        write_history(self.path, self.rows)
-        self.monitor.epoch(row)
-
-
 class DivergenceGuard(keras.callbacks.Callback):
     """Counts steps, and stops at the first non-finite loss; nothing after it is saved."""
 
@@ -214,12 +174,9 @@ class DivergenceGuard(keras.callbacks.Callback):
 
 
 class Checkpointer(keras.callbacks.Callback):
-    """Commits the training state at every epoch end, every `interval_s` seconds within an
-    epoch, and at the step after Ctrl-C, which then stops the run (`StopRequested`).
-
-    The best epoch by validation macro-F1 is tracked here too, its classifier weights
-    saved before the commit that refers to them.
-    """
+    """Commits the training state every `interval_s` seconds within an epoch, and at the step
+    after Ctrl-C, which then stops the run (`StopRequested`). The epoch's end is committed by
+    events.py's CommitEpoch."""
 
     def __init__(
         self,
@@ -227,76 +184,75 @@ class Checkpointer(keras.callbacks.Callback):
         classifier: Any,
         control: RunControl,
         phase: PhasePlan,
-        epoch_offset: int,
         interval_s: float,
         steps_per_epoch: int,
         created: str,
     ) -> None:
         super().__init__()
         self.store, self.classifier, self.control = store, classifier, control
-        self.phase, self.offset, self.interval_s = phase, epoch_offset, interval_s
+        self.phase, self.interval_s = phase, interval_s
         self.steps_per_epoch = steps_per_epoch
         self.created = created
-        self._last = time.monotonic()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.control.diverged_step is not None:
-            return
-        if self.control.stop_requested:
-            if self.control.batch >= self._epoch_steps():
-                return  # the epoch's last step: on_epoch_end validates, commits and stops
-            self._commit(with_metrics=True)
-            if self.control.diverged_step is None:
-                raise StopRequested
-        if (
-            self.interval_s
-            and time.monotonic() - self._last >= self.interval_s
-            and self.control.batch < self._epoch_steps()  # the epoch end commits next
-        ):
-            self._commit(with_metrics=True)
-
-    def _epoch_steps(self) -> int:
-        return self.phase.epoch_steps(self.control.epoch, self.steps_per_epoch)
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.control.diverged_step is not None:
-            return
-        self.control.epoch, self.control.batch = epoch + 1, 0
-        value = (logs or {}).get(MONITOR)
-        best = self.control.best
-        if value is not None and math.isfinite(value) and (best is None or value > best):
-            run_epoch = self.offset + epoch + 1
-            # The classifier's weights, also when a cached-feature head is being fit.
-            name = self.store.save_best(run_epoch, self.classifier.get_weights())
-            self.control.best, self.control.best_epoch = float(value), run_epoch
-            self.control.best_file = name
-        self._commit(with_metrics=False)
-        if self.control.stop_requested and self.control.diverged_step is None:
-            raise StopRequested
-
-    def _commit(self, with_metrics: bool) -> None:
         control = self.control
-        arrays = {
-            "model": [v.numpy() for v in self.classifier.variables],
-            "optimizer": [v.numpy() for v in self.model.optimizer.variables],
-        }
-        if not all(np.isfinite(a).all() for group in arrays.values() for a in group):
-            # An update can overflow the weights a step before the loss shows it: such a
-            # state is never committed, and counts as divergence at this step.
-            control.diverged_step = control.step
-            self.model.stop_training = True
+        if control.diverged_step is not None:
             return
-        if with_metrics:
-            arrays["metrics"] = [v.numpy() for v in self.model.metrics_variables]
-        control.last_commit = self.store.commit(
-            Position(self.phase.index, control.epoch, control.batch, control.step),
-            arrays,
-            control.best,
-            control.best_epoch,
-            control.best_file,
+        last_step = control.batch >= self.phase.epoch_steps(control.epoch, self.steps_per_epoch)
+        if control.stop_requested:
+            if last_step:
+                return  # the epoch's end validates, commits and stops
+            self._commit()
+            if control.diverged_step is None:
+                raise StopRequested
+        due = time.monotonic() - control.committed_at >= self.interval_s
+        if self.interval_s and due and not last_step:  # the epoch's end commits next
+            self._commit()
+
+    def _commit(self) -> None:
+        commit_state(
+            self.store,
+            self.classifier,
+            self.model,
+            self.control,
+            self.phase.index,
             self.created,
+            with_metrics=True,
         )
-        self._last = time.monotonic()
+
+
+def commit_state(
+    store: CheckpointStore,
+    classifier: Any,
+    fit_model: Any,
+    control: RunControl,
+    phase: int,
+    created: str,
+    with_metrics: bool,
+) -> None:
+    """Commit the classifier's variables and the optimizer's (with `with_metrics`, the
+    epoch's running metric sums too) at the run's position. A state with a non-finite value
+    is never committed: it counts as divergence at this step (an update can overflow the
+    weights a step before the loss shows it)."""
+    arrays = {
+        "model": [v.numpy() for v in classifier.variables],
+        "optimizer": [v.numpy() for v in fit_model.optimizer.variables],
+    }
+    if not all(np.isfinite(a).all() for group in arrays.values() for a in group):
+        control.diverged_step = control.step
+        fit_model.stop_training = True
+        return
+    if with_metrics:
+        arrays["metrics"] = [v.numpy() for v in fit_model.metrics_variables]
+    control.last_commit = store.commit(
+        Position(phase, control.epoch, control.batch, control.step),
+        arrays,
+        control.best,
+        control.best_epoch,
+        control.best_file,
+        created,
+    )
+    control.committed_at = time.monotonic()
 
 
 class RestoreMetrics(keras.callbacks.Callback):

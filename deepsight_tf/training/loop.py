@@ -13,7 +13,7 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,9 @@ from deepsight_tf.core.workspace import (
     Workspace,
 )
 from deepsight_tf.model.classifier import describe, stored_classifier
-from deepsight_tf.model.preprocessing import Preprocessing
 from deepsight_tf.model.saving import save_classifier
 from deepsight_tf.training.averaging import Average
-from deepsight_tf.training.budget import Budget, EpochPace
+from deepsight_tf.training.budget import Budget
 from deepsight_tf.training.callbacks import (
     RunControl,
     StopRequested,
@@ -70,11 +69,20 @@ from deepsight_tf.training.continuation import (
 )
 from deepsight_tf.training.data import TrainingData, training_data
 from deepsight_tf.training.distribute import is_chief, make_strategy, shard_by_data
+from deepsight_tf.training.events import run_callbacks
 from deepsight_tf.training.figures import draw_inputs
-from deepsight_tf.training.fitting import PhaseFitter
 from deepsight_tf.training.history import read_history, write_history
+from deepsight_tf.training.learner import Learner
 from deepsight_tf.training.metrics import classification_scores
 from deepsight_tf.training.optim import PrecisionChoice
+from deepsight_tf.training.outcome import (
+    Evaluation,
+    TrainResult,
+    completed_run,
+    held_out,
+    run_config,
+    run_metrics,
+)
 from deepsight_tf.training.pipeline import make_eval_dataset
 from deepsight_tf.training.plan import (
     PhasePlan,
@@ -85,54 +93,8 @@ from deepsight_tf.training.plan import (
     resolve_settings,
 )
 from deepsight_tf.training.prepare import Prepared, prepare
-from deepsight_tf.training.record import RunRecord
 from deepsight_tf.training.timing import StepCosts, estimate_run, probe
 from deepsight_tf.training.tta import mean_of_views, predict_probs, predict_views
-
-
-@dataclass
-class TrainResult:
-    run_id: str
-    run_dir: str
-    settings: dict[str, Any]
-    phases: list[PhasePlan]
-    params: dict[str, int]
-    precision: str
-    interpolation: str
-    train_images: int
-    epochs_run: int
-    duration_s: float
-    best_epoch: int | None
-    val: dict[str, Any]
-    test: dict[str, Any]
-    mva: float
-    passed: bool
-    history: list[dict[str, Any]] = field(default_factory=list)
-    resumed_from: str | None = None
-
-
-def run_config(
-    run_id: str,
-    settings: TrainSettings,
-    precision: str,
-    preprocessing: Preprocessing,
-    phases: list[PhasePlan],
-    distribution: dict[str, Any],
-    created: str,
-    precision_choice: PrecisionChoice | None = None,
-) -> dict[str, Any]:
-    """config.json: what the run is (resolved settings, the float policy and what decided it,
-    preprocessing, phases, distribution)."""
-    return {
-        "run_id": run_id,
-        "settings": asdict(settings),
-        "precision": precision,
-        "precision_choice": precision_choice.to_dict() if precision_choice else None,
-        "preprocessing": preprocessing.to_dict(),
-        "phases": [asdict(p) for p in phases],
-        "distribution": distribution,
-        "created": created,
-    }
 
 
 # The phase --------------------------------------------------------------------------------
@@ -216,43 +178,6 @@ def make_run_dir(run_dir: Path) -> None:
         raise storage_error(run_dir, exc) from exc
 
 
-@dataclass
-class _Evaluation:
-    val_probs: np.ndarray
-    test_probs: np.ndarray
-    val: dict[str, Any]
-    test: dict[str, Any]
-    test_probs_plain: np.ndarray | None = None  # without test-time augmentation, when used
-    plain: dict[str, Any] | None = None
-    # With --ema: the test probabilities of the weight average and of the best epoch, and
-    # metrics.json's "ema" section (which was kept, each one's validation and test scores).
-    candidates: dict[str, np.ndarray] = field(default_factory=dict)
-    ema: dict[str, Any] | None = None
-
-    def add_average(
-        self,
-        average: Average,
-        kept: bool,
-        other: np.ndarray | None,
-        best_val: float | None,
-        data: TrainingData,
-    ) -> None:
-        dataset = data.dataset
-        probs = {"average": self.test_probs if kept else other}
-        probs["best_epoch"] = other if kept else self.test_probs
-        self.candidates = {f"{k}_test_probs": v for k, v in probs.items() if v is not None}
-        self.ema = {
-            "decay": average.decay,
-            "kept": "average" if kept else "best_epoch",
-            "val_macro_f1": {"average": average.val_macro_f1, "best_epoch": best_val},
-            "test": {
-                name: _held_out(classification_scores(dataset.y_test, p, dataset.class_names))
-                for name, p in probs.items()
-                if p is not None
-            },
-        }
-
-
 class _Run:
     """One training run from its first (or resumed) step to its written artifacts."""
 
@@ -280,9 +205,56 @@ class _Run:
 
     def execute(self, strategy: Any) -> TrainResult:
         started, start = now_iso(), time.perf_counter()
-        data = self.data.dataset
-        decided = self._stored_precision()
-        prepared = prepare(self.settings, self.data, self.workspace, strategy, decided)
+        prepared, phases, costs = self._build(strategy)
+        store, restored, created, history = self._open(prepared, phases, started)
+        val_ds = shard_by_data(
+            make_eval_dataset(
+                self.data.dataset.x_train,
+                self.data.dataset.y_train,
+                self.data.val_indices,
+                self.data.dataset.num_classes,
+                **prepared.eval_args,
+            )
+        )
+        if costs is not None and self.settings.estimate:
+            self.monitor.estimate(
+                estimate_run(
+                    costs, prepared, phases, self.settings, self._eval_images(), self.control.step
+                )
+            )
+
+        def rewritten(resized: list[PhasePlan]) -> None:  # by a --budget re-size
+            self._write_config(prepared, resized, created)
+            self._draw_inputs(prepared, resized)
+
+        learner = Learner(
+            self,
+            prepared,
+            store,
+            val_ds,
+            history,
+            phases,
+            created,
+            run_callbacks(self.budget, rewritten),
+        )
+        self._stop_if_requested()
+        epochs_run = learner.fit(restored)
+        phases = learner.phases  # as a --budget re-sized them
+        keep_average, other = self._keep_final_weights(store, prepared, learner.average)
+        final = stored_classifier(prepared.model, self.settings.image_size)  # full precision
+        scores = self._evaluate(final, prepared, val_ds)
+        if learner.average is not None:
+            scores.add_average(learner.average, keep_average, other, self.control.best, self.data)
+        return self._write_results(
+            final, prepared, phases, history, scores, epochs_run, started, start
+        )
+
+    def _build(self, strategy: Any) -> tuple[Prepared, list[PhasePlan], StepCosts | None]:
+        """The model and its batch streams, the float policy, the probed step costs and the
+        phases (sized to a --budget), checked before anything is written."""
+        prepared = prepare(
+            self.settings, self.data, self.workspace, strategy, self._stored_precision()
+        )
         costs = self._probe(prepared, strategy)
         self._stop_if_requested()
         phases = plan_phases(self.settings, prepared.distribution["lr"])
@@ -298,46 +270,33 @@ class _Run:
             len(self.data.train_indices),
             prepared.distribution["global_batch"],
         )
+        return prepared, phases, costs
+
+    def _open(
+        self, prepared: Prepared, phases: list[PhasePlan], started: str
+    ) -> tuple[CheckpointStore, tuple[Commit, dict] | None, str, list[dict[str, Any]]]:
+        """The run folder: made (or a resume's commit restored), config.json, settings.toml and
+        the input figures written; returns the checkpoint store, what was restored, when the
+        run was created and its history so far."""
         recipe = self._recipe()  # before the folder exists: a setting TOML cannot hold fails
         make_run_dir(self.run_dir)
         # Told once the flags and the run folder have passed their checks: bad input gets
         # its one line and nothing before it.
         choice = prepared.precision_choice
-        if decided is None and choice is not None and choice.ms_per_step and self.notify:
+        if self._stored_precision() is None and choice and choice.ms_per_step and self.notify:
             self.notify(choice.describe())
         store = CheckpointStore(self.run_dir / CHECKPOINTS_DIR)
         restored = self._restore(store, prepared) if self.settings.resume else None
         created = (store.created() if restored else None) or started
         self._write_config(prepared, phases, created, recipe)
-        val_ds = shard_by_data(
-            make_eval_dataset(
-                data.x_train,
-                data.y_train,
-                self.data.val_indices,
-                data.num_classes,
-                **prepared.eval_args,
-            )
-        )
         history = self._resumed_history(phases, restored[0] if restored else None)
-        draw_inputs(self.run_dir, prepared, phases, data.class_names, self.settings)
-        if costs is not None and self.settings.estimate:
-            self.monitor.estimate(
-                estimate_run(
-                    costs, prepared, phases, self.settings, self._eval_images(), self.control.step
-                )
-            )
-        fitter = PhaseFitter(self, prepared, store, val_ds, history, phases, created)
-        self._stop_if_requested()
-        epochs_run = fitter.fit_all(restored)
-        phases = fitter.phases  # as a --budget re-sized them
-        keep_average, other = self._keep_final_weights(store, prepared, fitter.average)
-        final = stored_classifier(prepared.model, self.settings.image_size)  # full precision
-        scores = self._evaluate(final, prepared, val_ds)
-        if fitter.average is not None:
-            scores.add_average(fitter.average, keep_average, other, self.control.best, self.data)
-        return self._write_results(
-            final, prepared, phases, history, scores, epochs_run, started, start
-        )
+        self._draw_inputs(prepared, phases)
+        return store, restored, created, history
+
+    def _draw_inputs(self, prepared: Prepared, phases: list[PhasePlan]) -> None:
+        """The batch and schedule figures, as the run's inputs and phases are."""
+        class_names = self.data.dataset.class_names
+        draw_inputs(self.run_dir, prepared, phases, class_names, self.settings)
 
     def _stop_if_requested(self) -> None:
         """A stop asked for during the set-up or the probe ends the run before its first
@@ -427,21 +386,6 @@ class _Run:
     def _eval_images(self) -> tuple[int, int]:
         return len(self.data.val_indices), len(self.data.dataset.y_test)
 
-    def resize_budget(
-        self, prepared: Prepared, phases: list[PhasePlan], pace: EpochPace, created: str
-    ) -> list[PhasePlan] | None:
-        """The last phase re-sized to the measured pace (budget.py), config.json and the
-        figures rewritten; None: no --budget sized in this process, or the same schedule."""
-        if self.budget is None:
-            return None
-        resized = self.budget.resize(prepared, phases, pace, self.control.step, self.notify)
-        if resized is None:
-            return None
-        self.settings, phases = resized
-        self._write_config(prepared, phases, created)
-        draw_inputs(self.run_dir, prepared, phases, self.data.dataset.class_names, self.settings)
-        return phases
-
     def _recipe(self) -> str:
         """settings.toml's text: the settings as given (None where deepsight decides), without
         the epochs where a budget decides them, so the file repeats and resumes the run."""
@@ -520,7 +464,7 @@ class _Run:
             model, self._test_dataset(prepared), self.settings.tta, [StopScoring(self.control)]
         )
 
-    def _evaluate(self, model: Any, prepared: Prepared, val_ds: Any) -> _Evaluation:
+    def _evaluate(self, model: Any, prepared: Prepared, val_ds: Any) -> Evaluation:
         data = self.data.dataset
         test_ds = self._test_dataset(prepared)
         mode = self.settings.tta
@@ -529,38 +473,27 @@ class _Run:
         test_views = predict_views(model, test_ds, mode, stop)  # the plain image comes first
         test_probs = mean_of_views(test_views, mode)
         val_labels = data.y_train[self.data.val_indices]
-        scores = _Evaluation(
+        scores = Evaluation(
             val_probs,
             test_probs,
-            _held_out(classification_scores(val_labels, val_probs, data.class_names)),
-            _held_out(classification_scores(data.y_test, test_probs, data.class_names)),
+            held_out(classification_scores(val_labels, val_probs, data.class_names)),
+            held_out(classification_scores(data.y_test, test_probs, data.class_names)),
         )
         if mode != "none":
             plain = test_views[0].astype(np.float32)
             scores.test_probs_plain = plain
-            scores.plain = _held_out(classification_scores(data.y_test, plain, data.class_names))
+            scores.plain = held_out(classification_scores(data.y_test, plain, data.class_names))
         return scores
 
-    def _write_results(
-        self,
-        model: Any,
-        prepared: Prepared,
-        phases: list[PhasePlan],
-        history: list[dict[str, Any]],
-        scores: _Evaluation,
-        epochs_run: int,
-        started: str,
-        start: float,
-    ) -> TrainResult:
-        """model.keras, predictions.npz, metrics.json, then the manifest that vouches for them."""
-        data, run_dir, settings = self.data.dataset, self.run_dir, self.settings
-        passed = scores.test["accuracy"] >= settings.mva
-        save_classifier(model, run_dir / MODEL_FILE, prepared.preprocessing)
+    def _save_predictions(self, scores: Evaluation) -> None:
+        """predictions.npz: validation and test probabilities with their labels and indices
+        (with --tta the test's plain-image probabilities too, with --ema each candidate's)."""
+        data = self.data.dataset
         plain = {}
         if scores.test_probs_plain is not None:
             plain["test_probs_plain"] = scores.test_probs_plain
         atomic_save_npz(
-            run_dir / PREDICTIONS_FILE,
+            self.run_dir / PREDICTIONS_FILE,
             test_probs=scores.test_probs,
             test_labels=data.y_test,
             test_indices=np.arange(len(data.y_test)),
@@ -570,6 +503,23 @@ class _Run:
             **plain,
             **scores.candidates,
         )
+
+    def _write_results(
+        self,
+        model: Any,
+        prepared: Prepared,
+        phases: list[PhasePlan],
+        history: list[dict[str, Any]],
+        scores: Evaluation,
+        epochs_run: int,
+        started: str,
+        start: float,
+    ) -> TrainResult:
+        """model.keras, predictions.npz, metrics.json, then the manifest that vouches for them."""
+        data, run_dir, settings = self.data.dataset, self.run_dir, self.settings
+        passed = scores.test["accuracy"] >= settings.mva
+        save_classifier(model, run_dir / MODEL_FILE, prepared.preprocessing)
+        self._save_predictions(scores)
         result = TrainResult(
             run_id=self.run_id,
             run_dir=str(run_dir),
@@ -589,12 +539,8 @@ class _Run:
             history=history,
             resumed_from=self.resumed_from(self.resumed_commit),
         )
-        document = metrics_document(result, data.name, data.class_names)
-        if scores.plain is not None:
-            document["tta"] = {"mode": settings.tta, "test_without": scores.plain}
-        if scores.ema is not None:
-            document["ema"] = scores.ema
-        atomic_write_json(run_dir / METRICS_FILE, document)
+        metrics = run_metrics(result, data.name, data.class_names, scores, settings.tta)
+        atomic_write_json(run_dir / METRICS_FILE, metrics.to_dict())
         self.workspace.write_manifest(
             run_dir,
             Manifest(
@@ -624,51 +570,3 @@ RUN_OUTPUTS = (
     BATCH_FIGURE,
     SCHEDULE_FIGURE,
 )
-
-
-def _held_out(scores: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json's view of classification_scores: the confusion matrix stays in interpret."""
-    return {k: v for k, v in scores.items() if k != "confusion"}
-
-
-def metrics_document(result: TrainResult, dataset: str, class_names: list[str]) -> dict[str, Any]:
-    """metrics.json: the held-out scores, the gate and the run's size."""
-    return {
-        "run_id": result.run_id,
-        "dataset": dataset,
-        "class_names": class_names,
-        "val": result.val,
-        "test": result.test,
-        "mva": result.mva,
-        "passed": result.passed,
-        "best_epoch": result.best_epoch,
-        "duration_s": result.duration_s,
-        "epochs_run": result.epochs_run,
-        "train_images": result.train_images,
-        "params": result.params,
-    }
-
-
-def completed_run(workspace: Workspace, run_id: str) -> TrainResult:
-    """A finished run's result as its files record it (verified against the manifest)."""
-    record = RunRecord.load(workspace, run_id)
-    metrics = record.metrics
-    return TrainResult(
-        run_id=record.run_id,
-        run_dir=str(record.run_dir),
-        settings=record.config["settings"],
-        phases=record.phases,
-        params=metrics.get("params", {}),
-        precision=record.config["precision"],
-        interpolation=record.preprocessing.interpolation,
-        train_images=metrics.get("train_images", 0),
-        epochs_run=metrics.get("epochs_run", sum(p.epochs for p in record.phases)),
-        duration_s=metrics["duration_s"],
-        best_epoch=metrics["best_epoch"],
-        val=metrics["val"],
-        test=metrics["test"],
-        mva=metrics["mva"],
-        passed=metrics["passed"],
-        history=record.history(),
-        resumed_from="complete",
-    )

@@ -134,24 +134,10 @@ def lr_range_test(
     optimizer = _range_optimizer(model, schedule, optimizer_factory)
     train_step = train_step_function(model, optimizer, weighted_loss(keras.losses.get(loss)))
     initial_weights = model.get_weights()
-    lrs: list[float] = []
-    losses: list[float] = []
-    smoothed: list[float] = []
-    average, best, stopped_early = 0.0, math.inf, False
     try:
-        for batch in dataset.repeat().take(steps):
-            x, y, sample_weight = (*batch, None) if len(batch) == 2 else batch
-            # The rate this step will use (a LossScaleOptimizer only advances on finite steps).
-            lrs.append(float(ops.convert_to_numpy(optimizer.learning_rate)))
-            value = float(train_step(x, y, sample_weight))
-            losses.append(value)
-            average = smoothing * average + (1 - smoothing) * value
-            smooth = average / (1 - smoothing ** len(losses))
-            smoothed.append(smooth)
-            best = min(best, smooth)
-            if not math.isfinite(smooth) or smooth > divergence_factor * best:
-                stopped_early = True
-                break
+        lrs, losses, smoothed, stopped_early = _sweep(
+            dataset, steps, optimizer, train_step, smoothing, divergence_factor
+        )
     finally:
         model.set_weights(initial_weights)
     if not losses:
@@ -170,6 +156,35 @@ def lr_range_test(
         min_loss_lr=float(lr_array[finite][np.argmin(smooth_array[finite])]),
         stopped_early=stopped_early,
     )
+
+
+def _sweep(
+    dataset: tf.data.Dataset,
+    steps: int,
+    optimizer: Any,
+    train_step: Callable[..., Any],
+    smoothing: float,
+    divergence_factor: float,
+) -> tuple[list[float], list[float], list[float], bool]:
+    """The steps of the range test: each step's rate, loss and smoothed loss, and whether
+    the smoothed loss diverged before `steps`."""
+    lrs: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    average, best = 0.0, math.inf
+    for batch in dataset.repeat().take(steps):
+        x, y, sample_weight = (*batch, None) if len(batch) == 2 else batch
+        # The rate this step will use (a LossScaleOptimizer only advances on finite steps).
+        lrs.append(float(ops.convert_to_numpy(optimizer.learning_rate)))
+        value = float(train_step(x, y, sample_weight))
+        losses.append(value)
+        average = smoothing * average + (1 - smoothing) * value
+        smooth = average / (1 - smoothing ** len(losses))
+        smoothed.append(smooth)
+        best = min(best, smooth)
+        if not math.isfinite(smooth) or smooth > divergence_factor * best:
+            return lrs, losses, smoothed, True
+    return lrs, losses, smoothed, False
 
 
 @dataclass

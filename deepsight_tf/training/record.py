@@ -28,10 +28,9 @@ from deepsight_tf.core.workspace import (
 from deepsight_tf.model.preprocessing import Preprocessing
 from deepsight_tf.training.history import read_history
 from deepsight_tf.training.plan import PhasePlan
+from deepsight_tf.training.run_metrics import RunMetrics
 
 TRAIN_HINT = "deepsight train"
-# What every reader of metrics.json relies on (training/loop.py's metrics_document writes it).
-METRICS_KEYS = ("dataset", "class_names", "val", "test", "mva", "passed", "duration_s")
 
 
 def read_preprocessing(run_dir: Path) -> Preprocessing:
@@ -55,7 +54,7 @@ class RunRecord:
     run_dir: Path
     manifest: Manifest
     config: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: RunMetrics
     settings: TrainSettings
     preprocessing: Preprocessing
     phases: list[PhasePlan]
@@ -83,15 +82,11 @@ class RunRecord:
     def read(cls, run_dir: Path, manifest: Manifest) -> RunRecord:
         try:
             config = read_json(run_dir / CONFIG_FILE)
-            metrics = read_json(run_dir / METRICS_FILE)
+            metrics = RunMetrics.from_dict(read_json(run_dir / METRICS_FILE))
             fields = TrainSettings.__dataclass_fields__
             settings = TrainSettings(**{k: v for k, v in config["settings"].items() if k in fields})
             preprocessing = Preprocessing.from_dict(config["preprocessing"])
             phases = [PhasePlan.from_dict(p) for p in config["phases"]]
-            missing = [key for key in METRICS_KEYS if key not in metrics]
-            if missing:
-                raise KeyError(f"{METRICS_FILE} lacks {', '.join(missing)}")
-            metrics["class_names"] = [str(name) for name in metrics["class_names"]]
         except FileNotFoundError as exc:
             raise PrerequisiteError(
                 f"{exc.filename}: missing; the run is unfinished, rerun `{TRAIN_HINT}`"
@@ -114,11 +109,11 @@ class RunRecord:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.metrics["class_names"])
+        return list(self.metrics.class_names)
 
     @property
     def dataset(self) -> str:
-        return str(self.metrics["dataset"])
+        return self.metrics.dataset
 
     @property
     def model_path(self) -> Path:

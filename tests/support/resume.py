@@ -66,3 +66,18 @@ def assert_same_outcome(got: dict[str, object], want: dict[str, object]) -> None
         want["test"],
         want["best_epoch"],
     )
+
+
+def crash_after_commit(monkeypatch: object, epoch: int, crash: type[Exception]) -> None:
+    """The process dies right after the commit at the end of `epoch` (from 0, within its
+    phase): the commit is on disk, nothing after it is."""
+    from deepsight_tf.training.events import CommitEpoch
+
+    original = CommitEpoch.epoch_end
+
+    def commit_then_crash(self, learner, end):  # type: ignore[no-untyped-def]
+        original(self, learner, end)
+        if end.epoch == epoch:
+            raise crash
+
+    monkeypatch.setattr(CommitEpoch, "epoch_end", commit_then_crash)  # type: ignore[attr-defined]

@@ -22,9 +22,9 @@ from deepsight_tf.core.workspace import (
 from deepsight_tf.model import classifier as models
 from deepsight_tf.model.preprocessing import Normalization, Preprocessing, preprocess
 from deepsight_tf.model.saving import save_classifier
-from deepsight_tf.training.loop import run_config
 from deepsight_tf.training.metrics import classification_scores, training_metrics
 from deepsight_tf.training.optim import make_optimizer
+from deepsight_tf.training.outcome import run_config
 from deepsight_tf.training.pipeline import make_eval_dataset
 from deepsight_tf.training.plan import plan_phases, resolve_settings
 from deepsight_tf.training.schedules import OneCycle
