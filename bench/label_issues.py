@@ -32,6 +32,10 @@ which equals recall at k) and the recall at 2k, means over the seeds; a random r
   run x probe, equal        p(given) of the normalised geometric mean of the two (a product
                             of experts); needs --run
   run x probe, stacked      the geometric mixture, its weight stacked on validation
+  second run self-confidence  p(given) of a second trained run (--second-run: another
+                            network, trained on the same split or not)
+  two runs, equal           p(given) of the equal mixture of the two runs' probabilities (an
+                            ensemble of two networks, each with its own blind spots)
 
 and cleanlab's flagged set (cleanlab.filter.find_label_issues) on three of them. The
 ImageNet features come from the workspace's cache (computed there on first use, timed).
@@ -150,7 +154,9 @@ def normalised(probs: np.ndarray) -> np.ndarray:
     return probs / probs.sum(axis=1, keepdims=True)
 
 
-def scores_of(labels, probe, knn, run, weight) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def scores_of(
+    labels, probe, knn, run, weight, second=None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each score's (per-image score, the distribution its p(given) is read from)."""
     distributions = {"ImageNet kNN": knn, "ImageNet probe": probe}
     distributions["ImageNet probe + kNN"] = mixture(probe, knn, 0.5)
@@ -160,6 +166,9 @@ def scores_of(labels, probe, knn, run, weight) -> dict[str, tuple[np.ndarray, np
         distributions["run + probe, stacked"] = mixture(run, probe, weight[0])
         distributions["run x probe, equal"] = mixture(run, probe, 0.5, geometric=True)
         distributions["run x probe, stacked"] = mixture(run, probe, weight[1], geometric=True)
+    if run is not None and second is not None:
+        distributions["second run self-confidence"] = second
+        distributions["two runs, equal"] = mixture(run, second, 0.5)
     scores = {name: (self_confidence(labels, p), p) for name, p in distributions.items()}
     if run is not None:
         scores["run normalized margin"] = (normalized_margin(labels, run), run)
@@ -170,13 +179,14 @@ def scores_of(labels, probe, knn, run, weight) -> dict[str, tuple[np.ndarray, np
 
 CLEANLAB_SETS = (
     "run self-confidence",
+    "two runs, equal",
     "ImageNet probe",
     "run + probe, stacked",
     "run x probe, stacked",
 )
 
 
-def bench_kind(kind, args, data, targets, evidence, run, weight, extra) -> list[dict]:
+def bench_kind(kind, args, data, targets, evidence, run, weight, extra, second=None) -> list[dict]:
     """Every score's precision at k and recall at 2k on one kind of planted issue, per seed."""
     per_score: dict[str, list] = {}
     for seed in range(args.seeds):
@@ -184,14 +194,18 @@ def bench_kind(kind, args, data, targets, evidence, run, weight, extra) -> list[
         n = len(data.y_test)  # the rows after the test set's are the composites'
         probe, knn = evidence["test_probs"][:n].copy(), evidence["test_knn"][:n].copy()
         run_seed = None if run is None else run["test"].copy()
+        second_seed = None if second is None else second["test"].copy()
         if kind == "composite":  # the pasted images, as every model scored them
             rows = extra[seed]
             probe[planted], knn[planted] = evidence["test_probs"][rows], evidence["test_knn"][rows]
             if run_seed is not None:
                 run_seed[planted] = run["composites"][rows - n]
+            if second_seed is not None:
+                second_seed[planted] = second["composites"][rows - n]
         is_planted = np.zeros(len(labels), bool)
         is_planted[planted] = True
-        for name, (score, probs) in scores_of(labels, probe, knn, run_seed, weight).items():
+        scores = scores_of(labels, probe, knn, run_seed, weight, second_seed)
+        for name, (score, probs) in scores.items():
             found = [*ranking_metrics(score, is_planted)]
             found += [*cleanlab_set(labels, probs, is_planted)] if name in CLEANLAB_SETS else []
             per_score.setdefault(name, []).append(found)
@@ -212,6 +226,11 @@ def main() -> None:
     parser.add_argument("--workspace", default="workspace")
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--run", default=None, help="a trained run: its probabilities too")
+    parser.add_argument(
+        "--second-run",
+        default=None,
+        help="a second run's folder (any workspace, the same data set): the two-run ensemble",
+    )
     parser.add_argument("--share", type=float, default=0.02)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--csv", default=None, help="write the table here")
@@ -286,9 +305,25 @@ def main() -> None:
             f"run {args.run}: test accuracy {accuracy:.2%}; stacked weight of the run "
             f"{weight[0]:.2f} (arithmetic), {weight[1]:.2f} (geometric)"
         )
+    second = None
+    if args.second_run and run is not None:
+        from deepsight_tf.training.record import RunRecord
+
+        other = RunRecord.at(Path(args.second_run))
+        predicted = other.predictions()
+        if not np.array_equal(predicted["test_labels"], data.y_test):
+            sys.exit(f"{args.second_run}: its test labels are not this data set's")
+        second = {
+            "test": normalised(predicted["test_probs"]),
+            "composites": run_probs(other, pasted),
+        }
+        print(
+            f"second run {args.second_run}: test accuracy "
+            f"{np.mean(second['test'].argmax(1) == data.y_test):.2%}"
+        )
     rows = []
     for kind in KINDS:
-        rows += bench_kind(kind, args, data, targets, evidence, run, weight, extra)
+        rows += bench_kind(kind, args, data, targets, evidence, run, weight, extra, second)
     report(rows, args, accuracy, len(data.y_test))
 
 

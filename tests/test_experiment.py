@@ -156,7 +156,7 @@ def test_the_transfer_arm_is_deepsights_transfer_defaults_on_the_experiments_dat
         backbone="efficientnet-lite0", weights="imagenet", budget="10m", seed=3
     )
     assert {"seed", "budget", "precision"}.isdisjoint(arm.changes)
-    assert arm.changes["image_size"] == 64 and arm.changes["lookahead"] is False
+    assert arm.changes["image_size"] == 96 and arm.changes["lookahead"] is False
     assert not shares_baseline_schedule(arm)
     # without a budget both arms train the experiment's epochs
     (arm,) = plan_arms(plan, replace(recipe, budget=None, epochs=2))[1:]

@@ -251,3 +251,68 @@ def test_label_evidence_from_imagenet_features(interpreted: Interpreted) -> None
     assert {"label_issues_imagenet.csv", "train_label_issues_imagenet.csv"} <= set(
         manifest["outputs"]
     )
+
+
+def test_label_issues_ranked_by_an_ensemble_of_two_runs(
+    interpreted: Interpreted, tmp_path: Path
+) -> None:
+    """--ensemble-with: label_issues.csv is cleanlab on the equal mean of the two runs' test
+    probabilities, the report says so and the manifest cites the other run's predictions; the
+    run itself or a run that is not there is refused before anything is written."""
+    from deepsight_tf.core.errors import PrerequisiteError
+    from deepsight_tf.core.manifest import ENSEMBLE_INPUT
+    from deepsight_tf.diagnose.forensics import find_label_issues
+    from deepsight_tf.diagnose.label_scores import mixture
+
+    from support.workspaces import copy_workspace
+
+    ws = copy_workspace(interpreted.workspace, tmp_path)
+    train(tiny(run_id="other", epochs=1, lr=0.02), ws)  # a different model of the same images
+    cheap = dict(methods="gradcam", max_images=4, context_images=10, sanity_images=2)
+    settings = InterpretSettings(
+        run_id=INTERPRETED_RUN,
+        ensemble_with="other",
+        imagenet_evidence=False,
+        train_issues=False,
+        grid_per_class=1,
+        n_boot=200,
+        **cheap,  # type: ignore[arg-type]
+    )
+    result = interpret(settings, ws)
+    a = np.load(ws.run_dir(INTERPRETED_RUN) / "predictions.npz")
+    b = np.load(ws.run_dir("other") / "predictions.npz")
+    mean = mixture(
+        a["test_probs"] / a["test_probs"].sum(1, keepdims=True),
+        b["test_probs"] / b["test_probs"].sum(1, keepdims=True),
+        0.5,
+    )
+    expected = [i.index for i in find_label_issues(a["test_labels"], mean, CLASSES)]
+    with open(Path(result.folder) / "label_issues.csv", newline="") as handle:
+        found = [int(row["index"]) for row in csv.DictReader(handle)]
+    assert found == expected
+    assert result.label_issues["ranked_by"]["ensemble_with"] == "other"
+    manifest = read_json(Path(result.folder) / "manifest.json")
+    assert ENSEMBLE_INPUT in manifest["inputs"]
+    with pytest.raises(ConfigError, match="--ensemble-with a: that is the run"):
+        InterpretSettings(run_id="a", ensemble_with="a")
+    with pytest.raises(PrerequisiteError, match="no run 'gone'"):
+        interpret(InterpretSettings(run_id=INTERPRETED_RUN, ensemble_with="gone"), ws)
+
+
+def test_the_ensemble_ranks_by_the_equal_mean_of_the_two_runs() -> None:
+    """Planted probabilities: each run's rows normalised, then averaged with equal weight; an
+    image one run is sure of and the other doubts lands half way."""
+    from types import SimpleNamespace
+
+    from deepsight_tf.diagnose.interpret import _ranking_probs
+
+    run = np.array([[0.9, 0.1, 0.0], [0.2, 0.2, 0.2]])  # the second row sums to 0.6
+    other = np.array([[0.1, 0.9, 0.0], [0.0, 0.0, 1.0]])
+    study = SimpleNamespace(probs=run, ensemble=("b", {"test_probs": other}))
+    probs, ranked = _ranking_probs(study, None)  # type: ignore[arg-type]
+    np.testing.assert_allclose(probs, [[0.5, 0.5, 0.0], [1 / 6, 1 / 6, 2 / 3]])
+    assert ranked == {
+        "probabilities": "the mean of this run's and run b's",
+        "run_weight": 0.5,
+        "ensemble_with": "b",
+    }

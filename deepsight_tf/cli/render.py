@@ -339,6 +339,8 @@ def label_issue_lines(issues: dict[str, Any]) -> None:
             f", ranked by {ranked['probabilities']} probabilities (run weight "
             f"{ranked['run_weight']:.2f} from the {ranked['weight_from']})"
         )
+    elif "ensemble_with" in ranked:
+        how = f", ranked by {ranked['probabilities']} probabilities"
     console.print(
         f"label issues: {issues['count']} test images flagged{how} ({issues['csv']}); "
         f"hard pairs for --focus-pairs @{issues['focus_pairs_file']}"

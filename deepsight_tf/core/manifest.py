@@ -65,3 +65,4 @@ DROPPED_INPUT = "dropped training images"  # --drop-train's CSV
 MODEL_INPUT = "model"  # runs/<id>/model.keras
 PREDICTIONS_INPUT = "predictions"  # runs/<id>/predictions.npz
 FEATURES_INPUT = "imagenet features"  # features/<dataset>/<key>/features.npz
+ENSEMBLE_INPUT = "ensemble predictions"  # runs/<other>/predictions.npz (--ensemble-with)

@@ -633,7 +633,7 @@ def setting_arm(arm: str) -> dict[str, Any]:
 @panels(
     {
         HEAT_MAPS: "methods max_images sanity_images grid_per_class",
-        FORENSICS: "context_images train_issues imagenet_evidence",
+        FORENSICS: "context_images train_issues imagenet_evidence ensemble_with",
         STATISTICS: "n_boot seed",
     }
 )
@@ -665,8 +665,22 @@ class InterpretSettings(Settings):
         "features' forward pass (about 2 minutes on 2 cores for CIFAR-10) is cached in the "
         "workspace for every later interpret on the same data set.",
     )
+    ensemble_with: str = setting(
+        "",
+        "Another run on the same data set (a different network, say): the test label issues "
+        "are ranked by the mean of the two runs' test probabilities, an ensemble whose blind "
+        "spots are not one model's (on label flips planted in CIFAR-10 it found more than "
+        "either run alone: docs/results.md).",
+    )
 
     def check(self) -> None:
+        if self.ensemble_with:
+            check_name(self.ensemble_with, "--ensemble-with")
+            if self.ensemble_with == self.run_id:
+                raise ConfigError(
+                    f"--ensemble-with {self.ensemble_with}: that is the run being interpreted; "
+                    "name another run"
+                )
         if self.run_id:
             check_name(self.run_id, "run id")
         methods = self.method_list()

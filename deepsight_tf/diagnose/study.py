@@ -46,6 +46,8 @@ class Study:
     predictions: dict[str, np.ndarray]
     out: Path
     progress: Progress | None
+    # --ensemble-with: the other run's id and its stored predictions
+    ensemble: tuple[str, dict[str, np.ndarray]] | None = None
     figures: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 

@@ -226,6 +226,8 @@ def _label_issues(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> 
             f"the model and the ImageNet probes together doubt (their probabilities mixed, the "
             f"run's weight {ranked['run_weight']:.2f} from the {ranked['weight_from']})"
         )
+    elif "ensemble_with" in ranked:
+        doubts = f"this run and run {ranked['ensemble_with']} together doubt (their mean)"
     parts: list[Any] = [
         element("h3", "Label issues"),
         paragraph(
