@@ -91,7 +91,10 @@ def test_every_command_has_examples_and_shows_defaults(command: str) -> None:
     if command == "train":
         assert "[default: airbench94]" in text and "[default: 4]" in text
         # A setting its backbone's recipe decides names each backbone's value instead.
-        assert "Default: 32 for airbench94, airbench93 and resnet9, 64 for the other" in text
+        assert (
+            "Default: 32 for airbench94, airbench93 and resnet9, 96 for efficientnet-lite0, "
+            "64 for the other" in text
+        )
 
 
 TRAIN_PANELS = [
