@@ -333,11 +333,10 @@ def test_a_resumed_auto_run_keeps_the_precision_it_measured(
 
     _bfloat16_cpu(monkeypatch)
     _planted(monkeypatch, {"float32": 0.03, "mixed_bfloat16": 0.02})
-    crash_after_commit(monkeypatch, 0, Crash)
-    with pytest.raises(Crash):
-        train(tiny(run_id="auto-resumed", precision="auto"), prepared)
-    monkeypatch.undo()
-    _bfloat16_cpu(monkeypatch)
+    with monkeypatch.context() as crashing:
+        crash_after_commit(crashing, 0, Crash)
+        with pytest.raises(Crash):
+            train(tiny(run_id="auto-resumed", precision="auto"), prepared)
     # The machine now measures the other way: the run goes on as it began.
     given = _planted(monkeypatch, {"float32": 0.02, "mixed_bfloat16": 0.03})
     result = train(tiny(run_id="auto-resumed", precision="auto", resume=True), prepared)

@@ -97,14 +97,15 @@ def interpret(
     workspace.check_inputs(
         record.manifest, {DATA_INPUT: data_sha}, f"run {settings.run_id}", "deepsight train"
     )
-    other = _ensemble_run(settings, workspace, record)
+    predictions = record.predictions()
+    other = _ensemble_run(settings, workspace, record, predictions["test_labels"])
     out = workspace.interpret_dir(settings.run_id)
     model = record.load_model()  # a model file safe_mode refuses stops here, before any write
     with workspace.lock(f"run-{settings.run_id}-interpret"):
         started, start = now_iso(), time.perf_counter()
-        study = Study(settings, workspace, record, model, data, record.predictions(), out, progress)
+        study = Study(settings, workspace, record, model, data, predictions, out, progress)
         if other is not None:
-            study.ensemble = (other.run_id, other.predictions())
+            study.ensemble = (other[0].run_id, other[1])
         result = diagnose(study)
         result.duration_s = round(time.perf_counter() - start, 1)
         atomic_write_json(out / REPORT_JSON, result)
@@ -127,7 +128,7 @@ def interpret(
         }
         if other is not None:
             inputs[ENSEMBLE_INPUT] = workspace.input_record(
-                other.run_dir / PREDICTIONS_FILE, other.output_sha256(PREDICTIONS_FILE)
+                other[0].run_dir / PREDICTIONS_FILE, other[0].output_sha256(PREDICTIONS_FILE)
             )
         if imagenet is not None:
             features = Path(imagenet["features"]) / FEATURES_FILE
@@ -149,25 +150,24 @@ def interpret(
 
 
 def _ensemble_run(
-    settings: InterpretSettings, workspace: Workspace, record: RunRecord
-) -> RunRecord | None:
-    """--ensemble-with's run, checked to have scored the same test images with the same
-    labels as the run being interpreted."""
+    settings: InterpretSettings, workspace: Workspace, record: RunRecord, labels: np.ndarray
+) -> tuple[RunRecord, dict[str, np.ndarray]] | None:
+    """--ensemble-with's run and its predictions, checked to have scored the same test images
+    with the same `labels` and classes as the run being interpreted."""
     from deepsight_tf.core.errors import ConfigError
 
     if not settings.ensemble_with:
         return None
     other = RunRecord.load(workspace, settings.ensemble_with)
-    same = other.dataset == record.dataset and np.array_equal(
-        other.predictions()["test_labels"], record.predictions()["test_labels"]
-    )
+    predictions = other.predictions()
+    same = other.dataset == record.dataset and np.array_equal(predictions["test_labels"], labels)
     if not same or other.class_names != record.class_names:
         raise ConfigError(
             f"--ensemble-with {other.run_id}: it was tested on {other.dataset}'s test images "
             f"with other labels or classes than run {record.run_id} ({record.dataset}); name "
             "a run trained on the same data set"
         )
-    return other
+    return other, predictions
 
 
 def diagnose(study: Study) -> InterpretResult:

@@ -202,6 +202,8 @@ class _Run:
         self.resumed_commit: Commit | None = None
         self.budget_from: float | None = None
         self.budget: Budget | None = None  # --budget, when sized in this process
+        # A resumed run's float policy as its config.json records it (None: decided here)
+        self.decided: PrecisionChoice | None = None
 
     def execute(self, strategy: Any) -> TrainResult:
         started, start = now_iso(), time.perf_counter()
@@ -252,9 +254,8 @@ class _Run:
     def _build(self, strategy: Any) -> tuple[Prepared, list[PhasePlan], StepCosts | None]:
         """The model and its batch streams, the float policy, the probed step costs and the
         phases (sized to a --budget), checked before anything is written."""
-        prepared = prepare(
-            self.settings, self.data, self.workspace, strategy, self._stored_precision()
-        )
+        self.decided = self._stored_precision()
+        prepared = prepare(self.settings, self.data, self.workspace, strategy, self.decided)
         costs = self._probe(prepared, strategy)
         self._stop_if_requested()
         phases = plan_phases(self.settings, prepared.distribution["lr"])
@@ -283,7 +284,7 @@ class _Run:
         # Told once the flags and the run folder have passed their checks: bad input gets
         # its one line and nothing before it.
         choice = prepared.precision_choice
-        if self._stored_precision() is None and choice and choice.ms_per_step and self.notify:
+        if self.decided is None and choice and choice.ms_per_step and self.notify:
             self.notify(choice.describe())
         store = CheckpointStore(self.run_dir / CHECKPOINTS_DIR)
         restored = self._restore(store, prepared) if self.settings.resume else None
@@ -363,7 +364,7 @@ class _Run:
         batches and optimizer the budget's probe would time again); None when nothing was
         timed here (a resumed run's choice was timed by the process that started it)."""
         choice = prepared.precision_choice
-        if choice is None or not choice.ms_per_step or self._stored_precision() is not None:
+        if choice is None or not choice.ms_per_step or self.decided is not None:
             return None
         ms = choice.ms_per_step.get(choice.policy)
         if ms is None:
