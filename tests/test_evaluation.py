@@ -238,23 +238,23 @@ def test_subset_accuracy_gap_on_constructed_groups() -> None:
     labels = np.zeros(2000, dtype=int)
     probs = np.where(correct[:, None], [[0.8, 0.2]], [[0.2, 0.8]])
     gap = ht.subset_accuracy_gap(labels, probs, mask, n_boot=1000)
-    assert gap["in_mask"]["n"] == 400 and gap["rest"]["n"] == 1600
-    assert gap["in_mask"]["accuracy"] == pytest.approx(0.95)
-    assert gap["rest"]["accuracy"] == pytest.approx(0.70)
-    assert gap["gap"] == pytest.approx(0.25)
-    low, high = gap["gap_ci"]
+    assert gap.in_mask.n == 400 and gap.rest.n == 1600
+    assert gap.in_mask.accuracy == pytest.approx(0.95)
+    assert gap.rest.accuracy == pytest.approx(0.70)
+    assert gap.gap == pytest.approx(0.25)
+    low, high = gap.gap_ci
     assert 0.2 < low < 0.25 < high < 0.3
-    low, high = gap["in_mask"]["ci"]
+    low, high = gap.in_mask.ci
     assert low < 0.95 < high
 
 
 def test_subset_accuracy_gap_with_an_empty_group() -> None:
     labels, probs = noisy_predictions(100, 3, 2.0, seed=8)
     gap = ht.subset_accuracy_gap(labels, probs, np.zeros(100, bool), n_boot=100)
-    assert gap["in_mask"] == {"n": 0, "accuracy": None, "ci": None}
-    assert gap["rest"]["n"] == 100
-    assert gap["rest"]["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels))
-    assert gap["gap"] is None and gap["gap_ci"] is None
+    assert gap.in_mask == ht.GroupAccuracy(0, None, None)
+    assert gap.rest.n == 100
+    assert gap.rest.accuracy == pytest.approx(np.mean(probs.argmax(1) == labels))
+    assert gap.gap is None and gap.gap_ci is None
     with pytest.raises(ValueError, match="Received"):
         ht.subset_accuracy_gap(labels, probs, np.zeros(99, bool))
 

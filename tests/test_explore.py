@@ -18,13 +18,16 @@ from deepsight_tf.core.workspace import HYPOTHESES_FILE, Workspace
 from deepsight_tf.data.explore import (
     FIGURES,
     LUMA_WEIGHTS,
+    ExploreResult,
     class_balance,
     explore,
+    load_explore_report,
     load_hypotheses,
     load_pixel_stats,
     pick_samples,
     scan_pixels,
 )
+from deepsight_tf.data.explore import SCHEMA as EXPLORE_SCHEMA
 from deepsight_tf.data.hypotheses import (
     DEFAULT_CONFUSABLE_PAIRS,
     DEFAULT_GROUPS,
@@ -279,6 +282,10 @@ def test_explore_writes_figures_hypotheses_and_a_manifest_citing_its_input(explo
     assert hypotheses.registered_at is not None
     stats_back = load_pixel_stats(ws, "tiny")
     assert stats_back == result.pixel_stats
+    assert load_explore_report(ws, "tiny") == result  # the typed record, field for field
+    assert report["schema"] == EXPLORE_SCHEMA
+    del report["schema"]  # written before versions were: the same layout, read as version 0
+    assert ExploreResult.from_dict(report).schema == 0
 
 
 def test_loaders_refuse_a_changed_data_set_and_a_tampered_file(tmp_path: Path) -> None:

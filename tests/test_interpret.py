@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,11 @@ from typer.testing import CliRunner
 from deepsight_tf.cli import app
 from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.settings import InterpretSettings
-from deepsight_tf.core.storage import read_json
+from deepsight_tf.core.storage import read_json, to_jsonable
 from deepsight_tf.core.workspace import Workspace
 from deepsight_tf.diagnose.interpret import interpret
+from deepsight_tf.diagnose.interpret_record import SCHEMA as INTERPRET_SCHEMA
+from deepsight_tf.diagnose.interpret_record import InterpretResult, Ranking
 from deepsight_tf.diagnose.study import stratified_sample
 from deepsight_tf.training.loop import train
 from deepsight_tf.training.pipeline import parse_focus_pairs
@@ -28,25 +31,46 @@ def test_headline_equals_the_stored_predictions(interpreted: Interpreted) -> Non
     ws, result = interpreted.workspace, interpreted.result
     predictions = np.load(ws.run_dir(INTERPRETED_RUN) / "predictions.npz")
     accuracy = float((predictions["test_probs"].argmax(1) == predictions["test_labels"]).mean())
-    assert result.headline["accuracy"] == pytest.approx(accuracy)
-    low, high = result.headline["accuracy_ci"]
+    assert result.headline.accuracy == pytest.approx(accuracy)
+    low, high = result.headline.accuracy_ci
     assert low <= accuracy <= high
     report = read_json(Path(result.folder) / "report.json")
     assert report["headline"]["accuracy"] == pytest.approx(accuracy)
     ws.verify(Path(result.folder), "deepsight interpret")
 
 
+def test_the_report_file_reads_back_as_the_result_it_was_written_from(
+    interpreted: Interpreted,
+) -> None:
+    """Every field, nested records included (arrays compared as the JSON holds them); a file
+    without a version reads as version 0; a newer one, or a wrong field, is refused."""
+    result = interpreted.result
+    stored = read_json(Path(result.folder) / "report.json")
+    back = InterpretResult.from_dict(stored)
+    assert stored["schema"] == INTERPRET_SCHEMA == back.schema
+    text = [json.dumps(to_jsonable(r), sort_keys=True) for r in (back, result, stored)]
+    assert text[0] == text[1] == text[2]  # as text: a NaN equals itself there
+    assert back.label_issues.train is not None and back.error_attribution is not None
+    assert isinstance(back.top_losses.indices, np.ndarray)
+    old = {k: v for k, v in stored.items() if k not in ("schema", "error_attribution")}
+    assert InterpretResult.from_dict(old).error_attribution is None
+    with pytest.raises(ValueError, match="schema 2 is newer"):
+        InterpretResult.from_dict({**stored, "schema": 2})
+    with pytest.raises(ValueError, match=r"report\.headline\.n: expected int, found str"):
+        InterpretResult.from_dict({**stored, "headline": {**stored["headline"], "n": "10"}})
+
+
 def test_hypotheses_from_explore_get_verdicts(interpreted: Interpreted) -> None:
     result = interpreted.result
-    names = {h["name"] for h in result.hypotheses}
+    names = {h.name for h in result.hypotheses}
     assert len(result.hypotheses) == 2, names
-    assert {h["verdict"] for h in result.hypotheses} <= {
+    assert {h.verdict for h in result.hypotheses} <= {
         "supported",
         "contradicted",
         "inconclusive",
     }
     for h in result.hypotheses:
-        assert h["low"] <= h["estimate"] <= h["high"]
+        assert h.low <= h.estimate <= h.high
 
 
 def test_forensic_files_are_usable(interpreted: Interpreted) -> None:
@@ -67,15 +91,15 @@ def test_forensic_files_are_usable(interpreted: Interpreted) -> None:
     assert counts == sorted(swapped.values(), reverse=True)[: len(pairs)]
     with open(folder / "label_issues.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == result.label_issues["count"]
+    assert len(rows) == result.label_issues.count
     with open(folder / "train_label_issues.csv", newline="") as handle:
         train_rows = list(csv.DictReader(handle))
-    train = result.label_issues["train"]
-    assert len(train_rows) == train["count"] and train["images"] > 0
+    train = result.label_issues.train
+    assert train is not None and len(train_rows) == train.count and train.images > 0
     data = np.load(ws.images_path("rgb"))
     for row in train_rows:  # indices into x_train, with the stored label
         assert CLASSES[int(data["y_train"][int(row["index"])])] == row["given_label"]
-    assert result.leakage is not None and result.leakage["in_mask"]["n"] == 0
+    assert result.leakage is not None and result.leakage.in_mask.n == 0
 
 
 def test_error_attribution_counts_the_stored_errors(interpreted: Interpreted) -> None:
@@ -101,12 +125,13 @@ def test_error_attribution_counts_the_stored_errors(interpreted: Interpreted) ->
 
 def test_explanations_are_measured(interpreted: Interpreted) -> None:
     result = interpreted.result
-    assert set(result.faithfulness["methods"]) == {"gradcam", "layercam"}
-    for method in result.faithfulness["methods"].values():
-        assert method["verdict"] in {"beats random", "worse than random", "inconclusive"}
-        assert method["n_images"] == 9
-    assert len(result.sanity["mean_spearman"]) >= 1
-    assert result.context["overall"]["n"] == 30
+    assert result.faithfulness and result.sanity and result.context
+    assert set(result.faithfulness.methods) == {"gradcam", "layercam"}
+    for method in result.faithfulness.methods.values():
+        assert method.verdict in {"beats random", "worse than random", "inconclusive"}
+        assert method.n_images == 9
+    assert len(result.sanity.mean_spearman) >= 1
+    assert result.context.overall.n == 30
     assert all(Path(f).is_file() for f in result.figures)
 
 
@@ -163,8 +188,9 @@ def test_explanations_run_on_an_efficientnet_run(efficientnet_run) -> None:
         assert maps.min() >= 0.0 and maps.max() <= 1.0
         assert (maps.max(axis=(1, 2)) - maps.min(axis=(1, 2)) > 0.5).sum() >= 3  # not flat
 
-    assert result.sanity["layer_name"] == "top_activation"
-    assert result.sanity["groups"] == [
+    assert result.faithfulness and result.sanity and result.context
+    assert result.sanity.layer_name == "top_activation"
+    assert result.sanity.groups == [
         "head",
         "top_conv",
         "block7a",
@@ -173,13 +199,13 @@ def test_explanations_run_on_an_efficientnet_run(efficientnet_run) -> None:
         "block6b",
         "block6a",
     ]
-    assert len(result.sanity["mean_spearman"]) == 7
-    assert set(result.faithfulness["methods"]) == {"gradcam", "gradcam++"}
-    assert result.faithfulness["random_grid"] == [2, 2]
-    for scores in result.faithfulness["methods"].values():
-        assert scores["n_images"] == 9
-        assert 0.0 <= scores["deletion_auc"] <= 1.0 and 0.0 <= scores["insertion_auc"] <= 1.0
-    assert result.context["overall"]["n"] == 12
+    assert len(result.sanity.mean_spearman) == 7
+    assert set(result.faithfulness.methods) == {"gradcam", "gradcam++"}
+    assert result.faithfulness.random_grid == [2, 2]
+    for scores in result.faithfulness.methods.values():
+        assert scores.n_images == 9
+        assert 0.0 <= scores.deletion_auc <= 1.0 and 0.0 <= scores.insertion_auc <= 1.0
+    assert result.context.overall.n == 12
     assert all(Path(f).is_file() for f in result.figures)
 
 
@@ -210,7 +236,8 @@ def test_label_evidence_from_imagenet_features(interpreted: Interpreted) -> None
 
     ws, result = interpreted.workspace, interpreted.result
     folder = Path(result.folder)
-    imagenet = result.label_issues["imagenet"]
+    imagenet = result.label_issues.imagenet
+    assert imagenet is not None
     data, _ = load_dataset(ws, "rgb")
     evidence = independent_evidence(ws, data, dataset_sha256(ws, "rgb"), load_split(ws, "rgb"))
     assert evidence.pass_s is None  # interpret cached the features
@@ -223,7 +250,7 @@ def test_label_evidence_from_imagenet_features(interpreted: Interpreted) -> None
 
     doubted = indices("label_issues_imagenet.csv")
     expected = find_label_issues(labels, evidence.test_probs, CLASSES)
-    assert doubted == [i.index for i in expected] and len(doubted) == imagenet["test"]["count"]
+    assert doubted == [i.index for i in expected] and len(doubted) == imagenet.test.count
     train_found = find_label_issues(
         data.y_train[evidence.train_indices], evidence.train_probs, CLASSES
     )
@@ -231,22 +258,23 @@ def test_label_evidence_from_imagenet_features(interpreted: Interpreted) -> None
     assert indices("train_label_issues_imagenet.csv") == train_indices
     val_probs = predictions["val_probs"] / predictions["val_probs"].sum(1, keepdims=True)
     weight = mixture_weight(predictions["val_labels"], val_probs, evidence.val_probs, True)
-    assert result.label_issues["ranked_by"]["run_weight"] == weight
+    assert result.label_issues.ranked_by and result.label_issues.ranked_by.run_weight == weight
     test_probs = predictions["test_probs"] / predictions["test_probs"].sum(1, keepdims=True)
     mixed = mixture(test_probs, evidence.test_probs, weight, geometric=True)
     ranked = find_label_issues(labels, mixed, CLASSES)
     assert indices("label_issues.csv") == [i.index for i in ranked]
     wrong = predictions["test_probs"].argmax(1) != labels
-    rows = {row["cause"]: row for row in result.error_attribution["rows"]}
-    assert rows["independent_label_issue"]["errors"] == sum(wrong[i] for i in doubted)
-    claim = result.error_attribution["claim"]
-    if claim["verdict"] != "not tested":  # a tiny model may make no error at all
-        assert "independent_label_issue" in claim["data_quality_causes"]
+    assert result.error_attribution is not None
+    rows = {row.cause: row for row in result.error_attribution.rows}
+    assert rows["independent_label_issue"].errors == sum(wrong[i] for i in doubted)
+    claim = result.error_attribution.claim
+    if claim.verdict != "not tested":  # a tiny model may make no error at all
+        assert "independent_label_issue" in claim.data_quality_causes
     manifest = read_json(folder / "manifest.json")
     cited = manifest["inputs"]["imagenet features"]
     assert (
         cited["sha256"]
-        == read_json(Path(imagenet["features"]) / "manifest.json")["outputs"]["features.npz"]
+        == read_json(Path(imagenet.features) / "manifest.json")["outputs"]["features.npz"]
     )
     assert {"label_issues_imagenet.csv", "train_label_issues_imagenet.csv"} <= set(
         manifest["outputs"]
@@ -290,7 +318,7 @@ def test_label_issues_ranked_by_an_ensemble_of_two_runs(
     with open(Path(result.folder) / "label_issues.csv", newline="") as handle:
         found = [int(row["index"]) for row in csv.DictReader(handle)]
     assert found == expected
-    assert result.label_issues["ranked_by"]["ensemble_with"] == "other"
+    assert result.label_issues.ranked_by and result.label_issues.ranked_by.ensemble_with == "other"
     manifest = read_json(Path(result.folder) / "manifest.json")
     assert ENSEMBLE_INPUT in manifest["inputs"]
     with pytest.raises(ConfigError, match="--ensemble-with a: that is the run"):
@@ -311,8 +339,4 @@ def test_the_ensemble_ranks_by_the_equal_mean_of_the_two_runs() -> None:
     study = SimpleNamespace(probs=run, ensemble=("b", {"test_probs": other}))
     probs, ranked = _ranking_probs(study, None)  # type: ignore[arg-type]
     np.testing.assert_allclose(probs, [[0.5, 0.5, 0.0], [1 / 6, 1 / 6, 2 / 3]])
-    assert ranked == {
-        "probabilities": "the mean of this run's and run b's",
-        "run_weight": 0.5,
-        "ensemble_with": "b",
-    }
+    assert ranked == Ranking("the mean of this run's and run b's", 0.5, ensemble_with="b")

@@ -15,9 +15,11 @@ from typer.testing import CliRunner
 from deepsight_tf.cli import app
 from deepsight_tf.core.errors import DataError, OfflineError, StaleArtifactError
 from deepsight_tf.core.settings import ObtainSettings
+from deepsight_tf.core.storage import read_json
 from deepsight_tf.core.workspace import Workspace
 from deepsight_tf.data.dataset import load_dataset
-from deepsight_tf.data.obtain import obtain
+from deepsight_tf.data.obtain import SCHEMA as OBTAIN_SCHEMA
+from deepsight_tf.data.obtain import ObtainResult, obtain
 
 from support.sources import CLASS_NAMES, write_archive, write_batches, write_image_folder, write_npz
 from support.workspaces import tree_digest
@@ -45,6 +47,8 @@ def test_obtain_stores_the_data_set_with_provenance(tmp_path: Path, workspace: P
     assert data.test_paths[0] == "test_batch:0"
     assert manifest.outputs["images.npz"] == result.sha256
     assert manifest.inputs["source"]["kind"] == "batches"
+    stored = read_json(Workspace(workspace).data_dir(result.dataset) / "report.json")
+    assert stored["schema"] == OBTAIN_SCHEMA and ObtainResult.from_dict(stored) == result
 
 
 def test_second_run_is_a_no_op_and_a_changed_source_is_reread(
@@ -133,6 +137,13 @@ def test_skipped_files_are_reported_not_fatal(
     result = run(runner, workspace, "--source", str(root))
     assert result.exit_code == 0
     assert "skipped 1 files" in result.stdout and "train/cat/broken.jpg" in result.stdout
+    stored = read_json(Workspace(workspace).data_dir("imgs") / "report.json")
+    del stored["schema"]  # written before versions were: read as version 0
+    back = ObtainResult.from_dict(stored)
+    assert back.schema == 0
+    assert [(s.path, type(s).__name__) for s in back.skipped] == [
+        ("train/cat/broken.jpg", "SkippedFile")
+    ]
 
 
 def test_missing_source_and_bad_name_have_distinct_codes(

@@ -161,7 +161,8 @@ def test_context_figure_and_json(border_run, tmp_path):
     bars = [len(ax.patches) for ax in figure.axes]
     assert bars == [3 * 4, 4]  # clean/centre/border per class; one energy bar per class
     assert save_figure(figure, tmp_path / "context.png").stat().st_size > 0
-    document = context.to_dict()
-    assert document["geometry"]["description"].startswith("centre 11x11 (121 px)")
-    assert document["classes"][1]["border_occluded"] == 0.0
-    assert "object-centred photos such as CIFAR-10's" in document["assumes"]
+    summary = context.summary(energy)  # what interpret's report keeps
+    assert summary.geometry["description"].startswith("centre 11x11 (121 px)")
+    assert summary.classes[1].border_occluded == 0.0
+    assert "object-centred photos such as CIFAR-10's" in (summary.assumes or "")
+    assert summary.centre_share(COLOUR_CLASSES[0]) == pytest.approx(energy.mean[0], nan_ok=True)

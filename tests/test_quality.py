@@ -89,7 +89,7 @@ def test_scrub_lists_the_planted_defects_in_quality_csv(tmp_path) -> None:
     by_key = {(r["split"], int(r["index"])): r for r in rows}
     assert by_key[("train", 4)]["label"] == "a" and by_key[("train", 31)]["label"] == "b"
     assert by_key[("train", 4)]["path"] == "x_train[4]"
-    assert result.quality["counts"]["train"] == {
+    assert result.quality.counts["train"] == {
         "dark": 1,
         "light": 0,
         "near_constant": 0,
@@ -99,8 +99,8 @@ def test_scrub_lists_the_planted_defects_in_quality_csv(tmp_path) -> None:
         "odd_aspect": 0,
         "any": 2,
     }
-    assert result.quality["counts"]["test"]["any"] == 1
-    assert "set for photos such as CIFAR-10's" in result.quality["assumes"]  # stated in the report
+    assert result.quality.counts["test"]["any"] == 1
+    assert "set for photos such as CIFAR-10's" in result.quality.assumes  # stated in the report
 
 
 def test_flags_are_ordered_most_extreme_first() -> None:
@@ -154,4 +154,4 @@ def test_obtain_keeps_source_sizes_and_scrub_flags_the_odd_ones(tmp_path) -> Non
     }
     factor = {r["issue"]: float(r["score"]) for r in rows}
     assert factor == pytest.approx({"odd_size": 32 / 12, "odd_aspect": 80 / 32}, abs=1e-3)
-    assert result.quality["counts"]["test"]["odd_size"] == 0  # 44 px: 1.4x, under 2x
+    assert result.quality.counts["test"]["odd_size"] == 0  # 44 px: 1.4x, under 2x

@@ -106,7 +106,8 @@ def test_the_chain_runs_on_it(prepared: Workspace) -> None:
         prepared,
     )
     # Grad-CAM on its last residual output (the spec's last_conv_layer), on trial.
-    assert set(result.faithfulness["methods"]) == {"gradcam"} and result.sanity is not None
+    assert result.faithfulness is not None and set(result.faithfulness.methods) == {"gradcam"}
+    assert result.sanity is not None
     data = np.load(prepared.data_dir("rgb") / "images.npz")
     stored = np.load(Path(run.run_dir) / "predictions.npz")["test_probs"]
     probs = load_model(run.run_dir).predict(data["x_test"], verbose=0)

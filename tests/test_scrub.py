@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ from deepsight_tf.data.scrub import (
     make_split,
     scrub,
 )
+from deepsight_tf.data.scrub_record import SCHEMA as SCRUB_SCHEMA
+from deepsight_tf.data.scrub_record import ScrubResult
 
 from support.synthetic_images import cropped, jpeg, pink_noise_photos, view
 
@@ -95,26 +98,26 @@ def test_every_planted_duplicate_is_found_with_its_kind_split_and_label(scrubbed
     conflict = found[("near", "train", 3, "test", 1)]
     assert (conflict["label_a"], conflict["label_b"], conflict["same_label"]) == ("cat", "dog", "0")
     assert conflict["path_a"] == "x_train[3]" and conflict["path_b"] == "x_test[1]"
-    assert 0 < float(conflict["distance"]) <= scrubbed[1].duplicates["threshold"]
+    assert 0 < float(conflict["distance"]) <= scrubbed[1].duplicates.threshold
     assert float(found[("exact", "train", 0, "train", 1)]["distance"]) == 0.0
 
 
 def test_summary_counts_match_the_planted_pairs(scrubbed) -> None:
     _, result = scrubbed
-    exact, near = result.duplicates["exact"], result.duplicates["near"]
-    assert [exact[c]["pairs"] for c in ("train", "test", "train-test")] == [1, 0, 1]
-    assert [near[c]["pairs"] for c in ("train", "test", "train-test")] == [1, 1, 1]
-    assert near["train-test"]["label_conflicts"] == 1
-    assert exact["train-test"]["label_conflicts"] == 0
+    exact, near = result.duplicates.exact, result.duplicates.near
+    assert [exact[c].pairs for c in ("train", "test", "train-test")] == [1, 0, 1]
+    assert [near[c].pairs for c in ("train", "test", "train-test")] == [1, 1, 1]
+    assert near["train-test"].label_conflicts == 1
+    assert exact["train-test"].label_conflicts == 0
 
 
 def test_leakage_lists_the_test_images_with_a_train_twin(scrubbed) -> None:
     ws, result = scrubbed
-    assert result.leakage["test_indices_with_train_twin"] == [0, 1]
-    assert result.leakage["exact"] == 1
+    assert result.leakage.test_indices_with_train_twin == [0, 1]
+    assert result.leakage.exact == 1
     assert load_test_twins(ws, "planted").tolist() == [0, 1]
     report = load_scrub_report(ws, "planted")
-    assert report["leakage"]["test_indices_with_train_twin"] == [0, 1]
+    assert report.leakage.test_indices_with_train_twin == [0, 1]
 
 
 def test_split_is_disjoint_complete_stratified_and_keeps_duplicates_out_of_val(scrubbed) -> None:
@@ -128,16 +131,16 @@ def test_split_is_disjoint_complete_stratified_and_keeps_duplicates_out_of_val(s
         assert abs(np.sum(y[split.train] == cls) - (1 - SETTINGS.val_size) * n) <= 1
     # Both images of each train duplicate pair, and the train twins of test images, stay in train.
     assert {0, 1, 2, 3, 60, 61} <= set(split.train.tolist())
-    assert result.split["index_overlap"] == {
+    assert result.split.index_overlap == {
         "train-val": 0,
         "train-dropped": 0,
         "val-dropped": 0,
         "unassigned": 0,
     }
-    overlap = result.split["duplicate_overlap"]
+    overlap = result.split.duplicate_overlap
     assert overlap["exact"] == {"train-val": 0, "train-test": 1, "val-test": 0}
     assert overlap["near"] == {"train-val": 0, "train-test": 1, "val-test": 0}
-    assert result.split["class_counts"]["val"] == {"cat": 12, "dog": 8, "ship": 6}
+    assert result.split.class_counts["val"] == {"cat": 12, "dog": 8, "ship": 6}
 
 
 def test_report_manifest_and_interpolation_choice(scrubbed) -> None:
@@ -148,12 +151,12 @@ def test_report_manifest_and_interpolation_choice(scrubbed) -> None:
     assert manifest.inputs["data set"]["sha256"] == data_sha
     assert set(manifest.outputs) == set(result.files)
     assert all((folder / f).stat().st_size > 0 for f in result.files)
-    study = load_scrub_report(ws, "planted")["interpolation"]
-    assert study["selected"] in METHODS
-    rows = {r["method"]: r for r in study["rows"]}
-    candidates = [r for r in study["rows"] if r["candidate"]]
-    assert study["selected"] == min(candidates, key=lambda r: r["reconstruction_rmse"])["method"]
-    assert rows[study["selected"]]["selected"]
+    study = load_scrub_report(ws, "planted").interpolation
+    assert study.selected in METHODS
+    rows = {r.method: r for r in study.rows}
+    candidates = [r for r in study.rows if r.candidate]
+    assert study.selected == min(candidates, key=lambda r: r.reconstruction_rmse).method
+    assert rows[study.selected].selected
 
 
 def test_drop_leaks_drops_the_train_twins_of_test_images(tmp_path: Path) -> None:
@@ -164,8 +167,8 @@ def test_drop_leaks_drops_the_train_twins_of_test_images(tmp_path: Path) -> None
     split = load_split(ws, "planted")
     assert split.dropped.tolist() == [2, 3]
     assert not {2, 3} & (set(split.train.tolist()) | set(split.val.tolist()))
-    assert result.split["duplicate_overlap"]["exact"]["train-test"] == 0
-    assert result.split["duplicate_overlap"]["near"]["train-test"] == 0
+    assert result.split.duplicate_overlap["exact"]["train-test"] == 0
+    assert result.split.duplicate_overlap["near"]["train-test"] == 0
     manifest = ws.verify(ws.scrub_dir("planted"), "deepsight scrub")
     assert manifest.settings["drop_leaks"] is True
     assert manifest.extra["dropped_train_images"] == 2
@@ -374,3 +377,55 @@ def test_scrub_at_the_photo_level_still_splits_and_names_the_short_classes(digit
     first = next(iter(short))
     assert f"class {first} gave {short[first]['placed']} of" in " ".join(outcome.output.split())
     assert "given (no calibration)" in " ".join(outcome.output.split())
+
+
+def test_the_report_file_reads_back_as_the_result_it_was_written_from(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")  # its own: other tests here scrub the module's again
+    obtain(ObtainSettings(source=str(planted_npz(tmp_path / "p.npz")), name="planted"), ws)
+    result = scrub(SETTINGS, ws)
+    stored = read_json(ws.scrub_dir("planted") / "report.json")
+    assert stored["schema"] == SCRUB_SCHEMA
+    assert load_scrub_report(ws, "planted") == result  # every field, nested records included
+    # Derived values a reader of the JSON wants are written beside the stored ones.
+    assert [pair["same_label"] for pair in stored["top_pairs"]] == [
+        pair.same_label for pair in result.top_pairs
+    ]
+    calibration = result.duplicates.calibration
+    assert calibration is not None
+    assert stored["duplicates"]["calibration"]["statement"] == calibration.statement()
+
+
+def test_a_report_written_before_versions_reads_with_its_absent_parts_empty(scrubbed) -> None:
+    ws, result = scrubbed
+    old = read_json(ws.scrub_dir("planted") / "report.json")
+    for key in ("schema", "quality", "top_pairs"):
+        del old[key]
+    for key in ("calibration", "neighbours", "method"):
+        del old["duplicates"][key]
+    del old["split"]["short"]
+    back = ScrubResult.from_dict(old)
+    assert back.schema == 0 and back.to_dict()["schema"] == SCRUB_SCHEMA
+    assert (back.quality.counts, back.duplicates.calibration, back.split.short) == ({}, None, {})
+    assert back.leakage == result.leakage and back.split.sizes == result.split.sizes
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schema": 99}, r"schema 99 is newer than this deepsight reads"),
+        ({"leakage": {"exact": 1}}, r"report\.leakage\.test_indices_with_train_twin: missing"),
+    ],
+)
+def test_a_report_it_cannot_read_names_the_field_and_the_fix(
+    scrubbed, tmp_path: Path, change: dict, message: str
+) -> None:
+    ws, _ = scrubbed
+    copy = Workspace(tmp_path / "copy")
+    shutil.copytree(ws.root, copy.root)
+    path = copy.scrub_dir("planted") / "report.json"
+    document = {**read_json(path), **change}
+    path.write_text(json.dumps(document))
+    folder = copy.scrub_dir("planted")
+    copy.write_manifest(folder, copy.read_manifest(folder, "deepsight scrub"))  # vouch for it
+    with pytest.raises(StaleArtifactError, match=message + r".*rerun it"):
+        load_scrub_report(copy, "planted")

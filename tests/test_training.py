@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -12,19 +14,23 @@ from typer.testing import CliRunner
 from deepsight_tf.cli import app
 from deepsight_tf.core.errors import ConfigError, StaleArtifactError
 from deepsight_tf.core.settings import TrainSettings
-from deepsight_tf.core.storage import read_json
+from deepsight_tf.core.storage import read_json, to_jsonable
 from deepsight_tf.core.workspace import HISTORY_FILE, MODEL_FILE, PREDICTIONS_FILE, Workspace
 from deepsight_tf.model.saving import network_of
 from deepsight_tf.training.checkpoints import load_weights_npz
 from deepsight_tf.training.history import read_history
 from deepsight_tf.training.loop import train
 from deepsight_tf.training.metrics import classification_scores
+from deepsight_tf.training.outcome import run_config
 from deepsight_tf.training.plan import plan_phases, resolve_settings
 from deepsight_tf.training.record import RunRecord
+from deepsight_tf.training.run_config import SCHEMA as CONFIG_SCHEMA
+from deepsight_tf.training.run_config import RunConfig
 from deepsight_tf.training.run_metrics import SCHEMA, RunMetrics
 
 from support.resume import crash_after_commit
 from support.separable import CLASSES, tiny
+from support.tiny_run import PREPROCESSING
 
 
 def test_defaults_depend_on_the_weights() -> None:
@@ -83,6 +89,11 @@ def test_a_run_writes_consistent_artifacts(prepared: Workspace, precision: str) 
         == recomputed["per_class"][CLASSES[0]]["support"]
     )
     assert record.to_dict() == metrics
+    stored_config = read_json(run / "config.json")  # config.json likewise
+    run_config = RunRecord.at(run).config
+    assert (stored_config["schema"], run_config.schema) == (CONFIG_SCHEMA, CONFIG_SCHEMA)
+    assert run_config.to_dict() == stored_config
+    assert (run_config.settings.run_id, run_config.precision) == (result.run_id, precision)
     model = keras.saving.load_model(run / MODEL_FILE, safe_mode=True, compile=False)
     network = network_of(model)
     assert network is not model  # the file holds the run's preprocessing in front of it
@@ -133,6 +144,22 @@ def test_metrics_files_of_other_versions() -> None:
     assert metrics.to_dict()["schema"] == SCHEMA
     with pytest.raises(ValueError, match=r"schema 99 is newer .* upgrade"):
         RunMetrics.from_dict({**old, "schema": 99})
+
+
+def test_config_files_of_other_versions() -> None:
+    """config.json without a version reads as version 0; a setting this deepsight does not
+    know is left out; a newer version is refused."""
+    settings = resolve_settings(tiny(run_id="config-versions"))
+    written = run_config("config-versions", settings, "float32", PREPROCESSING, [], {}, "now")
+    old = json.loads(json.dumps(to_jsonable(written)))
+    del old["schema"]
+    old["settings"]["a_setting_from_elsewhere"] = 1
+    config = RunConfig.from_dict(old)
+    assert config.schema == 0 and config.to_dict()["schema"] == CONFIG_SCHEMA
+    assert config == replace(written, schema=0)
+    assert "a_setting_from_elsewhere" not in config.to_dict()["settings"]
+    with pytest.raises(ValueError, match=r"config.json: schema 7 is newer"):
+        RunConfig.from_dict({**old, "schema": 7})
 
 
 def test_gate_failure_exits_8_and_keeps_the_run(prepared: Workspace) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
@@ -11,8 +11,23 @@ from rich.table import Table
 from deepsight_tf.cli.console import console
 from deepsight_tf.core.workspace import FIGURES_DIR, IMAGES_FILE, QUALITY_FILE, REPORT_JSON
 
+if TYPE_CHECKING:  # the phases' modules load numpy and scipy: not at the command line's start
+    from deepsight_tf.data.explore import ExploreResult
+    from deepsight_tf.data.obtain import ObtainResult
+    from deepsight_tf.data.quality import QualitySummary
+    from deepsight_tf.data.scrub_record import DuplicateSummary, ScrubResult
+    from deepsight_tf.diagnose.attribution import ErrorAttribution
+    from deepsight_tf.diagnose.experiment import ExperimentResult
+    from deepsight_tf.diagnose.hypothesis_tests import HypothesisResult
+    from deepsight_tf.diagnose.interpret_record import InterpretResult, LabelIssues
+    from deepsight_tf.reporting.run_page import ReportResult
+    from deepsight_tf.serve.export import ExportResult
+    from deepsight_tf.serve.predict import PredictResult
+    from deepsight_tf.training.lr_finder import LRFinderReport
+    from deepsight_tf.training.outcome import TrainResult
 
-def render_obtain(result: Any) -> None:
+
+def render_obtain(result: ObtainResult) -> None:
     status = "[green]up to date[/]" if result.up_to_date else f"stored in {result.duration_s:.1f} s"
     console.print(f"[bold]{result.dataset}[/] ({result.kind}) from {result.source}: {status}")
     table = Table(title="Images per class", show_footer=True)
@@ -35,87 +50,84 @@ def render_obtain(result: Any) -> None:
         console.print(f"[yellow]warning[/]: {warning}")
 
 
-def quality_line(quality: dict[str, Any]) -> None:
+def quality_line(quality: QualitySummary) -> None:
     """Scrub's image-quality counts on one line per split."""
-    counts = quality.get("counts", {})
-    for split, per_issue in counts.items():
+    for split, per_issue in quality.counts.items():
         found = ", ".join(f"{issue} {n:,}" for issue, n in per_issue.items() if issue != "any")
         colour = "yellow" if per_issue.get("any") else "green"
         console.print(
             f"[{colour}]quality[/] ({split}): {per_issue.get('any', 0):,} images flagged "
             f"({found}); listed in {QUALITY_FILE}"
         )
-    if "assumes" in quality:
-        console.print(f"[dim]quality {quality['assumes']}[/]")
+    if quality.assumes:
+        console.print(f"[dim]quality {quality.assumes}[/]")
 
 
-def render_duplicates(dup: dict[str, Any]) -> None:
+def render_duplicates(dup: DuplicateSummary) -> None:
     """Scrub's duplicate counts per kind and place, the method and the threshold's calibration."""
-    table = Table(title=f"Duplicates (near: distance <= {dup['threshold']})")
+    from deepsight_tf.data.scrub_record import PLACES
+
+    table = Table(title=f"Duplicates (near: distance <= {dup.threshold})")
     for column in ("where", "exact pairs", "exact images", "near pairs", "near images"):
         table.add_column(column, justify="left" if column == "where" else "right")
     table.add_column("label conflicts", justify="right")
-    for category in ("train", "test", "train-test"):
-        exact, near = dup["exact"][category], dup["near"][category]
-        conflicts = exact["label_conflicts"] + near["label_conflicts"]
+    for category, place in PLACES.items():
+        exact, near = dup.exact[category], dup.near[category]
+        conflicts = dup.label_conflicts(category)
         table.add_row(
-            {"train": "within train", "test": "within test"}.get(category, "across train-test"),
-            f"{exact['pairs']:,}",
-            f"{exact['images']:,}",
-            f"{near['pairs']:,}",
-            f"{near['images']:,}",
+            place,
+            f"{exact.pairs:,}",
+            f"{exact.images:,}",
+            f"{near.pairs:,}",
+            f"{near.images:,}",
             f"[red]{conflicts:,}[/]" if conflicts else "0",
         )
     console.print(table)
-    console.print(f"[dim]{dup['method']}; {dup['candidates_verified']:,} candidate pairs[/]")
-    if "calibration" in dup:
-        console.print(f"[dim]{dup['calibration']['statement']}[/]")
+    console.print(f"[dim]{dup.method}; {dup.candidates_verified:,} candidate pairs[/]")
+    if dup.calibration is not None:
+        console.print(f"[dim]{dup.calibration.statement()}[/]")
 
 
-def render_scrub(result: Any) -> None:
+def render_scrub(result: ScrubResult) -> None:
     integrity = result.integrity
-    h, w, c = integrity["image_shape"]
-    constant = sum(len(integrity[s]["constant_images"]) for s in ("train", "test"))
+    h, w, c = integrity.image_shape
     console.print(
         f"[bold]{result.dataset}[/] scrubbed in {result.duration_s:.1f} s "
         f"({IMAGES_FILE} sha256 {result.images_sha256[:16]}…)"
     )
     console.print(
-        f"[green]integrity[/]: {integrity['train']['images']:,} train and "
-        f"{integrity['test']['images']:,} test images are {h}x{w}x{c} uint8, labels in range; "
-        f"{constant} constant (one-colour) images"
+        f"[green]integrity[/]: {integrity.train.images:,} train and "
+        f"{integrity.test.images:,} test images are {h}x{w}x{c} uint8, labels in range; "
+        f"{integrity.constant_images} constant (one-colour) images"
     )
     quality_line(result.quality)
     render_duplicates(result.duplicates)
     leaks = result.leakage
-    n_test = integrity["test"]["images"]
-    share = 100 * leaks["test_images_with_train_twin"] / max(n_test, 1)
+    share = 100 * leaks.test_images_with_train_twin / max(integrity.test.images, 1)
     console.print(
-        f"[yellow]leakage[/]: {leaks['test_images_with_train_twin']:,} test images ({share:.1f}%) "
-        f"have a twin in train ({leaks['exact']:,} identical); listed in {REPORT_JSON} "
+        f"[yellow]leakage[/]: {leaks.test_images_with_train_twin:,} test images ({share:.1f}%) "
+        f"have a twin in train ({leaks.exact:,} identical); listed in {REPORT_JSON} "
         "leakage.test_indices_with_train_twin"
     )
     split = result.split
-    sizes = split["sizes"]
-    counts = Table(title=f"Split (val {split['val_size']}, seed {split['seed']})", show_footer=True)
+    counts = Table(title=f"Split (val {split.val_size}, seed {split.seed})", show_footer=True)
     counts.add_column("class", footer="total")
-    for part in split["class_counts"]:
-        counts.add_column(part, justify="right", footer=f"{sizes[part]:,}")
+    for part in split.class_counts:
+        counts.add_column(part, justify="right", footer=f"{split.sizes[part]:,}")
     for cls in result.class_names:
-        counts.add_row(cls, *(f"{split['class_counts'][p][cls]:,}" for p in split["class_counts"]))
+        counts.add_row(cls, *(f"{split.class_counts[p][cls]:,}" for p in split.class_counts))
     console.print(counts)
-    index = split["index_overlap"]
-    overlap = split["duplicate_overlap"]
+    overlap = split.duplicate_overlap
     console.print(
-        f"index overlap train-val {index['train-val']}, unassigned {index['unassigned']}; "
-        "duplicate pairs across parts (exact/near): "
+        f"index overlap train-val {split.index_overlap['train-val']}, unassigned "
+        f"{split.index_overlap['unassigned']}; duplicate pairs across parts (exact/near): "
         + ", ".join(
             f"{pair} {overlap['exact'][pair]}/{overlap['near'][pair]}" for pair in overlap["exact"]
         )
     )
-    for cls, short in split.get("short", {}).items():
+    for cls, short in split.short.items():
         console.print(
-            f"[yellow]validation[/]: class {cls} gave {short['placed']} of the {short['drawn']} "
+            f"[yellow]validation[/]: class {cls} gave {short.placed} of the {short.drawn} "
             "images its share asks for; the rest are in duplicate groups, which stay in train"
         )
     study = result.interpolation
@@ -141,7 +153,7 @@ def render_scrub(result: Any) -> None:
     console.print(f"written to {result.folder}: {', '.join(result.files)}")
 
 
-def render_explore(result: Any) -> None:
+def render_explore(result: ExploreResult) -> None:
     console.print(
         f"[bold]{result.dataset}[/] explored in {result.duration_s:.1f} s "
         f"({IMAGES_FILE} sha256 {result.input_sha256[:16]}…)"
@@ -209,7 +221,7 @@ def render_explore(result: Any) -> None:
     console.print(f"figures in {Path(result.folder) / FIGURES_DIR}; {REPORT_JSON} beside them")
 
 
-def render_train(result: Any) -> None:
+def render_train(result: TrainResult) -> None:
     test, val = result.test, result.val
     verdict = "[green]passed[/]" if result.passed else "[red]failed[/]"
     console.print(
@@ -238,12 +250,12 @@ def _ci(low: float | None, high: float | None, percent: bool = True) -> str:
     return f" [{low:.1%}, {high:.1%}]" if percent else f" [{low:+.3f}, {high:+.3f}]"
 
 
-def render_interpret(result: Any) -> None:
+def render_interpret(result: InterpretResult) -> None:
     head = result.headline
     console.print(
-        f"[bold]{result.run_id}[/] on {result.dataset} test set ({head['n']:,} images): "
-        f"accuracy {head['accuracy']:.2%}{_ci(*head['accuracy_ci'][-2:])}, macro-F1 "
-        f"{head['macro_f1']:.4f}{_ci(*head['macro_f1_ci'][-2:], percent=False)}"
+        f"[bold]{result.run_id}[/] on {result.dataset} test set ({head.n:,} images): "
+        f"accuracy {head.accuracy:.2%}{_ci(*head.accuracy_ci[-2:])}, macro-F1 "
+        f"{head.macro_f1:.4f}{_ci(*head.macro_f1_ci[-2:], percent=False)}"
     )
     _errors_and_confidence(result)
     if result.hypotheses:
@@ -251,7 +263,7 @@ def render_interpret(result: Any) -> None:
     elif result.hypotheses_note:
         console.print(f"hypotheses: {result.hypotheses_note}")
     _heat_map_tests(result)
-    if result.error_attribution:
+    if result.error_attribution is not None:
         attribution_table(result.error_attribution)
     label_issue_lines(result.label_issues)
     console.print(
@@ -260,160 +272,154 @@ def render_interpret(result: Any) -> None:
     )
 
 
-def _errors_and_confidence(result: Any) -> None:
+def _errors_and_confidence(result: InterpretResult) -> None:
     """The most confused pairs, calibration, and accuracy on leaked test images."""
     pairs = Table(title="Most confused pairs (both directions)")
     for column in ("pair", "a → b", "b → a", "rate"):
         pairs.add_column(column, justify="left" if column == "pair" else "right")
     for p in result.most_confused[:5]:
-        pairs.add_row(
-            f"{p['a']} / {p['b']}", str(p["a_as_b"]), str(p["b_as_a"]), f"{p['rate']:.2%}"
-        )
+        pairs.add_row(f"{p.a} / {p.b}", str(p.a_as_b), str(p.b_as_a), f"{p.rate:.2%}")
     console.print(pairs)
     cal = result.calibration
     console.print(
-        f"calibration: ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f} after temperature "
-        f"T={cal['temperature']:.2f} (fitted on validation)"
+        f"calibration: ECE {cal.ece_before:.3f} → {cal.ece_after:.3f} after temperature "
+        f"T={cal.temperature:.2f} (fitted on validation)"
     )
-    if result.leakage and result.leakage["in_mask"]["n"]:
-        leak = result.leakage
+    leak = result.leakage
+    if leak is not None and leak.in_mask.n and leak.rest.n:
         console.print(
-            f"leakage: accuracy {leak['in_mask']['accuracy']:.2%} on {leak['in_mask']['n']} test "
-            f"images with a train twin vs {leak['rest']['accuracy']:.2%} on the rest"
+            f"leakage: accuracy {leak.in_mask.accuracy:.2%} on {leak.in_mask.n} test "
+            f"images with a train twin vs {leak.rest.accuracy:.2%} on the rest"
         )
 
 
-def _hypotheses_table(hypotheses: list[dict[str, Any]]) -> None:
+def _hypotheses_table(hypotheses: list[HypothesisResult]) -> None:
     table = Table(title="Hypotheses registered before training")
     for column in ("hypothesis", "estimate", "95% CI", "verdict"):
         table.add_column(column)
     for h in hypotheses:
-        table.add_row(
-            h["name"],
-            f"{h['estimate']:+.3f}",
-            f"[{h['low']:+.3f}, {h['high']:+.3f}]",
-            h["verdict"],
-        )
+        table.add_row(h.name, f"{h.estimate:+.3f}", f"[{h.low:+.3f}, {h.high:+.3f}]", h.verdict)
     console.print(table)
 
 
-def _heat_map_tests(result: Any) -> None:
+def _heat_map_tests(result: InterpretResult) -> None:
     """Whether the heat maps are faithful and sane, and which classes rely on context."""
-    if result.faithfulness:
+    if result.faithfulness is not None:
         table = Table(title="Do the heat maps point at what the model uses? (vs random order)")
         for column in ("method", "deletion AUC", "random", "insertion AUC", "random", "verdict"):
             table.add_column(column)
-        for name, m in result.faithfulness["methods"].items():
+        for name, m in result.faithfulness.methods.items():
             table.add_row(
                 name,
-                f"{m['deletion_auc']:.3f}",
-                f"{m['random_deletion_auc']:.3f}",
-                f"{m['insertion_auc']:.3f}",
-                f"{m['random_insertion_auc']:.3f}",
-                m["verdict"],
+                f"{m.deletion_auc:.3f}",
+                f"{m.random_deletion_auc:.3f}",
+                f"{m.insertion_auc:.3f}",
+                f"{m.random_insertion_auc:.3f}",
+                m.verdict,
             )
         console.print(table)
-    if result.sanity:
-        verdict = "passed" if result.sanity["passed"] else "FLAGGED"
+    if result.sanity is not None:
+        verdict = "passed" if result.sanity.passed else "FLAGGED"
         console.print(
             f"sanity check (randomised top layers): {verdict}; mean Spearman "
-            f"{', '.join(f'{v:.2f}' for v in result.sanity['mean_spearman'])}"
+            f"{', '.join(f'{v:.2f}' for v in result.sanity.mean_spearman)}"
         )
-    if result.context:
+    if result.context is not None:
         ctx = result.context
         console.print(
             f"context reliance: classes that keep their accuracy with the centre hidden: "
-            f"{', '.join(ctx['holds_without_object']) or 'none'}; relying on context: "
-            f"{', '.join(ctx['relies_on_context']) or 'none'}"
+            f"{', '.join(ctx.holds_without_object) or 'none'}; relying on context: "
+            f"{', '.join(ctx.relies_on_context) or 'none'}"
         )
-        if "assumes" in ctx:
-            console.print(f"[dim]the test assumes {ctx['assumes']}[/]")
+        if ctx.assumes:
+            console.print(f"[dim]the test assumes {ctx.assumes}[/]")
 
 
-def label_issue_lines(issues: dict[str, Any]) -> None:
+def label_issue_lines(issues: LabelIssues) -> None:
     """Where interpret's label issues are, for the test and the training images."""
-    ranked = issues.get("ranked_by") or {}
+    ranked = issues.ranked_by
     how = ""
-    if "weight_from" in ranked:
+    if ranked is not None and ranked.weight_from:
         how = (
-            f", ranked by {ranked['probabilities']} probabilities (run weight "
-            f"{ranked['run_weight']:.2f} from the {ranked['weight_from']})"
+            f", ranked by {ranked.probabilities} probabilities (run weight "
+            f"{ranked.run_weight:.2f} from the {ranked.weight_from})"
         )
-    elif "ensemble_with" in ranked:
-        how = f", ranked by {ranked['probabilities']} probabilities"
+    elif ranked is not None and ranked.ensemble_with:
+        how = f", ranked by {ranked.probabilities} probabilities"
     console.print(
-        f"label issues: {issues['count']} test images flagged{how} ({issues['csv']}); "
-        f"hard pairs for --focus-pairs @{issues['focus_pairs_file']}"
+        f"label issues: {issues.count} test images flagged{how} ({issues.csv}); "
+        f"hard pairs for --focus-pairs @{issues.focus_pairs_file}"
     )
-    train = issues.get("train")
-    if train:
+    train = issues.train
+    if train is not None:
         console.print(
-            f"training label issues: {train['count']:,} of {train['images']:,} flagged by "
-            f"{train['folds']}-fold linear probes (accuracy {train['probe_accuracy']:.1%}; "
-            f"{train['csv']})"
+            f"training label issues: {train.count:,} of {train.images:,} flagged by "
+            f"{train.folds}-fold linear probes (accuracy {train.probe_accuracy:.1%}; "
+            f"{train.csv})"
         )
-    imagenet = issues.get("imagenet")
-    if imagenet:
+    imagenet = issues.imagenet
+    if imagenet is not None:
         made = (
             "cached features"
-            if imagenet["cached"]
-            else f"features computed in {imagenet['feature_pass_s']:.0f} s, now cached"
+            if imagenet.cached
+            else f"features computed in {imagenet.feature_pass_s or 0:.0f} s, now cached"
         )
         console.print(
-            f"labels doubted by {imagenet['folds']}-fold probes on {imagenet['backbone']} "
-            f"features at {imagenet['image_size']} px, which never saw them ({made}; probe "
-            f"accuracy {imagenet['probe_accuracy']:.1%} out of fold, "
-            f"{imagenet['test_probe_accuracy']:.1%} on test): {imagenet['test']['count']:,} "
-            f"test images ({imagenet['test']['csv']}), {imagenet['train']['count']:,} of "
-            f"{imagenet['train']['images']:,} training images ({imagenet['train']['csv']})"
+            f"labels doubted by {imagenet.folds}-fold probes on {imagenet.backbone} "
+            f"features at {imagenet.image_size} px, which never saw them ({made}; probe "
+            f"accuracy {imagenet.probe_accuracy:.1%} out of fold, "
+            f"{imagenet.test_probe_accuracy:.1%} on test): {imagenet.test.count:,} "
+            f"test images ({imagenet.test.csv}), {imagenet.train.count:,} of "
+            f"{imagenet.train.images or 0:,} training images ({imagenet.train.csv})"
         )
 
 
-def attribution_table(attribution: dict[str, Any]) -> None:
+def attribution_table(attribution: ErrorAttribution) -> None:
     """Interpret's error attribution: one row per cause, then the claim's verdict."""
-    table = Table(title=f"What the {attribution['errors']:,} test errors have in common")
+    table = Table(title=f"What the {attribution.errors:,} test errors have in common")
     for column in ("cause", "errors", "share of errors", "95% CI", "error rate with / without"):
         table.add_column(column, justify="left" if column == "cause" else "right")
-    for row in attribution["rows"]:
-        if not row["measured"]:
-            table.add_row(row["cause"], "not measured", "", "", "")
+    for row in attribution.rows:
+        if not row.measured:
+            table.add_row(row.cause, "not measured", "", "", "")
             continue
-        low, high = row.get("share_ci") or (0.0, 0.0)
+        low, high = row.share_ci or (0.0, 0.0)
         rates = ""
-        if row.get("error_rate_with") is not None and row.get("error_rate_without") is not None:
-            rates = f"{row['error_rate_with']:.1%} / {row['error_rate_without']:.1%}"
+        if row.error_rate_with is not None and row.error_rate_without is not None:
+            rates = f"{row.error_rate_with:.1%} / {row.error_rate_without:.1%}"
         table.add_row(
-            row["cause"],
-            f"{row['errors']:,}",
-            f"{row.get('share', 0.0):.1%}",
+            row.cause,
+            f"{row.errors or 0:,}",
+            f"{row.share or 0.0:.1%}",
             f"[{low:.1%}, {high:.1%}]",
             rates,
         )
     console.print(table)
-    claim = attribution["claim"]
-    if claim["verdict"] == "not tested":
-        console.print(f'claim "{claim["claim"]}": not tested ({claim["why"]})')
+    claim = attribution.claim
+    if claim.verdict == "not tested":
+        console.print(f'claim "{claim.claim}": not tested ({claim.why})')
         return
-    low, high = claim["difference_ci"]
+    low, high = claim.difference_ci or (0.0, 0.0)
     line = (
-        f'claim "{claim["claim"]}": {claim["verdict"]} (semantic '
-        f"{claim['semantic_share']:.1%} minus data quality {claim['data_quality_share']:.1%} "
-        f"= {claim['difference']:+.1%} [{low:+.1%}, {high:+.1%}]; data quality counts "
-        f"{', '.join(claim['data_quality_causes'])}; {claim.get('both_share', 0.0):.1%} of the "
+        f'claim "{claim.claim}": {claim.verdict} (semantic '
+        f"{claim.semantic_share or 0.0:.1%} minus data quality "
+        f"{claim.data_quality_share or 0.0:.1%} = {claim.difference or 0.0:+.1%} "
+        f"[{low:+.1%}, {high:+.1%}]; data quality counts "
+        f"{', '.join(claim.data_quality_causes)}; {claim.both_share or 0.0:.1%} of the "
         "errors on both sides"
     )
-    certain = claim.get("certain_causes")
-    if certain is not None and certain != claim["data_quality_causes"]:
-        c_low, c_high = claim["certain_difference_ci"]
+    if claim.has_bound:
+        c_low, c_high = claim.certain_difference_ci or (0.0, 0.0)
+        certain = ", ".join(claim.certain_causes or []) or "no other cause measured"
         line += (
-            f"; without the probes' doubts ({', '.join(certain) or 'no other cause measured'}), "
-            f"{claim['certain_difference']:+.1%} [{c_low:+.1%}, {c_high:+.1%}]"
+            f"; without the probes' doubts ({certain}), "
+            f"{claim.certain_difference or 0.0:+.1%} [{c_low:+.1%}, {c_high:+.1%}]"
         )
-    line += ")" + (f"; {claim['why']}" if claim.get("why") else "")
+    line += ")" + (f"; {claim.why}" if claim.why else "")
     console.print(line)
 
 
-def render_experiment(result: Any) -> None:
+def render_experiment(result: ExperimentResult) -> None:
     """Per arm: its scores, the paired change against the baseline, the verdict."""
     comparison = result.comparison
     noise = comparison["noise"]
@@ -451,7 +457,7 @@ def render_experiment(result: Any) -> None:
     )
 
 
-def render_predict(result: Any) -> None:
+def render_predict(result: PredictResult) -> None:
     table = Table(title=f"Predictions of run {result.run_id} ({result.image_size} px)")
     table.add_column("image", overflow="fold")
     table.add_column("class")
@@ -477,7 +483,7 @@ def render_predict(result: Any) -> None:
             console.print(f"  {error.path}: {error.reason}", markup=False, highlight=False)
 
 
-def render_export(result: Any) -> None:
+def render_export(result: ExportResult) -> None:
     console.print(
         f"run [bold]{result.run_id}[/] exported as {result.format} to {result.path} "
         f"({result.size_bytes / 1e6:.1f} MB) in {result.duration_s:.1f} s"
@@ -495,7 +501,7 @@ def render_export(result: Any) -> None:
     console.print(f"preprocessing and class names for consumers: {result.sidecar}")
 
 
-def render_report(result: Any) -> None:
+def render_report(result: ReportResult) -> None:
     for head in result.headlines:
         gate = "[green]passed[/]" if head.passed else "[red]failed[/]"
         (a_low, a_high), (f_low, f_high) = head.accuracy_ci, head.macro_f1_ci
@@ -534,7 +540,7 @@ def render_report(result: Any) -> None:
     )
 
 
-def render_lr_finder(report: Any) -> None:
+def render_lr_finder(report: LRFinderReport) -> None:
     console.print(
         f"LR range test ({report.phase}, {report.steps} steps): suggested --lr "
         f"[bold]{report.suggestion:.3g}[/] ({report.method}); lowest loss at "

@@ -75,7 +75,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Turn dataclasses, numpy scalars/arrays and paths into plain JSON values."""
+    """Turn dataclasses, numpy scalars/arrays and paths into plain JSON values; a typed record
+    with a `to_dict` (its file's layout) is written as that."""
+    if hasattr(value, "__dataclass_fields__") and callable(getattr(value, "to_dict", None)):
+        return to_jsonable(value.to_dict())
     if hasattr(value, "__dataclass_fields__"):
         return to_jsonable(asdict(value))
     if isinstance(value, Mapping):

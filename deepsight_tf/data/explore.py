@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -14,6 +15,7 @@ from deepsight_tf.core.checks import verify_labels
 from deepsight_tf.core.errors import StaleArtifactError
 from deepsight_tf.core.manifest import DATA_INPUT, Manifest, now_iso
 from deepsight_tf.core.progress import Progress
+from deepsight_tf.core.records import from_versioned_json, read_record
 from deepsight_tf.core.settings import ExploreSettings
 from deepsight_tf.core.storage import atomic_write_json, read_json, sha256_file
 from deepsight_tf.core.workspace import (
@@ -96,8 +98,13 @@ class PixelScan:
     class_means: np.ndarray  # (K, H, W, C) float64 mean image of each class, 0..255
 
 
+SCHEMA = 1  # the layout of explore's report.json (core/records.py: version 0 had no field)
+
+
 @dataclass
 class ExploreResult:
+    """Explore's report.json."""
+
     dataset: str
     folder: str
     input_sha256: str
@@ -115,6 +122,11 @@ class ExploreResult:
     figures: list[str]
     duration_s: float
     warnings: list[str] = field(default_factory=list)
+    schema: int = SCHEMA
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExploreResult:
+        return from_versioned_json(cls, data, SCHEMA, "explore report")
 
 
 # Statistics --------------------------------------------------------------------------------
@@ -386,12 +398,12 @@ def load_hypotheses(workspace: Workspace, dataset: str | None = None) -> Hypothe
         ) from exc
 
 
+def load_explore_report(workspace: Workspace, dataset: str | None = None) -> ExploreResult:
+    """Explore's report.json, after its manifest and input are checked."""
+    folder = verified_explore_dir(workspace, dataset)
+    return read_record(folder / REPORT_JSON, ExploreResult.from_dict, PHASE_HINT)
+
+
 def load_pixel_stats(workspace: Workspace, dataset: str | None = None) -> PixelStats:
     """Per-channel mean and std of the train split, for normalising inputs from scratch."""
-    folder = verified_explore_dir(workspace, dataset)
-    try:
-        return PixelStats(**read_json(folder / REPORT_JSON)["pixel_stats"])
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise StaleArtifactError(
-            f"{folder / REPORT_JSON} holds no readable pixel_stats ({exc}); rerun `{PHASE_HINT}`"
-        ) from exc
+    return load_explore_report(workspace, dataset).pixel_stats

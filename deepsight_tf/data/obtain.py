@@ -14,8 +14,9 @@ from deepsight_tf.core.checks import check_name, verify_labels
 from deepsight_tf.core.errors import ConfigError, DataError, StaleArtifactError
 from deepsight_tf.core.manifest import Manifest, now_iso
 from deepsight_tf.core.progress import Progress
+from deepsight_tf.core.records import from_versioned_json
 from deepsight_tf.core.settings import ObtainSettings
-from deepsight_tf.core.storage import atomic_write_json, read_json
+from deepsight_tf.core.storage import atomic_write_json, read_json, sha256_file
 from deepsight_tf.core.workspace import IMAGES_FILE, MANIFEST, REPORT_JSON, Workspace
 from deepsight_tf.data.dataset import SPLITS, Dataset, save_dataset
 from deepsight_tf.data.raw import RawDataset, SkippedFile
@@ -27,9 +28,14 @@ from deepsight_tf.data.sources import (
     source_kind,
 )
 
+PHASE_HINT = "deepsight obtain"
+SCHEMA = 1  # the layout of obtain's report.json (core/records.py: version 0 had no field)
+
 
 @dataclass
 class ObtainResult:
+    """Obtain's report.json: what was read from where, and what was stored."""
+
     dataset: str
     folder: str
     source: str
@@ -43,6 +49,11 @@ class ObtainResult:
     skipped: list[SkippedFile] = field(default_factory=list)
     conversions: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    schema: int = SCHEMA
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ObtainResult:
+        return from_versioned_json(cls, data, SCHEMA, "obtain report")
 
 
 def dataset_name(settings: ObtainSettings) -> str:
@@ -105,7 +116,7 @@ def obtain(
             class_names=raw.class_names,
             counts={split: data.counts(split) for split in SPLITS},
             image_shape=list(data.image_shape),
-            sha256="",
+            sha256=sha256_file(folder / IMAGES_FILE),  # the manifest records the same
             duration_s=round(time.perf_counter() - start, 2),
             skipped=raw.skipped,
             conversions=raw.conversions,
@@ -113,7 +124,7 @@ def obtain(
         )
         atomic_write_json(folder / REPORT_JSON, result)
         source_input = {"path": source, "fingerprint": source_id, "kind": raw.kind}
-        result.sha256 = _vouch(workspace, folder, result, recorded, source_input, started)
+        _vouch(workspace, folder, result, recorded, source_input, started)
         return result
 
 
@@ -142,8 +153,8 @@ def _vouch(
     recorded: dict[str, Any],
     source: dict[str, Any],
     started: str,
-) -> str:
-    """The manifest that vouches for the stored files; returns the images' SHA-256."""
+) -> None:
+    """The manifest that vouches for the stored files."""
     manifest = Manifest(
         phase="obtain",
         settings=recorded,
@@ -155,7 +166,6 @@ def _vouch(
         extra={"summary": _summary(result)},
     )
     workspace.write_manifest(folder, manifest)
-    return manifest.outputs[IMAGES_FILE]
 
 
 def check_raw(raw: RawDataset, source: str) -> None:
@@ -211,7 +221,7 @@ def _stored_if_current(
     if not (folder / MANIFEST).is_file():
         return None
     try:
-        manifest = workspace.verify(folder, "deepsight obtain")
+        manifest = workspace.verify(folder, PHASE_HINT)
     except StaleArtifactError:
         return None
     if (

@@ -37,7 +37,7 @@ CIFAR-10's bad images was used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -158,16 +158,32 @@ def quality_issues(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {check.issue: np.flatnonzero(check.flags(scores[check.score])) for check in CHECKS}
 
 
-def describe_checks() -> list[dict[str, object]]:
+@dataclass(frozen=True)
+class CheckRule:
+    """One check as scrub's report stores it."""
+
+    issue: str
+    score: str
+    threshold: float
+    flagged: str  # "below" or "above" the threshold
+    rule: str
+
+
+@dataclass(frozen=True)
+class QualitySummary:
+    """Scrub's quality section: the checks and the images each flagged per split (empty: a
+    scrub that predates the checks)."""
+
+    checks: list[CheckRule] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> issue -> images
+    method: str = ""
+    assumes: str | None = None
+
+
+def describe_checks() -> list[CheckRule]:
     """The checks as stored in scrub's report: issue, score, threshold, rule."""
     return [
-        {
-            "issue": c.issue,
-            "score": c.score,
-            "threshold": c.threshold,
-            "flagged": "below" if c.below else "above",
-            "rule": c.meaning,
-        }
+        CheckRule(c.issue, c.score, c.threshold, "below" if c.below else "above", c.meaning)
         for c in CHECKS + SIZE_CHECKS
     ]
 
@@ -193,7 +209,7 @@ def assess_quality(
     paths: dict[str, list[str]],
     class_names: list[str],
     sizes: dict[str, np.ndarray] | None = None,
-) -> tuple[dict[str, object], list[QualityFlag]]:
+) -> tuple[QualitySummary, list[QualityFlag]]:
     """Scrub's quality section (checks, counts per split and issue) and every flag, most
     extreme first within each issue. `sizes`: each split's (N, 2) sizes at the source (None:
     as stored); size and aspect are judged against the median of all splits together."""
@@ -222,12 +238,12 @@ def assess_quality(
                 for i in hits
             )
         counts[split]["any"] = len({f.index for f in flags if f.split == split})
-    summary: dict[str, object] = {
-        "checks": describe_checks(),
-        "counts": counts,
-        "method": "luminance (BT.601) percentiles, std, histogram entropy and Laplacian "
+    summary = QualitySummary(
+        checks=describe_checks(),
+        counts=counts,
+        method="luminance (BT.601) percentiles, std, histogram entropy and Laplacian "
         "sharpness per image; size and aspect at the source against the median; thresholds "
         "fixed (data/quality.py), checked on planted cases by bench/image_quality.py",
-        "assumes": ASSUMES,
-    }
+        assumes=ASSUMES,
+    )
     return summary, flags

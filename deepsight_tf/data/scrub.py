@@ -14,6 +14,7 @@ from deepsight_tf.core.checks import verify_batch, verify_labels
 from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.manifest import DATA_INPUT, Manifest, now_iso
 from deepsight_tf.core.progress import Progress
+from deepsight_tf.core.records import read_record
 from deepsight_tf.core.settings import ScrubSettings
 from deepsight_tf.core.storage import atomic_write_json, atomic_write_text, read_json
 from deepsight_tf.core.workspace import (
@@ -30,12 +31,23 @@ from deepsight_tf.core.workspace import (
 from deepsight_tf.data.dataset import SPLITS, Dataset, dataset_sha256, load_dataset
 from deepsight_tf.data.interpolation import InterpolationStudy, interpolation_study
 from deepsight_tf.data.quality import QUALITY_COLUMNS, QualityFlag, assess_quality
+from deepsight_tf.data.scrub_record import (
+    CATEGORIES,
+    DuplicatePair,
+    DuplicateSummary,
+    Integrity,
+    Leakage,
+    PairCounts,
+    ScrubResult,
+    ShortClass,
+    SplitIntegrity,
+    SplitSummary,
+)
 
 if TYPE_CHECKING:
     from deepsight_tf.data.duplicates import Calibration
 
 PHASE_HINT = "deepsight scrub"
-CATEGORIES = ("train", "test", "train-test")  # where the two images of a pair live
 CSV_COLUMNS = (
     "kind",
     "split_a",
@@ -67,30 +79,6 @@ class Split:
 
 
 @dataclass
-class DuplicatePair:
-    """One row of duplicates.csv: image a and image b, by split and index within the split."""
-
-    kind: str  # exact | near
-    split_a: str
-    index_a: int
-    path_a: str
-    label_a: str
-    split_b: str
-    index_b: int
-    path_b: str
-    label_b: str
-    distance: float  # 0 for exact; 1 - aligned structure correlation for near
-
-    @property
-    def same_label(self) -> bool:
-        return self.label_a == self.label_b
-
-    @property
-    def category(self) -> str:
-        return self.split_a if self.split_a == self.split_b else "train-test"
-
-
-@dataclass
 class Duplicates:
     """Every exact and near duplicate pair, with the global indices (train first, then test)."""
 
@@ -98,23 +86,6 @@ class Duplicates:
     ids: np.ndarray  # (P, 2) global indices of each pair, in the same order
     candidates_verified: int
     calibration: Calibration
-
-
-@dataclass
-class ScrubResult:
-    dataset: str
-    folder: str
-    images_sha256: str
-    duration_s: float
-    integrity: dict[str, Any]
-    duplicates: dict[str, Any]
-    leakage: dict[str, Any]
-    split: dict[str, Any]
-    interpolation: InterpolationStudy
-    quality: dict[str, Any] = field(default_factory=dict)
-    class_names: list[str] = field(default_factory=list)
-    top_pairs: list[dict[str, Any]] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
 
 
 # Loaders for later phases -------------------------------------------------------------------
@@ -144,16 +115,17 @@ def load_split(workspace: Workspace, dataset: str) -> Split:
     )
 
 
-def load_scrub_report(workspace: Workspace, dataset: str) -> dict[str, Any]:
+def load_scrub_report(workspace: Workspace, dataset: str) -> ScrubResult:
     """Scrub's report.json, verified like load_split."""
     _verified_manifest(workspace, dataset)
-    return read_json(workspace.scrub_dir(dataset) / REPORT_JSON)
+    path = workspace.scrub_dir(dataset) / REPORT_JSON
+    return read_record(path, ScrubResult.from_dict, PHASE_HINT)
 
 
 def load_test_twins(workspace: Workspace, dataset: str) -> np.ndarray:
     """Indices into x_test of the test images with an exact or near duplicate in train."""
     report = load_scrub_report(workspace, dataset)
-    return np.asarray(report["leakage"]["test_indices_with_train_twin"], dtype=np.int64)
+    return np.asarray(report.leakage.test_indices_with_train_twin, dtype=np.int64)
 
 
 def load_conflicting_test_twins(workspace: Workspace, dataset: str) -> np.ndarray:
@@ -188,10 +160,10 @@ def load_quality_flags(
 
 
 # Integrity ----------------------------------------------------------------------------------
-def check_integrity(data: Dataset) -> dict[str, Any]:
+def check_integrity(data: Dataset) -> Integrity:
     """Shape, dtype, value and label checks of every image (raises DataError on the first bad)."""
     shape = data.image_shape
-    summary: dict[str, Any] = {"image_shape": list(shape), "dtype": "uint8"}
+    per_split: dict[str, SplitIntegrity] = {}
     for split in SPLITS:
         x, y = data.split(split)
         for start in range(0, len(x), CHECK_CHUNK):
@@ -206,13 +178,13 @@ def check_integrity(data: Dataset) -> dict[str, Any]:
         flat = x.reshape(len(x), -1)
         # A constant image (one colour everywhere) is usually a failed decode or a placeholder.
         constant = np.flatnonzero(flat.min(axis=1) == flat.max(axis=1))
-        summary[split] = {
-            "images": len(x),
-            "pixel_range": [int(flat.min(initial=255)), int(flat.max(initial=0))],
-            "labels_in_range": True,
-            "constant_images": constant.tolist(),
-        }
-    return summary
+        per_split[split] = SplitIntegrity(
+            images=len(x),
+            pixel_range=[int(flat.min(initial=255)), int(flat.max(initial=0))],
+            labels_in_range=True,
+            constant_images=constant.tolist(),
+        )
+    return Integrity(list(shape), "uint8", per_split["train"], per_split["test"])
 
 
 # Duplicates ---------------------------------------------------------------------------------
@@ -262,35 +234,40 @@ def _pair(data: Dataset, kind: str, a: int, b: int, distance: float) -> Duplicat
     )
 
 
-def summarize_duplicates(found: Duplicates) -> dict[str, Any]:
+def summarize_duplicates(found: Duplicates, neighbours: int) -> DuplicateSummary:
     """Pairs, images involved and label conflicts per kind and category."""
-    out: dict[str, Any] = {}
+    counts: dict[str, dict[str, PairCounts]] = {}
     for kind in ("exact", "near"):
-        out[kind] = {}
+        counts[kind] = {}
         for category in CATEGORIES:
             rows = [p for p in found.pairs if p.kind == kind and p.category == category]
             images = {(p.split_a, p.index_a) for p in rows} | {(p.split_b, p.index_b) for p in rows}
-            out[kind][category] = {
-                "pairs": len(rows),
-                "images": len(images),
-                "label_conflicts": sum(not p.same_label for p in rows),
-            }
-    out["candidates_verified"] = found.candidates_verified
-    out["threshold"] = found.calibration.threshold
-    out["calibration"] = {**asdict(found.calibration), "statement": found.calibration.statement()}
-    return out
+            counts[kind][category] = PairCounts(
+                pairs=len(rows),
+                images=len(images),
+                label_conflicts=sum(not p.same_label for p in rows),
+            )
+    return DuplicateSummary(
+        exact=counts["exact"],
+        near=counts["near"],
+        candidates_verified=found.candidates_verified,
+        threshold=found.calibration.threshold,
+        method=NEAR_METHOD,
+        neighbours=neighbours,
+        calibration=found.calibration,
+    )
 
 
-def leakage(found: Duplicates) -> dict[str, Any]:
+def leakage(found: Duplicates) -> Leakage:
     """Test images with a twin in train (exact or near), and the train images they twin."""
     cross = [p for p in found.pairs if p.category == "train-test"]
     test_ids = sorted({p.index_b for p in cross})
-    return {
-        "test_indices_with_train_twin": test_ids,
-        "train_indices_with_test_twin": sorted({p.index_a for p in cross}),
-        "test_images_with_train_twin": len(test_ids),
-        "exact": len({p.index_b for p in cross if p.kind == "exact"}),
-    }
+    return Leakage(
+        test_indices_with_train_twin=test_ids,
+        train_indices_with_test_twin=sorted({p.index_a for p in cross}),
+        test_images_with_train_twin=len(test_ids),
+        exact=len({p.index_b for p in cross if p.kind == "exact"}),
+    )
 
 
 def write_duplicates_csv(path: Any, pairs: list[DuplicatePair]) -> None:
@@ -398,7 +375,7 @@ def _stratified_draw(
     return pool[train_pos], pool[val_pos]
 
 
-def describe_split(data: Dataset, split: Split, found: Duplicates) -> dict[str, Any]:
+def describe_split(data: Dataset, split: Split, found: Duplicates) -> SplitSummary:
     """Sizes, class counts per part, and the overlaps that prove the parts are apart."""
     n_train = len(data.x_train)
     part = np.empty(n_train + len(data.x_test), dtype=object)
@@ -421,25 +398,25 @@ def describe_split(data: Dataset, split: Split, found: Duplicates) -> dict[str, 
     }
     if len(split.dropped):
         counts["dropped"] = _class_counts(data, data.y_train[split.dropped])
-    return {
-        "seed": split.seed,
-        "val_size": split.val_size,
-        "sizes": {
+    return SplitSummary(
+        seed=split.seed,
+        val_size=split.val_size,
+        sizes={
             "train": len(split.train),
             "val": len(split.val),
             "test": len(data.x_test),
             "dropped": len(split.dropped),
         },
-        "class_counts": counts,
-        "index_overlap": {
+        class_counts=counts,
+        index_overlap={
             "train-val": len(sets["train"] & sets["val"]),
             "train-dropped": len(sets["train"] & sets["dropped"]),
             "val-dropped": len(sets["val"] & sets["dropped"]),
             "unassigned": n_train - len(sets["train"] | sets["val"] | sets["dropped"]),
         },
-        "duplicate_overlap": overlaps,
-        "short": split.short,
-    }
+        duplicate_overlap=overlaps,
+        short={name: ShortClass(**counts) for name, counts in split.short.items()},
+    )
 
 
 def _class_counts(data: Dataset, labels: np.ndarray) -> dict[str, int]:
@@ -488,25 +465,23 @@ def scrub(
         write_quality_csv(folder / QUALITY_FILE, quality_flags)
         atomic_write_json(folder / SPLIT_FILE, _split_document(data, sha, split, settings))
         figures = _draw(data, found, study, settings.image_size, folder)
-        duplicates_summary = summarize_duplicates(found)
-        duplicates_summary.update(neighbours=settings.neighbours, method=NEAR_METHOD)
         result = ScrubResult(
             dataset=data.name,
             folder=str(folder),
             images_sha256=sha,
             duration_s=0.0,
             integrity=integrity,
-            duplicates=duplicates_summary,
+            duplicates=summarize_duplicates(found, settings.neighbours),
             leakage=leaks,
             split=describe_split(data, split, found),
             interpolation=study,
             quality=quality,
             class_names=list(data.class_names),
-            top_pairs=[_row(p) for p in found.pairs[:10]],
+            top_pairs=found.pairs[:10],
             files=[REPORT_JSON, SPLIT_FILE, DUPLICATES_FILE, QUALITY_FILE, *figures],
         )
         result.duration_s = round(time.perf_counter() - start, 2)
-        atomic_write_json(folder / REPORT_JSON, result)
+        atomic_write_json(folder / REPORT_JSON, result.to_dict())
         manifest = Manifest(
             phase="scrub",
             settings={**asdict(settings), "dataset": data.name},
@@ -522,13 +497,11 @@ def scrub(
     return result
 
 
-def _split(
-    data: Dataset, settings: ScrubSettings, found: Duplicates, leaks: dict[str, Any]
-) -> Split:
+def _split(data: Dataset, settings: ScrubSettings, found: Duplicates, leaks: Leakage) -> Split:
     """The stratified validation split; duplicates of any kind stay on the training side."""
     n_train = len(data.x_train)
     dropped = (
-        np.asarray(leaks["train_indices_with_test_twin"], dtype=np.int64)
+        np.asarray(leaks.train_indices_with_test_twin, dtype=np.int64)
         if settings.drop_leaks
         else np.empty(0, dtype=np.int64)
     )
@@ -536,7 +509,7 @@ def _split(
     # measure images the model has not seen in any form.
     groups = train_groups(n_train, found.ids)
     keep_in_train = np.bincount(groups, minlength=n_train)[groups] > 1
-    keep_in_train[leaks["train_indices_with_test_twin"]] = True
+    keep_in_train[leaks.train_indices_with_test_twin] = True
     return make_split(
         data.y_train,
         keep_in_train,
@@ -560,10 +533,6 @@ def _split_document(data: Dataset, sha: str, split: Split, settings: ScrubSettin
         "dropped": split.dropped,
         "short": split.short,
     }
-
-
-def _row(pair: DuplicatePair) -> dict[str, Any]:
-    return {**asdict(pair), "same_label": pair.same_label}
 
 
 def _draw(

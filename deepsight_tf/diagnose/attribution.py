@@ -35,7 +35,7 @@ share as well.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -54,6 +54,63 @@ CAUSES = (*IMAGE_CAUSES, "confusable_pair")
 CERTAIN_DATA_QUALITY = ("conflicting_twin", "low_quality")
 DATA_QUALITY = (*CERTAIN_DATA_QUALITY, "independent_label_issue")
 CLAIM = "the primary sources of error are semantic overlap, not data quality"
+NOTE = (
+    "an error may have several causes, so the shares can add up to more than 1; "
+    "label_issue comes from this model's probabilities and its errors are errors by "
+    "construction, so the claim's data-quality side counts only evidence from outside the "
+    "model: conflicting train twins, low-quality images and labels doubted by linear "
+    "probes on ImageNet features (independent_label_issue), which never saw the labels"
+)
+
+
+@dataclass(frozen=True)
+class CauseRow:
+    """One cause: the errors with it and their share of all errors (CI); for a cause that
+    belongs to the image, the images with it and the error rate with and without it."""
+
+    cause: str
+    measured: bool
+    errors: int | None = None
+    share: float | None = None  # None: no errors at all, or the cause was not measured
+    share_ci: list[float] | None = None
+    images: int | None = None
+    error_rate_with: float | None = None
+    error_rate_without: float | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The claim's verdict: share of errors in a confusable pair minus share with a data-quality
+    cause, with every such cause (upper bound) and the certain ones alone (lower bound)."""
+
+    claim: str
+    verdict: str  # supported | contradicted | inconclusive | not tested
+    why: str | None = None
+    semantic_share: float | None = None
+    data_quality_share: float | None = None
+    both_share: float | None = None
+    data_quality_causes: list[str] = field(default_factory=list)
+    difference: float | None = None
+    difference_ci: list[float] | None = None
+    certain_causes: list[str] | None = None
+    certain_share: float | None = None
+    certain_difference: float | None = None
+    certain_difference_ci: list[float] | None = None
+
+    @property
+    def has_bound(self) -> bool:
+        """Whether the probes' doubts were counted, so the certain causes give a lower bound."""
+        return self.certain_causes is not None and self.certain_causes != self.data_quality_causes
+
+
+@dataclass(frozen=True)
+class ErrorAttribution:
+    n: int  # test images
+    errors: int
+    rows: list[CauseRow]
+    claim: Claim
+    ci_level: float
+    note: str = NOTE
 
 
 def pair_mask(
@@ -80,7 +137,7 @@ def attribute_errors(
     n_boot: int = DEFAULT_N_BOOT,
     alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> ErrorAttribution:
     """The attribution table and the claim's verdict.
 
     `image_causes` maps each of IMAGE_CAUSES to the indices of the test images that have it
@@ -106,7 +163,7 @@ def attribute_errors(
     rows = []
     for cause in CAUSES:
         if cause not in masks:
-            rows.append({"cause": cause, "measured": False})
+            rows.append(CauseRow(cause, measured=False))
             continue
         rows.append(
             _row(
@@ -120,18 +177,13 @@ def attribute_errors(
             )
         )
     rows.append(_row("none of these", ~any_cause, wrong, n_boot, alpha, seed + 9, False))
-    return {
-        "n": n,
-        "errors": n_errors,
-        "rows": rows,
-        "claim": _claim(masks, wrong, n_boot, alpha, seed + 17),
-        "ci_level": 1 - alpha,
-        "note": "an error may have several causes, so the shares can add up to more than 1; "
-        "label_issue comes from this model's probabilities and its errors are errors by "
-        "construction, so the claim's data-quality side counts only evidence from outside the "
-        "model: conflicting train twins, low-quality images and labels doubted by linear "
-        "probes on ImageNet features (independent_label_issue), which never saw the labels",
-    }
+    return ErrorAttribution(
+        n=n,
+        errors=n_errors,
+        rows=rows,
+        claim=_claim(masks, wrong, n_boot, alpha, seed + 17),
+        ci_level=1 - alpha,
+    )
 
 
 def _row(
@@ -142,20 +194,22 @@ def _row(
     alpha: float,
     seed: int,
     image_level: bool,
-) -> dict[str, Any]:
+) -> CauseRow:
     """Errors with the cause, their share of all errors (CI), and for a cause that belongs to
     the image, the error rate of the images with it against those without."""
-    count = int((mask & wrong).sum())
-    row: dict[str, Any] = {"cause": cause, "measured": True, "errors": count}
+    row = CauseRow(cause, measured=True, errors=int((mask & wrong).sum()))
     if wrong.any():
         share, low, high = bootstrap_ci(
             _share_of_errors, mask, wrong, n_boot=n_boot, alpha=alpha, seed=seed
         )
-        row.update(share=share, share_ci=[low, high])
+        row = replace(row, share=float(share), share_ci=[float(low), float(high)])
     if image_level:
-        row["images"] = int(mask.sum())
-        row["error_rate_with"] = float(wrong[mask].mean()) if mask.any() else None
-        row["error_rate_without"] = float(wrong[~mask].mean()) if (~mask).any() else None
+        row = replace(
+            row,
+            images=int(mask.sum()),
+            error_rate_with=float(wrong[mask].mean()) if mask.any() else None,
+            error_rate_without=float(wrong[~mask].mean()) if (~mask).any() else None,
+        )
     return row
 
 
@@ -168,15 +222,15 @@ def _share_of_errors(mask: np.ndarray, wrong: np.ndarray) -> np.ndarray:
 
 def _claim(
     masks: Mapping[str, np.ndarray], wrong: np.ndarray, n_boot: int, alpha: float, seed: int
-) -> dict[str, Any]:
+) -> Claim:
     """Share of errors in confusable pairs minus share with a data-quality cause."""
     measured = [c for c in DATA_QUALITY if c in masks]
     if "confusable_pair" not in masks or not measured or not wrong.any():
-        return {
-            "claim": CLAIM,
-            "verdict": "not tested",
-            "why": "needs registered confusable pairs, a data-quality cause and some errors",
-        }
+        return Claim(
+            CLAIM,
+            "not tested",
+            why="needs registered confusable pairs, a data-quality cause and some errors",
+        )
     certain_causes = [c for c in measured if c in CERTAIN_DATA_QUALITY]
     data, certain = np.zeros_like(wrong), np.zeros_like(wrong)
     for cause in measured:
@@ -196,26 +250,27 @@ def _claim(
         difference, semantic, certain, wrong, n_boot=n_boot, alpha=alpha, seed=seed
     )
     verdict = "supported" if low > 0 else "contradicted" if c_high < 0 else "inconclusive"
-    claim = {
-        "claim": CLAIM,
-        "semantic_share": float(_share_of_errors(semantic, wrong)),
-        "data_quality_share": float(_share_of_errors(data, wrong)),
-        "both_share": float(_share_of_errors(semantic & data, wrong)),
-        "data_quality_causes": measured,
-        "difference": point,
-        "difference_ci": [low, high],
-        "certain_causes": certain_causes,
-        "certain_share": float(_share_of_errors(certain, wrong)),
-        "certain_difference": c_point,
-        "certain_difference_ci": [c_low, c_high],
-        "verdict": verdict,
-    }
+    why = None
     with_all, with_none = verdict_from_ci(low, high), verdict_from_ci(c_low, c_high)
     if with_all != with_none:
         words = {"supported": "semantic overlap leads", "contradicted": "data quality leads"}
-        claim["why"] = (
+        why = (
             "the answer turns on how many of the ImageNet probes' doubts are real label "
             f"issues: counting all of them, {words.get(with_all, 'neither leads')}; counting "
             f"none, {words.get(with_none, 'neither leads')}"
         )
-    return claim
+    return Claim(
+        CLAIM,
+        verdict,
+        why=why,
+        semantic_share=float(_share_of_errors(semantic, wrong)),
+        data_quality_share=float(_share_of_errors(data, wrong)),
+        both_share=float(_share_of_errors(semantic & data, wrong)),
+        data_quality_causes=measured,
+        difference=float(point),
+        difference_ci=[float(low), float(high)],
+        certain_causes=certain_causes,
+        certain_share=float(_share_of_errors(certain, wrong)),
+        certain_difference=float(c_point),
+        certain_difference_ci=[float(c_low), float(c_high)],
+    )

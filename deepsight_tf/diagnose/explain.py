@@ -24,6 +24,11 @@ from deepsight_tf.core.checks import verify_labels
 from deepsight_tf.core.progress import Progress
 from deepsight_tf.core.settings import CAM_METHODS, DEFAULT_ALPHA, DEFAULT_N_BOOT
 from deepsight_tf.diagnose.bootstrap import bootstrap_ci, verdict_from_ci
+from deepsight_tf.diagnose.interpret_record import (
+    FaithfulnessSummary,
+    MethodFaithfulness,
+    SanitySummary,
+)
 from deepsight_tf.model.backbones import HEAD_PREFIX, randomisation_cascade, stage_of
 from deepsight_tf.model.fastconv import accelerate_convolutions
 
@@ -356,25 +361,6 @@ def random_maps(
 
 
 @dataclass
-class MethodFaithfulness:
-    """One method's curves against the random order, paired per image."""
-
-    method: str
-    n_images: int
-    deletion_auc: float  # mean over images
-    random_deletion_auc: float
-    deletion_gain: float  # mean of random - method deletion AUC; > 0 is better than random
-    deletion_gain_ci: tuple[float, float]
-    deletion_p: float  # Wilcoxon signed-rank, two-sided, on the per-image gains
-    insertion_auc: float
-    random_insertion_auc: float
-    insertion_gain: float  # mean of method - random insertion AUC; > 0 is better than random
-    insertion_gain_ci: tuple[float, float]
-    insertion_p: float
-    verdict: str  # "beats random", "worse than random" or "inconclusive"
-
-
-@dataclass
 class FaithfulnessReport:
     """Every method's deletion/insertion result and the random baseline of the same run."""
 
@@ -386,16 +372,16 @@ class FaithfulnessReport:
     ci_level: float
     seed: int
 
-    def to_dict(self) -> dict[str, Any]:
-        """The summary for report.json (per-image curves stay in memory)."""
-        return {
-            "steps": self.steps,
-            "baseline": self.baseline,
-            "random_grid": list(self.random_grid) if self.random_grid else None,
-            "ci_level": self.ci_level,
-            "seed": self.seed,
-            "methods": {name: vars(result) for name, result in self.methods.items()},
-        }
+    def summary(self) -> FaithfulnessSummary:
+        """What report.json keeps (per-image curves stay in memory)."""
+        return FaithfulnessSummary(
+            steps=self.steps,
+            baseline=self.baseline,
+            random_grid=list(self.random_grid) if self.random_grid else None,
+            ci_level=self.ci_level,
+            seed=self.seed,
+            methods=dict(self.methods),
+        )
 
 
 def _wilcoxon_p(gains: np.ndarray) -> float:
@@ -536,18 +522,19 @@ class SanityCheckResult:
     def __post_init__(self) -> None:
         self.passed = not self.flagged_steps
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "layer_name": self.layer_name,
-            "groups": self.groups,
-            "mean_spearman": self.mean_spearman,
-            "threshold": self.threshold,
-            "flagged_steps": self.flagged_steps,
-            "flagged_images": self.flagged_images,
-            "passed": self.passed,
-            "seed": self.seed,
-        }
+    def summary(self) -> SanitySummary:
+        """What report.json keeps (no maps)."""
+        return SanitySummary(
+            method=self.method,
+            layer_name=self.layer_name,
+            groups=list(self.groups),
+            mean_spearman=[float(v) for v in self.mean_spearman],
+            threshold=self.threshold,
+            flagged_steps=list(self.flagged_steps),
+            flagged_images=[int(i) for i in self.flagged_images],
+            passed=self.passed,
+            seed=self.seed,
+        )
 
 
 def default_randomisation(model: keras.Model) -> tuple[str, ...]:

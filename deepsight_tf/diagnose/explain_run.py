@@ -7,6 +7,7 @@ the object or on its surroundings (centre against border occlusion)? Then the CA
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +19,12 @@ from deepsight_tf.core.workspace import (
     cam_figure,
 )
 from deepsight_tf.diagnose import explain, occlusion
+from deepsight_tf.diagnose.interpret_record import (
+    CentreEnergy,
+    ContextSummary,
+    FaithfulnessSummary,
+    SanitySummary,
+)
 from deepsight_tf.diagnose.study import Study, stratified_sample
 
 if TYPE_CHECKING:
@@ -26,8 +33,17 @@ if TYPE_CHECKING:
 GRID_PAIR_IMAGES = 8  # images per most-confused pair in its CAM grid
 
 
-def explain_run(study: Study, losses: TopLosses, pairs: list[PairConfusion]) -> dict[str, Any]:
-    """Faithfulness, the sanity check and context reliance as JSON, their figures drawn."""
+@dataclass(frozen=True)
+class Explained:
+    """The heat maps' tests as interpret's report keeps them."""
+
+    faithfulness: FaithfulnessSummary
+    sanity: SanitySummary
+    context: ContextSummary
+
+
+def explain_run(study: Study, losses: TopLosses, pairs: list[PairConfusion]) -> Explained:
+    """Faithfulness, the sanity check and context reliance, their figures drawn."""
     settings = study.settings
     model = study.model
     layer = explain_layer(study)
@@ -51,7 +67,7 @@ def explain_run(study: Study, losses: TopLosses, pairs: list[PairConfusion]) -> 
     context = _context(study, model, cams[methods[0]], sample)
     _class_grids(study, sample, predicted, cams[methods[0]], methods[0])
     _case_grids(study, model, predicted, losses, pairs, layer, methods[0])
-    return {"faithfulness": faith.to_dict(), "sanity": sanity.to_dict(), "context": context}
+    return Explained(faith.summary(), sanity.summary(), context)
 
 
 def explain_layer(study: Study) -> str:
@@ -128,7 +144,7 @@ def _sanity(
     return sanity
 
 
-def _context(study: Study, model: Any, cams: np.ndarray, sample: np.ndarray) -> dict[str, Any]:
+def _context(study: Study, model: Any, cams: np.ndarray, sample: np.ndarray) -> ContextSummary:
     """Accuracy with the centre hidden against the border hidden, per class; CAM centre energy."""
     settings, labels = study.settings, study.labels
     context_idx = stratified_sample(labels, settings.context_images or None, settings.seed)
@@ -148,10 +164,10 @@ def _context(study: Study, model: Any, cams: np.ndarray, sample: np.ndarray) -> 
         cams, labels[sample], study.names, n_boot=settings.n_boot, seed=settings.seed
     )
     study.figure(context_figure(context, energy), CONTEXT_FIGURE)
-    return {**context.to_dict(), "cam_energy": energy.to_dict()}
+    return context.summary(energy)
 
 
-def context_figure(context: occlusion.ContextReliance, energy: occlusion.CentreEnergy) -> Any:
+def context_figure(context: occlusion.ContextReliance, energy: CentreEnergy) -> Any:
     """The occlusion test's figure: accuracy per class and condition, and the CAMs' centre
     share."""
     from deepsight_tf.plots import explain as explain_plots

@@ -22,6 +22,24 @@ if TYPE_CHECKING:
     from deepsight_tf.data.hypotheses import Hypotheses
 
 
+@dataclass(frozen=True)
+class GroupAccuracy:
+    n: int
+    accuracy: float | None  # None: an empty group
+    ci: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class SubsetGap:
+    """Accuracy in a subset of the images against the rest, and the gap (subset minus rest)."""
+
+    in_mask: GroupAccuracy
+    rest: GroupAccuracy
+    gap: float | None
+    gap_ci: list[float] | None
+    ci_level: float
+
+
 def subset_accuracy_gap(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -29,7 +47,7 @@ def subset_accuracy_gap(
     n_boot: int = DEFAULT_N_BOOT,
     alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> SubsetGap:
     """Accuracy of the examples in `mask` (e.g. test images with a near duplicate in train)
     against the rest, each with a CI, and the gap (in mask minus rest) with a CI from a
     bootstrap stratified by group. An empty group has n=0 and no accuracy, gap or CI."""
@@ -42,35 +60,28 @@ def subset_accuracy_gap(
         )
     correct = probs.argmax(axis=1) == labels
 
-    def group(hits: np.ndarray, offset: int) -> dict[str, Any]:
+    def group(hits: np.ndarray, offset: int) -> GroupAccuracy:
         if len(hits) == 0:
-            return {"n": 0, "accuracy": None, "ci": None}
+            return GroupAccuracy(0, None)
         point, low, high = bootstrap_ci(
             batched_mean, hits, n_boot=n_boot, alpha=alpha, seed=seed + offset
         )
-        return {"n": len(hits), "accuracy": point, "ci": [low, high]}
+        return GroupAccuracy(len(hits), float(point), [float(low), float(high)])
 
-    result = {
-        "in_mask": group(correct[mask], 1),
-        "rest": group(correct[~mask], 2),
-        "gap": None,
-        "gap_ci": None,
-        "ci_level": 1 - alpha,
-    }
-    if mask.any() and (~mask).any():
+    in_mask, rest = group(correct[mask], 1), group(correct[~mask], 2)
+    if not (mask.any() and (~mask).any()):
+        return SubsetGap(in_mask, rest, None, None, 1 - alpha)
 
-        def gap(hits: np.ndarray, in_mask: np.ndarray) -> np.ndarray:
-            # Strata keep each group's size fixed, so these sums are never over zero examples.
-            inside = (hits * in_mask).sum(axis=-1) / in_mask.sum(axis=-1)
-            outside = (hits * ~in_mask).sum(axis=-1) / (~in_mask).sum(axis=-1)
-            return inside - outside
+    def gap(hits: np.ndarray, in_mask: np.ndarray) -> np.ndarray:
+        # Strata keep each group's size fixed, so these sums are never over zero examples.
+        inside = (hits * in_mask).sum(axis=-1) / in_mask.sum(axis=-1)
+        outside = (hits * ~in_mask).sum(axis=-1) / (~in_mask).sum(axis=-1)
+        return inside - outside
 
-        point, low, high = bootstrap_ci(
-            gap, correct, mask, n_boot=n_boot, alpha=alpha, seed=seed, strata=mask
-        )
-        result["gap"] = point
-        result["gap_ci"] = [low, high]
-    return result
+    point, low, high = bootstrap_ci(
+        gap, correct, mask, n_boot=n_boot, alpha=alpha, seed=seed, strata=mask
+    )
+    return SubsetGap(in_mask, rest, float(point), [float(low), float(high)], 1 - alpha)
 
 
 @dataclass

@@ -8,7 +8,7 @@ reads as it is.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,38 +49,30 @@ from deepsight_tf.core.workspace import (
 )
 from deepsight_tf.data.dataset import load_dataset
 from deepsight_tf.diagnose import evaluation, forensics
-from deepsight_tf.diagnose.attribution import attribute_errors
-from deepsight_tf.diagnose.calibration import calibration_report
+from deepsight_tf.diagnose.attribution import ErrorAttribution, attribute_errors
+from deepsight_tf.diagnose.calibration import CalibrationReport, calibration_report
 from deepsight_tf.diagnose.explain_run import explain_run
-from deepsight_tf.diagnose.hypothesis_tests import subset_accuracy_gap, test_hypotheses
+from deepsight_tf.diagnose.hypothesis_tests import (
+    HypothesisResult,
+    SubsetGap,
+    subset_accuracy_gap,
+    test_hypotheses,
+)
+from deepsight_tf.diagnose.interpret_record import (
+    ImagenetIssues,
+    InterpretResult,
+    IssueList,
+    LabelIssues,
+    ProbeIssues,
+    Ranking,
+    TestScores,
+)
 from deepsight_tf.diagnose.study import Study
 from deepsight_tf.training.record import RunRecord
 
 HARD_PAIRS = 3  # most-confused pairs written for `deepsight train --focus-pairs @FILE`
 TOP_LOSSES = 16  # the most confidently wrong test images, shown and stored
 LABEL_ISSUES_SHOWN = 16
-
-
-@dataclass
-class InterpretResult:
-    run_id: str
-    folder: str
-    dataset: str
-    duration_s: float
-    headline: dict[str, Any]
-    most_confused: list[dict[str, Any]]
-    top_losses: dict[str, Any]
-    calibration: dict[str, Any]
-    leakage: dict[str, Any] | None
-    hypotheses: list[dict[str, Any]]
-    hypotheses_note: str
-    label_issues: dict[str, Any]
-    faithfulness: dict[str, Any] | None
-    sanity: dict[str, Any] | None
-    context: dict[str, Any] | None
-    error_attribution: dict[str, Any] | None = None
-    figures: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def interpret(
@@ -108,11 +100,11 @@ def interpret(
             study.ensemble = (other[0].run_id, other[1])
         result = diagnose(study)
         result.duration_s = round(time.perf_counter() - start, 1)
-        atomic_write_json(out / REPORT_JSON, result)
+        atomic_write_json(out / REPORT_JSON, result.to_dict())
         outputs = {REPORT_JSON: "", LABEL_ISSUES_FILE: "", FOCUS_PAIRS_FILE: ""}
-        if result.label_issues.get("train") is not None:
+        if result.label_issues.train is not None:
             outputs[TRAIN_LABEL_ISSUES_FILE] = ""
-        imagenet = result.label_issues.get("imagenet")
+        imagenet = result.label_issues.imagenet
         if imagenet is not None:
             outputs.update({IMAGENET_ISSUES_FILE: "", IMAGENET_TRAIN_ISSUES_FILE: ""})
         outputs.update({str(Path(f).relative_to(out)): "" for f in result.figures})
@@ -131,8 +123,8 @@ def interpret(
                 other[0].run_dir / PREDICTIONS_FILE, other[0].output_sha256(PREDICTIONS_FILE)
             )
         if imagenet is not None:
-            features = Path(imagenet["features"]) / FEATURES_FILE
-            inputs[FEATURES_INPUT] = workspace.input_record(features, imagenet["features_sha256"])
+            features = Path(imagenet.features) / FEATURES_FILE
+            inputs[FEATURES_INPUT] = workspace.input_record(features, imagenet.features_sha256)
         workspace.write_manifest(
             out,
             Manifest(
@@ -177,43 +169,50 @@ def diagnose(study: Study) -> InterpretResult:
     leakage = _leakage(study)
     hypotheses, note = _hypotheses(study)
     evidence = _independent(study) if study.settings.imagenet_evidence else None
-    issues, hard, ranked = _forensics(study, scores["pairs"], evidence)
+    issues, hard, ranked = _forensics(study, scores.pairs, evidence)
     train_issues = _train_label_issues(study) if study.settings.train_issues else None
     imagenet, doubted = _imagenet_issues(study, evidence) if evidence else (None, None)
     attribution = study.timed("error_attribution", lambda: _attribution(study, issues, doubted))
-    explained = explain_run(study, scores["losses"], scores["pairs"][:HARD_PAIRS])
+    explained = explain_run(study, scores.losses, scores.pairs[:HARD_PAIRS])
     return InterpretResult(
         run_id=study.settings.run_id,
         folder=str(study.out),
         dataset=study.data.name,
         duration_s=0.0,
-        headline=scores["headline"],
-        most_confused=[asdict(p) for p in scores["pairs"]],
-        top_losses=asdict(scores["losses"]),
+        headline=scores.headline,
+        most_confused=scores.pairs,
+        top_losses=scores.losses,
         calibration=calibration,
         leakage=leakage,
-        hypotheses=[asdict(h) for h in hypotheses],
+        hypotheses=hypotheses,
         hypotheses_note=note,
-        label_issues={
-            "count": len(issues),
-            "csv": str(study.out / LABEL_ISSUES_FILE),
-            "top": [asdict(i) for i in issues[:20]],
-            "hard_examples": len(hard),
-            "focus_pairs_file": str(study.out / FOCUS_PAIRS_FILE),
-            "ranked_by": ranked,
-            "train": train_issues,
-            "imagenet": imagenet,
-        },
-        faithfulness=explained["faithfulness"],
-        sanity=explained["sanity"],
-        context=explained["context"],
+        label_issues=LabelIssues(
+            count=len(issues),
+            csv=str(study.out / LABEL_ISSUES_FILE),
+            top=issues[:20],
+            hard_examples=len(hard),
+            focus_pairs_file=str(study.out / FOCUS_PAIRS_FILE),
+            ranked_by=ranked,
+            train=train_issues,
+            imagenet=imagenet,
+        ),
+        faithfulness=explained.faithfulness,
+        sanity=explained.sanity,
+        context=explained.context,
         error_attribution=attribution,
         figures=study.figures,
         timings=study.timings,
     )
 
 
-def _scores(study: Study) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Scores:
+    headline: TestScores
+    pairs: list[evaluation.PairConfusion]
+    losses: evaluation.TopLosses
+
+
+def _scores(study: Study) -> _Scores:
     """Accuracy and macro-F1 with intervals, confusion, recall per class, top losses."""
     from deepsight_tf.plots import evaluation as eval_plots
 
@@ -252,22 +251,11 @@ def _scores(study: Study) -> dict[str, Any]:
         ),
         TOP_LOSSES_FIGURE,
     )
-    headline = {
-        "accuracy": summary["accuracy"],
-        "accuracy_ci": summary["accuracy_ci"],
-        "macro_f1": summary["macro_f1"],
-        "macro_f1_ci": summary["macro_f1_ci"],
-        "ci_level": summary["ci_level"],
-        "n": summary["n"],
-        "per_class": summary["per_class"],
-        "per_class_recall": recalls,
-        "confusion": confusion,
-        "confusion_normalized": summary["confusion_normalized"],
-    }
-    return {"headline": headline, "pairs": pairs, "losses": losses}
+    headline = TestScores.from_summary(summary, recalls)
+    return _Scores(headline, pairs, losses)
 
 
-def _calibration(study: Study) -> dict[str, Any]:
+def _calibration(study: Study) -> CalibrationReport:
     """ECE and the reliability diagram before and after a temperature fitted on validation."""
     from deepsight_tf.plots import evaluation as eval_plots
 
@@ -289,10 +277,10 @@ def _calibration(study: Study) -> dict[str, Any]:
         ),
         RELIABILITY_FIGURE,
     )
-    return asdict(calibration)
+    return calibration
 
 
-def _leakage(study: Study) -> dict[str, Any] | None:
+def _leakage(study: Study) -> SubsetGap | None:
     """Accuracy on test images with a near duplicate in train against the rest (scrub's list)."""
     from deepsight_tf.data.scrub import load_scrub_report
 
@@ -300,13 +288,13 @@ def _leakage(study: Study) -> dict[str, Any] | None:
         report = load_scrub_report(study.workspace, study.data.name)
     except PrerequisiteError:
         return None
-    twins = report["leakage"]["test_indices_with_train_twin"]
+    twins = report.leakage.test_indices_with_train_twin
     mask = np.zeros(len(study.labels), dtype=bool)
     mask[np.asarray(twins, dtype=np.int64)] = True
     return subset_accuracy_gap(study.labels, study.probs, mask, **study.boot)
 
 
-def _hypotheses(study: Study) -> tuple[list[Any], str]:
+def _hypotheses(study: Study) -> tuple[list[HypothesisResult], str]:
     """The hypotheses explore registered, each with its verdict; or why there are none."""
     from deepsight_tf.data.explore import load_hypotheses
     from deepsight_tf.plots import evaluation as eval_plots
@@ -336,7 +324,7 @@ def _hypotheses(study: Study) -> tuple[list[Any], str]:
 
 def _forensics(
     study: Study, pairs: list[Any], evidence: Any | None
-) -> tuple[list[Any], list[Any], dict[str, Any]]:
+) -> tuple[list[Any], list[Any], Ranking]:
     """Label issues (cleanlab) with their figure, the hard pairs for --focus-pairs, and what
     the label issues were ranked by."""
     from deepsight_tf.plots import evaluation as eval_plots
@@ -369,7 +357,7 @@ def _forensics(
     return issues, hard, ranked
 
 
-def _ranking_probs(study: Study, evidence: Any | None) -> tuple[np.ndarray, dict[str, Any]]:
+def _ranking_probs(study: Study, evidence: Any | None) -> tuple[np.ndarray, Ranking]:
     """The probabilities label_issues.csv is ranked by. With --ensemble-with, the equal mean
     of the two runs' probabilities (no weight fitted): on label flips planted in CIFAR-10 it
     found more than either run alone or mixed with the ImageNet probes (bench/label_issues.py,
@@ -382,13 +370,11 @@ def _ranking_probs(study: Study, evidence: Any | None) -> tuple[np.ndarray, dict
     if study.ensemble is not None:
         other, predictions = study.ensemble
         probs = mixture(_normalised(study.probs), _normalised(predictions["test_probs"]), 0.5)
-        return probs, {
-            "probabilities": f"the mean of this run's and run {other}'s",
-            "run_weight": 0.5,
-            "ensemble_with": other,
-        }
+        return probs, Ranking(
+            f"the mean of this run's and run {other}'s", run_weight=0.5, ensemble_with=other
+        )
     if evidence is None:
-        return study.probs, {"probabilities": "the run's", "run_weight": 1.0}
+        return study.probs, Ranking("the run's", run_weight=1.0)
     predictions = study.predictions
     position = {int(i): row for row, i in enumerate(evidence.val_indices)}
     rows = np.asarray([position[int(i)] for i in predictions["val_indices"]], dtype=np.int64)
@@ -397,11 +383,11 @@ def _ranking_probs(study: Study, evidence: Any | None) -> tuple[np.ndarray, dict
         predictions["val_labels"], run_val, evidence.val_probs[rows], geometric=True
     )
     probs = mixture(_normalised(study.probs), evidence.test_probs, weight, geometric=True)
-    return probs, {
-        "probabilities": "the run's and the ImageNet probes' geometric mean",
-        "run_weight": weight,
-        "weight_from": f"validation log-likelihood ({len(rows):,} images)",
-    }
+    return probs, Ranking(
+        "the run's and the ImageNet probes' geometric mean",
+        run_weight=float(weight),
+        weight_from=f"validation log-likelihood ({len(rows):,} images)",
+    )
 
 
 def _normalised(probs: np.ndarray) -> np.ndarray:
@@ -409,7 +395,7 @@ def _normalised(probs: np.ndarray) -> np.ndarray:
     return probs / probs.sum(axis=1, keepdims=True)
 
 
-def _attribution(study: Study, issues: list[Any], doubted: np.ndarray | None) -> dict[str, Any]:
+def _attribution(study: Study, issues: list[Any], doubted: np.ndarray | None) -> ErrorAttribution:
     """Each test error's likely causes: label issue, a label the ImageNet probes doubt (when
     measured), conflicting train twin, low quality (scrub's lists, when scrub ran),
     confusable pair (explore's, when it ran)."""
@@ -454,7 +440,7 @@ def _independent(study: Study) -> Any:
     )
 
 
-def _imagenet_issues(study: Study, evidence: Any) -> tuple[dict[str, Any], np.ndarray]:
+def _imagenet_issues(study: Study, evidence: Any) -> tuple[ImagenetIssues, np.ndarray]:
     """cleanlab's flagged sets on the ImageNet probes' probabilities, for the test images
     (label_issues_imagenet.csv; the attribution's independent_label_issue, returned as
     indices) and the training images (train_label_issues_imagenet.csv, indices into x_train;
@@ -472,26 +458,19 @@ def _imagenet_issues(study: Study, evidence: Any) -> tuple[dict[str, Any], np.nd
         issue.index = int(indices[issue.index])
     forensics.write_label_issues_csv(study.out / IMAGENET_TRAIN_ISSUES_FILE, train)
     test_accuracy = float((evidence.test_probs.argmax(axis=1) == study.labels).mean())
-    report = {
+    report = ImagenetIssues(
         **evidence.summary(),
-        "features_sha256": evidence.features_sha256,
-        "test_probe_accuracy": test_accuracy,
-        "test": {
-            "count": len(test),
-            "csv": str(study.out / IMAGENET_ISSUES_FILE),
-            "top": [asdict(i) for i in test[:20]],
-        },
-        "train": {
-            "count": len(train),
-            "images": len(indices),
-            "csv": str(study.out / IMAGENET_TRAIN_ISSUES_FILE),
-            "top": [asdict(i) for i in train[:20]],
-        },
-    }
+        features_sha256=evidence.features_sha256,
+        test_probe_accuracy=test_accuracy,
+        test=IssueList(len(test), str(study.out / IMAGENET_ISSUES_FILE), test[:20]),
+        train=IssueList(
+            len(train), str(study.out / IMAGENET_TRAIN_ISSUES_FILE), train[:20], len(indices)
+        ),
+    )
     return report, np.array([i.index for i in test], dtype=np.int64)
 
 
-def _train_label_issues(study: Study) -> dict[str, Any]:
+def _train_label_issues(study: Study) -> ProbeIssues:
     """Label issues among the training images: cleanlab on K-fold linear-probe probabilities
     from the run's pooled features (train_label_issues.csv, indices into x_train)."""
     from deepsight_tf.data.scrub import load_split
@@ -513,11 +492,11 @@ def _train_label_issues(study: Study) -> dict[str, Any]:
     for issue in found:  # positions in the split -> indices into x_train
         issue.index = int(indices[issue.index])
     forensics.write_label_issues_csv(study.out / TRAIN_LABEL_ISSUES_FILE, found)
-    return {
-        "count": len(found),
-        "images": len(indices),
-        "csv": str(study.out / TRAIN_LABEL_ISSUES_FILE),
-        "probe_accuracy": float((probs.argmax(axis=1) == labels).mean()),
-        "folds": PROBE_FOLDS,
-        "top": [asdict(i) for i in found[:20]],
-    }
+    return ProbeIssues(
+        count=len(found),
+        images=len(indices),
+        csv=str(study.out / TRAIN_LABEL_ISSUES_FILE),
+        probe_accuracy=float((probs.argmax(axis=1) == labels).mean()),
+        folds=PROBE_FOLDS,
+        top=found[:20],
+    )

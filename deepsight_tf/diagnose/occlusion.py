@@ -14,6 +14,7 @@ from deepsight_tf.core.checks import verify_labels
 from deepsight_tf.core.progress import Progress
 from deepsight_tf.core.settings import DEFAULT_ALPHA, DEFAULT_N_BOOT
 from deepsight_tf.diagnose.bootstrap import bootstrap_ci
+from deepsight_tf.diagnose.interpret_record import CentreEnergy, ClassContext, ContextSummary
 
 CONDITIONS = ("clean", "centre_occluded", "border_occluded")
 # What the test takes "centre" and "border" to be: stored with every result, since on other
@@ -105,26 +106,6 @@ def occlude(images: np.ndarray, mask: np.ndarray, fill: Sequence[float]) -> np.n
 
 
 @dataclass
-class ClassContext:
-    """One class's accuracy on clean, centre-occluded and border-occluded images, with CIs."""
-
-    name: str
-    n: int
-    clean: float
-    clean_ci: tuple[float, float]
-    centre_occluded: float
-    centre_occluded_ci: tuple[float, float]
-    border_occluded: float
-    border_occluded_ci: tuple[float, float]
-    # centre-occluded minus border-occluded accuracy, paired over the same images:
-    # > 0 means the class survives losing the object better than losing its surroundings.
-    context_gap: float
-    context_gap_ci: tuple[float, float]
-    holds_without_object: bool  # clean - centre_occluded <= hold_margin
-    above_chance_without_object: bool  # centre_occluded CI lies above chance
-
-
-@dataclass
 class ContextReliance:
     """Per-class and overall results of the occlusion test, and the classes it singles out."""
 
@@ -140,11 +121,24 @@ class ContextReliance:
     relies_on_context: list[str]  # context_gap CI above 0
     relies_on_object: list[str]  # context_gap CI below 0
 
-    def to_dict(self) -> dict[str, Any]:
-        document = asdict(self)
-        document["geometry"]["description"] = self.geometry.describe()
-        document["assumes"] = ASSUMES
-        return document
+    def summary(self, energy: CentreEnergy | None = None) -> ContextSummary:
+        """What report.json keeps: every field, the geometry described, the test's
+        assumption, and the CAMs' centre share where measured."""
+        return ContextSummary(
+            geometry={**asdict(self.geometry), "description": self.geometry.describe()},
+            fill=[float(v) for v in self.fill],
+            chance=self.chance,
+            hold_margin=self.hold_margin,
+            ci_level=self.ci_level,
+            overall=self.overall,
+            classes=list(self.classes),
+            holds_without_object=list(self.holds_without_object),
+            above_chance_without_object=list(self.above_chance_without_object),
+            relies_on_context=list(self.relies_on_context),
+            relies_on_object=list(self.relies_on_object),
+            assumes=ASSUMES,
+            cam_energy=energy,
+        )
 
 
 def _predict_labels(
@@ -324,21 +318,6 @@ def cam_energy(cams: np.ndarray, centre_fraction: float = 0.5) -> np.ndarray:
     inside = cams[:, centre].sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, inside / total, np.nan)
-
-
-@dataclass
-class CentreEnergy:
-    """Per-class mean share of CAM mass on the centre, against a uniform map's share."""
-
-    class_names: list[str]
-    mean: list[float]  # nan for a class without maps
-    ci: list[tuple[float, float]]
-    n: list[int]
-    uniform: float  # the centre's share of the pixels: what a map with no preference scores
-    ci_level: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def centre_energy_by_class(

@@ -3,7 +3,7 @@ the obtain, scrub and explore reports of its data set, each checked to be the on
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from deepsight_tf.core.errors import PrerequisiteError, StaleArtifactError
 from deepsight_tf.core.manifest import DATA_INPUT, PREDICTIONS_INPUT, SPLIT_INPUT, Manifest
-from deepsight_tf.core.storage import read_json
+from deepsight_tf.core.records import read_record
 from deepsight_tf.core.workspace import (
     IMAGES_FILE,
     INTERPRET_DIR,
@@ -21,7 +21,13 @@ from deepsight_tf.core.workspace import (
     SPLIT_FILE,
     Workspace,
 )
+from deepsight_tf.data.explore import ExploreResult
+from deepsight_tf.data.obtain import ObtainResult
+from deepsight_tf.data.scrub_record import ScrubResult
+from deepsight_tf.diagnose.evaluation import PairConfusion
+from deepsight_tf.diagnose.interpret_record import InterpretResult, TestScores
 from deepsight_tf.training.record import RunRecord
+from deepsight_tf.training.run_config import RunConfig
 from deepsight_tf.training.run_metrics import RunMetrics
 
 
@@ -36,7 +42,7 @@ class RunArtifacts:
     record: RunRecord
     predictions: dict[str, np.ndarray]
     history: list[dict[str, Any]]
-    interpret: dict[str, Any] | None
+    interpret: InterpretResult | None
     interpret_manifest: Manifest | None
 
     @property
@@ -52,7 +58,7 @@ class RunArtifacts:
         return self.record.manifest
 
     @property
-    def config(self) -> dict[str, Any]:
+    def config(self) -> RunConfig:
         return self.record.config
 
     @property
@@ -86,7 +92,7 @@ def load_run_artifacts(workspace: Workspace, run_id: str) -> RunArtifacts:
             workspace.relative(folder),
             hint,
         )
-        interpret = read_json(folder / REPORT_JSON)
+        interpret = read_record(folder / REPORT_JSON, InterpretResult.from_dict, hint)
     return RunArtifacts(
         record=record,
         predictions=record.predictions(),
@@ -101,11 +107,11 @@ class UpstreamArtifacts:
     """What obtain, scrub and explore wrote for the run's data set (None: the phase has not run)."""
 
     dataset: str
-    obtain: dict[str, Any] | None = None
+    obtain: ObtainResult | None = None
     obtain_manifest: Manifest | None = None
-    scrub: dict[str, Any] | None = None
+    scrub: ScrubResult | None = None
     scrub_manifest: Manifest | None = None
-    explore: dict[str, Any] | None = None
+    explore: ExploreResult | None = None
     explore_manifest: Manifest | None = None
     scrub_dir: Path | None = None
     explore_dir: Path | None = None
@@ -114,7 +120,7 @@ class UpstreamArtifacts:
 
 def load_upstream(workspace: Workspace, run: RunArtifacts) -> UpstreamArtifacts:
     """Obtain's, scrub's and explore's reports, checked to be the ones the run was trained on."""
-    from deepsight_tf.data.explore import verified_explore_dir
+    from deepsight_tf.data.explore import load_explore_report
     from deepsight_tf.data.scrub import load_scrub_report
 
     up = UpstreamArtifacts(dataset=run.dataset)
@@ -123,7 +129,7 @@ def load_upstream(workspace: Workspace, run: RunArtifacts) -> UpstreamArtifacts:
         up.notes["obtain"] = f"data set {run.dataset} is no longer stored: deepsight obtain"
         return up
     up.obtain_manifest = workspace.verify(data_dir, "deepsight obtain")
-    up.obtain = read_json(data_dir / REPORT_JSON)
+    up.obtain = read_record(data_dir / REPORT_JSON, ObtainResult.from_dict, "deepsight obtain")
     images_sha = up.obtain_manifest.outputs.get(IMAGES_FILE)
     if run.manifest.inputs.get(DATA_INPUT, {}).get("sha256") != images_sha:
         raise StaleArtifactError(
@@ -143,10 +149,9 @@ def load_upstream(workspace: Workspace, run: RunArtifacts) -> UpstreamArtifacts:
     except PrerequisiteError:
         up.notes["scrub"] = "not run yet: deepsight scrub"
     try:
-        folder = verified_explore_dir(workspace, run.dataset)
-        up.explore = read_json(folder / REPORT_JSON)
-        up.explore_dir = folder
-        up.explore_manifest = workspace.read_manifest(folder, "deepsight explore")
+        up.explore = load_explore_report(workspace, run.dataset)
+        up.explore_dir = workspace.explore_dir(run.dataset)
+        up.explore_manifest = workspace.read_manifest(up.explore_dir, "deepsight explore")
     except PrerequisiteError:
         up.notes["explore"] = "not run yet: deepsight explore"
     return up
@@ -168,40 +173,41 @@ class Headline:
     source: str  # "interpret" (its report.json) or "report" (bootstrapped here)
 
 
-def scored_summary(run: RunArtifacts, n_boot: int, seed: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Scored:
+    """A run's test scores with intervals and its most-confused pairs, and who computed them."""
+
+    scores: TestScores
+    most_confused: list[PairConfusion]
+    source: str  # "interpret" (its report.json) or "report" (bootstrapped here)
+
+
+def scored_summary(run: RunArtifacts, n_boot: int, seed: int) -> Scored:
     """Test metrics with intervals: interpret's as it stored them when it ran, else
     bootstrapped here the same way (with the same per-class recall and most-confused pairs)."""
     from deepsight_tf.diagnose import evaluation
 
     if run.interpret is not None:
-        return {
-            **run.interpret["headline"],
-            "most_confused": run.interpret["most_confused"],
-            "source": "interpret",
-        }
+        return Scored(run.interpret.headline, run.interpret.most_confused, "interpret")
     labels, probs = run.predictions["test_labels"], run.predictions["test_probs"]
     names = run.class_names
     summary = evaluation.classification_summary(labels, probs, names, n_boot=n_boot, seed=seed)
     recalls = evaluation.per_class_recall(labels, probs, names, n_boot=n_boot, seed=seed)
     pairs = evaluation.most_confused_pairs(np.asarray(summary["confusion"]), names, top=10)
-    return {
-        **summary,
-        "per_class_recall": [asdict(r) for r in recalls],
-        "most_confused": [asdict(p) for p in pairs],
-        "source": "report",
-    }
+    return Scored(TestScores.from_summary(summary, recalls), pairs, "report")
 
 
-def make_headline(run: RunArtifacts, summary: dict[str, Any]) -> Headline:
+def make_headline(run: RunArtifacts, scored: Scored) -> Headline:
+    scores = scored.scores
     return Headline(
         run_id=run.run_id,
-        accuracy=float(summary["accuracy"]),
-        accuracy_ci=[float(v) for v in summary["accuracy_ci"][-2:]],
-        macro_f1=float(summary["macro_f1"]),
-        macro_f1_ci=[float(v) for v in summary["macro_f1_ci"][-2:]],
-        ci_level=float(summary["ci_level"]),
-        n=int(summary["n"]),
+        accuracy=scores.accuracy,
+        accuracy_ci=scores.accuracy_ci[-2:],
+        macro_f1=scores.macro_f1,
+        macro_f1_ci=scores.macro_f1_ci[-2:],
+        ci_level=scores.ci_level,
+        n=scores.n,
         mva=run.metrics.mva,
         passed=run.metrics.passed,
-        source=summary["source"],
+        source=scored.source,
     )

@@ -170,13 +170,13 @@ def compare_sections(
 def _runs_table(runs: Sequence[RunArtifacts], heads: Sequence[Headline]) -> Html:
     rows = []
     for r, h in zip(runs, heads, strict=True):
-        s = r.config["settings"]
+        s = r.record.settings
         rows.append(
             [
                 r.run_id,
-                f"{s.get('backbone')} ({s.get('weights')})",
-                f"{s.get('image_size')} px",
-                f"{s.get('augment')}, mix {s.get('mix')}",
+                f"{s.backbone} ({s.weights})",
+                f"{s.image_size} px",
+                f"{s.augment}, mix {s.mix}",
                 f"{h.accuracy:.2%} {fmt_ci(h.accuracy_ci, '.2%')}",
                 f"{h.macro_f1:.4f} {fmt_ci(h.macro_f1_ci, '.4f')}",
                 "passed" if h.passed else "failed",
@@ -270,9 +270,9 @@ def _training_tables(runs: Sequence[RunArtifacts]) -> list[Html]:
             ]
         )
     keys = [
-        k for k in SETTINGS_SHOWN if len({plain(r.config["settings"].get(k)) for r in runs}) > 1
+        k for k in SETTINGS_SHOWN if len({plain(getattr(r.record.settings, k)) for r in runs}) > 1
     ]
-    setting_rows = [[k, *(plain(r.config["settings"].get(k)) for r in runs)] for k in keys]
+    setting_rows = [[k, *(plain(getattr(r.record.settings, k)) for r in runs)] for k in keys]
     return [
         table(
             "Training time",

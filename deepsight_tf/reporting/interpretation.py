@@ -20,6 +20,9 @@ from deepsight_tf.core.workspace import (
     TOP_LOSSES_FIGURE,
     cam_figure,
 )
+from deepsight_tf.diagnose.attribution import Claim
+from deepsight_tf.diagnose.forensics import LabelIssue
+from deepsight_tf.diagnose.interpret_record import ImagenetIssues, InterpretResult, ProbeIssues
 from deepsight_tf.reporting.artifacts import RunArtifacts, interpret_hint
 from deepsight_tf.reporting.captions import CAPTIONS, cam_caption
 from deepsight_tf.reporting.html import (
@@ -58,7 +61,7 @@ def interpretation_section(run: RunArtifacts) -> Html:
             "Interpretation",
             [missing(f"not run yet: {interpret_hint(run.run_id)}")],
         )
-    figures = _Figures(run.interpret_dir, {Path(f).name for f in rep.get("figures", [])})
+    figures = _Figures(run.interpret_dir, {Path(f).name for f in rep.figures})
     parts = [
         *_hypotheses(rep, figures),
         *_faithfulness(rep, figures),
@@ -71,19 +74,19 @@ def interpretation_section(run: RunArtifacts) -> Html:
     return section("interpretation", "Interpretation", parts)
 
 
-def _hypotheses(rep: dict[str, Any], figures: _Figures) -> list[Any]:
+def _hypotheses(rep: InterpretResult, figures: _Figures) -> list[Any]:
     parts: list[Any] = [element("h3", "Hypotheses")]
-    if not rep["hypotheses"]:
-        return [*parts, missing(f"no hypotheses tested: {rep.get('hypotheses_note', '')}")]
+    if not rep.hypotheses:
+        return [*parts, missing(f"no hypotheses tested: {rep.hypotheses_note}")]
     rows = [
         [
-            h["name"],
-            f"{h['estimate']:+.3f}",
-            fmt_ci([h["low"], h["high"]], "+.3f"),
-            f"{h['n']:,}",
-            badge(h["verdict"]),
+            h.name,
+            f"{h.estimate:+.3f}",
+            fmt_ci([h.low, h.high], "+.3f"),
+            f"{h.n:,}",
+            badge(h.verdict),
         ]
-        for h in rep["hypotheses"]
+        for h in rep.hypotheses
     ]
     parts.append(
         table(
@@ -97,22 +100,22 @@ def _hypotheses(rep: dict[str, Any], figures: _Figures) -> list[Any]:
     return parts + figures.get(HYPOTHESES_FIGURE, "hypotheses")
 
 
-def _faithfulness(rep: dict[str, Any], figures: _Figures) -> list[Any]:
+def _faithfulness(rep: InterpretResult, figures: _Figures) -> list[Any]:
     """Deletion and insertion against a random order, and the randomisation sanity check."""
     parts: list[Any] = [element("h3", "Do the heat maps show what the model uses?")]
-    faith = rep.get("faithfulness")
-    if faith:
+    faith = rep.faithfulness
+    if faith is not None:
         rows = [
             [
                 name,
-                f"{m['deletion_auc']:.3f} ({m['random_deletion_auc']:.3f})",
-                f"{m['deletion_gain']:+.3f} {fmt_ci(m['deletion_gain_ci'], '+.3f')}",
-                f"{m['insertion_auc']:.3f} ({m['random_insertion_auc']:.3f})",
-                f"{m['insertion_gain']:+.3f} {fmt_ci(m['insertion_gain_ci'], '+.3f')}",
-                f"{m['n_images']:,}",
-                badge(m["verdict"]),
+                f"{m.deletion_auc:.3f} ({m.random_deletion_auc:.3f})",
+                f"{m.deletion_gain:+.3f} {fmt_ci(m.deletion_gain_ci, '+.3f')}",
+                f"{m.insertion_auc:.3f} ({m.random_insertion_auc:.3f})",
+                f"{m.insertion_gain:+.3f} {fmt_ci(m.insertion_gain_ci, '+.3f')}",
+                f"{m.n_images:,}",
+                badge(m.verdict),
             ]
-            for name, m in faith["methods"].items()
+            for name, m in faith.methods.items()
         ]
         headers = ["method", "deletion AUC (random)", "deletion gain [CI]"]
         headers += ["insertion AUC (random)", "insertion gain [CI]", "images", "verdict"]
@@ -127,53 +130,51 @@ def _faithfulness(rep: dict[str, Any], figures: _Figures) -> list[Any]:
             )
         )
         parts += figures.get(DELETION_INSERTION_FIGURE, "deletion and insertion curves")
-    sanity = rep.get("sanity")
-    if sanity:
+    sanity = rep.sanity
+    if sanity is not None:
         steps = ", ".join(
             f"{g}: {fmt(s, '.2f')}"
-            for g, s in zip(sanity["groups"], sanity["mean_spearman"], strict=False)
+            for g, s in zip(sanity.groups, sanity.mean_spearman, strict=False)
         )
         parts.append(
             paragraph(
                 "Sanity check (cascading randomisation of ",
-                f"{sanity['method']} at {sanity['layer_name']}): ",
-                badge("passed" if sanity["passed"] else "flagged"),
+                f"{sanity.method} at {sanity.layer_name}): ",
+                badge("passed" if sanity.passed else "flagged"),
                 f" mean Spearman correlation with the original maps after each step: {steps} "
-                f"(flagged above {sanity['threshold']}).",
+                f"(flagged above {sanity.threshold}).",
             )
         )
         parts += figures.get(SANITY_FIGURE, "sanity check")
     return parts
 
 
-def _context(rep: dict[str, Any], figures: _Figures) -> list[Any]:
+def _context(rep: InterpretResult, figures: _Figures) -> list[Any]:
     """Accuracy with the centre or the border hidden, per class, and the CAMs' centre share."""
     parts: list[Any] = [element("h3", "Context reliance")]
-    ctx = rep.get("context")
-    if not ctx:
+    ctx = rep.context
+    if ctx is None:
         return parts
-    energy = ctx.get("cam_energy", {})
-    energy_of = dict(zip(energy.get("class_names", []), energy.get("mean", []), strict=False))
     rows = [
         [
-            c["name"],
-            f"{c['n']:,}",
-            f"{c['clean']:.1%}",
-            f"{c['centre_occluded']:.1%}",
-            f"{c['border_occluded']:.1%}",
-            f"{c['context_gap']:+.1%} {fmt_ci(c['context_gap_ci'], '+.1%')}",
-            "yes" if c["holds_without_object"] else "no",
-            fmt(energy_of.get(c["name"]), ".2f"),
+            c.name,
+            f"{c.n:,}",
+            f"{c.clean:.1%}",
+            f"{c.centre_occluded:.1%}",
+            f"{c.border_occluded:.1%}",
+            f"{c.context_gap:+.1%} {fmt_ci(c.context_gap_ci, '+.1%')}",
+            "yes" if c.holds_without_object else "no",
+            fmt(ctx.centre_share(c.name), ".2f"),
         ]
-        for c in [*ctx["classes"], ctx["overall"]]
+        for c in [*ctx.classes, ctx.overall]
     ]
+    uniform = ctx.cam_energy.uniform if ctx.cam_energy else None
     headers = ["class", "images", "clean", "centre hidden", "border hidden", "context gap [CI]"]
     headers += ["holds without object", "CAM centre share"]
     parts.append(
         table(
             f"Accuracy with the centre or the border hidden (same area; chance "
-            f"{ctx['chance']:.0%}); CAM centre share against "
-            f"{fmt(energy.get('uniform'), '.2f')} for a uniform map",
+            f"{ctx.chance:.0%}); CAM centre share against {fmt(uniform, '.2f')} for a uniform map",
             headers,
             rows,
             table_id="context",
@@ -184,12 +185,12 @@ def _context(rep: dict[str, Any], figures: _Figures) -> list[Any]:
     parts.append(
         paragraph(
             "Relying on context: "
-            f"{', '.join(ctx['relies_on_context']) or 'none'}; relying on the object: "
-            f"{', '.join(ctx['relies_on_object']) or 'none'}."
+            f"{', '.join(ctx.relies_on_context) or 'none'}; relying on the object: "
+            f"{', '.join(ctx.relies_on_object) or 'none'}."
         )
     )
-    if "assumes" in ctx:
-        parts.append(paragraph(f"The test assumes {ctx['assumes']}.", css="note"))
+    if ctx.assumes:
+        parts.append(paragraph(f"The test assumes {ctx.assumes}.", css="note"))
     return parts + figures.get(CONTEXT_FIGURE, "context reliance")
 
 
@@ -215,24 +216,24 @@ def _cam_gallery(run: RunArtifacts, figures: _Figures) -> list[Any]:
     return [element("h3", "Grad-CAM"), gallery]
 
 
-def _label_issues(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> list[Any]:
-    issues = rep["label_issues"]
-    focus_file = run.interpret_dir / Path(issues["focus_pairs_file"]).name
-    rows = _issue_rows(issues.get("top", []))
-    ranked = issues.get("ranked_by") or {}
+def _label_issues(run: RunArtifacts, rep: InterpretResult, figures: _Figures) -> list[Any]:
+    issues = rep.label_issues
+    focus_file = run.interpret_dir / Path(issues.focus_pairs_file).name
+    rows = _issue_rows(issues.top)
+    ranked = issues.ranked_by
     doubts = "the model doubts"
-    if "weight_from" in ranked:
+    if ranked is not None and ranked.weight_from:
         doubts = (
             f"the model and the ImageNet probes together doubt (their probabilities mixed, the "
-            f"run's weight {ranked['run_weight']:.2f} from the {ranked['weight_from']})"
+            f"run's weight {ranked.run_weight:.2f} from the {ranked.weight_from})"
         )
-    elif "ensemble_with" in ranked:
-        doubts = f"this run and run {ranked['ensemble_with']} together doubt (their mean)"
+    elif ranked is not None and ranked.ensemble_with:
+        doubts = f"this run and run {ranked.ensemble_with} together doubt (their mean)"
     parts: list[Any] = [
         element("h3", "Label issues"),
         paragraph(
-            f"cleanlab flags {issues['count']:,} test images whose label {doubts}; all are in ",
-            element("code", Path(issues["csv"]).name),
+            f"cleanlab flags {issues.count:,} test images whose label {doubts}; all are in ",
+            element("code", Path(issues.csv).name),
             "; the hardest pairs are written for ",
             element("code", f"deepsight train --focus-pairs @{focus_file}"),
             ".",
@@ -251,53 +252,51 @@ def _label_issues(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> 
     return [
         *parts,
         *figures.get(LABEL_ISSUES_FIGURE, "label issues"),
-        *_train_label_issues(issues),
-        *_imagenet_label_issues(issues),
+        *_train_label_issues(issues.train),
+        *_imagenet_label_issues(issues.imagenet),
     ]
 
 
-def _certain_bound(claim: dict[str, Any]) -> str:
+def _certain_bound(claim: Claim) -> str:
     """The claim's difference with only the certain data-quality causes, where the probes'
     doubts (an upper bound) were counted too; "" otherwise (older reports have no bound)."""
-    certain = claim.get("certain_causes")
-    if certain is None or certain == claim["data_quality_causes"]:
+    if not claim.has_bound:
         return ""
+    certain = ", ".join(claim.certain_causes or []) or "no other cause measured"
     return (
-        f"; without the probes' doubts ({', '.join(certain) or 'no other cause measured'}: "
-        "a lower bound on data "
-        f"quality, {claim['certain_share']:.1%}) it is {claim['certain_difference']:+.1%} "
-        f"{fmt_ci(claim['certain_difference_ci'], '+.1%')}"
+        f"; without the probes' doubts ({certain}: a lower bound on data "
+        f"quality, {fmt(claim.certain_share, '.1%')}) it is "
+        f"{fmt(claim.certain_difference, '+.1%')} {fmt_ci(claim.certain_difference_ci, '+.1%')}"
     )
 
 
-def _issue_rows(top: list[dict[str, Any]]) -> list[list[str]]:
+def _issue_rows(top: list[LabelIssue]) -> list[list[str]]:
     """Table rows of label issues (label_issues.csv's top rows, test or training)."""
     return [
         [
-            str(i["rank"] + 1),
-            str(i["index"]),
-            i.get("path") or "—",
-            i["given_label"],
-            i["suggested_label"],
-            f"{i['suggested_probability']:.3f}",
-            f"{i['score']:.3f}",
+            str(i.rank + 1),
+            str(i.index),
+            i.path or "—",
+            i.given_label,
+            i.suggested_label,
+            f"{i.suggested_probability:.3f}",
+            f"{i.score:.3f}",
         ]
         for i in top
     ]
 
 
-def _train_label_issues(issues: dict[str, Any]) -> list[Any]:
+def _train_label_issues(train: ProbeIssues | None) -> list[Any]:
     """Label issues among the training images (K-fold linear probes on the run's features)."""
-    train = issues.get("train")
-    if not train:
+    if train is None:
         return []
-    rows = _issue_rows(train.get("top", []))
+    rows = _issue_rows(train.top)
     parts: list[Any] = [
         paragraph(
-            f"In the training images: {train['count']:,} of {train['images']:,} flagged, from "
-            f"{train['folds']}-fold linear probes on the run's pooled features (probe accuracy "
-            f"{train['probe_accuracy']:.1%}); all are in ",
-            element("code", Path(train["csv"]).name),
+            f"In the training images: {train.count:,} of {train.images:,} flagged, from "
+            f"{train.folds}-fold linear probes on the run's pooled features (probe accuracy "
+            f"{train.probe_accuracy:.1%}); all are in ",
+            element("code", Path(train.csv).name),
             ". The features were learned with these labels, so a wrong label the network "
             "memorised can still look right.",
         )
@@ -315,26 +314,25 @@ def _train_label_issues(issues: dict[str, Any]) -> list[Any]:
     return parts
 
 
-def _imagenet_label_issues(issues: dict[str, Any]) -> list[Any]:
+def _imagenet_label_issues(imagenet: ImagenetIssues | None) -> list[Any]:
     """Labels doubted by linear probes on ImageNet features, which never saw the labels."""
-    imagenet = issues.get("imagenet")
-    if not imagenet:
+    if imagenet is None:
         return []
-    test, train = imagenet["test"], imagenet["train"]
+    test, train = imagenet.test, imagenet.train
     parts: list[Any] = [
         paragraph(
-            f"A witness that never saw the labels: {imagenet['folds']}-fold linear probes on "
-            f"{imagenet['backbone']} features at {imagenet['image_size']} px (probe accuracy "
-            f"{imagenet['probe_accuracy']:.1%} out of fold on the training images, "
-            f"{imagenet['test_probe_accuracy']:.1%} on test) doubt {test['count']:,} test "
-            f"labels and {train['count']:,} of {train['images']:,} training labels; they are in ",
-            element("code", Path(test["csv"]).name),
+            f"A witness that never saw the labels: {imagenet.folds}-fold linear probes on "
+            f"{imagenet.backbone} features at {imagenet.image_size} px (probe accuracy "
+            f"{imagenet.probe_accuracy:.1%} out of fold on the training images, "
+            f"{imagenet.test_probe_accuracy:.1%} on test) doubt {test.count:,} test "
+            f"labels and {train.count:,} of {train.images or 0:,} training labels; they are in ",
+            element("code", Path(test.csv).name),
             " and ",
-            element("code", Path(train["csv"]).name),
+            element("code", Path(train.csv).name),
             " (the list the clean-labels-imagenet experiment arm leaves out).",
         )
     ]
-    rows = _issue_rows(train.get("top", []))
+    rows = _issue_rows(train.top)
     if rows:
         parts.append(
             table(
@@ -348,72 +346,72 @@ def _imagenet_label_issues(issues: dict[str, Any]) -> list[Any]:
     return parts
 
 
-def _attribution(rep: dict[str, Any]) -> list[Any]:
+def _attribution(rep: InterpretResult) -> list[Any]:
     """Each test error's likely causes, and the verdict on "semantic overlap, not data"."""
-    attribution = rep.get("error_attribution")
-    if not attribution:
+    attribution = rep.error_attribution
+    if attribution is None:
         return []
     rows = []
-    for row in attribution["rows"]:
-        if not row["measured"]:
-            rows.append([row["cause"], "not measured", "", "", ""])
+    for row in attribution.rows:
+        if not row.measured:
+            rows.append([row.cause, "not measured", "", "", ""])
             continue
         rates = "—"
-        if row.get("error_rate_with") is not None and row.get("error_rate_without") is not None:
-            rates = f"{row['error_rate_with']:.1%} / {row['error_rate_without']:.1%}"
+        if row.error_rate_with is not None and row.error_rate_without is not None:
+            rates = f"{row.error_rate_with:.1%} / {row.error_rate_without:.1%}"
         rows.append(
             [
-                row["cause"],
-                f"{row['errors']:,}",
-                f"{row.get('share', 0.0):.1%}",
-                fmt_ci(row.get("share_ci"), ".1%"),
+                row.cause,
+                f"{row.errors or 0:,}",
+                f"{row.share or 0.0:.1%}",
+                fmt_ci(row.share_ci, ".1%"),
                 rates,
             ]
         )
-    claim = attribution["claim"]
-    if claim["verdict"] == "not tested":
-        verdict: list[Any] = [f"Not tested: {claim['why']}."]
+    claim = attribution.claim
+    if claim.verdict == "not tested":
+        verdict: list[Any] = [f"Not tested: {claim.why}."]
     else:
         verdict = [
             f"Semantic overlap (a registered confusable pair) explains "
-            f"{claim['semantic_share']:.1%} of the errors, data quality "
-            f"({', '.join(claim['data_quality_causes'])}) {claim['data_quality_share']:.1%}; "
-            f"the difference is {claim['difference']:+.1%} "
-            f"{fmt_ci(claim['difference_ci'], '+.1%')} "
-            f"({claim.get('both_share', 0.0):.1%} of the errors count on both sides)"
+            f"{fmt(claim.semantic_share, '.1%')} of the errors, data quality "
+            f"({', '.join(claim.data_quality_causes)}) {fmt(claim.data_quality_share, '.1%')}; "
+            f"the difference is {fmt(claim.difference, '+.1%')} "
+            f"{fmt_ci(claim.difference_ci, '+.1%')} "
+            f"({claim.both_share or 0.0:.1%} of the errors count on both sides)"
             + _certain_bound(claim)
             + ": ",
-            badge(claim["verdict"]),
+            badge(claim.verdict),
         ]
-        if claim.get("why"):
-            verdict.append(f" ({claim['why']})")
+        if claim.why:
+            verdict.append(f" ({claim.why})")
     return [
         element("h3", "What the errors have in common"),
         table(
-            f"The {attribution['errors']:,} test errors by likely cause",
+            f"The {attribution.errors:,} test errors by likely cause",
             ["cause", "errors", "share of errors", "95% CI", "error rate with / without"],
             rows,
             table_id="error-attribution",
             numeric=(1, 2, 3, 4),
         ),
-        paragraph(f"Claim: {claim['claim']}. ", *verdict),
-        paragraph(attribution["note"], css="note"),
+        paragraph(f"Claim: {claim.claim}. ", *verdict),
+        paragraph(attribution.note, css="note"),
     ]
 
 
-def _top_losses(run: RunArtifacts, rep: dict[str, Any], figures: _Figures) -> list[Any]:
+def _top_losses(run: RunArtifacts, rep: InterpretResult, figures: _Figures) -> list[Any]:
     """The most confidently wrong test images, as interpret stored them."""
     names = run.class_names
-    losses = rep["top_losses"]
+    losses = rep.top_losses
     rows = [
         [str(int(i)), names[int(t)], names[int(p)], f"{pp:.3f}", f"{tp:.4f}", f"{loss:.2f}"]
         for i, t, p, pp, tp, loss in zip(
-            losses["indices"],
-            losses["labels"],
-            losses["predicted"],
-            losses["probability"],
-            losses["true_probability"],
-            losses["loss"],
+            losses.indices,
+            losses.labels,
+            losses.predicted,
+            losses.probability,
+            losses.true_probability,
+            losses.loss,
             strict=True,
         )
     ]

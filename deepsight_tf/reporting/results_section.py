@@ -13,12 +13,14 @@ from deepsight_tf.core.workspace import (
     PER_CLASS_RECALL_FIGURE,
     RELIABILITY_FIGURE,
 )
-from deepsight_tf.reporting.artifacts import Headline, RunArtifacts, interpret_hint
+from deepsight_tf.diagnose.interpret_record import TestScores
+from deepsight_tf.reporting.artifacts import Headline, RunArtifacts, Scored, interpret_hint
 from deepsight_tf.reporting.captions import CAPTIONS
 from deepsight_tf.reporting.html import (
     Html,
     element,
     figure,
+    fmt,
     fmt_ci,
     missing,
     paragraph,
@@ -28,15 +30,15 @@ from deepsight_tf.reporting.html import (
 from deepsight_tf.training.run_metrics import AverageScores, HeldOut
 
 
-def pct_points(value: float) -> str:
-    return f"{100 * value:+.1f} points"
+def pct_points(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f} points"
 
 
-def results_section(run: RunArtifacts, summary: dict[str, Any], head: Headline) -> Html:
+def results_section(run: RunArtifacts, scored: Scored, head: Headline) -> Html:
     parts = [
         *_metric_tables(run, head),
-        *_per_class(run, summary, head),
-        *_confusion(run, summary),
+        *_per_class(run, scored.scores, head),
+        *_confusion(run, scored),
         *_calibration(run),
     ]
     return section("results", "Results", parts)
@@ -117,17 +119,17 @@ def _metric_tables(run: RunArtifacts, head: Headline) -> list[Any]:
     ]
 
 
-def _per_class(run: RunArtifacts, summary: dict[str, Any], head: Headline) -> list[Any]:
-    recalls = {r["name"]: r for r in summary.get("per_class_recall", [])}
+def _per_class(run: RunArtifacts, scores: TestScores, head: Headline) -> list[Any]:
+    recalls = {r.name: r for r in scores.per_class_recall}
     rows = []
     for name in run.class_names:
-        row, r = summary["per_class"][name], recalls.get(name, {})
+        row, r = scores.per_class[name], recalls.get(name)
         rows.append(
             [
                 name,
                 f"{row['precision']:.3f}",
                 f"{row['recall']:.3f}",
-                fmt_ci([r.get("low"), r.get("high")], ".3f") if r else "n/a",
+                fmt_ci([r.low, r.high], ".3f") if r else "n/a",
                 f"{row['f1']:.3f}",
                 f"{int(row['support']):,}",
             ]
@@ -145,11 +147,11 @@ def _per_class(run: RunArtifacts, summary: dict[str, Any], head: Headline) -> li
     ]
 
 
-def _confusion(run: RunArtifacts, summary: dict[str, Any]) -> list[Any]:
+def _confusion(run: RunArtifacts, scored: Scored) -> list[Any]:
     """The confusion matrix, shaded by the share of its row, and the most-confused pairs."""
     names = run.class_names
-    confusion = np.asarray(summary["confusion"], dtype=np.int64)
-    rates = np.asarray(summary["confusion_normalized"], dtype=np.float64)
+    confusion = np.asarray(scored.scores.confusion, dtype=np.int64)
+    rates = np.asarray(scored.scores.confusion_normalized, dtype=np.float64)
     styles = {}
     for (i, j), rate in np.ndenumerate(rates):
         # Shade by the row's rate so that rare and frequent classes read alike.
@@ -160,8 +162,8 @@ def _confusion(run: RunArtifacts, summary: dict[str, Any]) -> list[Any]:
         styles[(i, j + 1)] = ("diagonal" if i == j else None, colour)
     rows = [[names[i], *(f"{v:,}" for v in confusion[i])] for i in range(len(names))]
     pairs_rows = [
-        [f"{p['a']} / {p['b']}", f"{p['a_as_b']:,}", f"{p['b_as_a']:,}", f"{p['rate']:.2%}"]
-        for p in summary.get("most_confused", [])[:10]
+        [f"{p.a} / {p.b}", f"{p.a_as_b:,}", f"{p.b_as_a:,}", f"{p.rate:.2%}"]
+        for p in scored.most_confused[:10]
     ]
     return [
         element("h3", "Confusion"),
@@ -192,33 +194,33 @@ def _calibration(run: RunArtifacts) -> list[Any]:
     parts: list[Any] = [element("h3", "Calibration")]
     if run.interpret is None:
         return [*parts, missing(f"calibration: not run yet: {interpret_hint(run.run_id)}")]
-    cal = run.interpret["calibration"]
+    cal = run.interpret.calibration
     parts += [
         table(
-            f"Calibration on test; temperature T = {cal['temperature']:.3f} fitted on "
-            f"{cal['n_val']:,} validation images",
+            f"Calibration on test; temperature T = {cal.temperature:.3f} fitted on "
+            f"{cal.n_val:,} validation images",
             ["measure", "before", "after scaling"],
             [
                 [
-                    f"expected calibration error ({cal['bins']} bins)",
-                    f"{cal['ece_before']:.4f}",
-                    f"{cal['ece_after']:.4f}",
+                    f"expected calibration error ({cal.bins} bins)",
+                    f"{cal.ece_before:.4f}",
+                    f"{cal.ece_after:.4f}",
                 ],
-                ["negative log-likelihood", f"{cal['nll_before']:.4f}", f"{cal['nll_after']:.4f}"],
+                ["negative log-likelihood", f"{cal.nll_before:.4f}", f"{cal.nll_after:.4f}"],
             ],
             table_id="calibration",
             numeric=(1, 2),
         ),
         *_interpret_figure(run, RELIABILITY_FIGURE, "reliability"),
     ]
-    leak = run.interpret.get("leakage")
-    if leak and leak["in_mask"]["n"]:
+    leak = run.interpret.leakage
+    if leak is not None and leak.in_mask.n:
         parts.append(
             paragraph(
-                f"Leakage check: accuracy {leak['in_mask']['accuracy']:.2%} on the "
-                f"{leak['in_mask']['n']:,} test images with a near duplicate in train, "
-                f"{leak['rest']['accuracy']:.2%} on the other {leak['rest']['n']:,}; gap "
-                f"{pct_points(leak['gap'])} {fmt_ci(leak['gap_ci'], '+.2%')}."
+                f"Leakage check: accuracy {fmt(leak.in_mask.accuracy, '.2%')} on the "
+                f"{leak.in_mask.n:,} test images with a near duplicate in train, "
+                f"{fmt(leak.rest.accuracy, '.2%')} on the other {leak.rest.n:,}; gap "
+                f"{pct_points(leak.gap)} {fmt_ci(leak.gap_ci, '+.2%')}."
             )
         )
     return parts

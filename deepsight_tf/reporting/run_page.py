@@ -10,6 +10,7 @@ from typing import Any
 from deepsight_tf.core.manifest import Manifest, now_iso
 from deepsight_tf.core.storage import atomic_write_text
 from deepsight_tf.core.workspace import REPORT_PAGE, Workspace
+from deepsight_tf.diagnose.hypothesis_tests import HypothesisResult
 from deepsight_tf.reporting.artifacts import (
     Headline,
     RunArtifacts,
@@ -98,7 +99,7 @@ def _metric_cards(head: Headline, base: Baselines) -> list[Html]:
 
 def headline_html(
     head: Headline,
-    hypotheses: list[dict[str, Any]],
+    hypotheses: list[HypothesisResult],
     note: str,
     base: Baselines,
     warnings: list[str],
@@ -110,10 +111,10 @@ def headline_html(
             element(
                 "li",
                 [
-                    badge(h["verdict"]),
+                    badge(h.verdict),
                     " ",
-                    h["name"],
-                    f": {h['estimate']:+.3f} {fmt_ci([h['low'], h['high']], '+.3f')}",
+                    h.name,
+                    f": {h.estimate:+.3f} {fmt_ci([h.low, h.high], '+.3f')}",
                 ],
             )
         )
@@ -199,10 +200,8 @@ def manifest_sources(
 
 def _hypotheses_note(run: RunArtifacts, up: UpstreamArtifacts) -> str:
     if run.interpret is not None:
-        return run.interpret.get("hypotheses_note", "")
-    registered = up.explore is not None and any(
-        up.explore["hypotheses"].get(k) for k in ("comparisons", "confusable_pairs")
-    )
+        return run.interpret.hypotheses_note
+    registered = up.explore is not None and up.explore.hypotheses.registered
     if registered:
         return f"registered by explore, not tested yet: {interpret_hint(run.run_id)}"
     return f"not run yet: {interpret_hint(run.run_id)}"
@@ -228,16 +227,16 @@ def run_report(workspace: Workspace, run_id: str, n_boot: int, seed: int) -> Rep
     start = time.perf_counter()
     run = load_run_artifacts(workspace, run_id)
     up = load_upstream(workspace, run)
-    summary = scored_summary(run, n_boot, seed)
-    head = make_headline(run, summary)
-    hypotheses = run.interpret["hypotheses"] if run.interpret else []
+    scored = scored_summary(run, n_boot, seed)
+    head = make_headline(run, scored)
+    hypotheses = run.interpret.hypotheses if run.interpret else []
     path = run.run_dir / REPORT_PAGE
     with workspace.lock(f"run-{run_id}-report"):
         history_figure = draw_history(run)
         sections = [
             data_section(up, run.class_names, run.record.preprocessing.image_size),
             training_section(run, history_figure),
-            results_section(run, summary, head),
+            results_section(run, scored, head),
             interpretation_section(run),
         ]
         sources = _sources(workspace, run, up)
@@ -280,7 +279,8 @@ def run_report(workspace: Workspace, run_id: str, n_boot: int, seed: int) -> Rep
         sections=notes,
         headlines=[head],
         hypotheses=[
-            {k: h[k] for k in ("name", "estimate", "low", "high", "verdict")} for h in hypotheses
+            {k: getattr(h, k) for k in ("name", "estimate", "low", "high", "verdict")}
+            for h in hypotheses
         ],
         duration_s=round(time.perf_counter() - start, 2),
     )

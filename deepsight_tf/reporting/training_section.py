@@ -114,12 +114,12 @@ def _input_figures(run: RunArtifacts) -> list[Any]:
 
 def _config_pairs(run: RunArtifacts) -> list[tuple[str, str]]:
     """The settings shown, then what the run resolved: precision, preprocessing, distribution."""
-    settings = run.config["settings"]
-    pre = run.record.preprocessing
+    config = run.record.config
+    pre = config.preprocessing
     norm = pre.normalization
-    pairs = [(k, plain(settings[k])) for k in SETTINGS_SHOWN if k in settings]
+    pairs = [(k, plain(getattr(config.settings, k))) for k in SETTINGS_SHOWN]
     pairs += [
-        ("precision", run.config.get("precision", "n/a")),
+        ("precision", config.precision),
         ("interpolation", pre.interpolation),
         (
             "normalization",
@@ -127,8 +127,8 @@ def _config_pairs(run: RunArtifacts) -> list[tuple[str, str]]:
             f"({', '.join(f'{v:.1f}' for v in norm.std)}), from {norm.source}",
         ),
     ]
-    if "distribution" in run.config:
-        d = run.config["distribution"]
+    if config.distribution:
+        d = config.distribution
         pairs.append(("distribution", ", ".join(f"{k} {plain(v)}" for k, v in d.items())))
     return pairs
 

@@ -47,7 +47,7 @@ def training_data(settings: TrainSettings, workspace: Workspace) -> TrainingData
         )
     split = load_split(workspace, data.name)
     report = load_scrub_report(workspace, data.name)
-    interpolation = settings.interpolation or report["interpolation"]["selected"]
+    interpolation = settings.interpolation or report.interpolation.selected
     train = np.asarray(split.train)
     if settings.drop_train is not None:
         train = _without(train, settings, len(data.y_train))

@@ -93,6 +93,7 @@ from deepsight_tf.training.plan import (
     resolve_settings,
 )
 from deepsight_tf.training.prepare import Prepared, prepare
+from deepsight_tf.training.run_config import RunConfig
 from deepsight_tf.training.timing import StepCosts, estimate_run, probe
 from deepsight_tf.training.tta import mean_of_views, predict_probs, predict_views
 
@@ -378,11 +379,10 @@ class _Run:
         path = self.run_dir / CONFIG_FILE
         if not self.settings.resume or not path.is_file():
             return None
-        config = read_json(path)
-        stored = config.get("precision_choice")
-        if stored:
-            return PrecisionChoice.from_dict(stored)
-        return PrecisionChoice(config["precision"], self.settings.precision, "stored by the run")
+        config = RunConfig.from_dict(read_json(path))
+        if config.precision_choice is not None:
+            return config.precision_choice
+        return PrecisionChoice(config.precision, self.settings.precision, "stored by the run")
 
     def _eval_images(self) -> tuple[int, int]:
         return len(self.data.val_indices), len(self.data.dataset.y_test)

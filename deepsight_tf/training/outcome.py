@@ -20,6 +20,7 @@ from deepsight_tf.training.metrics import classification_scores
 from deepsight_tf.training.optim import PrecisionChoice
 from deepsight_tf.training.plan import PhasePlan
 from deepsight_tf.training.record import RunRecord
+from deepsight_tf.training.run_config import RunConfig
 from deepsight_tf.training.run_metrics import AverageScores, HeldOut, RunMetrics, WithoutViews
 
 
@@ -53,19 +54,19 @@ def run_config(
     distribution: dict[str, Any],
     created: str,
     precision_choice: PrecisionChoice | None = None,
-) -> dict[str, Any]:
+) -> RunConfig:
     """config.json: what the run is (resolved settings, the float policy and what decided it,
     preprocessing, phases, distribution)."""
-    return {
-        "run_id": run_id,
-        "settings": asdict(settings),
-        "precision": precision,
-        "precision_choice": precision_choice.to_dict() if precision_choice else None,
-        "preprocessing": preprocessing.to_dict(),
-        "phases": [asdict(p) for p in phases],
-        "distribution": distribution,
-        "created": created,
-    }
+    return RunConfig(
+        run_id=run_id,
+        settings=settings,
+        precision=precision,
+        preprocessing=preprocessing,
+        phases=list(phases),
+        distribution=distribution,
+        created=created,
+        precision_choice=precision_choice,
+    )
 
 
 @dataclass
@@ -143,10 +144,10 @@ def completed_run(workspace: Workspace, run_id: str) -> TrainResult:
     return TrainResult(
         run_id=record.run_id,
         run_dir=str(record.run_dir),
-        settings=record.config["settings"],
+        settings=asdict(record.settings),
         phases=record.phases,
         params=metrics.params,
-        precision=record.config["precision"],
+        precision=record.config.precision,
         interpolation=record.preprocessing.interpolation,
         train_images=metrics.train_images or 0,
         epochs_run=sum(p.epochs for p in record.phases) if epochs is None else epochs,

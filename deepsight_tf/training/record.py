@@ -28,6 +28,7 @@ from deepsight_tf.core.workspace import (
 from deepsight_tf.model.preprocessing import Preprocessing
 from deepsight_tf.training.history import read_history
 from deepsight_tf.training.plan import PhasePlan
+from deepsight_tf.training.run_config import RunConfig
 from deepsight_tf.training.run_metrics import RunMetrics
 
 TRAIN_HINT = "deepsight train"
@@ -53,11 +54,8 @@ class RunRecord:
     run_id: str
     run_dir: Path
     manifest: Manifest
-    config: dict[str, Any]
+    config: RunConfig
     metrics: RunMetrics
-    settings: TrainSettings
-    preprocessing: Preprocessing
-    phases: list[PhasePlan]
 
     @classmethod
     def load(cls, workspace: Workspace, run_id: str) -> RunRecord:
@@ -81,12 +79,8 @@ class RunRecord:
     @classmethod
     def read(cls, run_dir: Path, manifest: Manifest) -> RunRecord:
         try:
-            config = read_json(run_dir / CONFIG_FILE)
+            config = RunConfig.from_dict(read_json(run_dir / CONFIG_FILE))
             metrics = RunMetrics.from_dict(read_json(run_dir / METRICS_FILE))
-            fields = TrainSettings.__dataclass_fields__
-            settings = TrainSettings(**{k: v for k, v in config["settings"].items() if k in fields})
-            preprocessing = Preprocessing.from_dict(config["preprocessing"])
-            phases = [PhasePlan.from_dict(p) for p in config["phases"]]
         except FileNotFoundError as exc:
             raise PrerequisiteError(
                 f"{exc.filename}: missing; the run is unfinished, rerun `{TRAIN_HINT}`"
@@ -97,15 +91,24 @@ class RunRecord:
                 f"({exc!r}); rerun it"
             ) from exc
         return cls(
-            run_id=str(config.get("run_id", run_dir.name)),
+            run_id=config.run_id or run_dir.name,
             run_dir=run_dir,
             manifest=manifest,
             config=config,
             metrics=metrics,
-            settings=settings,
-            preprocessing=preprocessing,
-            phases=phases,
         )
+
+    @property
+    def settings(self) -> TrainSettings:
+        return self.config.settings
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.config.preprocessing
+
+    @property
+    def phases(self) -> list[PhasePlan]:
+        return self.config.phases
 
     @property
     def class_names(self) -> list[str]:
