@@ -35,7 +35,7 @@ from label_issues import cpu_name, ranking_metrics  # noqa: E402
 
 from deepsight_tf.core.workspace import Workspace  # noqa: E402
 from deepsight_tf.data.dataset import load_dataset  # noqa: E402
-from deepsight_tf.data.scrub import load_split  # noqa: E402
+from deepsight_tf.data.scrub_artifacts import load_split  # noqa: E402
 from deepsight_tf.diagnose.imagenet_features import pooled_features  # noqa: E402
 from deepsight_tf.diagnose.independent import evidence_from_features  # noqa: E402
 from deepsight_tf.diagnose.label_scores import self_confidence  # noqa: E402

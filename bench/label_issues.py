@@ -59,7 +59,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from deepsight_tf.core.workspace import IMAGES_FILE, Workspace  # noqa: E402
 from deepsight_tf.data.dataset import load_dataset  # noqa: E402
-from deepsight_tf.data.scrub import load_split  # noqa: E402
+from deepsight_tf.data.scrub_artifacts import load_split  # noqa: E402
 from deepsight_tf.diagnose.imagenet_features import (  # noqa: E402
     dataset_features,
     pooled_features,

@@ -300,7 +300,7 @@ def test_clean_labels_leaves_out_the_flagged_training_images(tmp_path) -> None:
     """Each clean arm trains on the baseline's split without the images its list flagged (the
     run's probes' list, the ImageNet probes' list); a flagged validation image stays in
     validation; a missing issues file fails before any training."""
-    from deepsight_tf.data.scrub import load_split
+    from deepsight_tf.data.scrub_artifacts import load_split
 
     ws = separable_workspace(tmp_path)
     settings = ExperimentSettings(

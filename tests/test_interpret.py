@@ -229,7 +229,7 @@ def test_label_evidence_from_imagenet_features(interpreted: Interpreted) -> None
     cached features), the ranking of label_issues.csv is the stacked geometric mixture, the
     attribution counts the doubted errors, and the manifest cites the features it read."""
     from deepsight_tf.data.dataset import dataset_sha256, load_dataset
-    from deepsight_tf.data.scrub import load_split
+    from deepsight_tf.data.scrub_artifacts import load_split
     from deepsight_tf.diagnose.forensics import find_label_issues
     from deepsight_tf.diagnose.independent import independent_evidence
     from deepsight_tf.diagnose.label_scores import mixture, mixture_weight

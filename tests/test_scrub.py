@@ -22,15 +22,14 @@ from deepsight_tf.core.workspace import DUPLICATES_FILE, IMAGES_FILE, SPLIT_FILE
 from deepsight_tf.data.dataset import Dataset, save_dataset
 from deepsight_tf.data.interpolation import METHODS
 from deepsight_tf.data.obtain import obtain
-from deepsight_tf.data.scrub import (
+from deepsight_tf.data.scrub import make_split, scrub
+from deepsight_tf.data.scrub_artifacts import SCHEMA as SCRUB_SCHEMA
+from deepsight_tf.data.scrub_artifacts import (
+    ScrubResult,
     load_scrub_report,
     load_split,
     load_test_twins,
-    make_split,
-    scrub,
 )
-from deepsight_tf.data.scrub_record import SCHEMA as SCRUB_SCHEMA
-from deepsight_tf.data.scrub_record import ScrubResult
 
 from support.synthetic_images import cropped, jpeg, pink_noise_photos, view
 

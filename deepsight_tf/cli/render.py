@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the phases' modules load numpy and scipy: not at the comman
     from deepsight_tf.data.explore import ExploreResult
     from deepsight_tf.data.obtain import ObtainResult
     from deepsight_tf.data.quality import QualitySummary
-    from deepsight_tf.data.scrub_record import DuplicateSummary, ScrubResult
+    from deepsight_tf.data.scrub_artifacts import DuplicateSummary, ScrubResult
     from deepsight_tf.diagnose.attribution import ErrorAttribution
     from deepsight_tf.diagnose.experiment import ExperimentResult
     from deepsight_tf.diagnose.hypothesis_tests import HypothesisResult
@@ -65,7 +65,7 @@ def quality_line(quality: QualitySummary) -> None:
 
 def render_duplicates(dup: DuplicateSummary) -> None:
     """Scrub's duplicate counts per kind and place, the method and the threshold's calibration."""
-    from deepsight_tf.data.scrub_record import PLACES
+    from deepsight_tf.data.scrub_artifacts import PLACES
 
     table = Table(title=f"Duplicates (near: distance <= {dup.threshold})")
     for column in ("where", "exact pairs", "exact images", "near pairs", "near images"):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,9 +12,8 @@ from deepsight_tf.core.checks import verify_batch, verify_labels
 from deepsight_tf.core.errors import ConfigError
 from deepsight_tf.core.manifest import DATA_INPUT, Manifest, now_iso
 from deepsight_tf.core.progress import Progress
-from deepsight_tf.core.records import read_record
 from deepsight_tf.core.settings import ScrubSettings
-from deepsight_tf.core.storage import atomic_write_json, atomic_write_text, read_json
+from deepsight_tf.core.storage import atomic_write_json
 from deepsight_tf.core.workspace import (
     BORDERLINE_FIGURE,
     DUPLICATES_FIGURE,
@@ -28,10 +25,10 @@ from deepsight_tf.core.workspace import (
     SPLIT_FILE,
     Workspace,
 )
-from deepsight_tf.data.dataset import SPLITS, Dataset, dataset_sha256, load_dataset
+from deepsight_tf.data.dataset import SPLITS, Dataset, load_dataset
 from deepsight_tf.data.interpolation import InterpolationStudy, interpolation_study
-from deepsight_tf.data.quality import QUALITY_COLUMNS, QualityFlag, assess_quality
-from deepsight_tf.data.scrub_record import (
+from deepsight_tf.data.quality import assess_quality
+from deepsight_tf.data.scrub_artifacts import (
     CATEGORIES,
     DuplicatePair,
     DuplicateSummary,
@@ -40,42 +37,19 @@ from deepsight_tf.data.scrub_record import (
     PairCounts,
     ScrubResult,
     ShortClass,
+    Split,
     SplitIntegrity,
     SplitSummary,
+    write_duplicates_csv,
+    write_quality_csv,
+    write_split,
 )
 
 if TYPE_CHECKING:
     from deepsight_tf.data.duplicates import Calibration
 
-PHASE_HINT = "deepsight scrub"
-CSV_COLUMNS = (
-    "kind",
-    "split_a",
-    "index_a",
-    "path_a",
-    "label_a",
-    "split_b",
-    "index_b",
-    "path_b",
-    "label_b",
-    "distance",
-    "same_label",
-)
 FIGURE_PAIRS = 20  # pairs per duplicates figure
 CHECK_CHUNK = 10_000  # images per verify_batch call
-
-
-@dataclass
-class Split:
-    """Indices into x_train: the training and validation parts, and any dropped leaks."""
-
-    train: np.ndarray
-    val: np.ndarray
-    seed: int
-    val_size: float
-    dropped: np.ndarray
-    # Classes whose validation share shrank: too few of their images are free of duplicates.
-    short: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,77 +60,6 @@ class Duplicates:
     ids: np.ndarray  # (P, 2) global indices of each pair, in the same order
     candidates_verified: int
     calibration: Calibration
-
-
-# Loaders for later phases -------------------------------------------------------------------
-def _verified_manifest(workspace: Workspace, dataset: str) -> Manifest:
-    folder = workspace.scrub_dir(dataset)
-    manifest = workspace.verify(folder, PHASE_HINT)
-    workspace.check_inputs(
-        manifest,
-        {DATA_INPUT: dataset_sha256(workspace, dataset)},
-        workspace.relative(folder),
-        PHASE_HINT,
-    )
-    return manifest
-
-
-def load_split(workspace: Workspace, dataset: str) -> Split:
-    """Scrub's split, refused (StaleArtifactError) if it or the stored data set has changed."""
-    _verified_manifest(workspace, dataset)
-    data = read_json(workspace.scrub_dir(dataset) / SPLIT_FILE)
-    return Split(
-        train=np.asarray(data["train"], dtype=np.int64),
-        val=np.asarray(data["val"], dtype=np.int64),
-        seed=int(data["seed"]),
-        val_size=float(data["val_size"]),
-        dropped=np.asarray(data["dropped"], dtype=np.int64),
-        short=data.get("short", {}),
-    )
-
-
-def load_scrub_report(workspace: Workspace, dataset: str) -> ScrubResult:
-    """Scrub's report.json, verified like load_split."""
-    _verified_manifest(workspace, dataset)
-    path = workspace.scrub_dir(dataset) / REPORT_JSON
-    return read_record(path, ScrubResult.from_dict, PHASE_HINT)
-
-
-def load_test_twins(workspace: Workspace, dataset: str) -> np.ndarray:
-    """Indices into x_test of the test images with an exact or near duplicate in train."""
-    report = load_scrub_report(workspace, dataset)
-    return np.asarray(report.leakage.test_indices_with_train_twin, dtype=np.int64)
-
-
-def load_conflicting_test_twins(workspace: Workspace, dataset: str) -> np.ndarray:
-    """Indices into x_test of the test images whose exact or near duplicate in train carries a
-    different label (from duplicates.csv)."""
-    _verified_manifest(workspace, dataset)
-    with open(workspace.scrub_dir(dataset) / DUPLICATES_FILE, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    found = {
-        int(row["index_b"] if row["split_b"] == "test" else row["index_a"])
-        for row in rows
-        if {row["split_a"], row["split_b"]} == {"train", "test"} and row["same_label"] == "0"
-    }
-    return np.asarray(sorted(found), dtype=np.int64)
-
-
-def load_quality_flags(
-    workspace: Workspace, dataset: str, split: str
-) -> dict[str, np.ndarray] | None:
-    """For each quality issue, the indices of the split's images scrub flagged (quality.csv;
-    None when that scrub predates the quality checks)."""
-    _verified_manifest(workspace, dataset)
-    path = workspace.scrub_dir(dataset) / QUALITY_FILE
-    if not path.is_file():
-        return None
-    flagged: dict[str, list[int]] = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["split"] == split:
-                flagged.setdefault(row["issue"], []).append(int(row["index"]))
-    return {issue: np.asarray(sorted(v), dtype=np.int64) for issue, v in flagged.items()}
 
 
 # Integrity ----------------------------------------------------------------------------------
@@ -268,26 +171,6 @@ def leakage(found: Duplicates) -> Leakage:
         test_images_with_train_twin=len(test_ids),
         exact=len({p.index_b for p in cross if p.kind == "exact"}),
     )
-
-
-def write_duplicates_csv(path: Any, pairs: list[DuplicatePair]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for p in pairs:
-        row = asdict(p)
-        writer.writerow([*(row[c] for c in CSV_COLUMNS[:-1]), int(p.same_label)])
-    atomic_write_text(path, buffer.getvalue())
-
-
-def write_quality_csv(path: Any, flags: list[QualityFlag]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(QUALITY_COLUMNS)
-    for flag in flags:
-        row = asdict(flag)
-        writer.writerow([row[c] for c in QUALITY_COLUMNS])
-    atomic_write_text(path, buffer.getvalue())
 
 
 # Split --------------------------------------------------------------------------------------
@@ -463,7 +346,7 @@ def scrub(
             progress("interpolation study", 1, 1)
         write_duplicates_csv(folder / DUPLICATES_FILE, found.pairs)
         write_quality_csv(folder / QUALITY_FILE, quality_flags)
-        atomic_write_json(folder / SPLIT_FILE, _split_document(data, sha, split, settings))
+        write_split(folder / SPLIT_FILE, data.name, sha, split, settings.drop_leaks)
         figures = _draw(data, found, study, settings.image_size, folder)
         result = ScrubResult(
             dataset=data.name,
@@ -518,21 +401,6 @@ def _split(data: Dataset, settings: ScrubSettings, found: Duplicates, leaks: Lea
         settings.seed,
         list(data.class_names),
     )
-
-
-def _split_document(data: Dataset, sha: str, split: Split, settings: ScrubSettings) -> dict:
-    """split.json: the indices of each part, and what they were drawn from."""
-    return {
-        "dataset": data.name,
-        "images_sha256": sha,
-        "seed": split.seed,
-        "val_size": split.val_size,
-        "drop_leaks": settings.drop_leaks,
-        "train": split.train,
-        "val": split.val,
-        "dropped": split.dropped,
-        "short": split.short,
-    }
 
 
 def _draw(

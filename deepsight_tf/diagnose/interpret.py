@@ -282,7 +282,7 @@ def _calibration(study: Study) -> CalibrationReport:
 
 def _leakage(study: Study) -> SubsetGap | None:
     """Accuracy on test images with a near duplicate in train against the rest (scrub's list)."""
-    from deepsight_tf.data.scrub import load_scrub_report
+    from deepsight_tf.data.scrub_artifacts import load_scrub_report
 
     try:
         report = load_scrub_report(study.workspace, study.data.name)
@@ -400,7 +400,7 @@ def _attribution(study: Study, issues: list[Any], doubted: np.ndarray | None) ->
     measured), conflicting train twin, low quality (scrub's lists, when scrub ran),
     confusable pair (explore's, when it ran)."""
     from deepsight_tf.data.explore import load_hypotheses
-    from deepsight_tf.data.scrub import load_conflicting_test_twins, load_quality_flags
+    from deepsight_tf.data.scrub_artifacts import load_conflicting_test_twins, load_quality_flags
 
     causes: dict[str, np.ndarray] = {"label_issue": np.array([i.index for i in issues], int)}
     if doubted is not None:
@@ -422,7 +422,7 @@ def _attribution(study: Study, issues: list[Any], doubted: np.ndarray | None) ->
 def _independent(study: Study) -> Any:
     """Out-of-sample probabilities and kNN shares from ImageNet features (cached features)."""
     from deepsight_tf.data.dataset import dataset_sha256
-    from deepsight_tf.data.scrub import load_split
+    from deepsight_tf.data.scrub_artifacts import load_split
     from deepsight_tf.diagnose.independent import independent_evidence
 
     workspace, data = study.workspace, study.data
@@ -473,7 +473,7 @@ def _imagenet_issues(study: Study, evidence: Any) -> tuple[ImagenetIssues, np.nd
 def _train_label_issues(study: Study) -> ProbeIssues:
     """Label issues among the training images: cleanlab on K-fold linear-probe probabilities
     from the run's pooled features (train_label_issues.csv, indices into x_train)."""
-    from deepsight_tf.data.scrub import load_split
+    from deepsight_tf.data.scrub_artifacts import load_split
     from deepsight_tf.diagnose.label_scores import PROBE_FOLDS, kfold_probe_probs, run_features
 
     data = study.data

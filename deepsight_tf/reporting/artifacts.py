@@ -23,7 +23,7 @@ from deepsight_tf.core.workspace import (
 )
 from deepsight_tf.data.explore import ExploreResult
 from deepsight_tf.data.obtain import ObtainResult
-from deepsight_tf.data.scrub_record import ScrubResult
+from deepsight_tf.data.scrub_artifacts import ScrubResult
 from deepsight_tf.diagnose.evaluation import PairConfusion
 from deepsight_tf.diagnose.interpret_record import InterpretResult, TestScores
 from deepsight_tf.training.record import RunRecord
@@ -121,7 +121,7 @@ class UpstreamArtifacts:
 def load_upstream(workspace: Workspace, run: RunArtifacts) -> UpstreamArtifacts:
     """Obtain's, scrub's and explore's reports, checked to be the ones the run was trained on."""
     from deepsight_tf.data.explore import load_explore_report
-    from deepsight_tf.data.scrub import load_scrub_report
+    from deepsight_tf.data.scrub_artifacts import load_scrub_report
 
     up = UpstreamArtifacts(dataset=run.dataset)
     data_dir = workspace.data_dir(run.dataset)

@@ -8,7 +8,7 @@ from typing import Any
 from deepsight_tf.core.workspace import IMAGES_FILE, INTERPOLATION_FIGURE, QUALITY_FILE
 from deepsight_tf.data.interpolation import InterpolationStudy
 from deepsight_tf.data.quality import QualitySummary
-from deepsight_tf.data.scrub_record import PLACES, ScrubResult
+from deepsight_tf.data.scrub_artifacts import PLACES, ScrubResult
 from deepsight_tf.reporting.artifacts import UpstreamArtifacts
 from deepsight_tf.reporting.captions import CAPTIONS
 from deepsight_tf.reporting.html import (

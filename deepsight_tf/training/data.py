@@ -37,7 +37,7 @@ class TrainingData:
 
 def training_data(settings: TrainSettings, workspace: Workspace) -> TrainingData:
     """The stored data set and scrub's split (both verified), optionally subsampled."""
-    from deepsight_tf.data.scrub import load_scrub_report, load_split
+    from deepsight_tf.data.scrub_artifacts import load_scrub_report, load_split
 
     data, data_manifest = load_dataset(workspace, settings.dataset)
     if data.num_classes < 2:
