@@ -18,7 +18,14 @@ from deepsight_tf.core.settings_file import settings_from_file
 from deepsight_tf.core.storage import read_json, sha256_file
 from deepsight_tf.core.workspace import DROPPED_TRAIN_FILE, PLAN_FILE, REPORT_JSON, Workspace
 from deepsight_tf.diagnose.comparison import compare_arms, pair_confusion, verdict
-from deepsight_tf.diagnose.experiment import plan_arms, run_experiment, shares_baseline_schedule
+from deepsight_tf.diagnose.experiment import SCHEMA as EXPERIMENT_SCHEMA
+from deepsight_tf.diagnose.experiment import (
+    ExperimentResult,
+    load_experiment_report,
+    plan_arms,
+    run_experiment,
+    shares_baseline_schedule,
+)
 from deepsight_tf.reporting.experiment_page import experiment_page
 from deepsight_tf.training.data import dropped_indices
 
@@ -55,19 +62,19 @@ def planted(seed: int = 0):
 def test_verdicts_come_from_the_paired_intervals_and_the_seed_noise() -> None:
     labels, base, arms, seeds = planted()
     result = compare_arms(labels, base, arms, seeds, NAMES, [("cat", "dog")], n_boot=400)
-    verdicts = {name: arm["verdict"] for name, arm in result["arms"].items()}
+    verdicts = {name: arm.verdict for name, arm in result.arms.items()}
     assert verdicts == {"better": "helps", "worse": "hurts", "same": "inconclusive"}
-    better = result["arms"]["better"]
-    assert better["accuracy"]["change"] == pytest.approx(
+    better = result.arms["better"]
+    assert better.accuracy.change == pytest.approx(
         (arms["better"] == labels).mean() - (base == labels).mean()
     )
-    low, high = better["accuracy"]["ci"]
-    assert low <= better["accuracy"]["change"] <= high
+    low, high = better.accuracy.ci
+    assert low <= better.accuracy.change <= high
     # cat/dog confusion falls with "better" (a lower rate is the improvement), not with "worse".
-    assert better["pairs"]["cat/dog"]["verdict"] == "helps"
-    assert result["arms"]["worse"]["pairs"]["cat/dog"]["change"] == pytest.approx(0.0)
+    assert better.pairs["cat/dog"].verdict == "helps"
+    assert result.arms["worse"].pairs["cat/dog"].change == pytest.approx(0.0)
     noise = (seeds[0] == labels).mean() - (base == labels).mean()
-    assert noise > 0 and result["noise"]["accuracy"] == pytest.approx(noise)
+    assert noise > 0 and result.noise.accuracy == pytest.approx(noise)
 
 
 def test_a_change_smaller_than_the_seed_noise_is_inconclusive() -> None:
@@ -217,17 +224,22 @@ def test_an_interrupted_experiment_resumes_and_compares(tmp_path, monkeypatch) -
     settings = replace(settings, resume=True)
     result = run_experiment(settings, base, ws)
     assert baseline_model.stat().st_mtime_ns == before  # done arms are not trained again
-    assert [a["status"] for a in result.arms] == ["done"] * 3
-    weights = result.arms[2]["changes"]["class_weights"]
+    assert [a.status for a in result.arms] == ["done"] * 3
+    weights = result.arms[2].changes["class_weights"]
     assert weights.endswith("baseline_val_recall.json")
-    assert set(result.comparison["arms"]) == {"class-weights"}
-    arm = result.comparison["arms"]["class-weights"]
-    assert arm["verdict"] in {"helps", "hurts", "inconclusive"}
-    assert read_json(ws.experiment_dir("e") / REPORT_JSON)["name"] == "e"
+    assert set(result.comparison.arms) == {"class-weights"}
+    arm = result.comparison.arms["class-weights"]
+    assert arm.verdict in {"helps", "hurts", "inconclusive"}
+    stored = read_json(ws.experiment_dir("e") / REPORT_JSON)
+    assert stored["name"] == "e" and stored["schema"] == EXPERIMENT_SCHEMA
+    back = load_experiment_report(ws, "e")  # the typed record, field for field
+    assert back == result
+    del stored["schema"]  # written before versions were: version 0
+    assert ExperimentResult.from_dict(stored).schema == 0
     page = Path(experiment_page(ws, "e")).read_text()
-    verdict = arm["verdict"]
+    verdict = arm.verdict
     assert 'id="arms"' in page and "class-weights" in page and f"badge {verdict}" in page
-    assert f"{arm['macro_f1']['change']:+.4f}" in page
+    assert f"{arm.macro_f1.change:+.4f}" in page
     # The same name with other train settings is refused, not mixed in.
     with pytest.raises(ConfigError, match="other train settings"):
         run_experiment(settings, tiny(epochs=3), ws)
@@ -251,7 +263,7 @@ def test_with_a_budget_the_seed_reruns_take_the_baselines_schedule(tmp_path, mon
     settings = ExperimentSettings(name="b", arms="baseline", baseline_seeds=2, n_boot=100)
     result = run_experiment(settings, tiny(epochs=1, budget="40s"), ws)
     stored = {
-        arm["name"]: read_json(ws.run_dir(arm["run_id"]) / "config.json")["settings"]
+        arm.name: read_json(ws.run_dir(arm.run_id) / "config.json")["settings"]
         for arm in result.arms
     }
     base, rerun = stored["baseline"], stored["baseline-seed2"]
@@ -323,10 +335,10 @@ def test_clean_labels_leaves_out_the_flagged_training_images(tmp_path) -> None:
     result = run_experiment(settings, tiny(epochs=1), ws)
     copy = ws.experiment_dir("c") / DROPPED_TRAIN_FILE
     assert copy.read_bytes() == source.read_bytes()
-    assert result.arms[1]["changes"] == {"drop_train": str(copy)}
+    assert result.arms[1].changes == {"drop_train": str(copy)}
     imagenet_copy = ws.experiment_dir("c") / "dropped_train_imagenet.csv"
     assert imagenet_copy.read_bytes() == imagenet.read_bytes()
-    assert result.arms[2]["changes"] == {"drop_train": str(imagenet_copy)}
+    assert result.arms[2].changes == {"drop_train": str(imagenet_copy)}
     images = {name: score["train_images"] for name, score in result.scores.items()}
     assert images == {
         "baseline": len(split.train),

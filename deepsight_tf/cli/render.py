@@ -422,33 +422,30 @@ def attribution_table(attribution: ErrorAttribution) -> None:
 def render_experiment(result: ExperimentResult) -> None:
     """Per arm: its scores, the paired change against the baseline, the verdict."""
     comparison = result.comparison
-    noise = comparison["noise"]
+    noise = comparison.noise
     table = Table(
         title=f"Experiment {result.name}: paired changes against the baseline "
-        f"({comparison['n']:,} test images)"
+        f"({comparison.n:,} test images)"
     )
     columns = ("arm", "accuracy", "macro-F1", "Δ macro-F1", "95% CI", "verdict")
     for column in columns:
         table.add_column(column, justify="left" if column in ("arm", "verdict") else "right")
     for name, score in result.scores.items():
-        arm = comparison["arms"].get(name)
-        cells = [name, f"{score['accuracy']:.2%}", f"{score['macro_f1']:.4f}"]
+        arm = comparison.arms.get(name)
+        cells = [name, f"{score.accuracy:.2%}", f"{score.macro_f1:.4f}"]
         if arm is None:
             cells += ["", "", "baseline" if name == "baseline" else "seed (noise)"]
         else:
-            low, high = arm["macro_f1"]["ci"]
-            cells += [f"{arm['macro_f1']['change']:+.4f}", f"[{low:+.4f}, {high:+.4f}]"]
-            cells.append(arm["verdict"])
+            low, high = arm.macro_f1.ci
+            cells += [f"{arm.macro_f1.change:+.4f}", f"[{low:+.4f}, {high:+.4f}]", arm.verdict]
         table.add_row(*cells)
     console.print(table)
     console.print(
-        f"noise: the baseline's {noise['seeds']} other seed(s) moved macro-F1 by up to "
-        f"{noise['macro_f1']:.4f}; a verdict needs an interval clear of 0 and a larger change"
+        f"noise: the baseline's {noise.seeds} other seed(s) moved macro-F1 by up to "
+        f"{noise.macro_f1:.4f}; a verdict needs an interval clear of 0 and a larger change"
     )
-    for name, arm in comparison["arms"].items():
-        pairs = ", ".join(
-            f"{pair} {p['change']:+.1%} ({p['verdict']})" for pair, p in arm["pairs"].items()
-        )
+    for name, arm in comparison.arms.items():
+        pairs = ", ".join(f"{pair} {p.change:+.1%} ({p.verdict})" for pair, p in arm.pairs.items())
         if pairs:
             console.print(f"{name}: confusion of {pairs}")
     console.print(

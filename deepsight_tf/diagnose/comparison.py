@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -101,6 +101,44 @@ def verdict(low: float, high: float, point: float, noise: float, better: str = "
     return "inconclusive"
 
 
+@dataclass(frozen=True)
+class Change:
+    """An arm's change on one metric against the baseline, its paired interval, the verdict."""
+
+    change: float
+    ci: list[float]
+    verdict: str  # helps | hurts | inconclusive
+
+
+@dataclass(frozen=True)
+class ArmChange:
+    """One arm (or one baseline seed) against the baseline, metric by metric."""
+
+    accuracy: Change
+    macro_f1: Change
+    verdict: str  # macro-F1's: the arm's verdict
+    recall: dict[str, Change]  # class -> change in its recall
+    pairs: dict[str, Change] = field(default_factory=dict)  # "a/b" -> change in confusion
+
+
+@dataclass(frozen=True)
+class SeedNoise:
+    """The largest change the baseline's reruns with other seeds show: what a verdict beats."""
+
+    seeds: int
+    macro_f1: float
+    accuracy: float
+    runs: list[ArmChange] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ArmComparison:
+    n: int  # test images
+    ci_level: float
+    noise: SeedNoise
+    arms: dict[str, ArmChange]
+
+
 def compare_arms(
     labels: np.ndarray,
     baseline: np.ndarray,
@@ -111,7 +149,7 @@ def compare_arms(
     n_boot: int = DEFAULT_N_BOOT,
     alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> ArmComparison:
     """Each arm against the baseline, from predicted classes on the same test images.
 
     `seeds` are the baseline's reruns with other seeds: the largest change any of them shows
@@ -128,23 +166,23 @@ def compare_arms(
         name: max((abs(run[name][0]) for run in noise_runs), default=0.0)
         for name in metrics(labels[None], baseline[None], k, pair_ids)
     }
-    result: dict[str, Any] = {
-        "n": len(labels),
-        "ci_level": 1 - alpha,
-        "noise": {
-            "seeds": len(seeds),
-            "macro_f1": noise["macro_f1"],
-            "accuracy": noise["accuracy"],
-            "runs": [_summary(run, noise, class_names, pairs, pair_ids) for run in noise_runs],
-        },
-        "arms": {},
-    }
+    changes: dict[str, ArmChange] = {}
     for offset, (name, predicted) in enumerate(arms.items(), start=1):
         diffs = paired_differences(
             labels, baseline, predicted, k, pair_ids, n_boot, alpha, seed + 100 * offset
         )
-        result["arms"][name] = _summary(diffs, noise, class_names, pairs, pair_ids)
-    return result
+        changes[name] = _summary(diffs, noise, class_names, pairs, pair_ids)
+    return ArmComparison(
+        n=len(labels),
+        ci_level=1 - alpha,
+        noise=SeedNoise(
+            seeds=len(seeds),
+            macro_f1=float(noise["macro_f1"]),
+            accuracy=float(noise["accuracy"]),
+            runs=[_summary(run, noise, class_names, pairs, pair_ids) for run in noise_runs],
+        ),
+        arms=changes,
+    )
 
 
 def _summary(
@@ -153,26 +191,24 @@ def _summary(
     class_names: Sequence[str],
     pairs: Sequence[tuple[str, str]],
     pair_ids: Sequence[tuple[int, int]],
-) -> dict[str, Any]:
-    def entry(key: str, better: str = "higher") -> dict[str, Any]:
+) -> ArmChange:
+    def entry(key: str, better: str = "higher") -> Change:
         point, low, high = diffs[key]
-        return {
-            "change": point,
-            "ci": [low, high],
-            "verdict": verdict(low, high, point, noise[key], better),
-        }
+        verdict_ = verdict(low, high, point, noise[key], better)
+        return Change(float(point), [float(low), float(high)], verdict_)
 
     named_pairs = [p for p in pairs if p[0] in class_names and p[1] in class_names]
-    return {
-        "accuracy": entry("accuracy"),
-        "macro_f1": entry("macro_f1"),
-        "verdict": entry("macro_f1")["verdict"],
-        "recall": {name: entry(f"recall:{c}") for c, name in enumerate(class_names)},
-        "pairs": {
+    f1 = entry("macro_f1")
+    return ArmChange(
+        accuracy=entry("accuracy"),
+        macro_f1=f1,
+        verdict=f1.verdict,
+        recall={name: entry(f"recall:{c}") for c, name in enumerate(class_names)},
+        pairs={
             f"{a}/{b}": entry(f"pair:{ia}:{ib}", better="lower")
             for (a, b), (ia, ib) in zip(named_pairs, pair_ids, strict=True)
         },
-    }
+    )
 
 
 # --- one run against another (the report's comparison page) ---------------------------------

@@ -41,6 +41,7 @@ from deepsight_tf.core.errors import (
 from deepsight_tf.core.manifest import now_iso
 from deepsight_tf.core.progress import Notify, TrainingMonitor
 from deepsight_tf.core.recipes import recipe_for
+from deepsight_tf.core.records import from_versioned_json, read_record
 from deepsight_tf.core.settings import (
     MODEL,
     REGULARISATION,
@@ -60,7 +61,7 @@ from deepsight_tf.core.workspace import (
     TRAIN_LABEL_ISSUES_FILE,
     Workspace,
 )
-from deepsight_tf.diagnose.comparison import compare_arms
+from deepsight_tf.diagnose.comparison import ArmComparison, compare_arms
 from deepsight_tf.diagnose.evaluation import most_confused_pairs
 from deepsight_tf.training.plan import progressive_start
 from deepsight_tf.training.record import RunRecord
@@ -113,6 +114,9 @@ OWN_SCHEDULE = (
 )
 
 
+SCHEMA = 1  # the layout of the experiment's report.json
+
+
 @dataclass
 class Arm:
     name: str
@@ -121,16 +125,42 @@ class Arm:
     status: str = "planned"  # planned, running (started, maybe interrupted), done
 
 
+@dataclass(frozen=True)
+class ArmScore:
+    """An arm's run as its metrics.json records it."""
+
+    accuracy: float
+    macro_f1: float
+    epochs: int
+    duration_s: float
+    train_images: int
+
+
 @dataclass
 class ExperimentResult:
+    """The experiment's report.json (`SCHEMA`: its layout's version; none: version 0)."""
+
     name: str
     folder: str
-    arms: list[dict[str, Any]]
-    comparison: dict[str, Any]
-    scores: dict[str, dict[str, float]]
+    arms: list[Arm]
+    comparison: ArmComparison
+    scores: dict[str, ArmScore]  # arm -> its run's scores
     duration_s: float
     started: str
     files: list[str] = field(default_factory=list)
+    schema: int = SCHEMA
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentResult:
+        return from_versioned_json(cls, data, SCHEMA, "experiment report")
+
+
+def load_experiment_report(workspace: Workspace, name: str) -> ExperimentResult:
+    """experiments/<name>/report.json, or the error that names the command rewriting it."""
+    path = workspace.experiment_dir(name) / REPORT_JSON
+    if not path.is_file():
+        raise PrerequisiteError(f"{path}: missing; run `deepsight experiment {name}` first")
+    return read_record(path, ExperimentResult.from_dict, f"deepsight experiment {name} --resume")
 
 
 def plan_arms(settings: ExperimentSettings, base: TrainSettings) -> list[Arm]:
@@ -285,7 +315,7 @@ def run_experiment(
         result = ExperimentResult(
             name=settings.name,
             folder=str(folder),
-            arms=[asdict(a) for a in arms],
+            arms=list(arms),
             comparison=comparison,
             scores=scores,
             duration_s=round(time.perf_counter() - start, 1),
@@ -457,7 +487,7 @@ def _derived_changes(arm: str, workspace: Workspace, baseline: str, folder: Any)
 
 def _compare(
     workspace: Workspace, arms: list[Arm], settings: ExperimentSettings
-) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+) -> tuple[ArmComparison, dict[str, ArmScore]]:
     """Each arm's test predictions against the baseline's, with the seeds as noise."""
     from deepsight_tf.data.explore import load_hypotheses
 
@@ -479,13 +509,13 @@ def _compare(
         labels, predicted["baseline"], others, seeds, names, pairs, n_boot=settings.n_boot
     )
     scores = {
-        name: {
-            "accuracy": records[name].metrics.test.accuracy,
-            "macro_f1": records[name].metrics.test.macro_f1,
-            "epochs": records[name].metrics.epochs_run or 0,
-            "duration_s": records[name].metrics.duration_s,
-            "train_images": records[name].metrics.train_images or 0,
-        }
-        for name in records
+        name: ArmScore(
+            accuracy=record.metrics.test.accuracy,
+            macro_f1=record.metrics.test.macro_f1,
+            epochs=record.metrics.epochs_run or 0,
+            duration_s=record.metrics.duration_s,
+            train_images=record.metrics.train_images or 0,
+        )
+        for name, record in records.items()
     }
     return comparison, scores

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from deepsight_tf.core.storage import atomic_write_text, read_json
+from deepsight_tf.core.storage import atomic_write_text
 from deepsight_tf.core.workspace import REPORT_JSON, REPORT_PAGE, Workspace
+from deepsight_tf.diagnose.comparison import ArmComparison
+from deepsight_tf.diagnose.experiment import ExperimentResult, load_experiment_report
 from deepsight_tf.reporting.html import (
     Html,
     badge,
@@ -22,13 +24,13 @@ from deepsight_tf.reporting.html import (
 def experiment_page(workspace: Workspace, name: str) -> str:
     """Write the page of experiment `name` and return its path."""
     folder = workspace.experiment_dir(name)
-    result = read_json(folder / REPORT_JSON)
-    comparison = result["comparison"]
-    noise = comparison["noise"]
+    result = load_experiment_report(workspace, name)
+    comparison = result.comparison
+    noise = comparison.noise
     headline = paragraph(
-        f"{len(comparison['arms'])} arm(s) against the baseline on {comparison['n']:,} test "
-        f"images; the baseline's {noise['seeds']} other seed(s) moved macro-F1 by up to "
-        f"{noise['macro_f1']:.4f}, the noise every verdict must exceed."
+        f"{len(comparison.arms)} arm(s) against the baseline on {comparison.n:,} test "
+        f"images; the baseline's {noise.seeds} other seed(s) moved macro-F1 by up to "
+        f"{noise.macro_f1:.4f}, the noise every verdict must exceed."
     )
     page = render_page(
         title=f"Experiment {name}",
@@ -43,23 +45,23 @@ def experiment_page(workspace: Workspace, name: str) -> str:
     return str(path)
 
 
-def _arms(result: dict[str, Any]) -> Html:
-    comparison = result["comparison"]
+def _arms(result: ExperimentResult) -> Html:
+    comparison = result.comparison
     rows = []
-    for name, score in result["scores"].items():
-        arm = comparison["arms"].get(name)
-        row: list[Any] = [name, f"{score['accuracy']:.2%}", f"{score['macro_f1']:.4f}"]
+    for name, score in result.scores.items():
+        arm = comparison.arms.get(name)
+        row: list[Any] = [name, f"{score.accuracy:.2%}", f"{score.macro_f1:.4f}"]
         if arm is None:
             row += ["", "", "", "baseline" if name == "baseline" else "seed (noise)"]
         else:
             row += [
-                f"{arm['accuracy']['change']:+.2%}",
-                f"{arm['macro_f1']['change']:+.4f}",
-                fmt_ci(arm["macro_f1"]["ci"], "+.4f"),
-                badge(arm["verdict"]),
+                f"{arm.accuracy.change:+.2%}",
+                f"{arm.macro_f1.change:+.4f}",
+                fmt_ci(arm.macro_f1.ci, "+.4f"),
+                badge(arm.verdict),
             ]
-        images = f", {score['train_images']:,} images" if score.get("train_images") else ""
-        row.append(f"{score['duration_s'] / 60:.1f} min, epochs: {score['epochs']}{images}")
+        images = f", {score.train_images:,} images" if score.train_images else ""
+        row.append(f"{score.duration_s / 60:.1f} min, epochs: {score.epochs}{images}")
         rows.append(row)
     return section(
         "arms",
@@ -90,16 +92,16 @@ def _arms(result: dict[str, Any]) -> Html:
     )
 
 
-def _per_class(comparison: dict[str, Any]) -> Html:
-    arms = comparison["arms"]
+def _per_class(comparison: ArmComparison) -> Html:
+    arms = comparison.arms
     if not arms:
         return section("per-class", "Per class", [paragraph("No arm besides the baseline.")])
-    classes = list(next(iter(arms.values()))["recall"])
+    classes = list(next(iter(arms.values())).recall)
     rows = [
         [
             c,
             *(
-                f"{arm['recall'][c]['change']:+.1%} {fmt_ci(arm['recall'][c]['ci'], '+.1%')}"
+                f"{arm.recall[c].change:+.1%} {fmt_ci(arm.recall[c].ci, '+.1%')}"
                 for arm in arms.values()
             ),
         ]
@@ -112,9 +114,9 @@ def _per_class(comparison: dict[str, Any]) -> Html:
     )
 
 
-def _pairs(comparison: dict[str, Any]) -> Html:
-    arms = comparison["arms"]
-    pairs = list(next(iter(arms.values()))["pairs"]) if arms else []
+def _pairs(comparison: ArmComparison) -> Html:
+    arms = comparison.arms
+    pairs = list(next(iter(arms.values())).pairs) if arms else []
     if not pairs:
         return section("pairs", "Confusable pairs", [paragraph("No registered pairs.")])
     rows = [
@@ -123,7 +125,7 @@ def _pairs(comparison: dict[str, Any]) -> Html:
             *(
                 element(
                     "span",
-                    [f"{arm['pairs'][pair]['change']:+.1%} ", badge(arm["pairs"][pair]["verdict"])],
+                    [f"{arm.pairs[pair].change:+.1%} ", badge(arm.pairs[pair].verdict)],
                 )
                 for arm in arms.values()
             ),
