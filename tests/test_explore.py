@@ -18,16 +18,18 @@ from deepsight_tf.core.workspace import HYPOTHESES_FILE, Workspace
 from deepsight_tf.data.explore import (
     FIGURES,
     LUMA_WEIGHTS,
-    ExploreResult,
     class_balance,
     explore,
-    load_explore_report,
-    load_hypotheses,
-    load_pixel_stats,
     pick_samples,
     scan_pixels,
 )
-from deepsight_tf.data.explore import SCHEMA as EXPLORE_SCHEMA
+from deepsight_tf.data.explore_artifacts import SCHEMA as EXPLORE_SCHEMA
+from deepsight_tf.data.explore_artifacts import (
+    ExploreResult,
+    load_explore_report,
+    load_hypotheses,
+    load_pixel_stats,
+)
 from deepsight_tf.data.hypotheses import (
     DEFAULT_CONFUSABLE_PAIRS,
     DEFAULT_GROUPS,

@@ -12,7 +12,7 @@ from deepsight_tf.cli.console import console
 from deepsight_tf.core.workspace import FIGURES_DIR, IMAGES_FILE, QUALITY_FILE, REPORT_JSON
 
 if TYPE_CHECKING:  # the phases' modules load numpy and scipy: not at the command line's start
-    from deepsight_tf.data.explore import ExploreResult
+    from deepsight_tf.data.explore_artifacts import ExploreResult
     from deepsight_tf.data.obtain import ObtainResult
     from deepsight_tf.data.quality import QualitySummary
     from deepsight_tf.data.scrub_artifacts import DuplicateSummary, ScrubResult

@@ -489,7 +489,7 @@ def _compare(
     workspace: Workspace, arms: list[Arm], settings: ExperimentSettings
 ) -> tuple[ArmComparison, dict[str, ArmScore]]:
     """Each arm's test predictions against the baseline's, with the seeds as noise."""
-    from deepsight_tf.data.explore import load_hypotheses
+    from deepsight_tf.data.explore_artifacts import load_hypotheses
 
     records = {arm.name: RunRecord.load(workspace, arm.run_id) for arm in arms}
     predictions = {name: r.predictions() for name, r in records.items()}

@@ -296,7 +296,7 @@ def _leakage(study: Study) -> SubsetGap | None:
 
 def _hypotheses(study: Study) -> tuple[list[HypothesisResult], str]:
     """The hypotheses explore registered, each with its verdict; or why there are none."""
-    from deepsight_tf.data.explore import load_hypotheses
+    from deepsight_tf.data.explore_artifacts import load_hypotheses
     from deepsight_tf.plots import evaluation as eval_plots
 
     try:
@@ -399,7 +399,7 @@ def _attribution(study: Study, issues: list[Any], doubted: np.ndarray | None) ->
     """Each test error's likely causes: label issue, a label the ImageNet probes doubt (when
     measured), conflicting train twin, low quality (scrub's lists, when scrub ran),
     confusable pair (explore's, when it ran)."""
-    from deepsight_tf.data.explore import load_hypotheses
+    from deepsight_tf.data.explore_artifacts import load_hypotheses
     from deepsight_tf.data.scrub_artifacts import load_conflicting_test_twins, load_quality_flags
 
     causes: dict[str, np.ndarray] = {"label_issue": np.array([i.index for i in issues], int)}

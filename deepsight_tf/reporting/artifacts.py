@@ -21,7 +21,7 @@ from deepsight_tf.core.workspace import (
     SPLIT_FILE,
     Workspace,
 )
-from deepsight_tf.data.explore import ExploreResult
+from deepsight_tf.data.explore_artifacts import ExploreResult
 from deepsight_tf.data.obtain import ObtainResult
 from deepsight_tf.data.scrub_artifacts import ScrubResult
 from deepsight_tf.diagnose.evaluation import PairConfusion
@@ -120,7 +120,7 @@ class UpstreamArtifacts:
 
 def load_upstream(workspace: Workspace, run: RunArtifacts) -> UpstreamArtifacts:
     """Obtain's, scrub's and explore's reports, checked to be the ones the run was trained on."""
-    from deepsight_tf.data.explore import load_explore_report
+    from deepsight_tf.data.explore_artifacts import load_explore_report
     from deepsight_tf.data.scrub_artifacts import load_scrub_report
 
     up = UpstreamArtifacts(dataset=run.dataset)

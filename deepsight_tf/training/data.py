@@ -115,7 +115,7 @@ def training_preprocessing(
     Pretrained weights need the statistics they were trained with (ImageNet's, or the source
     run's own); from scratch, explore's statistics of the training images when explore ran.
     """
-    from deepsight_tf.data.explore import load_pixel_stats
+    from deepsight_tf.data.explore_artifacts import load_pixel_stats
     from deepsight_tf.model.backbones import choose_normalization
     from deepsight_tf.model.weights import weights_kind
     from deepsight_tf.training.record import read_preprocessing
