@@ -22,7 +22,7 @@ from deepsight_tf.core.checks import parse_duration
 from deepsight_tf.core.errors import ConfigError, TrainingInterrupted
 from deepsight_tf.core.settings import TrainSettings
 from deepsight_tf.core.storage import read_json
-from deepsight_tf.core.workspace import CONFIG_FILE, HISTORY_FILE, Workspace
+from deepsight_tf.core.workspace import CONFIG_FILE, HISTORY_FILE, SETTINGS_FILE, Workspace
 from deepsight_tf.training import budget, loop
 from deepsight_tf.training.history import read_history
 from deepsight_tf.training.plan import PhasePlan, plan_phases, resolve_settings
@@ -324,6 +324,12 @@ def test_a_budget_run_takes_the_planned_steps_and_stores_them(
     assert stored["phases"][-1]["last_epoch_steps"] == 2
     assert len(steps) == 28 and steps[-1][:2] == (28, 28)
     assert len(read_history(Path(result.run_dir) / HISTORY_FILE)) == 3
+    # settings.toml keeps the budget, not what it decided, so the file sizes its run anew.
+    recipe = (Path(result.run_dir) / SETTINGS_FILE).read_text()
+    assert 'budget = "40s"' in recipe
+    assert not {"epochs", "last-epoch-steps"} & {
+        line.split(" = ")[0] for line in recipe.splitlines()
+    }
 
 
 @pytest.mark.slow  # two-phase runs; resumes are tested fast in test_faults

@@ -21,6 +21,8 @@ from deepsight_tf.diagnose.comparison import compare_arms, pair_confusion, verdi
 from deepsight_tf.diagnose.experiment import SCHEMA as EXPERIMENT_SCHEMA
 from deepsight_tf.diagnose.experiment import (
     ExperimentResult,
+    _baseline_schedule,
+    epochs_for_steps,
     load_experiment_report,
     plan_arms,
     run_experiment,
@@ -28,6 +30,7 @@ from deepsight_tf.diagnose.experiment import (
 )
 from deepsight_tf.reporting.experiment_page import experiment_page
 from deepsight_tf.training.data import dropped_indices
+from deepsight_tf.training.record import RunRecord
 
 from support.planted import at_step
 from support.separable import separable_workspace, tiny
@@ -308,7 +311,7 @@ def test_drop_train_reads_the_first_rows_of_a_ranked_index_csv(tmp_path) -> None
 
 
 @pytest.mark.slow  # three arms trained; reading --drop-train lists is tested fast above
-def test_clean_labels_leaves_out_the_flagged_training_images(tmp_path) -> None:
+def test_clean_labels_leaves_out_the_flagged_training_images(tmp_path, monkeypatch) -> None:
     """Each clean arm trains on the baseline's split without the images its list flagged (the
     run's probes' list, the ImageNet probes' list); a flagged validation image stays in
     validation; a missing issues file fails before any training."""
@@ -339,7 +342,7 @@ def test_clean_labels_leaves_out_the_flagged_training_images(tmp_path) -> None:
     imagenet_copy = ws.experiment_dir("c") / "dropped_train_imagenet.csv"
     assert imagenet_copy.read_bytes() == imagenet.read_bytes()
     assert result.arms[2].changes == {"drop_train": str(imagenet_copy)}
-    images = {name: score["train_images"] for name, score in result.scores.items()}
+    images = {name: score.train_images for name, score in result.scores.items()}
     assert images == {
         "baseline": len(split.train),
         "clean-labels": len(split.train) - 4,
@@ -349,6 +352,29 @@ def test_clean_labels_leaves_out_the_flagged_training_images(tmp_path) -> None:
     assert predictions["val_indices"].tolist() == list(split.val)  # validation untouched
     manifest = read_json(ws.run_dir("c-clean-labels") / "manifest.json")
     assert manifest["inputs"][DROPPED_INPUT]["sha256"] == sha256_file(copy)
+    # Under a budget the clean arm takes the baseline's optimizer steps, in its own (shorter)
+    # epochs: planted, a baseline of 3 epochs of 8-image batches, the last of 2 steps.
+    baseline = tiny(epochs=1, batch_size=8)
+    per_epoch = len(split.train) // 8
+    planted = {"epochs": 3, "last_epoch_steps": 2}
+    monkeypatch.setattr(RunRecord, "settings", property(lambda self: replace(baseline, **planted)))
+    schedule = _baseline_schedule(ws, "c-baseline", baseline, result.arms[1])
+    ours = (len(split.train) - 4) // 8
+    assert schedule["budget"] is None
+    assert (schedule["epochs"] - 1) * ours + (schedule["last_epoch_steps"] or ours) == (
+        2 * per_epoch + 2
+    )
+
+
+def test_epochs_for_steps_makes_exactly_the_steps_asked() -> None:
+    assert epochs_for_steps(585, 40) == (15, 25)  # 14 x 40 + 25
+    assert epochs_for_steps(80, 40) == (2, None)  # whole epochs
+    assert epochs_for_steps(3, 40) == (1, 3)
+    for total in range(1, 200):
+        epochs, last = epochs_for_steps(total, 7)
+        assert (epochs - 1) * 7 + (last or 7) == total and 1 <= (last or 7) <= 7
+    with pytest.raises(ValueError, match="must be > 0"):
+        epochs_for_steps(0, 7)
 
 
 def test_the_imagenet_clean_arm_needs_that_list_before_any_training(tmp_path) -> None:

@@ -49,10 +49,11 @@ def _cli_names(cls: type) -> frozenset[str]:
             label_smoothing=0.2, tta="flip-translate", budget="10m", run_id="x", resume=True,
             weights='/tmp/odd "name"/w.weights.h5',
         ),
+        TrainSettings(epochs=3, last_epoch_steps=2),  # a schedule fixed by hand
         InterpretSettings(methods="gradcam", max_images=7, imagenet_evidence=False),
         ScrubSettings(val_size=0.2),
     ],
-    ids=["train defaults", "train recipe", "interpret", "scrub"],
+    ids=["train defaults", "train recipe", "train schedule", "interpret", "scrub"],
 )  # fmt: skip
 def test_a_settings_file_reads_back_as_the_settings_it_was_written_from(
     settings: Any, tmp_path: Path

@@ -348,7 +348,10 @@ class TrainSettings(Settings):
         "of the last epoch) from the pre-flight step timing.",
     )
     last_epoch_steps: int | None = setting(
-        None, "Steps in the last epoch of phase 2 (set by --budget).", ge=1, cli=False
+        None,
+        "Steps in the last epoch of the last phase. --budget sets it; given by hand (with "
+        "--epochs), it repeats a run's exact schedule, as the run's settings file does.",
+        ge=1,
     )
     unfreeze: str | None = setting(
         None,

@@ -289,7 +289,7 @@ def run_experiment(
             elif arm.name in DERIVED:
                 arm.changes = _derived_changes(arm.name, workspace, arms[0].run_id, folder)
             if base.budget and shares_baseline_schedule(arm):
-                arm.changes.update(_baseline_schedule(workspace, arms[0].run_id))
+                arm.changes.update(_baseline_schedule(workspace, arms[0].run_id, base, arm))
             if arm.name in stored and stored[arm.name] != arm.changes:
                 raise ConfigError(
                     f"{folder / PLAN_FILE}: arm {arm.name} was planned with {stored[arm.name]}, "
@@ -423,11 +423,44 @@ def _write_plan(
     )
 
 
-def _baseline_schedule(workspace: Workspace, baseline: str) -> dict[str, Any]:
-    """The baseline's schedule as --budget sized it, for its reruns with other seeds: their
-    difference from the baseline is then the seed's alone, not also a probe's."""
-    stored = RunRecord.load(workspace, baseline).settings
-    return {"budget": None, "epochs": stored.epochs, "last_epoch_steps": stored.last_epoch_steps}
+def _baseline_schedule(
+    workspace: Workspace, baseline: str, base: TrainSettings, arm: Arm
+) -> dict[str, Any]:
+    """The baseline's optimizer steps as --budget sized them, for an arm that shares its step
+    (its reruns with other seeds, the clean-labels arms): their difference from the baseline is
+    then the arm's change alone, not also a probe's. An arm that trains on fewer images (a
+    clean-labels arm) has shorter epochs, so it takes more of them to the same steps."""
+    from deepsight_tf.training.data import training_data
+    from deepsight_tf.training.pipeline import steps_per_epoch
+
+    record = RunRecord.load(workspace, baseline)
+    stored = record.settings
+    schedule = {
+        "budget": None,
+        "epochs": stored.epochs,
+        "last_epoch_steps": stored.last_epoch_steps,
+    }
+    if "drop_train" not in arm.changes or record.metrics.train_images is None:
+        return schedule
+    images = len(training_data(replace(base, **arm.changes), workspace).train_indices)
+    ours, theirs = (
+        steps_per_epoch(n, stored.batch_size) for n in (images, record.metrics.train_images)
+    )
+    total = (stored.epochs - 1) * theirs + min(stored.last_epoch_steps or theirs, theirs)
+    epochs, last = epochs_for_steps(total, ours)
+    return {**schedule, "epochs": epochs, "last_epoch_steps": last}
+
+
+def epochs_for_steps(total: int, steps_per_epoch: int) -> tuple[int, int | None]:
+    """Epochs of `steps_per_epoch` that make `total` optimizer steps, and the last epoch's
+    steps (None: a whole epoch)."""
+    if total <= 0 or steps_per_epoch <= 0:
+        raise ValueError(
+            f"total and steps_per_epoch must be > 0. Received: {total}, {steps_per_epoch}"
+        )
+    epochs = -(-total // steps_per_epoch)
+    last = total - (epochs - 1) * steps_per_epoch
+    return epochs, None if last == steps_per_epoch else last
 
 
 def _issues_file(workspace: Workspace, run_id: str, arm: str) -> Path:

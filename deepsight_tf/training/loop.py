@@ -389,8 +389,9 @@ class _Run:
 
     def _recipe(self) -> str:
         """settings.toml's text: the settings as given (None where deepsight decides), without
-        the epochs where a budget decides them, so the file repeats and resumes the run."""
-        sized = {"epochs"} if self.given.budget else set()
+        the epochs and the last epoch's steps where a budget decides them, so the file repeats
+        and resumes the run."""
+        sized = {"epochs", "last_epoch_steps"} if self.given.budget else set()
         return settings_toml(self.given, PER_INVOCATION | sized)
 
     def _write_config(
