@@ -207,22 +207,20 @@ class Split:
 
 # Writing -----------------------------------------------------------------------------------
 def write_duplicates_csv(path: Path, pairs: list[DuplicatePair]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for p in pairs:
-        row = asdict(p)
-        writer.writerow([*(row[c] for c in CSV_COLUMNS[:-1]), int(p.same_label)])
-    atomic_write_text(path, buffer.getvalue())
+    rows = [{**asdict(p), "same_label": int(p.same_label)} for p in pairs]
+    _write_csv(path, CSV_COLUMNS, rows)
 
 
 def write_quality_csv(path: Path, flags: list[QualityFlag]) -> None:
+    _write_csv(path, QUALITY_COLUMNS, [asdict(flag) for flag in flags])
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """A CSV with `columns` as its header, one line per row, written atomically."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(QUALITY_COLUMNS)
-    for flag in flags:
-        row = asdict(flag)
-        writer.writerow([row[c] for c in QUALITY_COLUMNS])
+    writer.writerow(columns)
+    writer.writerows([row[c] for c in columns] for row in rows)
     atomic_write_text(path, buffer.getvalue())
 
 

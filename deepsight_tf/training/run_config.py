@@ -43,7 +43,7 @@ class RunConfig:
         known = TrainSettings.__dataclass_fields__
         choice = data.get("precision_choice")
         return cls(
-            run_id=str(data["run_id"]),
+            run_id=str(data.get("run_id", "")),  # older files: the folder names the run
             settings=TrainSettings(**{k: v for k, v in data["settings"].items() if k in known}),
             precision=str(data["precision"]),
             preprocessing=Preprocessing.from_dict(data["preprocessing"]),
